@@ -1,0 +1,63 @@
+"""batchstash client: decoded batches, metadata, the wire codec and the HTTP client for trainers."""
+
+from . import wire
+from .batch import Batch
+from .device import TorchConfig, copy_to_device
+from .errors import (
+    AuthError,
+    BatchError,
+    BatchstashError,
+    ChecksumError,
+    ConflictError,
+    CorruptStoreError,
+    InvalidRequestError,
+    NotFoundError,
+    NotPrimedError,
+    PayloadError,
+    PlanError,
+    PrimeCancelledError,
+    StaleStoreError,
+    StoreError,
+    TransportError,
+    VectorizerError,
+    error_for_code,
+)
+from .mapping import (
+    BatchFeatureMapping,
+    ConfigBatchFeatureMapping,
+    FieldFeatureMapping,
+    ManagerFeatureMapping,
+)
+from .metadata import BatchFieldMetadata, BatchMetadata, MetadataNetworkSettings, VectorizerMetadata
+
+__all__ = [
+    "AuthError",
+    "Batch",
+    "BatchError",
+    "BatchFeatureMapping",
+    "BatchFieldMetadata",
+    "BatchMetadata",
+    "BatchstashError",
+    "ChecksumError",
+    "ConfigBatchFeatureMapping",
+    "ConflictError",
+    "CorruptStoreError",
+    "FieldFeatureMapping",
+    "InvalidRequestError",
+    "ManagerFeatureMapping",
+    "MetadataNetworkSettings",
+    "NotFoundError",
+    "NotPrimedError",
+    "PayloadError",
+    "PlanError",
+    "PrimeCancelledError",
+    "StaleStoreError",
+    "StoreError",
+    "TorchConfig",
+    "TransportError",
+    "VectorizerError",
+    "VectorizerMetadata",
+    "copy_to_device",
+    "error_for_code",
+    "wire",
+]

@@ -1,0 +1,217 @@
+"""The batch: named tensors of one split's data points, with the reference's lifecycle states."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
+
+import torch
+
+from .device import TorchConfig, copy_to_device
+from .errors import BatchError
+from .mapping import BatchFeatureMapping
+from .metadata import BatchMetadata, VectorizerMetadata
+from .wire import Payload
+
+__all__ = ["Batch"]
+
+
+class Batch:
+    """A batch of data in the machine learning sense: one tensor per attribute, first dim = points.
+
+    A batch starts *nascent* with its data points; encoding turns each mapped field into a tensor
+    and drops the data points (*encoded*); a batch read back from the store or the wire is
+    *decoded*; :meth:`to` returns a *memory copied* clone on a device; :meth:`deallocate` releases
+    everything (*deallocated*).
+
+    Attributes:
+        batch_stash: the stash that made the batch (service side only; ``None`` on a client).
+        id: the batch id, its sequence number within its split.
+        split_name: the split the batch belongs to (``train``, ``dev``, ``test``...).
+        metadata: the batch metadata (label classes, vectorizers), when known.
+        torch_config: the device and dtype :meth:`to` copies to by default.
+    """
+
+    STATES = {
+        "n": "nascent",
+        "e": "encoded",
+        "d": "decoded",
+        "t": "memory copied",
+        "k": "deallocated",
+    }
+
+    def __init__(
+        self,
+        batch_stash: Any,
+        id: int,
+        split_name: str,
+        data_points: Sequence[Any] | None,
+        *,
+        metadata: BatchMetadata | None = None,
+        torch_config: TorchConfig | None = None,
+    ) -> None:
+        self.batch_stash = batch_stash
+        self.id = id
+        self.split_name = split_name
+        self.metadata = metadata
+        self.torch_config = torch_config or TorchConfig()
+        self._data_points: tuple[Any, ...] | None = (
+            None if data_points is None else tuple(data_points)
+        )
+        self.data_point_ids: tuple[Any, ...] = tuple(p.id for p in self._data_points or ())
+        self._attributes: dict[str, torch.Tensor] = {}
+        self.state = "n"
+
+    @classmethod
+    def from_payload(
+        cls,
+        payload: Payload,
+        metadata: BatchMetadata | None = None,
+        torch_config: TorchConfig | None = None,
+    ) -> Batch:
+        """Build a *decoded* batch from a decoded wire payload."""
+        batch = cls(
+            None,
+            payload.batch_id,
+            payload.split,
+            None,
+            metadata=metadata,
+            torch_config=torch_config,
+        )
+        batch._attributes = dict(payload.tensors)
+        batch.data_point_ids = tuple(payload.data_point_ids)
+        batch.state = "d"
+        return batch
+
+    @property
+    def state_name(self) -> str:
+        """The human readable name of the state (see :attr:`STATES`)."""
+        return self.STATES[self.state]
+
+    @property
+    def attributes(self) -> dict[str, torch.Tensor]:
+        """The batched tensors by attribute name."""
+        return self._attributes
+
+    @property
+    def data_points(self) -> tuple[Any, ...] | None:
+        """The data points given on creation; ``None`` once the batch is encoded."""
+        return self._data_points
+
+    @property
+    def mapping(self) -> BatchFeatureMapping | None:
+        """The feature mapping of the batch, when known."""
+        return None if self.metadata is None else self.metadata.mapping
+
+    def __getitem__(self, attr: str) -> torch.Tensor:
+        try:
+            return self._attributes[attr]
+        except KeyError:
+            have = ", ".join(sorted(self._attributes)) or "none"
+            raise KeyError(f"batch has no attribute {attr!r} (has: {have})") from None
+
+    def __contains__(self, attr: object) -> bool:
+        return attr in self._attributes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._attributes)
+
+    def __len__(self) -> int:
+        """The number of data points in the batch."""
+        if self._data_points is not None:
+            return len(self._data_points)
+        return len(self.data_point_ids)
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the batch has labels; a batch without them is for prediction."""
+        mapping = self.mapping
+        label = None if mapping is None else mapping.label_attribute_name
+        if label is None:
+            return False
+        if self.state == "n":
+            fld = mapping.label_field if mapping else None
+            accessor = label if fld is None else fld.attribute_accessor
+            points = self._data_points or ()
+            return bool(points) and all(getattr(p, accessor, None) is not None for p in points)
+        return label in self._attributes
+
+    def get_label_feature_vectorizer(self) -> VectorizerMetadata:
+        """Return the metadata of the vectorizer that encodes the label."""
+        mapping = self.mapping
+        if self.metadata is None or mapping is None or mapping.label_attribute_name is None:
+            raise BatchError("batch has no metadata for its label")
+        fld = self.metadata.fields_by_attribute.get(mapping.label_attribute_name)
+        if fld is None:
+            raise BatchError(f"label attribute {mapping.label_attribute_name!r} is not mapped")
+        return fld.vectorizer
+
+    def get_label_classes(self) -> list[str]:
+        """Return the labels of this batch as class names (needs a category label vectorizer)."""
+        vectorizer = self.get_label_feature_vectorizer()
+        if vectorizer.classes is None:
+            raise BatchError(f"label vectorizer {vectorizer.feature_id!r} lists no classes")
+        label = self[self.mapping.label_attribute_name]  # type: ignore[union-attr,index]
+        indices = label.argmax(dim=-1) if label.dim() > 1 else label
+        return [vectorizer.classes[int(i)] for i in indices.tolist()]
+
+    def to(self, device: str | torch.device | None = None) -> Batch:
+        """Return a clone with every attribute tensor copied to ``device``.
+
+        Args:
+            device: the target; defaults to ``torch_config.device``. CUDA copies are staged in
+                pinned memory and issued ``non_blocking``.
+        """
+        if self.state == "k":
+            raise BatchError(f"batch {self.split_name}/{self.id} is deallocated")
+        clone = self._clone()
+        clone._attributes = copy_to_device(self._attributes, device or self.torch_config.device)
+        clone.state = "t"
+        return clone
+
+    def _clone(self) -> Batch:
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._data_points = None
+        return clone
+
+    def deallocate(self) -> None:
+        """Release the tensors and data points."""
+        self._attributes = {}
+        self._data_points = None
+        self.batch_stash = None
+        self.state = "k"
+
+    def write(
+        self, depth: int = 0, writer: TextIO | None = None, include_data_points: bool = False
+    ) -> None:
+        """Write a readable dump of the batch to ``writer`` (stdout by default).
+
+        Args:
+            depth: the starting indentation depth.
+            writer: where to write.
+            include_data_points: also write each data point (nascent batches only).
+        """
+        out = writer or sys.stdout
+        pad = "  " * depth
+        out.write(
+            f"{pad}{type(self).__name__}: id={self.id}, split={self.split_name}, "
+            f"size={len(self)}, state={self.state_name}\n"
+        )
+        for name, tensor in self._attributes.items():
+            out.write(
+                f"{pad}  {name}: shape={tuple(tensor.shape)}, dtype={tensor.dtype}, "
+                f"device={tensor.device}\n"
+            )
+        if include_data_points and self._data_points:
+            out.write(f"{pad}  data points:\n")
+            for point in self._data_points:
+                out.write(f"{pad}    {point!r}\n")
+
+    def __repr__(self) -> str:
+        attrs = ", ".join(f"{k}{tuple(v.shape)}" for k, v in self._attributes.items())
+        return (
+            f"{type(self).__name__}(id={self.id}, split={self.split_name!r}, "
+            f"state={self.state_name!r}, attributes=[{attrs}])"
+        )

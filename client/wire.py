@@ -1,0 +1,373 @@
+r"""The batch payload: a standard safetensors file with checksummed tensors (spec + pure functions).
+
+Byte layout (the safetensors format, https://github.com/huggingface/safetensors):
+
+```
+offset 0        8 bytes   N, unsigned little-endian 64-bit: length of the JSON header
+offset 8        N bytes   JSON header, UTF-8, right-padded with spaces so that 8 + N % 8 == 0
+offset 8 + N    ...       data region: the tensors' bytes, little-endian, C order, no holes
+```
+
+The header maps every tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}``
+(offsets relative to the data region) and holds ``"__metadata__"``, a string-to-string map.
+batchstash writes tensors in order of decreasing alignment (8-byte dtypes first, then by name) so
+every tensor starts aligned and can be viewed in place with ``torch.frombuffer``. JSON keys are
+sorted, so equal tensors and metadata always give identical bytes.
+
+Metadata keys written by batchstash (all values are strings):
+
+| key | value |
+| --- | --- |
+| ``batchstash.format`` | ``"1"`` |
+| ``batchstash.split`` | split name, e.g. ``"train"`` |
+| ``batchstash.batch_id`` | the batch id, a decimal integer |
+| ``batchstash.data_point_ids`` | JSON array of the batch's data point ids |
+| ``batchstash.fingerprint`` | the store's configuration hash |
+| ``batchstash.checksum.<name>`` | checksum of tensor ``<name>`` (below) |
+
+A tensor's checksum is the hex XXH3-128 digest of ``name + "\0" + dtype + "\0" + shape + "\0"``
+followed by its bytes, where ``shape`` is the dimensions joined by ``","``. Because each checksum
+covers one tensor, a server can cut a payload down to some attributes, or join the stored files of
+several attribute groups, without re-hashing (:func:`compose`). :func:`decode` verifies every
+tensor.
+
+Nothing here does I/O. Any malformed input raises :class:`PayloadError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import xxhash
+
+from .errors import ChecksumError, PayloadError
+
+__all__ = [
+    "CHECKSUM_PREFIX",
+    "FORMAT_VERSION",
+    "Header",
+    "Payload",
+    "TensorEntry",
+    "compose",
+    "decode",
+    "encode",
+    "parse_header",
+    "tensor_checksum",
+]
+
+FORMAT_VERSION = "1"
+KEY_FORMAT = "batchstash.format"
+KEY_SPLIT = "batchstash.split"
+KEY_BATCH_ID = "batchstash.batch_id"
+KEY_DATA_POINT_IDS = "batchstash.data_point_ids"
+KEY_FINGERPRINT = "batchstash.fingerprint"
+CHECKSUM_PREFIX = "batchstash.checksum."
+MAX_HEADER = 100 * 1024 * 1024
+
+_CODES: dict[torch.dtype, str] = {
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.int32: "I32",
+    torch.int64: "I64",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+}
+_DTYPES = {code: dtype for dtype, code in _CODES.items()}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lies in a payload."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The torch dtype for :attr:`dtype`."""
+        return _DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class Header:
+    """A parsed payload header: the tensors, the metadata and where the data region starts."""
+
+    entries: dict[str, TensorEntry]
+    metadata: dict[str, str]
+    data_start: int
+
+
+@dataclass
+class Payload:
+    """A decoded payload: tensors by name plus the batchstash metadata."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def split(self) -> str:
+        """The split the batch belongs to."""
+        return self.metadata.get(KEY_SPLIT, "")
+
+    @property
+    def batch_id(self) -> int:
+        """The batch id."""
+        return int(self.metadata.get(KEY_BATCH_ID, "-1"))
+
+    @property
+    def data_point_ids(self) -> list[Any]:
+        """The ids of the data points the batch was encoded from."""
+        return list(json.loads(self.metadata.get(KEY_DATA_POINT_IDS, "[]")))
+
+    @property
+    def fingerprint(self) -> str:
+        """The configuration hash of the store that encoded the batch."""
+        return self.metadata.get(KEY_FINGERPRINT, "")
+
+
+def dtype_code(dtype: torch.dtype) -> str:
+    """Return the safetensors dtype code of a torch dtype."""
+    try:
+        return _CODES[dtype]
+    except KeyError:
+        raise PayloadError(f"dtype {dtype} cannot be stored in a batch payload") from None
+
+
+def tensor_checksum(name: str, dtype: str, shape: Iterable[int], data: Any) -> str:
+    """Return the checksum of one tensor record (see the module docstring).
+
+    Args:
+        name: the tensor (attribute) name.
+        dtype: the safetensors dtype code.
+        shape: the tensor's dimensions.
+        data: a buffer with the tensor's bytes.
+    """
+    digest = xxhash.xxh3_128()
+    digest.update(f"{name}\0{dtype}\0{','.join(map(str, shape))}\0".encode())
+    digest.update(data)
+    return str(digest.hexdigest())
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
+def _alignment_order(item: tuple[str, str]) -> tuple[int, str]:
+    name, code = item
+    return (-_DTYPES[code].itemsize, name)
+
+
+def _header_bytes(entries: list[TensorEntry], metadata: Mapping[str, str]) -> bytes:
+    doc: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    for entry in entries:
+        doc[entry.name] = {
+            "dtype": entry.dtype,
+            "shape": list(entry.shape),
+            "data_offsets": [entry.begin, entry.end],
+        }
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _layout(parts: list[tuple[str, str, tuple[int, ...], Any]]) -> list[TensorEntry]:
+    entries, offset = [], 0
+    for name, code, shape, data in parts:
+        size = memoryview(data).nbytes
+        entries.append(TensorEntry(name, code, shape, offset, offset + size))
+        offset += size
+    return entries
+
+
+def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """Encode tensors and metadata as a payload, adding each tensor's checksum.
+
+    Args:
+        tensors: tensors by attribute name (any device; copied to CPU).
+        metadata: string metadata (the ``batchstash.*`` keys above and any others).
+
+    Returns:
+        The payload bytes; equal input always gives equal bytes.
+    """
+    records = {
+        name: (dtype_code(t.dtype), tuple(t.shape), _tensor_bytes(t)) for name, t in tensors.items()
+    }
+    order = sorted(((n, r[0]) for n, r in records.items()), key=_alignment_order)
+    parts = [(name, code, records[name][1], records[name][2]) for name, code in order]
+    meta = {str(k): str(v) for k, v in metadata.items()}
+    meta[KEY_FORMAT] = FORMAT_VERSION
+    for name, code, shape, data in parts:
+        meta[CHECKSUM_PREFIX + name] = tensor_checksum(name, code, shape, data)
+    header = _header_bytes(_layout(parts), meta)
+    return b"".join([header, *(bytes(p[3]) for p in parts)])
+
+
+def _entry(name: str, spec: Any) -> TensorEntry:
+    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+        raise PayloadError(f"tensor {name!r}: header entry is malformed")
+    dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if dtype not in _DTYPES:
+        raise PayloadError(f"tensor {name!r}: unsupported dtype {dtype!r}")
+    ints = isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
+    if not ints or not all(type(v) is int and v >= 0 for v in [*shape, *offsets]):
+        raise PayloadError(f"tensor {name!r}: shape or data_offsets are not non-negative ints")
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    if offsets[1] - offsets[0] != numel * _DTYPES[dtype].itemsize:
+        raise PayloadError(f"tensor {name!r}: data_offsets do not match dtype and shape")
+    return TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def parse_header(buf: Any) -> Header:
+    """Parse and validate a payload header without touching the tensor bytes.
+
+    Args:
+        buf: the whole payload (any buffer).
+
+    Raises:
+        PayloadError: the bytes are not a well-formed payload.
+    """
+    view = memoryview(buf).cast("B")
+    if view.nbytes < 8:
+        raise PayloadError(f"payload of {view.nbytes} bytes is too short for a header")
+    (size,) = struct.unpack_from("<Q", view, 0)
+    if size > min(MAX_HEADER, view.nbytes - 8):
+        raise PayloadError(f"header length {size} exceeds the payload ({view.nbytes} bytes)")
+    try:
+        doc = json.loads(bytes(view[8 : 8 + size]).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(f"header is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise PayloadError("header is not a JSON object")
+    metadata = doc.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise PayloadError("__metadata__ is not a map of strings")
+    entries = {name: _entry(name, spec) for name, spec in doc.items()}
+    offset = 0
+    for entry in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
+        if entry.begin != offset:
+            raise PayloadError(f"tensor {entry.name!r}: data region has a hole or an overlap")
+        offset = entry.end
+    data_start = 8 + size
+    if data_start + offset != view.nbytes:
+        raise PayloadError(
+            f"payload is {view.nbytes} bytes but its header describes {data_start + offset}"
+        )
+    return Header(entries, metadata, data_start)
+
+
+def _verify(entry: TensorEntry, data: memoryview, metadata: Mapping[str, str]) -> None:
+    expected = metadata.get(CHECKSUM_PREFIX + entry.name)
+    if expected is None:
+        raise PayloadError(f"tensor {entry.name!r} has no checksum")
+    if tensor_checksum(entry.name, entry.dtype, entry.shape, data) != expected:
+        raise ChecksumError(f"tensor {entry.name!r} fails its checksum: the bytes are corrupt")
+
+
+def decode(buf: Any, names: Iterable[str] | None = None, verify: bool = True) -> Payload:
+    """Decode a payload into tensors that share its memory (no copy when ``buf`` is writable).
+
+    Args:
+        buf: the payload; a writable buffer (``bytearray``) is viewed in place, a read-only one
+            (``bytes``) is copied once.
+        names: only decode these tensors (all when ``None``).
+        verify: check every decoded tensor's checksum.
+
+    Raises:
+        PayloadError: malformed bytes, a missing tensor or a missing checksum.
+        ChecksumError: a tensor's bytes do not match its checksum.
+    """
+    header = parse_header(buf)
+    if header.metadata.get(KEY_FORMAT) != FORMAT_VERSION:
+        raise PayloadError(f"unsupported payload format {header.metadata.get(KEY_FORMAT)!r}")
+    view = memoryview(buf).cast("B")
+    if view.readonly:
+        view = memoryview(bytearray(view))
+    wanted = list(header.entries) if names is None else list(names)
+    tensors = {}
+    for name in wanted:
+        entry = header.entries.get(name)
+        if entry is None:
+            raise PayloadError(f"payload has no tensor {name!r}")
+        data = view[header.data_start + entry.begin : header.data_start + entry.end]
+        if verify:
+            _verify(entry, data, header.metadata)
+        tensors[name] = _view_tensor(entry, view, header.data_start)
+    return Payload(tensors, dict(header.metadata))
+
+
+def _view_tensor(entry: TensorEntry, view: memoryview, data_start: int) -> torch.Tensor:
+    dtype = entry.torch_dtype
+    if entry.end == entry.begin:
+        return torch.empty(entry.shape, dtype=dtype)
+    offset = data_start + entry.begin
+    if offset % dtype.itemsize:
+        # a payload written by another tool may be unaligned: copy that tensor only
+        aligned = bytearray(view[offset : data_start + entry.end])
+        return torch.frombuffer(aligned, dtype=dtype).reshape(entry.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        flat = torch.frombuffer(
+            view, dtype=dtype, count=(entry.end - entry.begin) // dtype.itemsize, offset=offset
+        )
+    return flat.reshape(entry.shape)
+
+
+def compose(
+    sources: Iterable[tuple[Any, Header]],
+    names: Iterable[str] | None,
+    metadata: Mapping[str, str],
+) -> list[memoryview | bytes]:
+    """Build a payload from tensors of already-encoded payloads without decoding or re-hashing.
+
+    Args:
+        sources: ``(buffer, parsed header)`` of each source payload (e.g. the stored files of the
+            attribute groups of one batch).
+        names: the tensors to keep (all when ``None``).
+        metadata: metadata for the new payload; the kept tensors' checksums are copied over.
+
+    Returns:
+        The payload as a list of chunks (header first); ``b"".join(...)`` gives the bytes.
+
+    Raises:
+        PayloadError: a requested tensor is in none of the sources.
+    """
+    found: dict[str, tuple[TensorEntry, memoryview, str]] = {}
+    for buf, header in sources:
+        view = memoryview(buf).cast("B")
+        for name, entry in header.entries.items():
+            checksum = header.metadata.get(CHECKSUM_PREFIX + name)
+            if checksum is None:
+                raise PayloadError(f"tensor {name!r} has no checksum")
+            data = view[header.data_start + entry.begin : header.data_start + entry.end]
+            found[name] = (entry, data, checksum)
+    keep = sorted(found) if names is None else sorted(set(names))
+    missing = [n for n in keep if n not in found]
+    if missing:
+        raise PayloadError(f"no stored tensor for {', '.join(missing)}")
+    order = sorted(((n, found[n][0].dtype) for n in keep), key=_alignment_order)
+    parts = [(n, code, found[n][0].shape, found[n][1]) for n, code in order]
+    meta = {str(k): str(v) for k, v in metadata.items() if not k.startswith(CHECKSUM_PREFIX)}
+    meta[KEY_FORMAT] = FORMAT_VERSION
+    for name in keep:
+        meta[CHECKSUM_PREFIX + name] = found[name][2]
+    return [_header_bytes(_layout(parts), meta), *(p[3] for p in parts)]

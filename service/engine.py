@@ -1,0 +1,507 @@
+"""The batch stash: plans batches, primes them in a process pool, stores and loads them."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+import xxhash
+
+from batchstash.client import (
+    Batch,
+    BatchError,
+    BatchFeatureMapping,
+    BatchFieldMetadata,
+    BatchMetadata,
+    ConflictError,
+    CorruptStoreError,
+    InvalidRequestError,
+    NotFoundError,
+    NotPrimedError,
+    PrimeCancelledError,
+    StaleStoreError,
+    TorchConfig,
+    wire,
+)
+
+from .prime.pool import chunked, run_pool
+from .stash.batch import DefaultBatch
+from .stash.datapoint import DataPoint
+from .stash.idset import DataPointIDSet, plan_id_sets
+from .stash.split import SplitStashContainer
+from .stash.vectorize import FeatureVectorizerManager, FeatureVectorizerManagerSet
+from .store.composite import CompositeBatchStore, expect_metadata, group_name
+from .store.files import safe_name
+from .store.manifest import MANIFEST_FILE, PLAN_FILE, StoreRecord, read_record, write_record
+
+__all__ = ["BatchStash", "ProgressCallback", "load_factory"]
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, int, int], None]
+"""Called as ``progress(split, done, total)`` each time a batch of ``split`` is stored."""
+
+STORE_FORMAT = 1
+
+
+def load_factory(spec: str) -> Callable[..., BatchStash]:
+    """Import the stash factory named ``package.module:function``."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise BatchError(f"dataset factory {spec!r} must look like 'package.module:function'")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise BatchError(f"cannot import dataset factory {spec!r}: {exc}") from None
+    if not callable(factory):
+        raise BatchError(f"dataset factory {spec!r} is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
+class BatchStash:
+    """Vectorizes data points into batches of tensors, primes them in a process pool, stores them.
+
+    Args:
+        path: the store directory (batches, plan and manifest).
+        split_stash_container: ids by split and raw data by id.
+        vectorizer_manager_set: the vectorizers, by manager.
+        batch_feature_mappings: which attribute each vectorizer encodes.
+        data_point_type: the :class:`DataPoint` subclass, built as ``(id, stash, raw)``.
+        batch_type: the batch class (:class:`DefaultBatch` by default).
+        batch_size: data points a batch (the last batch of a split may be smaller).
+        workers: priming processes; ``0`` encodes in this process.
+        chunk_size: id sets per worker task; ``0`` picks one from the batch count.
+        batch_limit: the most batches made per split (for debugging).
+        decoded_attributes: the attributes :meth:`load` returns by default (``None``: all).
+        seed: drives the shuffle of the ``train`` split and each batch's torch seed.
+        groups: attribute groups stored together (default: one file per attribute).
+        model_torch_config: the device and dtype batches are copied to by ``Batch.to()``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        split_stash_container: SplitStashContainer,
+        vectorizer_manager_set: FeatureVectorizerManagerSet | Sequence[FeatureVectorizerManager],
+        batch_feature_mappings: BatchFeatureMapping,
+        data_point_type: type[DataPoint],
+        batch_type: type[DefaultBatch] = DefaultBatch,
+        batch_size: int = 32,
+        workers: int = 0,
+        chunk_size: int = 0,
+        batch_limit: int = sys.maxsize,
+        decoded_attributes: Iterable[str] | None = None,
+        seed: int = 0,
+        groups: Iterable[Iterable[str]] | None = None,
+        model_torch_config: TorchConfig | None = None,
+    ) -> None:
+        if batch_size < 1 or workers < 0 or chunk_size < 0 or batch_limit < 1:
+            raise BatchError("batch_size and batch_limit must be >= 1, workers and chunk_size >= 0")
+        self.path = Path(path)
+        self.split_stash_container = split_stash_container
+        if not isinstance(vectorizer_manager_set, FeatureVectorizerManagerSet):
+            vectorizer_manager_set = FeatureVectorizerManagerSet(vectorizer_manager_set)
+        self.vectorizer_manager_set = vectorizer_manager_set
+        self.batch_feature_mappings = batch_feature_mappings
+        self.data_point_type = data_point_type
+        self.batch_type = batch_type
+        self.batch_size = batch_size
+        self.workers = workers
+        self.chunk_size = chunk_size
+        self.batch_limit = batch_limit
+        self.seed = seed
+        self.model_torch_config = model_torch_config or TorchConfig()
+        for split in split_stash_container.split_names:
+            safe_name(split, "split")
+        self.decoded_attributes = None if decoded_attributes is None else set(decoded_attributes)
+        self._check_attributes(self.decoded_attributes)
+        self.store = CompositeBatchStore(self.path, _groups(groups, batch_feature_mappings))
+        for fld in batch_feature_mappings.fields:  # fail at construction on a missing vectorizer
+            self.vectorizer_manager_set[self._manager_of(fld.attr)][fld.feature_id]
+        self.factory: str | None = None
+        self.factory_kwargs: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._priming = False
+
+    @classmethod
+    def from_factory(cls, factory: str, **kwargs: Any) -> BatchStash:
+        """Build a stash with an importable factory, so priming workers can rebuild it.
+
+        Args:
+            factory: ``package.module:function`` returning a :class:`BatchStash`.
+            **kwargs: JSON-able keyword arguments of the factory (e.g. ``path``).
+        """
+        stash = load_factory(factory)(**kwargs)
+        if not isinstance(stash, BatchStash):
+            raise BatchError(
+                f"dataset factory {factory!r} returned {type(stash).__name__}, not a BatchStash"
+            )
+        stash.factory, stash.factory_kwargs = factory, dict(kwargs)
+        return stash
+
+    def _manager_of(self, attr: str) -> str:
+        for mng in self.batch_feature_mappings.manager_mappings:
+            if any(f.attr == attr for f in mng.fields):
+                return mng.vectorizer_manager_name
+        raise BatchError(f"attribute {attr!r} is not mapped")
+
+    def _check_attributes(self, attributes: Iterable[str] | None) -> None:
+        if attributes is None:
+            return
+        unknown = set(attributes) - set(self.batch_feature_mappings.attributes)
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown attributes {sorted(unknown)}; "
+                f"known: {sorted(self.batch_feature_mappings.attributes)}"
+            )
+
+    @property
+    def label_vectorizer_manager(self) -> FeatureVectorizerManager | None:
+        """The vectorizer manager that vectorizes the label."""
+        mng = self.batch_feature_mappings.label_vectorizer_manager
+        return None if mng is None else self.vectorizer_manager_set[mng.vectorizer_manager_name]
+
+    @cached_property
+    def batch_metadata(self) -> BatchMetadata:
+        """Fields, vectorizers, shapes, dtypes and label classes of the batches."""
+        fields = {}
+        for mng in self.batch_feature_mappings.manager_mappings:
+            for fld in mng.fields:
+                vec = self.vectorizer_manager_set[mng.vectorizer_manager_name][fld.feature_id]
+                fields[fld.attr] = BatchFieldMetadata(fld, vec.metadata())
+        return BatchMetadata(
+            _qualname(self.data_point_type),
+            _qualname(self.batch_type),
+            self.batch_feature_mappings,
+            fields,
+        )
+
+    @cached_property
+    def batch_data_point_sets(self) -> list[DataPointIDSet]:
+        """The id sets of every batch of every split, deterministic for :attr:`seed`."""
+        return plan_id_sets(
+            self.split_stash_container.keys_by_split, self.batch_size, self.seed, self.batch_limit
+        )
+
+    @cached_property
+    def config_hash(self) -> str:
+        """Hash of everything that determines the stored bytes; a change makes the store stale."""
+        doc = {
+            "store_format": STORE_FORMAT,
+            "payload_format": wire.FORMAT_VERSION,
+            "mapping": self.batch_feature_mappings.to_dict(),
+            "vectorizers": self.vectorizer_manager_set.config(),
+            "groups": [group_name(g) for g in self.store.groups],
+            "batch_size": self.batch_size,
+            "batch_limit": min(self.batch_limit, 2**62),
+            "seed": self.seed,
+            "data_point_type": _qualname(self.data_point_type),
+            "batch_type": _qualname(self.batch_type),
+            "data": self.split_stash_container.fingerprint(),
+        }
+        return str(xxhash.xxh3_128_hexdigest(json.dumps(doc, sort_keys=True).encode()))
+
+    def _record(self) -> StoreRecord:
+        splits: dict[str, dict[str, int]] = {}
+        for id_set in self.batch_data_point_sets:
+            entry = splits.setdefault(id_set.split_name, {"batches": 0, "data_points": 0})
+            entry["batches"] += 1
+            entry["data_points"] += len(id_set.data_point_ids)
+        return StoreRecord(
+            self.config_hash,
+            [group_name(g) for g in self.store.groups],
+            splits,
+            [s.to_dict() for s in self.batch_data_point_sets],
+        )
+
+    def check_fresh(self) -> None:
+        """Raise :class:`StaleStoreError` if the store was built by another configuration."""
+        for name in (MANIFEST_FILE, PLAN_FILE):
+            record = read_record(self.path / name)
+            if record is not None and record.config_hash != self.config_hash:
+                raise StaleStoreError(
+                    f"the store at {self.path} was encoded with configuration "
+                    f"{record.config_hash[:12]}, this stash is {self.config_hash[:12]}: "
+                    "clear it (clear_all() or 'batchstash clear') and prime again"
+                )
+
+    @property
+    def is_stale(self) -> bool:
+        """Whether the store holds batches of another configuration."""
+        try:
+            self.check_fresh()
+        except StaleStoreError:
+            return True
+        return False
+
+    @property
+    def is_primed(self) -> bool:
+        """Whether every batch is stored (the manifest exists and matches this configuration)."""
+        record = read_record(self.path / MANIFEST_FILE)
+        return record is not None and record.config_hash == self.config_hash
+
+    def split_counts(self) -> dict[str, dict[str, int]]:
+        """Per split: ``batches``, ``data_points`` and ``stored`` (files present) counts."""
+        counts = self._record().splits
+        for entry in counts.values():
+            entry["stored"] = 0
+        if not self.is_stale:
+            for id_set in self.batch_data_point_sets:
+                if self.store.exists(id_set.split_name, id_set.batch_id):
+                    counts[id_set.split_name]["stored"] += 1
+        return counts
+
+    def keys(self, split: str) -> list[int]:
+        """The batch ids of ``split``."""
+        return [s.batch_id for s in self._split_sets(split)]
+
+    def _split_sets(self, split: str) -> list[DataPointIDSet]:
+        if split not in self.split_stash_container.keys_by_split:
+            raise NotFoundError(
+                f"unknown split {split!r}; splits: {list(self.split_stash_container.split_names)}"
+            )
+        return [s for s in self.batch_data_point_sets if s.split_name == split]
+
+    def _id_set(self, split: str, batch_id: int) -> DataPointIDSet:
+        for id_set in self._split_sets(split):
+            if id_set.batch_id == batch_id:
+                return id_set
+        raise NotFoundError(f"split {split!r} has no batch {batch_id}")
+
+    def create_batch(
+        self,
+        points: Sequence[DataPoint],
+        split_name: str | None = None,
+        batch_id: int | None = None,
+    ) -> DefaultBatch:
+        """Create a nascent batch of ``points`` (what priming does for each id set)."""
+        return self.batch_type(self, -1 if batch_id is None else batch_id, split_name or "", points)
+
+    def data_points(self, id_set: DataPointIDSet) -> list[DataPoint]:
+        """Build the data points of an id set from the split container."""
+        container = self.split_stash_container
+        return [self.data_point_type(i, self, container[i]) for i in id_set.data_point_ids]
+
+    def encode_id_set(self, id_set: DataPointIDSet) -> Batch:
+        """Encode one id set (seeded by its torch seed context) and store its group files."""
+        torch.manual_seed(int(id_set.torch_seed_context.get("seed", self.seed)))
+        batch = self.create_batch(self.data_points(id_set), id_set.split_name, id_set.batch_id)
+        batch.encode()
+        self.store.write(id_set.split_name, id_set.batch_id, batch.attributes, self._expect(id_set))
+        return batch
+
+    def _expect(self, id_set: DataPointIDSet) -> dict[str, str]:
+        return expect_metadata(
+            id_set.split_name, id_set.batch_id, self.config_hash, id_set.data_point_ids
+        )
+
+    def prime(
+        self,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> int:
+        """Encode and store every batch not stored yet; batches already stored and valid are kept.
+
+        Args:
+            progress: called as ``progress(split, done, total)`` after each stored batch (and once
+                per split at the start with the batches found already stored).
+            cancel: set it from another thread to stop; raises :class:`PrimeCancelledError`.
+
+        Returns:
+            The number of batches encoded by this call.
+
+        Raises:
+            StaleStoreError: the store holds another configuration's batches.
+            ConflictError: a prime is already running on this stash.
+            VectorizerError: a vectorizer failed (names split, batch, data point and field).
+        """
+        with self._lock:
+            if self._priming:
+                raise ConflictError("a prime is already running")
+            self._priming = True
+        try:
+            return self._prime(progress, cancel)
+        finally:
+            self._priming = False
+
+    @property
+    def is_priming(self) -> bool:
+        """Whether :meth:`prime` is running on this stash."""
+        return self._priming
+
+    def _prime(self, progress: ProgressCallback | None, cancel: threading.Event | None) -> int:
+        self.check_fresh()
+        record = self._record()
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_record(self.path / PLAN_FILE, record)
+        todo = [
+            s
+            for s in self.batch_data_point_sets
+            if not self.store.is_stored(s.split_name, s.batch_id, self._expect(s))
+        ]
+        done = {split: entry["batches"] for split, entry in record.splits.items()}
+        for id_set in todo:
+            done[id_set.split_name] -= 1
+        if progress:
+            for split, entry in record.splits.items():
+                progress(split, done[split], entry["batches"])
+
+        def on_done(id_set: DataPointIDSet) -> None:
+            done[id_set.split_name] += 1
+            if progress:
+                progress(
+                    id_set.split_name,
+                    done[id_set.split_name],
+                    record.splits[id_set.split_name]["batches"],
+                )
+
+        logger.info(
+            "priming %d of %d batches with %d workers",
+            len(todo),
+            len(self.batch_data_point_sets),
+            self.workers,
+        )
+        if todo and self.workers > 0:
+            if self.factory is None:
+                raise BatchError(
+                    f"workers={self.workers} needs a stash built with "
+                    "BatchStash.from_factory('package.module:function'); "
+                    "or set workers=0 to encode in this process"
+                )
+            size = self.chunk_size or max(1, len(todo) // (self.workers * 4))
+            run_pool(
+                chunked(todo, size),
+                self.workers,
+                self.factory,
+                self.factory_kwargs,
+                on_done,
+                cancel,
+            )
+        else:
+            for id_set in todo:
+                if cancel is not None and cancel.is_set():
+                    raise PrimeCancelledError("prime cancelled")
+                self.encode_id_set(id_set)
+                on_done(id_set)
+        write_record(self.path / MANIFEST_FILE, record)
+        return len(todo)
+
+    def clear_all(self) -> None:
+        """Remove every encoded batch, the plan and the manifest (never the source data).
+
+        Raises:
+            ConflictError: a prime is running.
+        """
+        if self._priming:
+            raise ConflictError("cannot clear while a prime is running; cancel it first")
+        (self.path / MANIFEST_FILE).unlink(missing_ok=True)
+        self.store.clear()
+        (self.path / PLAN_FILE).unlink(missing_ok=True)
+
+    def _resolve_attributes(self, attributes: Iterable[str] | None) -> set[str] | None:
+        if attributes is None:
+            return None if self.decoded_attributes is None else set(self.decoded_attributes)
+        wanted = set(attributes)
+        self._check_attributes(wanted)
+        return wanted
+
+    def read_sources(
+        self, split: str, batch_id: int, attributes: Iterable[str] | None = None
+    ) -> tuple[DataPointIDSet, set[str] | None, list[tuple[bytearray, wire.Header]]]:
+        """Read and verify the stored group files holding ``attributes`` of one batch.
+
+        Returns:
+            The batch's id set, the resolved attribute names (``None``: all) and the verified
+            ``(bytes, header)`` of each needed group file.
+
+        Raises:
+            NotFoundError: unknown split or batch id.
+            NotPrimedError: the batch is planned but not stored yet.
+            StaleStoreError: the store holds another configuration's batches.
+            CorruptStoreError: a stored file fails verification.
+        """
+        id_set = self._id_set(split, batch_id)
+        wanted = self._resolve_attributes(attributes)
+        self.check_fresh()
+        try:
+            sources = self.store.read_verified(split, batch_id, wanted, self._expect(id_set))
+        except FileNotFoundError:
+            raise NotPrimedError(f"batch {split}/{batch_id} is not encoded yet") from None
+        return id_set, wanted, sources
+
+    def payload(
+        self, split: str, batch_id: int, attributes: Iterable[str] | None = None
+    ) -> list[bytes | memoryview]:
+        """One batch as wire payload chunks, composed from stored bytes without decoding."""
+        id_set, wanted, sources = self.read_sources(split, batch_id, attributes)
+        present = {n for _, h in sources for n in h.entries}
+        names = present if wanted is None else wanted & present
+        return wire.compose(sources, names, self._expect(id_set))
+
+    def load(self, split: str, batch_id: int, attributes: Iterable[str] | None = None) -> Batch:
+        """Load one decoded batch; only the groups holding the wanted attributes are read.
+
+        Args:
+            split: the split name.
+            batch_id: the batch id.
+            attributes: the attributes to decode (default :attr:`decoded_attributes`, or all).
+        """
+        id_set, wanted, sources = self.read_sources(split, batch_id, attributes)
+        tensors: dict[str, torch.Tensor] = {}
+        for buf, header in sources:
+            names = [n for n in header.entries if wanted is None or n in wanted]
+            try:
+                tensors.update(wire.decode(buf, names, verify=False).tensors)
+            except wire.PayloadError as exc:  # verified by read_sources; defensive only
+                raise CorruptStoreError(exc.message) from None
+        payload = wire.Payload(tensors, self._expect(id_set))
+        return Batch.from_payload(payload, self.batch_metadata, self.model_torch_config)
+
+    def get(self, split: str, batch_id: int, default: Any = None) -> Batch | Any:
+        """Like :meth:`load`, but ``default`` when the batch is unknown or not stored yet."""
+        try:
+            return self.load(split, batch_id)
+        except (NotFoundError, NotPrimedError):
+            return default
+
+    def write(self, depth: int = 0, writer: TextIO | None = None) -> None:
+        """Write a readable summary of the stash."""
+        out, pad = writer or sys.stdout, "  " * depth
+        out.write(
+            f"{pad}{type(self).__name__}: {self.path} (config {self.config_hash[:12]}, "
+            f"batch_size={self.batch_size}, workers={self.workers})\n"
+        )
+        for split, entry in self.split_counts().items():
+            out.write(
+                f"{pad}  {split}: {entry['stored']}/{entry['batches']} batches stored, "
+                f"{entry['data_points']} data points\n"
+            )
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _groups(
+    groups: Iterable[Iterable[str]] | None, mapping: BatchFeatureMapping
+) -> list[frozenset[str]]:
+    attrs = list(mapping.attributes)
+    result = [frozenset(g) for g in groups or ()]
+    seen: set[str] = set()
+    for group in result:
+        if not group or group & seen or not group <= set(attrs):
+            raise BatchError(
+                f"groups must be disjoint, non-empty sets of mapped attributes: "
+                f"{[sorted(g) for g in result]}"
+            )
+        seen |= group
+    result.extend(frozenset([a]) for a in attrs if a not in seen)
+    return result

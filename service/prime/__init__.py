@@ -1,0 +1,1 @@
+"""Priming: encoding batches in a pool of worker processes."""

@@ -1,0 +1,116 @@
+"""The default batch: encodes its data points with the stash's mappings and vectorizers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from batchstash.client import Batch, BatchError, BatchFeatureMapping, VectorizerError
+
+from .vectorize import FeatureVectorizer
+
+if TYPE_CHECKING:
+    from .stash import BatchStash
+
+__all__ = ["DefaultBatch"]
+
+
+class DefaultBatch(Batch):
+    """A batch encoded with ``batch_feature_mappings`` (by default the stash's mappings).
+
+    Args:
+        batch_stash: the stash that creates the batch.
+        id: the batch id.
+        split_name: the batch's split.
+        data_points: the data points to encode.
+        batch_feature_mappings: the mappings to use instead of the stash's.
+    """
+
+    def __init__(
+        self,
+        batch_stash: BatchStash,
+        id: int,
+        split_name: str,
+        data_points: Sequence[Any],
+        batch_feature_mappings: BatchFeatureMapping | None = None,
+    ) -> None:
+        super().__init__(
+            batch_stash,
+            id,
+            split_name,
+            data_points,
+            metadata=batch_stash.batch_metadata,
+            torch_config=batch_stash.model_torch_config,
+        )
+        self.batch_feature_mappings = batch_feature_mappings
+
+    @property
+    def mapping(self) -> BatchFeatureMapping:
+        """The mappings of this batch."""
+        if self.batch_feature_mappings is not None:
+            return self.batch_feature_mappings
+        return self.batch_stash.batch_feature_mappings  # type: ignore[no-any-return]
+
+    def encode(self) -> None:
+        """Vectorize every mapped field into :attr:`attributes` and drop the data points.
+
+        Label fields are skipped when the batch has no labels (a prediction batch).
+
+        Raises:
+            VectorizerError: a vectorizer failed; the message names split, batch, data point and
+                field.
+        """
+        if self.state != "n":
+            raise BatchError(f"batch {self.split_name}/{self.id} is {self.state_name}, not nascent")
+        mapping, labelled = self.mapping, self.has_labels
+        managers = self.batch_stash.vectorizer_manager_set
+        points = self._data_points or ()
+        if not points:
+            raise BatchError(f"batch {self.split_name}/{self.id} has no data points")
+        attributes = {}
+        for mng in mapping.manager_mappings:
+            for fld in mng.fields:
+                if not labelled and mapping.is_label_field(fld):
+                    continue
+                vectorizer = managers[mng.vectorizer_manager_name][fld.feature_id]
+                attributes[fld.attr] = self._encode_field(
+                    vectorizer, fld.attr, fld.attribute_accessor, fld.is_agg
+                )
+        self._attributes = attributes
+        self._data_points = None
+        self.state = "e"
+
+    def _where(self, attr: str, vectorizer: FeatureVectorizer, point: str) -> str:
+        return (
+            f"split {self.split_name!r}, batch {self.id}, {point}, field {attr!r} "
+            f"(vectorizer {vectorizer.feature_id!r})"
+        )
+
+    def _encode_field(
+        self, vectorizer: FeatureVectorizer, attr: str, accessor: str, is_agg: bool
+    ) -> torch.Tensor:
+        points = self._data_points or ()
+        values = []
+        for point in points:
+            try:
+                values.append(getattr(point, accessor))
+            except Exception as exc:
+                where = self._where(attr, vectorizer, f"data point {point.id!r}")
+                raise VectorizerError(f"{where}: cannot read {accessor!r}: {exc!r}") from exc
+        if is_agg:
+            try:
+                return vectorizer.encode_batch(values)
+            except Exception as exc:
+                ids = [p.id for p in points]
+                where = self._where(attr, vectorizer, f"data points {ids!r}")
+                raise VectorizerError(f"{where}: {exc!r}") from exc
+        encoded = []
+        for point, value in zip(points, values, strict=True):
+            try:
+                encoded.append(vectorizer.encode(value))
+            except Exception as exc:
+                where = self._where(attr, vectorizer, f"data point {point.id!r}")
+                raise VectorizerError(f"{where}: {exc!r}") from exc
+        return torch.stack(encoded)

@@ -1,0 +1,329 @@
+"""Feature vectorizers, their managers and the manager set.
+
+A vectorizer turns one feature of a data point into a tensor. Write your own by subclassing
+:class:`FeatureVectorizer`::
+
+    @dataclass
+    class LengthVectorizer(FeatureVectorizer):
+        DESCRIPTION = "text length"
+
+        def encode(self, value):               # one data point's feature -> tensor
+            return torch.tensor([len(value)], dtype=torch.float32)
+
+        @property
+        def shape(self):                       # one data point's tensor shape (-1: varies)
+            return (1,)
+
+Fields with ``is_agg=True`` call :meth:`FeatureVectorizer.encode_batch` with the values of every
+data point at once (to pad, for instance); the others call :meth:`FeatureVectorizer.encode` per
+data point and stack the results. :meth:`FeatureVectorizer.config` goes into the store's
+configuration hash: include everything that changes the tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+
+from batchstash.client import BatchError, VectorizerMetadata
+
+__all__ = [
+    "CategoryEncodableFeatureVectorizer",
+    "FeatureVectorizer",
+    "FeatureVectorizerManager",
+    "FeatureVectorizerManagerSet",
+    "OneHotEncodedFeatureVectorizer",
+    "SeriesFeatureVectorizer",
+    "TokenIdFeatureVectorizer",
+    "TokenLengthFeatureVectorizer",
+]
+
+
+@dataclass
+class FeatureVectorizer:
+    """Base class of feature vectorizers.
+
+    Attributes:
+        feature_id: the unique id the field mappings refer to.
+    """
+
+    DESCRIPTION: ClassVar[str] = "feature vectorizer"
+
+    feature_id: str
+
+    def encode(self, value: Any) -> torch.Tensor:
+        """Vectorize one data point's feature value into a tensor of shape :attr:`shape`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement encode()")
+
+    def encode_batch(self, values: Sequence[Any]) -> torch.Tensor:
+        """Vectorize every data point's value at once (``is_agg`` fields): stacks by default."""
+        return torch.stack([self.encode(v) for v in values])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the tensors."""
+        return torch.float32
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one data point's tensor; ``-1`` where it varies by batch."""
+        return ()
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able configuration that determines the tensors (hashed to detect stale stores)."""
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            **{f.name: _jsonable(getattr(self, f.name)) for f in fields(self)},
+        }
+
+    def metadata(self) -> VectorizerMetadata:
+        """Return the vectorizer's metadata for models and clients."""
+        return VectorizerMetadata(
+            feature_id=self.feature_id,
+            name=type(self).__name__,
+            description=self.DESCRIPTION,
+            dtype=str(self.dtype).removeprefix("torch."),
+            shape=self.shape,
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+@dataclass
+class CategoryEncodableFeatureVectorizer(FeatureVectorizer):
+    """Encodes a class label as its index in :attr:`categories` (class <-> index).
+
+    Attributes:
+        categories: the classes, in index order.
+    """
+
+    DESCRIPTION: ClassVar[str] = "category label index"
+
+    categories: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.categories = tuple(self.categories)
+        if len(set(self.categories)) != len(self.categories) or not self.categories:
+            raise BatchError(f"{self.feature_id}: categories must be unique and non-empty")
+        self._index = {c: i for i, c in enumerate(self.categories)}
+
+    def index(self, value: Any) -> int:
+        """Return the index of class ``value``."""
+        try:
+            return self._index[str(value)]
+        except KeyError:
+            raise BatchError(f"unknown class {value!r}; known: {list(self.categories)}") from None
+
+    def get_classes(self, indices: Iterable[int]) -> list[str]:
+        """Map indices back to class names."""
+        return [self.categories[int(i)] for i in indices]
+
+    def encode(self, value: Any) -> torch.Tensor:
+        """Return the class index as a scalar ``int64`` tensor."""
+        return torch.tensor(self.index(value), dtype=torch.int64)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """``int64`` (what ``cross_entropy`` takes)."""
+        return torch.int64
+
+    def metadata(self) -> VectorizerMetadata:
+        """Metadata listing the classes."""
+        meta = super().metadata()
+        return VectorizerMetadata(**{**meta.__dict__, "classes": self.categories})
+
+
+@dataclass
+class OneHotEncodedFeatureVectorizer(CategoryEncodableFeatureVectorizer):
+    """Encodes a class as a one-hot ``float32`` vector of ``len(categories)``."""
+
+    DESCRIPTION: ClassVar[str] = "one-hot category"
+
+    def encode(self, value: Any) -> torch.Tensor:
+        """Return the one-hot vector of ``value``."""
+        vec = torch.zeros(len(self.categories), dtype=torch.float32)
+        vec[self.index(value)] = 1.0
+        return vec
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """``float32``."""
+        return torch.float32
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(number of classes,)``."""
+        return (len(self.categories),)
+
+
+@dataclass
+class SeriesFeatureVectorizer(FeatureVectorizer):
+    """Encodes a fixed-length sequence of numbers as a ``float32`` vector.
+
+    Attributes:
+        dims: the number of values each data point has.
+    """
+
+    DESCRIPTION: ClassVar[str] = "numeric vector"
+
+    dims: int = 1
+
+    def encode(self, value: Any) -> torch.Tensor:
+        """Return ``value`` as a float vector, checking its length."""
+        vec = torch.as_tensor([float(v) for v in value], dtype=torch.float32)
+        if vec.shape != (self.dims,):
+            raise BatchError(f"{self.feature_id}: expected {self.dims} values, got {len(vec)}")
+        return vec
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(dims,)``."""
+        return (self.dims,)
+
+
+@dataclass
+class TokenIdFeatureVectorizer(FeatureVectorizer):
+    """Maps token sequences to ids, padded to the batch's longest sequence (an ``is_agg`` field).
+
+    Attributes:
+        vocab: the tokens; id ``i + 2`` is ``vocab[i]``; id 0 pads, id 1 is unknown.
+        max_length: sequences are cut to this many tokens.
+    """
+
+    DESCRIPTION: ClassVar[str] = "token ids padded to the longest sequence"
+    PAD: ClassVar[int] = 0
+    UNK: ClassVar[int] = 1
+
+    vocab: tuple[str, ...] = ()
+    max_length: int = 512
+
+    def __post_init__(self) -> None:
+        self.vocab = tuple(self.vocab)
+        self._ids = {tok: i + 2 for i, tok in enumerate(self.vocab)}
+
+    def ids(self, tokens: Sequence[str]) -> list[int]:
+        """Return the ids of ``tokens`` (cut to ``max_length``)."""
+        return [self._ids.get(t, self.UNK) for t in tokens[: self.max_length]]
+
+    def encode(self, value: Any) -> torch.Tensor:
+        """Return one sequence's ids (unpadded)."""
+        return torch.tensor(self.ids(value), dtype=torch.int64)
+
+    def encode_batch(self, values: Sequence[Any]) -> torch.Tensor:
+        """Return ``[batch, longest]`` ids, right-padded with :attr:`PAD`."""
+        rows = [self.ids(v) for v in values]
+        out = torch.full(
+            (len(rows), max((len(r) for r in rows), default=0)), self.PAD, dtype=torch.int64
+        )
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
+        return out
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """``int64``."""
+        return torch.int64
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(-1,)``: the length varies by batch."""
+        return (-1,)
+
+    def metadata(self) -> VectorizerMetadata:
+        """Metadata with the vocabulary size (pad and unknown ids included)."""
+        meta = super().metadata()
+        return VectorizerMetadata(
+            **{
+                **meta.__dict__,
+                "vocab_size": len(self.vocab) + 2,
+                "extra": {"pad_id": self.PAD, "unk_id": self.UNK},
+            }
+        )
+
+
+@dataclass
+class TokenLengthFeatureVectorizer(FeatureVectorizer):
+    """Records each token sequence's length (cut to ``max_length``), as ``int64``.
+
+    Attributes:
+        max_length: must equal the token id vectorizer's so lengths match the padded ids.
+    """
+
+    DESCRIPTION: ClassVar[str] = "token sequence lengths"
+
+    max_length: int = 512
+
+    def encode(self, value: Any) -> torch.Tensor:
+        """Return the (cut) length of one sequence."""
+        return torch.tensor(min(len(value), self.max_length), dtype=torch.int64)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """``int64``."""
+        return torch.int64
+
+
+@dataclass
+class FeatureVectorizerManager:
+    """A named group of vectorizers, looked up by feature id.
+
+    Attributes:
+        name: the name field mappings use (``vectorizer_manager_name``).
+        vectorizers: the vectorizers of the manager.
+    """
+
+    name: str
+    vectorizers: Sequence[FeatureVectorizer] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        self.vectorizers = tuple(self.vectorizers)
+        self._by_id = {v.feature_id: v for v in self.vectorizers}
+        if len(self._by_id) != len(self.vectorizers):
+            raise BatchError(f"manager {self.name!r} has duplicate feature ids")
+
+    def __getitem__(self, feature_id: str) -> FeatureVectorizer:
+        try:
+            return self._by_id[feature_id]
+        except KeyError:
+            raise BatchError(f"manager {self.name!r} has no vectorizer {feature_id!r}") from None
+
+    @property
+    def feature_ids(self) -> tuple[str, ...]:
+        """The feature ids of the manager's vectorizers."""
+        return tuple(self._by_id)
+
+
+@dataclass
+class FeatureVectorizerManagerSet:
+    """The vectorizer managers of a stash, by name.
+
+    Attributes:
+        managers: the managers.
+    """
+
+    managers: Sequence[FeatureVectorizerManager] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        self.managers = tuple(self.managers)
+        self._by_name = {m.name: m for m in self.managers}
+
+    def __getitem__(self, name: str) -> FeatureVectorizerManager:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise BatchError(f"no vectorizer manager named {name!r}") from None
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able configuration of every vectorizer, for the configuration hash."""
+        return {m.name: {v.feature_id: v.config() for v in m.vectorizers} for m in self.managers}

@@ -1,0 +1,164 @@
+"""The composite batch store: one safetensors file per batch and attribute group.
+
+Layout under the store directory::
+
+    plan.json                                   written when a prime starts (config hash, id sets)
+    manifest.json                               written last, once every batch is stored
+    batches/<split>/<batch id>/<group>.safetensors
+
+A group is a set of attribute names (the reference's composite stash groups) and is named by its
+sorted attributes joined with ``+``. Every group file is written for every batch, empty when a
+prediction batch has none of its attributes, so a batch is stored exactly when all its group files
+exist and verify.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from batchstash.client import CorruptStoreError, PayloadError, wire
+
+from .files import atomic_write, read_file, safe_name
+
+__all__ = ["CompositeBatchStore", "group_name"]
+
+
+def group_name(group: Iterable[str]) -> str:
+    """The file stem of an attribute group: its sorted attribute names joined with ``+``."""
+    return "+".join(sorted(group))
+
+
+class CompositeBatchStore:
+    """Reads and writes the group files of batches under one directory.
+
+    Args:
+        path: the store directory.
+        groups: the attribute groups; each attribute belongs to exactly one.
+    """
+
+    def __init__(self, path: Path, groups: Sequence[frozenset[str]]) -> None:
+        self.path = Path(path)
+        self.groups = tuple(frozenset(g) for g in groups)
+        self._group_of = {attr: g for g in self.groups for attr in g}
+
+    @property
+    def batches_path(self) -> Path:
+        """The directory holding every batch's files."""
+        return self.path / "batches"
+
+    def batch_path(self, split: str, batch_id: int) -> Path:
+        """The directory of one batch (split name and id validated as path components)."""
+        return self.batches_path / safe_name(split, "split") / str(int(batch_id))
+
+    def group_path(self, split: str, batch_id: int, group: frozenset[str]) -> Path:
+        """The file of one group of one batch."""
+        return self.batch_path(split, batch_id) / f"{group_name(group)}.safetensors"
+
+    def groups_for(self, attributes: Iterable[str] | None) -> tuple[frozenset[str], ...]:
+        """The groups holding ``attributes`` (all groups for ``None``)."""
+        if attributes is None:
+            return self.groups
+        wanted = {self._group_of[a] for a in attributes}
+        return tuple(g for g in self.groups if g in wanted)
+
+    def write(
+        self,
+        split: str,
+        batch_id: int,
+        tensors: Mapping[str, torch.Tensor],
+        metadata: Mapping[str, str],
+    ) -> None:
+        """Write every group file of one batch (atomically, one file at a time)."""
+        for group in self.groups:
+            subset = {a: t for a, t in tensors.items() if a in group}
+            payload = wire.encode(subset, metadata)
+            atomic_write(self.group_path(split, batch_id, group), [payload])
+
+    def _read(
+        self, split: str, batch_id: int, group: frozenset[str], expect: Mapping[str, str]
+    ) -> tuple[bytearray, wire.Header]:
+        path = self.group_path(split, batch_id, group)
+        buf = read_file(path)
+        try:
+            header = wire.parse_header(buf)
+        except PayloadError as exc:
+            raise CorruptStoreError(f"{path}: {exc.message}") from None
+        for key, value in expect.items():
+            if header.metadata.get(key) != value:
+                raise CorruptStoreError(
+                    f"{path}: metadata {key} is {header.metadata.get(key)!r}, expected {value!r}"
+                )
+        unexpected = set(header.entries) - group
+        if unexpected:
+            raise CorruptStoreError(f"{path}: holds tensors outside its group: {unexpected}")
+        return buf, header
+
+    def read_verified(
+        self,
+        split: str,
+        batch_id: int,
+        attributes: Iterable[str] | None,
+        expect: Mapping[str, str],
+    ) -> list[tuple[bytearray, wire.Header]]:
+        """Read and fully verify the group files holding ``attributes``.
+
+        Args:
+            split: the batch's split.
+            batch_id: the batch id.
+            attributes: the attributes wanted (all when ``None``).
+            expect: metadata every file must carry (split, batch id, fingerprint...).
+
+        Raises:
+            FileNotFoundError: a group file is missing.
+            CorruptStoreError: a file is truncated, malformed, mislabelled or fails a checksum.
+        """
+        sources = []
+        for group in self.groups_for(attributes):
+            buf, header = self._read(split, batch_id, group, expect)
+            try:
+                wire.decode(buf, verify=True)
+            except PayloadError as exc:
+                path = self.group_path(split, batch_id, group)
+                raise CorruptStoreError(f"{path}: {exc.message}") from None
+            sources.append((buf, header))
+        return sources
+
+    def is_stored(self, split: str, batch_id: int, expect: Mapping[str, str]) -> bool:
+        """Whether every group file of the batch exists and verifies."""
+        try:
+            self.read_verified(split, batch_id, None, expect)
+        except (FileNotFoundError, CorruptStoreError):
+            return False
+        return True
+
+    def exists(self, split: str, batch_id: int) -> bool:
+        """Whether every group file of the batch exists (cheap: no read)."""
+        return all(self.group_path(split, batch_id, g).is_file() for g in self.groups)
+
+    def size_bytes(self) -> int:
+        """The bytes used by stored batch files."""
+        if not self.batches_path.exists():
+            return 0
+        return sum(p.stat().st_size for p in self.batches_path.rglob("*.safetensors"))
+
+    def clear(self) -> None:
+        """Remove every stored batch."""
+        shutil.rmtree(self.batches_path, ignore_errors=True)
+
+
+def expect_metadata(
+    split: str, batch_id: int, fingerprint: str, ids: Sequence[Any]
+) -> dict[str, str]:
+    """The metadata every group file of a batch carries (and is checked against on read)."""
+    return {
+        wire.KEY_SPLIT: split,
+        wire.KEY_BATCH_ID: str(int(batch_id)),
+        wire.KEY_FINGERPRINT: fingerprint,
+        wire.KEY_DATA_POINT_IDS: json.dumps(list(ids), separators=(",", ":")),
+    }

@@ -1,0 +1,70 @@
+"""Crash-safe file primitives: atomic writes (temp, fsync, rename) and whole-file reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from batchstash.client import InvalidRequestError
+
+__all__ = ["atomic_write", "atomic_write_json", "read_file", "safe_name"]
+
+_SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """Return ``name`` if it is safe as one path component, else raise ``InvalidRequestError``."""
+    if not isinstance(name, str) or not _SAFE.match(name) or ".." in name:
+        raise InvalidRequestError(f"{what} {name!r} must match {_SAFE.pattern} without '..'")
+    return name
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
+    """Write ``chunks`` to ``path`` so that a crash leaves either the old file or the new one.
+
+    The bytes go to a temporary file in the same directory, which is fsynced, renamed over
+    ``path``, and the directory fsynced so the rename itself survives a power loss.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, doc: Any) -> None:
+    """Atomically write ``doc`` as indented, key-sorted JSON."""
+    atomic_write(path, [json.dumps(doc, indent=1, sort_keys=True).encode()])
+
+
+def read_file(path: Path) -> bytearray:
+    """Read a whole file into a writable buffer (so tensors can view it without a copy)."""
+    with open(path, "rb", buffering=0) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        buf = bytearray(size)
+        view, got = memoryview(buf), 0
+        while got < size:
+            n = fh.readinto(view[got:])
+            if not n:
+                break
+            got += n
+    return buf if got == size else buf[:got]

@@ -1,0 +1,72 @@
+"""The store's plan and manifest: which configuration built it and which batches it holds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchstash.client import CorruptStoreError
+
+from .files import atomic_write_json
+
+__all__ = ["MANIFEST_FILE", "PLAN_FILE", "StoreRecord", "read_record", "write_record"]
+
+PLAN_FILE = "plan.json"
+MANIFEST_FILE = "manifest.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StoreRecord:
+    """The content of ``plan.json`` (at prime start) and ``manifest.json`` (written last).
+
+    Attributes:
+        config_hash: the hash of the configuration that encodes the batches.
+        groups: the attribute group names.
+        splits: per split, the number of batches and data points.
+        id_sets: the data point id sets of every batch (``DataPointIDSet.to_dict()`` form).
+    """
+
+    config_hash: str
+    groups: list[str]
+    splits: dict[str, dict[str, int]]
+    id_sets: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "format": FORMAT,
+            "config_hash": self.config_hash,
+            "groups": self.groups,
+            "splits": self.splits,
+            "id_sets": self.id_sets,
+        }
+
+
+def write_record(path: Path, record: StoreRecord) -> None:
+    """Atomically write a plan or manifest."""
+    atomic_write_json(path, record.to_dict())
+
+
+def read_record(path: Path) -> StoreRecord | None:
+    """Read a plan or manifest; ``None`` when it does not exist.
+
+    Raises:
+        CorruptStoreError: the file exists but is not a valid record.
+    """
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptStoreError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        if doc["format"] != FORMAT:
+            raise CorruptStoreError(f"{path}: unsupported format {doc['format']!r}")
+        return StoreRecord(
+            str(doc["config_hash"]), list(doc["groups"]), dict(doc["splits"]), list(doc["id_sets"])
+        )
+    except (KeyError, TypeError) as exc:
+        raise CorruptStoreError(f"{path}: missing or malformed field {exc}") from None
