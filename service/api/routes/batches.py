@@ -1,0 +1,88 @@
+"""Read endpoints: metadata, splits, batch ids and batch payloads."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Any
+
+import xxhash
+from fastapi import APIRouter, Header, Path, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from batchstash.client import InvalidRequestError
+
+from ..deps import ReadAccess, State
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["batches"], dependencies=[ReadAccess])
+
+PAYLOAD_MEDIA_TYPE = "application/octet-stream"
+_ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+@router.get("/metadata")
+def metadata(state: State) -> dict[str, Any]:
+    """Batch metadata: fields, vectorizers, dtypes, shapes and label classes."""
+    stash = state.stash
+    return {"fingerprint": stash.config_hash, "metadata": stash.batch_metadata.to_dict()}
+
+
+@router.get("/splits")
+def splits(state: State) -> dict[str, Any]:
+    """Splits with their batch and data point counts and how many batches are stored."""
+    stash = state.stash
+    return {"fingerprint": stash.config_hash, "primed": stash.is_primed,
+            "splits": stash.split_counts()}
+
+
+@router.get("/splits/{split}/batches")
+def batch_ids(state: State, split: str) -> dict[str, Any]:
+    """The batch ids of a split."""
+    return {"split": split, "fingerprint": state.stash.config_hash,
+            "batch_ids": state.stash.keys(split)}
+
+
+def parse_attributes(raw: str | None) -> list[str] | None:
+    """Parse ``?attributes=a,b`` into names (``None`` when absent)."""
+    if raw is None:
+        return None
+    names = [n.strip() for n in raw.split(",")]
+    if not names or any(not _ATTR.match(n) for n in names):
+        raise InvalidRequestError(f"attributes must be a comma separated list of names: {raw!r}")
+    return sorted(set(names))
+
+
+@router.get(
+    "/splits/{split}/batches/{batch_id}",
+    response_class=Response,
+    responses={200: {"content": {PAYLOAD_MEDIA_TYPE: {}},
+                     "description": "The batch as a safetensors payload (see client/wire.py)"},
+               304: {"description": "Not modified (If-None-Match matched the ETag)"},
+               503: {"description": "Not encoded yet; retry after Retry-After seconds"}},
+)
+async def batch(
+    state: State,
+    split: str,
+    batch_id: Annotated[int, Path(ge=0, le=2**62)],
+    attributes: Annotated[str | None, Query(description="comma separated attribute names")] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """One batch as a binary safetensors payload (only the requested or decoded attributes)."""
+    stash, names = state.stash, parse_attributes(attributes)
+    key = ",".join(names) if names is not None else "*"
+    digest = xxhash.xxh3_64_hexdigest(f"{split}/{batch_id}/{key}".encode())
+    etag = f'"{stash.config_hash[:16]}-{digest}"'
+    headers = {"ETag": etag, "X-Batchstash-Fingerprint": stash.config_hash}
+    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+        stash.keys(split)  # an unknown split is still a 404
+        return Response(status_code=304, headers=headers)
+    start = time.perf_counter()
+    chunks = await run_in_threadpool(stash.payload, split, batch_id, names)
+    body = b"".join(chunks)
+    state.metrics.batch_seconds.observe(time.perf_counter() - start)
+    state.metrics.batches_served.labels(split).inc()
+    state.metrics.bytes_served.inc(len(body))
+    return Response(body, media_type=PAYLOAD_MEDIA_TYPE, headers=headers)

@@ -1,0 +1,38 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..deps import State
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness: the process serves requests."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+def readyz(state: State) -> dict[str, Any] | JSONResponse:
+    """Readiness: the stash is loaded and its store is not stale (primed or not)."""
+    stash = state.stash
+    body = {"status": "ready", "primed": stash.is_primed, "priming": state.job.running}
+    if stash.is_stale:
+        body["status"] = "stale"
+        return JSONResponse(body, status_code=503)
+    return body
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(state: State) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,109 @@
+"""Server settings (pydantic-settings): CLI arguments > ``BATCHSTASH_*`` env > config file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from batchstash.client import InvalidRequestError
+
+__all__ = ["DEFAULT_DATASET", "Settings", "build_settings"]
+
+DEFAULT_DATASET = "batchstash.service.examples:iris"
+
+
+class Settings(BaseSettings):
+    """Everything the server is configured with; each field is also ``BATCHSTASH_<NAME>``.
+
+    Attributes:
+        host: the address to bind.
+        port: the TCP port.
+        data_dir: the store directory (batches, plan, manifest); a volume in containers.
+        dataset: the importable ``package.module:function`` that builds the :class:`BatchStash`.
+        dataset_options: extra keyword arguments of the dataset factory (JSON in the env).
+        token: the bearer token of admin endpoints (none: admin is open, for loopback use).
+        token_file: a file holding the token (a Compose secret), used when ``token`` is unset.
+        read_requires_token: also require the token to read metadata and batches.
+        workers: priming processes.
+        chunk_size: id sets per priming task (0: automatic).
+        prime_on_start: start priming in the background when the server starts.
+        retry_after_s: the ``Retry-After`` given with a batch that is not encoded yet.
+        log_level: uvicorn's log level.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BATCHSTASH_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    data_dir: Path = Path("data")
+    dataset: str = DEFAULT_DATASET
+    dataset_options: dict[str, Any] = Field(default_factory=dict)
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    read_requires_token: bool = False
+    workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=0)
+    chunk_size: int = Field(0, ge=0)
+    prime_on_start: bool = False
+    retry_after_s: int = Field(2, ge=1)
+    log_level: str = "info"
+
+    @field_validator("dataset")
+    @classmethod
+    def _factory_spec(cls, value: str) -> str:
+        module, _, attr = value.partition(":")
+        if not module or not attr:
+            raise ValueError("dataset must look like 'package.module:function'")
+        return value
+
+    def admin_token(self) -> str | None:
+        """The configured bearer token (``token`` or the content of ``token_file``)."""
+        if self.token is not None:
+            return self.token.get_secret_value() or None
+        if self.token_file is not None:
+            try:
+                return self.token_file.read_text(encoding="utf-8").strip() or None
+            except OSError as exc:
+                message = f"cannot read token_file {self.token_file}: {exc}"
+                raise InvalidRequestError(message) from None
+        return None
+
+
+def build_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``overrides`` (CLI), then the environment, then a TOML config file.
+
+    Args:
+        config_file: a TOML file with the same keys as :class:`Settings` (``BATCHSTASH_CONFIG`` is
+            used when not given).
+        **overrides: values that win over everything else; ``None`` values are ignored.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    path = config_file or os.environ.get("BATCHSTASH_CONFIG")
+    if not path:
+        return Settings(**given)
+    toml_path = Path(path)
+    if not toml_path.is_file():
+        raise InvalidRequestError(f"config file {toml_path} does not exist")
+
+    class FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_path)
+            return (init_settings, env_settings, toml, file_secret_settings)
+
+    return FileSettings(**given)
