@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,9 +63,9 @@ def serve(
     from pydantic import ValidationError
 
     try:
-        settings = build_settings(config, host=host, port=port, data_dir=data_dir,
-                                  dataset=dataset, token=token, workers=workers,
-                                  prime_on_start=prime)
+        settings = _run(lambda: build_settings(config, host=host, port=port, data_dir=data_dir,
+                                               dataset=dataset, token=token, workers=workers,
+                                               prime_on_start=prime))
     except ValidationError as exc:
         first = exc.errors()[0]
         raise _fail(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -73,6 +74,9 @@ def serve(
 
 def _client(url: str, token: str | None) -> Any:
     from .http import BatchClient
+
+    # retries are reported by the final one-line error, not by a warning per attempt
+    logging.getLogger("batchstash.client").setLevel(logging.ERROR)
 
     return BatchClient(url, token=token)
 
