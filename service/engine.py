@@ -130,6 +130,7 @@ class BatchStash:
         self.factory_kwargs: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._priming = False
+        self._records: dict[str, tuple[tuple[int, int, int], StoreRecord | None]] = {}
 
     @classmethod
     def from_factory(cls, factory: str, **kwargs: Any) -> BatchStash:
@@ -222,10 +223,25 @@ class BatchStash:
             [s.to_dict() for s in self.batch_data_point_sets],
         )
 
+    def _stored_record(self, name: str) -> StoreRecord | None:
+        """Read the plan or manifest, re-reading only when the file changed (hot serving path)."""
+        path = self.path / name
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            self._records.pop(name, None)
+            return None
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        cached = self._records.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, read_record(path))
+            self._records[name] = cached
+        return cached[1]
+
     def check_fresh(self) -> None:
         """Raise :class:`StaleStoreError` if the store was built by another configuration."""
         for name in (MANIFEST_FILE, PLAN_FILE):
-            record = read_record(self.path / name)
+            record = self._stored_record(name)
             if record is not None and record.config_hash != self.config_hash:
                 raise StaleStoreError(
                     f"the store at {self.path} was encoded with configuration "
@@ -245,7 +261,7 @@ class BatchStash:
     @property
     def is_primed(self) -> bool:
         """Whether every batch is stored (the manifest exists and matches this configuration)."""
-        record = read_record(self.path / MANIFEST_FILE)
+        record = self._stored_record(MANIFEST_FILE)
         return record is not None and record.config_hash == self.config_hash
 
     def split_counts(self) -> dict[str, dict[str, int]]:
@@ -263,17 +279,27 @@ class BatchStash:
         """The batch ids of ``split``."""
         return [s.batch_id for s in self._split_sets(split)]
 
+    @cached_property
+    def _sets_by_split(self) -> dict[str, list[DataPointIDSet]]:
+        by_split: dict[str, list[DataPointIDSet]] = {
+            name: [] for name in self.split_stash_container.split_names
+        }
+        for id_set in self.batch_data_point_sets:
+            by_split[id_set.split_name].append(id_set)
+        return by_split
+
     def _split_sets(self, split: str) -> list[DataPointIDSet]:
-        if split not in self.split_stash_container.keys_by_split:
+        try:
+            return self._sets_by_split[split]
+        except KeyError:
             raise NotFoundError(
                 f"unknown split {split!r}; splits: {list(self.split_stash_container.split_names)}"
-            )
-        return [s for s in self.batch_data_point_sets if s.split_name == split]
+            ) from None
 
     def _id_set(self, split: str, batch_id: int) -> DataPointIDSet:
-        for id_set in self._split_sets(split):
-            if id_set.batch_id == batch_id:
-                return id_set
+        sets = self._split_sets(split)  # batch ids are 0..n-1 within a split
+        if 0 <= batch_id < len(sets) and sets[batch_id].batch_id == batch_id:
+            return sets[batch_id]
         raise NotFoundError(f"split {split!r} has no batch {batch_id}")
 
     def create_batch(
