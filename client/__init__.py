@@ -2,6 +2,7 @@
 
 from . import wire
 from .batch import Batch
+from .dataset import BatchDataset
 from .device import TorchConfig, copy_to_device
 from .errors import (
     AuthError,
@@ -22,6 +23,8 @@ from .errors import (
     VectorizerError,
     error_for_code,
 )
+from .http import BatchClient
+from .iterate import BatchIterator, EpochPlan
 from .mapping import (
     BatchFeatureMapping,
     ConfigBatchFeatureMapping,
@@ -33,15 +36,19 @@ from .metadata import BatchFieldMetadata, BatchMetadata, MetadataNetworkSettings
 __all__ = [
     "AuthError",
     "Batch",
+    "BatchClient",
+    "BatchDataset",
     "BatchError",
     "BatchFeatureMapping",
     "BatchFieldMetadata",
+    "BatchIterator",
     "BatchMetadata",
     "BatchstashError",
     "ChecksumError",
     "ConfigBatchFeatureMapping",
     "ConflictError",
     "CorruptStoreError",
+    "EpochPlan",
     "FieldFeatureMapping",
     "InvalidRequestError",
     "ManagerFeatureMapping",

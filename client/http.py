@@ -1,0 +1,428 @@
+"""The HTTP client of a batchstash server: metadata, splits, batches, admin calls, with retries."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import torch
+
+from . import wire
+from .batch import Batch
+from .errors import (
+    AuthError,
+    BatchstashError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    NotPrimedError,
+    PayloadError,
+    PlanError,
+    TransportError,
+    error_for_code,
+)
+from .metadata import BatchMetadata
+
+if TYPE_CHECKING:
+    from .iterate import BatchIterator
+
+__all__ = ["BatchClient"]
+
+logger = logging.getLogger(__name__)
+
+_FALLBACK_ERRORS: dict[int, type[BatchstashError]] = {
+    400: InvalidRequestError,
+    401: AuthError,
+    403: AuthError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: InvalidRequestError,
+    502: TransportError,
+    503: TransportError,
+    504: TransportError,
+}
+"""The error class by status, for an error response without a batchstash JSON body."""
+
+_TERMINAL_STATES = {"done", "failed", "cancelled"}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (delta-seconds or an HTTP date), if any."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_from(response: httpx.Response) -> BatchstashError:
+    """Map an error response to the matching :class:`BatchstashError` subclass instance."""
+    try:
+        body = response.json()
+        code, message = body["error"]["code"], body["error"]["message"]
+        cls = error_for_code(str(code))
+    except (ValueError, KeyError, TypeError):
+        cls = _FALLBACK_ERRORS.get(response.status_code, BatchstashError)
+        message = response.text[:200] or response.reason_phrase
+    return cls(f"{response.request.method} {response.request.url.path}: {message}")
+
+
+def _is_retryable(response: httpx.Response) -> bool:
+    """5xx (``not_primed`` included) or a 409 the server marks as transient with Retry-After."""
+    status = response.status_code
+    return status >= 500 or (status == 409 and "Retry-After" in response.headers)
+
+
+class BatchClient:
+    """A thread-safe client of one batchstash server over one keep-alive connection pool.
+
+    Requests that fail on the connection, with a 5xx (``503 not_primed`` included) or with a
+    409 that carries ``Retry-After`` are retried ``retries`` times with exponential backoff and
+    jitter; a ``Retry-After`` header sets the delay (capped at ``max_delay``). Other 4xx are
+    raised at once. Errors are raised as the :mod:`batchstash.client.errors` class matching the
+    server's ``error.code``; a connection that never succeeds raises :class:`TransportError`.
+
+    Example::
+
+        with BatchClient("http://stash:8000") as client:
+            meta = client.metadata()
+            for batch in client.iter_batches("train", epoch=0, device="cuda"):
+                ...
+
+    Args:
+        url: the server's base URL, e.g. ``http://127.0.0.1:8000``.
+        token: a bearer token sent with every request (admin endpoints need one when the server
+            is configured with a token).
+        timeout: seconds for connecting and for each read.
+        retries: how many times a failed request is retried (``0``: never).
+        backoff: the first retry delay in seconds; doubled on each retry, with jitter.
+        transport: an ``httpx`` transport (tests pass ``httpx.MockTransport``).
+        max_delay: the longest delay between two tries, whatever ``Retry-After`` says.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff: float = 0.2,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        max_delay: float = 30.0,
+    ) -> None:
+        if retries < 0 or backoff < 0 or max_delay < 0:
+            raise ValueError("retries, backoff and max_delay must not be negative")
+        headers = {"Accept": "application/json, application/octet-stream"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        self.max_delay = max_delay
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
+        self._sleep: Callable[[float], None] = time.sleep
+        self._lock = threading.Lock()
+        self._metadata: tuple[str, BatchMetadata] | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        hinted = None if response is None else _retry_after(response)
+        if hinted is not None:
+            return min(hinted, self.max_delay)
+        base = min(self.backoff * 2**attempt, self.max_delay)
+        return float(base * random.uniform(0.5, 1.5))
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+    ) -> httpx.Response:
+        """Send a request with retries; return a 2xx response or raise the mapped error."""
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self._http.request(method, path, params=params, json=json)
+            except httpx.TransportError as exc:
+                if last:
+                    raise TransportError(
+                        f"{method} {self.url}{path}: {type(exc).__name__}: {exc} "
+                        f"(after {attempt + 1} attempts)"
+                    ) from exc
+                delay = self._delay(attempt, None)
+                logger.warning("%s %s failed (%s); retry in %.2fs", method, path, exc, delay)
+                self._sleep(delay)
+                continue
+            if response.is_success:
+                return response
+            if last or not _is_retryable(response):
+                raise _error_from(response)
+            delay = self._delay(attempt, response)
+            logger.info(
+                "%s %s answered %d; retry %d/%d in %.2fs",
+                method,
+                path,
+                response.status_code,
+                attempt + 1,
+                self.retries,
+                delay,
+            )
+            self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise PayloadError(f"{method} {path}: the response is not JSON") from None
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def metadata(self, refresh: bool = False) -> BatchMetadata:
+        """Return the batch metadata (fields, dtypes, shapes, label classes) to size a model.
+
+        The metadata is cached with the store fingerprint it belongs to; a batch from another
+        fingerprint refreshes it.
+
+        Args:
+            refresh: ask the server even when cached.
+        """
+        with self._lock:
+            cached = self._metadata
+        if cached is not None and not refresh:
+            return cached[1]
+        return self._fetch_metadata()[1]
+
+    def _fetch_metadata(self) -> tuple[str, BatchMetadata]:
+        body = self._json("GET", "/v1/metadata")
+        entry = (str(body["fingerprint"]), BatchMetadata.from_dict(body["metadata"]))
+        with self._lock:
+            self._metadata = entry
+        return entry
+
+    def fingerprint(self) -> str:
+        """Return the server's current store fingerprint (its configuration hash); not cached."""
+        return self._fetch_metadata()[0]
+
+    def splits(self) -> dict[str, Any]:
+        """Return ``{"fingerprint", "primed", "splits": {name: {batches, data_points, stored}}}``.
+
+        ``stored`` counts the batches encoded so far; ``primed`` is true once all are.
+        """
+        return dict(self._json("GET", "/v1/splits"))
+
+    def split_batch_ids(self, split: str) -> tuple[str, list[int]]:
+        """Return the store fingerprint and the batch ids of ``split`` in one request."""
+        body = self._json("GET", f"/v1/splits/{split}/batches")
+        return str(body["fingerprint"]), [int(i) for i in body["batch_ids"]]
+
+    def batch_ids(self, split: str) -> list[int]:
+        """Return the batch ids of ``split``.
+
+        Raises:
+            NotFoundError: unknown split.
+        """
+        return self.split_batch_ids(split)[1]
+
+    def batch(
+        self,
+        split: str,
+        batch_id: int,
+        attributes: Iterable[str] | None = None,
+        device: str | torch.device | None = None,
+        *,
+        fingerprint: str | None = None,
+    ) -> Batch:
+        """Fetch, verify and decode one batch.
+
+        Every tensor's checksum is verified; the tensors view the received bytes without a copy.
+
+        Args:
+            split: the split name.
+            batch_id: the batch id.
+            attributes: only these attributes (all the server decodes when ``None``).
+            device: copy the batch there (pinned memory and ``non_blocking`` for CUDA).
+            fingerprint: the store fingerprint the batch must come from (an epoch plan's).
+
+        Raises:
+            NotFoundError: unknown split or batch.
+            InvalidRequestError: an unknown attribute.
+            NotPrimedError: the batch is still not encoded after all retries.
+            ChecksumError: a tensor's bytes are corrupt.
+            PayloadError: malformed bytes, or a batch other than the one asked for.
+            PlanError: the batch comes from another store than ``fingerprint``.
+        """
+        wanted = None if attributes is None else sorted(set(attributes))
+        params = None if wanted is None else {"attributes": ",".join(wanted)}
+        path = f"/v1/splits/{split}/batches/{int(batch_id)}"
+        response = self._request("GET", path, params=params)
+        payload = wire.decode(bytearray(response.content))
+        if payload.split != split or payload.batch_id != int(batch_id):
+            raise PayloadError(
+                f"GET {path}: the payload is batch {payload.split}/{payload.batch_id}"
+            )
+        if wanted is not None and sorted(payload.tensors) != wanted:
+            raise PayloadError(f"GET {path}: the payload holds {sorted(payload.tensors)}")
+        if fingerprint is not None and payload.fingerprint != fingerprint:
+            raise PlanError(
+                f"GET {path}: the batch comes from store {payload.fingerprint}, not "
+                f"{fingerprint}; the store changed since the epoch was planned"
+            )
+        batch = Batch.from_payload(payload, self._metadata_for(payload.fingerprint))
+        return batch if device is None else batch.to(device)
+
+    def _metadata_for(self, fingerprint: str) -> BatchMetadata:
+        with self._lock:
+            cached = self._metadata
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        return self._fetch_metadata()[1]
+
+    def iter_batches(
+        self,
+        split: str,
+        epoch: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 4,
+        attributes: Iterable[str] | None = None,
+        device: str | torch.device | None = None,
+        state: Mapping[str, Any] | None = None,
+    ) -> BatchIterator:
+        """Iterate over this rank's share of one epoch of ``split``, prefetching in threads.
+
+        See :class:`~batchstash.client.iterate.BatchIterator` and
+        :class:`~batchstash.client.iterate.EpochPlan` for the order, the dealing to ranks and
+        resuming (``state``, or ``load_state_dict`` before the first batch).
+
+        Args:
+            split: the split name.
+            epoch: the epoch number (seeds the shuffle).
+            shuffle: shuffle the batch order (deterministic for fingerprint, seed and epoch).
+            seed: the shuffle seed, the same on every rank.
+            rank: this process's rank in ``[0, world_size)``.
+            world_size: the number of ranks sharing the epoch.
+            prefetch: how many batches may be fetched ahead (``0``: fetch on demand).
+            attributes: only these attributes.
+            device: copy each batch there (pinned memory and ``non_blocking`` for CUDA).
+            state: a :meth:`BatchIterator.state_dict` to resume from.
+        """
+        from .iterate import BatchIterator
+
+        return BatchIterator(
+            self,
+            split,
+            epoch=epoch,
+            shuffle=shuffle,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            prefetch=prefetch,
+            attributes=attributes,
+            device=device,
+            state=state,
+        )
+
+    # -- admin ----------------------------------------------------------------------------------
+
+    def prime(self, **options: Any) -> dict[str, Any]:
+        """Start encoding every batch in the background (or join the running prime).
+
+        Args:
+            **options: prime options sent as the JSON body (e.g. ``splits``, ``workers``).
+
+        Returns:
+            The status object (see :meth:`status`).
+        """
+        return dict(self._json("POST", "/v1/admin/prime", json=options))
+
+    def status(self) -> dict[str, Any]:
+        """Return the prime job status.
+
+        Keys: ``state`` (``idle``, ``running``, ``done``, ``failed``, ``cancelled``), ``splits``
+        (``{name: {done, total}}``), ``rate`` (batches/s), ``eta_s``, ``error``, ``store_bytes``,
+        ``fingerprint``, ``stale``, ``started_at`` and ``finished_at``.
+        """
+        return dict(self._json("GET", "/v1/admin/status"))
+
+    def clear(self) -> dict[str, Any]:
+        """Remove every encoded batch.
+
+        Raises:
+            ConflictError: a prime is running (cancel it first).
+        """
+        return dict(self._json("POST", "/v1/admin/clear"))
+
+    def cancel(self) -> dict[str, Any]:
+        """Ask the running prime to stop; returns the status object."""
+        return dict(self._json("DELETE", "/v1/admin/prime"))
+
+    def wait_for_prime(
+        self,
+        timeout: float | None = 600.0,
+        poll: float = 1.0,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll :meth:`status` until the prime job ends; return the final status.
+
+        Args:
+            timeout: give up after this many seconds (``None``: never).
+            poll: seconds between polls.
+            on_status: called with every status polled (e.g. to draw progress).
+
+        Raises:
+            NotPrimedError: the job did not end within ``timeout`` or ended other than ``done``
+                without an error of its own.
+            BatchstashError: the job failed; the class matches its ``error.code``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if on_status is not None:
+                on_status(status)
+            state = status.get("state")
+            if state == "done":
+                return status
+            if state in _TERMINAL_STATES:
+                error = status.get("error") or {}
+                cls = error_for_code(str(error.get("code", "not_primed")))
+                raise cls(f"prime {state}: {error.get('message', 'no error reported')}")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise NotPrimedError(f"prime is still {state!r} after {timeout}s")
+            self._sleep(poll)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> BatchClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"

@@ -1,0 +1,435 @@
+"""Epoch plans (shuffle, dealing to ranks, resume) and the prefetching batch iterator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+
+from .batch import Batch
+from .errors import PlanError
+
+if TYPE_CHECKING:
+    from .http import BatchClient
+
+__all__ = ["PLAN_VERSION", "BatchIterator", "EpochPlan", "prefetched"]
+
+logger = logging.getLogger(__name__)
+
+PLAN_VERSION = 1
+"""Bumped whenever the shuffle or the dealing changes, so old states refuse to resume."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _digest(doc: Any) -> str:
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def shuffled(ids: Sequence[int], fingerprint: str, split: str, seed: int, epoch: int) -> list[int]:
+    """Return ``ids`` in a deterministic pseudo-random order for (fingerprint, split, seed, epoch).
+
+    A Fisher-Yates shuffle driven by ``random.Random(s).random()``, where ``s`` is a BLAKE2b hash
+    of the four inputs: ``random()`` is the one sequence CPython guarantees across versions, so
+    every rank, process and Python version computes the same order.
+    """
+    rng = random.Random(int(_digest([PLAN_VERSION, fingerprint, split, seed, epoch]), 16))
+    order = list(ids)
+    for i in range(len(order) - 1, 0, -1):
+        j = min(int(rng.random() * (i + 1)), i)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Which batches each rank reads, in which order, for one epoch of one split.
+
+    The order is the split's batch ids, sorted, then shuffled (when ``shuffle``) by
+    :func:`shuffled` for (fingerprint, split, seed, epoch). It is dealt round robin: rank ``r``
+    reads ``slots[r::world_size]``, so after every rank has read ``p`` batches the ranks
+    together have read exactly ``slots[:p * world_size]``.
+
+    **Remainder rule (pad, like ``DistributedSampler``):** when the count is not divisible by
+    ``world_size``, :attr:`slots` is :attr:`order` followed by its first batches again (cycled
+    when there are fewer batches than ranks) until its length divides evenly. Every rank gets
+    ``ceil(len(order) / world_size)`` batches; every batch is read at least once per epoch and
+    at most ``world_size - len(order) % world_size`` batches are read twice (the first ones of
+    the order, so which ones rotates with the shuffle each epoch). Nothing is ever skipped.
+
+    **Resume:** :meth:`replan` deals the batches the ranks have not read yet to a new world size
+    with the same rule; ``resumed_from`` records each earlier ``(world_size, position)`` segment
+    of the epoch, so the plan can be rebuilt from a saved state.
+
+    Attributes:
+        fingerprint: the store fingerprint the batch ids belong to.
+        split: the split name.
+        order: the batches still to be dealt this epoch, each once, in reading order.
+        seed: the shuffle seed.
+        epoch: the epoch number.
+        world_size: the number of ranks.
+        shuffle: whether the order is shuffled.
+        resumed_from: earlier ``(world_size, position)`` segments of this epoch, oldest first.
+    """
+
+    fingerprint: str
+    split: str
+    order: tuple[int, ...]
+    seed: int = 0
+    epoch: int = 0
+    world_size: int = 1
+    shuffle: bool = True
+    resumed_from: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1:
+            raise PlanError(f"world_size must be at least 1, not {self.world_size}")
+        if len(set(self.order)) != len(self.order):
+            raise PlanError(f"split {self.split!r} lists a batch id more than once")
+
+    @classmethod
+    def create(
+        cls,
+        fingerprint: str,
+        split: str,
+        batch_ids: Iterable[int],
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        resumed_from: Iterable[tuple[int, int]] = (),
+    ) -> EpochPlan:
+        """Plan an epoch of ``batch_ids``, replaying the ``resumed_from`` segments if any.
+
+        Args:
+            fingerprint: the store fingerprint.
+            split: the split name.
+            batch_ids: every batch id of the split (any order).
+            seed: the shuffle seed (the same on every rank).
+            epoch: the epoch number.
+            world_size: the number of ranks of the (last) segment.
+            shuffle: shuffle the order; otherwise batch ids ascend.
+            resumed_from: ``(world_size, position)`` of each earlier segment of this epoch.
+        """
+        ids = sorted(int(i) for i in batch_ids)
+        order = shuffled(ids, fingerprint, split, seed, epoch) if shuffle else ids
+        segments = [(int(w), int(p)) for w, p in resumed_from]
+        first_size = segments[0][0] if segments else world_size
+        plan = cls(fingerprint, split, tuple(order), seed, epoch, first_size, shuffle)
+        for i, (_, position) in enumerate(segments):
+            next_size = segments[i + 1][0] if i + 1 < len(segments) else world_size
+            plan = plan.replan(position, next_size)
+        return plan
+
+    @cached_property
+    def slots(self) -> tuple[int, ...]:
+        """:attr:`order` padded (remainder rule) to a multiple of :attr:`world_size`."""
+        if not self.order:
+            return ()
+        pad = -len(self.order) % self.world_size
+        cycles = -(-pad // len(self.order))
+        return self.order + (self.order * cycles)[:pad]
+
+    @property
+    def per_rank(self) -> int:
+        """How many batches each rank reads."""
+        return len(self.slots) // self.world_size
+
+    def rank_ids(self, rank: int) -> list[int]:
+        """The batch ids ``rank`` reads, in order.
+
+        Raises:
+            PlanError: ``rank`` is not in ``[0, world_size)``.
+        """
+        if not 0 <= rank < self.world_size:
+            raise PlanError(f"rank {rank} is not in [0, {self.world_size})")
+        return list(self.slots[rank :: self.world_size])
+
+    @cached_property
+    def hash(self) -> str:
+        """A stable hex digest of the plan (everything that decides who reads what)."""
+        return _digest(
+            {
+                "version": PLAN_VERSION,
+                "fingerprint": self.fingerprint,
+                "split": self.split,
+                "seed": self.seed,
+                "epoch": self.epoch,
+                "world_size": self.world_size,
+                "shuffle": self.shuffle,
+                "order": list(self.order),
+                "resumed_from": [list(s) for s in self.resumed_from],
+            }
+        )
+
+    def _check_position(self, position: int) -> None:
+        if not 0 <= position <= self.per_rank:
+            raise PlanError(f"position {position} is not in [0, {self.per_rank}] for this plan")
+
+    def remaining(self, position: int) -> tuple[int, ...]:
+        """The batches not read yet once every rank has read ``position`` batches, in order."""
+        self._check_position(position)
+        read = set(self.slots[: position * self.world_size])
+        return tuple(b for b in self.order if b not in read)
+
+    def replan(self, position: int, world_size: int) -> EpochPlan:
+        """Deal the batches left after ``position`` lockstep reads to ``world_size`` ranks.
+
+        Args:
+            position: batches every rank of this plan has read.
+            world_size: the new number of ranks.
+        """
+        return EpochPlan(
+            self.fingerprint,
+            self.split,
+            self.remaining(position),
+            self.seed,
+            self.epoch,
+            world_size,
+            self.shuffle,
+            (*self.resumed_from, (self.world_size, position)),
+        )
+
+
+def prefetched(fn: Callable[[T], R], items: Iterable[T], prefetch: int) -> Generator[R, None, None]:
+    """Yield ``fn(item)`` for each item in order, computing up to ``prefetch`` ahead in threads.
+
+    At most ``prefetch`` results are requested but not yet yielded at any time, so memory stays
+    bounded; ``prefetch=0`` calls ``fn`` in the caller's thread. An exception is raised where its
+    item would have been yielded; closing the generator cancels the pending work.
+    """
+    if prefetch <= 0:
+        yield from map(fn, items)
+        return
+    pending: deque[Future[R]] = deque()
+    source = iter(items)
+    pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="batchstash-prefetch")
+    try:
+        for item in source:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= prefetch:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for item in source:
+                pending.append(pool.submit(fn, item))
+                break
+            yield result
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class BatchIterator:
+    """Yields one rank's batches of one epoch, in plan order, prefetched in background threads.
+
+    Built by :meth:`BatchClient.iter_batches`. It is an iterator (single pass); its
+    :meth:`state_dict` records how many batches it has yielded, and a new iterator resumes from
+    it without repeating or skipping a batch::
+
+        it = client.iter_batches("train", epoch=epoch, rank=rank, world_size=world)
+        it.load_state_dict(saved)            # or iter_batches(..., state=saved)
+        for batch in it:
+            ...
+            saved = it.state_dict()          # JSON-able; store it in the checkpoint
+
+    A state restores the split's epoch, seed and shuffle; rank and world size come from the new
+    iterator. With the same world size the rank continues its list. With another world size the
+    batches no rank has read yet (ranks advance in lockstep, as under DDP, so any rank's state
+    will do) are re-dealt to the new ranks with the :class:`EpochPlan` remainder rule.
+
+    Args:
+        client: the client that fetches the batches.
+        split: the split name.
+        epoch: the epoch number.
+        shuffle: shuffle the order.
+        seed: the shuffle seed (the same on every rank).
+        rank: this rank.
+        world_size: the number of ranks.
+        prefetch: batches fetched ahead (``0``: on demand).
+        attributes: only these attributes.
+        device: copy each batch there (pinned memory and ``non_blocking`` for CUDA).
+        state: a :meth:`state_dict` to resume from.
+
+    Raises:
+        PlanError: a bad rank, or a state that does not fit the store (see
+            :meth:`load_state_dict`).
+    """
+
+    def __init__(
+        self,
+        client: BatchClient,
+        split: str,
+        *,
+        epoch: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 4,
+        attributes: Iterable[str] | None = None,
+        device: str | torch.device | None = None,
+        state: Mapping[str, Any] | None = None,
+    ) -> None:
+        if prefetch < 0:
+            raise ValueError(f"prefetch must not be negative, not {prefetch}")
+        self.client = client
+        self.rank = rank
+        self.prefetch = prefetch
+        self.attributes = None if attributes is None else sorted(set(attributes))
+        self.device = device
+        fingerprint, self._batch_ids = client.split_batch_ids(split)
+        self.plan = EpochPlan.create(
+            fingerprint,
+            split,
+            self._batch_ids,
+            seed=seed,
+            epoch=epoch,
+            world_size=world_size,
+            shuffle=shuffle,
+        )
+        self.plan.rank_ids(rank)  # validates the rank
+        self.position = 0
+        self._stream: Generator[Batch, None, None] | None = None
+        if state is not None:
+            self.load_state_dict(state)
+
+    def rank_ids(self) -> list[int]:
+        """This rank's batch ids for the whole (possibly resumed) plan."""
+        return self.plan.rank_ids(self.rank)
+
+    def remaining_ids(self) -> list[int]:
+        """The batch ids this iterator has still to yield, in order."""
+        return self.rank_ids()[self.position :]
+
+    def __len__(self) -> int:
+        """The number of batches left to yield."""
+        return len(self.remaining_ids())
+
+    def fetch(self, batch_id: int) -> Batch:
+        """Fetch one batch of the plan's split, refusing one from another store fingerprint."""
+        return self.client.batch(
+            self.plan.split,
+            batch_id,
+            self.attributes,
+            self.device,
+            fingerprint=self.plan.fingerprint,
+        )
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._stream is None:
+            self._stream = prefetched(self.fetch, self.remaining_ids(), self.prefetch)
+        batch = next(self._stream)
+        self.position += 1
+        return batch
+
+    def close(self) -> None:
+        """Stop prefetching and release the worker threads."""
+        if self._stream is not None:
+            self._stream.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the JSON-able resume state.
+
+        Keys: ``version``, ``plan_hash``, ``fingerprint``, ``split``, ``seed``, ``epoch``,
+        ``shuffle``, ``world_size``, ``rank``, ``position`` (batches this rank has yielded),
+        ``per_rank`` (batches of each rank in this plan), ``resumed_from`` (earlier
+        ``[world_size, position]`` segments of this epoch) and ``batches`` (batches in the split).
+        """
+        plan = self.plan
+        return {
+            "version": PLAN_VERSION,
+            "plan_hash": plan.hash,
+            "fingerprint": plan.fingerprint,
+            "split": plan.split,
+            "seed": plan.seed,
+            "epoch": plan.epoch,
+            "shuffle": plan.shuffle,
+            "world_size": plan.world_size,
+            "rank": self.rank,
+            "position": self.position,
+            "per_rank": plan.per_rank,
+            "resumed_from": [list(s) for s in plan.resumed_from],
+            "batches": len(self._batch_ids),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from a :meth:`state_dict` (before the first batch is taken).
+
+        Raises:
+            PlanError: the iterator already started, the state is of another split or plan
+                version, the store's fingerprint changed since the state was saved, or the
+                split's batch ids no longer give the saved plan.
+        """
+        if self._stream is not None:
+            raise PlanError("load_state_dict must be called before iterating")
+        try:
+            version, split = int(state["version"]), str(state["split"])
+            fingerprint, saved_hash = str(state["fingerprint"]), str(state["plan_hash"])
+            saved_size, position = int(state["world_size"]), int(state["position"])
+            segments = [(int(w), int(p)) for w, p in state.get("resumed_from", [])]
+            seed, epoch, shuffle = int(state["seed"]), int(state["epoch"]), bool(state["shuffle"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"not a batch iterator state: {exc!r}") from None
+        if version != PLAN_VERSION:
+            raise PlanError(f"state has plan version {version}; this client plans {PLAN_VERSION}")
+        if split != self.plan.split:
+            raise PlanError(f"state is for split {split!r}, not {self.plan.split!r}")
+        if fingerprint != self.plan.fingerprint:
+            raise PlanError(
+                f"the store changed since the state was saved (fingerprint {fingerprint} -> "
+                f"{self.plan.fingerprint}): its batches differ, so the epoch cannot be resumed; "
+                "start the epoch over without the state"
+            )
+        saved = EpochPlan.create(
+            fingerprint,
+            split,
+            self._batch_ids,
+            seed=seed,
+            epoch=epoch,
+            world_size=saved_size,
+            shuffle=shuffle,
+            resumed_from=segments,
+        )
+        if saved.hash != saved_hash:
+            raise PlanError(
+                f"the batch ids of split {split!r} no longer give the saved plan "
+                f"({saved_hash} != {saved.hash}); start the epoch over"
+            )
+        saved._check_position(position)
+        if saved_size == self.plan.world_size:
+            self.plan, self.position = saved, position
+        else:
+            self.plan, self.position = saved.replan(position, self.plan.world_size), 0
+            logger.info(
+                "re-planned %s epoch %d from %d to %d ranks: %d batches left",
+                split,
+                epoch,
+                saved_size,
+                self.plan.world_size,
+                len(self.plan.order),
+            )
+        self.plan.rank_ids(self.rank)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(split={self.plan.split!r}, epoch={self.plan.epoch}, "
+            f"rank={self.rank}/{self.plan.world_size}, position={self.position}/"
+            f"{self.plan.per_rank})"
+        )
