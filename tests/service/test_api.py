@@ -1,0 +1,100 @@
+"""The FastAPI app in process (TestClient): routes, payload headers, metrics, stale stores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from batchstash.client import wire
+from batchstash.service.api import create_app
+from batchstash.service.config import build_settings
+from batchstash.service.examples import iris
+
+TOKEN = "t0ken"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = build_settings(data_dir=tmp_path / "data", workers=0, token=TOKEN)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def prime(client: TestClient) -> None:
+    assert client.post("/v1/admin/prime", headers=AUTH).status_code == 202
+    assert client.app.state.batchstash.job.wait(timeout=60)  # type: ignore[attr-defined]
+    assert client.get("/v1/admin/status", headers=AUTH).json()["state"] == "done"
+
+
+def test_openapi_documents_every_endpoint(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert set(paths) == {
+        "/v1/metadata", "/v1/splits", "/v1/splits/{split}/batches",
+        "/v1/splits/{split}/batches/{batch_id}", "/v1/admin/prime", "/v1/admin/status",
+        "/v1/admin/clear", "/healthz", "/readyz", "/metrics",
+    }
+    assert set(paths["/v1/admin/prime"]) == {"post", "delete"}
+    batch = paths["/v1/splits/{split}/batches/{batch_id}"]["get"]
+    assert "application/octet-stream" in batch["responses"]["200"]["content"]
+
+
+def test_status_before_any_prime_counts_stored_batches(client: TestClient) -> None:
+    status = client.get("/v1/admin/status", headers=AUTH).json()
+    assert status["state"] == "idle" and status["primed"] is False
+    assert status["splits"] == {"dev": {"done": 0, "total": 1}, "test": {"done": 0, "total": 2},
+                                "train": {"done": 0, "total": 6}}
+
+
+def test_payload_metadata_and_headers(client: TestClient) -> None:
+    prime(client)
+    response = client.get("/v1/splits/train/batches/2", params={"attributes": "label"})
+    fingerprint = client.get("/v1/splits").json()["fingerprint"]
+    assert response.headers["x-batchstash-fingerprint"] == fingerprint
+    payload = wire.decode(bytearray(response.content))
+    assert list(payload.tensors) == ["label"] and payload.fingerprint == fingerprint
+    assert payload.split == "train" and payload.batch_id == 2
+    other = client.get("/v1/splits/train/batches/2")
+    assert other.headers["etag"] != response.headers["etag"]  # the attribute subset is in it
+    assert set(wire.decode(bytearray(other.content)).tensors) == {"label", "flower_dims"}
+
+
+def test_metrics_count_served_batches(client: TestClient) -> None:
+    prime(client)
+    for batch_id in range(3):
+        assert client.get(f"/v1/splits/train/batches/{batch_id}").status_code == 200
+    text = client.get("/metrics").text
+    assert 'batchstash_batches_served_total{split="train"} 3.0' in text
+    assert 'batchstash_prime_batches_done{split="train"} 6.0' in text
+
+
+def test_a_corrupt_stored_file_is_a_500_never_served(client: TestClient, tmp_path: Path) -> None:
+    prime(client)
+    stored = tmp_path / "data" / "batches" / "train" / "1" / "flower_dims.safetensors"
+    raw = bytearray(stored.read_bytes())
+    raw[-3] ^= 0x40
+    stored.write_bytes(bytes(raw))
+    response = client.get("/v1/splits/train/batches/1")
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "store_corrupt"
+    assert client.get("/v1/splits/train/batches/1?attributes=label").status_code == 200
+    prime(client)  # the resumed prime re-encodes the corrupt file
+    assert client.get("/v1/splits/train/batches/1").status_code == 200
+
+
+def test_a_store_of_another_configuration_is_stale(client: TestClient, tmp_path: Path) -> None:
+    prime(client)
+    other = iris(path=str(tmp_path / "data"), batch_size=10)
+    with TestClient(create_app(build_settings(data_dir=tmp_path / "data", token=TOKEN),
+                               stash=other)) as stale:
+        assert stale.get("/readyz").status_code == 503
+        response = stale.get("/v1/splits/train/batches/0")
+        assert response.status_code == 409 and response.json()["error"]["code"] == "store_stale"
+        assert stale.post("/v1/admin/prime", headers=AUTH).status_code == 409
+        assert stale.get("/v1/admin/status", headers=AUTH).json()["stale"] is True
+        assert stale.post("/v1/admin/clear", headers=AUTH).status_code == 200
+        assert stale.get("/readyz").status_code == 200
+    assert client.get("/v1/splits/train/batches/0").status_code == 503  # cleared, not mixed
