@@ -99,6 +99,7 @@ class FakeServer:
         self.delay = 0.0  # seconds each batch request takes
         self.states = ["idle"]  # successive prime states reported by status
         self.priming = False
+        self.primed = True
         self.serve_as: dict[tuple[str, int], tuple[str, int]] = {}  # wrong payload on purpose
         self.in_flight = 0
         self.max_in_flight = 0
@@ -192,7 +193,8 @@ class FakeServer:
                 s: {"batches": len(ids), "data_points": len(ids) * self.rows, "stored": len(ids)}
                 for s, ids in self.splits.items()
             }
-            body = {"fingerprint": self.fingerprint, "primed": True, "splits": counts}
+            primed = self.primed or self.states[0] == "done"
+            body = {"fingerprint": self.fingerprint, "primed": primed, "splits": counts}
             return httpx.Response(200, json=body)
         split = parts[1] if len(parts) > 1 else ""
         if split not in self.splits:
