@@ -227,9 +227,12 @@ def _entry(name: str, spec: Any) -> TensorEntry:
     ints = isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
     if not ints or not all(type(v) is int and v >= 0 for v in [*shape, *offsets]):
         raise PayloadError(f"tensor {name!r}: shape or data_offsets are not non-negative ints")
-    numel = 1
+    numel, bound = 1, 1
     for dim in shape:
         numel *= dim
+        bound *= max(dim, 1)
+    if bound >= 2**63:  # torch cannot even describe an empty tensor this large
+        raise PayloadError(f"tensor {name!r}: shape {shape} overflows 64-bit sizes")
     if offsets[1] - offsets[0] != numel * _DTYPES[dtype].itemsize:
         raise PayloadError(f"tensor {name!r}: data_offsets do not match dtype and shape")
     return TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
