@@ -1,0 +1,120 @@
+"""Importable stash factories and vectorizers for the engine tests (workers rebuild them)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from batchstash.client import BatchFeatureMapping, FieldFeatureMapping, ManagerFeatureMapping
+from batchstash.service import (
+    BatchStash,
+    CategoryEncodableFeatureVectorizer,
+    CsvSplitStashContainer,
+    FeatureVectorizer,
+    FeatureVectorizerManager,
+    SeriesFeatureVectorizer,
+)
+from batchstash.service.examples import IRIS_CLASSES, IRIS_MAPPINGS, IrisDataPoint, data_file
+
+IRIS_CSV = data_file("iris.csv")
+IRIS_RATIOS = {"train": 0.7, "dev": 0.1, "test": 0.2}
+
+
+def iris_rows() -> dict[str, dict[str, str]]:
+    """The iris CSV read with the csv module alone, by id."""
+    with IRIS_CSV.open(newline="", encoding="utf-8") as fh:
+        return {row["id"]: row for row in csv.DictReader(fh)}
+
+
+def stored_files(root: str | Path) -> dict[str, bytes]:
+    """Every stored batch file under a store directory, by path relative to it."""
+    root = Path(root)
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted((root / "batches").rglob("*.safetensors"))
+    }
+
+
+@dataclass
+class NoiseVectorizer(FeatureVectorizer):
+    """Random noise: equal bytes across runs prove the per-batch torch seed is applied."""
+
+    DESCRIPTION: ClassVar[str] = "torch.rand noise"
+
+    width: int = 3
+
+    def encode(self, value: Any) -> torch.Tensor:
+        return torch.rand(self.width)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.width,)
+
+
+@dataclass
+class ExplodingVectorizer(FeatureVectorizer):
+    """Encodes a data point id as a number, failing on ``bad_id``."""
+
+    DESCRIPTION: ClassVar[str] = "fails on one id"
+
+    bad_id: str = ""
+
+    def encode(self, value: Any) -> torch.Tensor:
+        if str(value) == self.bad_id:
+            raise ValueError(f"cannot vectorize {value!r}")
+        return torch.tensor(float(value))
+
+
+def _extra_mapping(feature_id: str) -> BatchFeatureMapping:
+    return BatchFeatureMapping(
+        "label",
+        [
+            *IRIS_MAPPINGS.manager_mappings,
+            ManagerFeatureMapping(
+                "extra", (FieldFeatureMapping("extra", feature_id, attr_access="id"),)
+            ),
+        ],
+    )
+
+
+def iris_with(
+    path: str, extra: FeatureVectorizer, batch_size: int = 20, seed: int = 0, **kwargs: Any
+) -> BatchStash:
+    """The iris example's data and vectorizers plus an ``extra`` field (the data point id)."""
+    container = CsvSplitStashContainer(
+        IRIS_CSV, split_column=None, ratios=IRIS_RATIOS, seed=seed, id_column="id"
+    )
+    managers = [
+        FeatureVectorizerManager(
+            "iris_vectorizer_manager",
+            [
+                CategoryEncodableFeatureVectorizer("ilabel", categories=IRIS_CLASSES),
+                SeriesFeatureVectorizer("iseries", dims=4),
+            ],
+        ),
+        FeatureVectorizerManager("extra", [extra]),
+    ]
+    return BatchStash(
+        path,
+        container,
+        managers,
+        _extra_mapping(extra.feature_id),
+        IrisDataPoint,
+        batch_size=batch_size,
+        seed=seed,
+        **kwargs,
+    )
+
+
+def noisy_iris(path: str, **kwargs: Any) -> BatchStash:
+    """Iris plus a random ``extra`` field."""
+    return iris_with(path, NoiseVectorizer("noise"), **kwargs)
+
+
+def exploding_iris(path: str, bad_id: str, **kwargs: Any) -> BatchStash:
+    """Iris plus an ``extra`` field whose vectorizer raises on data point ``bad_id``."""
+    return iris_with(path, ExplodingVectorizer("explode", bad_id=bad_id), **kwargs)

@@ -1,0 +1,165 @@
+"""Vectorizers: category, one-hot, series, token ids and lengths, custom ones and managers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from batchstash.client import BatchError, VectorizerMetadata
+from batchstash.service import (
+    CategoryEncodableFeatureVectorizer,
+    FeatureVectorizer,
+    FeatureVectorizerManager,
+    FeatureVectorizerManagerSet,
+    OneHotEncodedFeatureVectorizer,
+    SeriesFeatureVectorizer,
+    TokenIdFeatureVectorizer,
+    TokenLengthFeatureVectorizer,
+)
+
+CLASSES = ("setosa", "versicolor", "virginica")
+
+
+@pytest.mark.parametrize(("cls", "index"), [("setosa", 0), ("versicolor", 1), ("virginica", 2)])
+def test_category_index_and_class(cls, index):
+    vec = CategoryEncodableFeatureVectorizer("ilabel", categories=CLASSES)
+    assert vec.index(cls) == index
+    encoded = vec.encode(cls)
+    assert encoded.dtype == torch.int64 and encoded.shape == () and encoded.item() == index
+    assert vec.get_classes(torch.tensor([index, 0])) == [cls, "setosa"]
+
+
+def test_category_errors_and_metadata():
+    vec = CategoryEncodableFeatureVectorizer("ilabel", categories=list(CLASSES))
+    with pytest.raises(BatchError, match=r"unknown class 'rose'; known: \['setosa'"):
+        vec.encode("rose")
+    with pytest.raises(BatchError, match="categories must be unique and non-empty"):
+        CategoryEncodableFeatureVectorizer("x", categories=("a", "a"))
+    with pytest.raises(BatchError, match="categories must be unique and non-empty"):
+        CategoryEncodableFeatureVectorizer("x")
+    meta = vec.metadata()
+    assert meta == VectorizerMetadata(
+        "ilabel",
+        "CategoryEncodableFeatureVectorizer",
+        "category label index",
+        "int64",
+        (),
+        CLASSES,
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("setosa", [1.0, 0.0, 0.0]), ("versicolor", [0.0, 1.0, 0.0]), ("virginica", [0.0, 0.0, 1.0])],
+)
+def test_one_hot(value, expected):
+    vec = OneHotEncodedFeatureVectorizer("onehot", categories=CLASSES)
+    got = vec.encode(value)
+    assert got.dtype == torch.float32
+    assert got.tolist() == expected
+    assert vec.shape == (3,)
+    assert vec.metadata().classes == CLASSES
+    assert vec.metadata().dtype == "float32"
+
+
+def test_series():
+    vec = SeriesFeatureVectorizer("iseries", dims=4)
+    got = vec.encode(["5.1", 3.5, 1, "0.2"])
+    assert got.dtype == torch.float32
+    assert torch.equal(got, torch.tensor([5.1, 3.5, 1.0, 0.2], dtype=torch.float32))
+    assert vec.metadata().shape == (4,)
+
+
+@pytest.mark.parametrize("value", [[1.0, 2.0, 3.0], [1.0] * 5, []])
+def test_series_length_check(value):
+    with pytest.raises(BatchError, match=f"iseries: expected 4 values, got {len(value)}"):
+        SeriesFeatureVectorizer("iseries", dims=4).encode(value)
+
+
+def test_token_ids_padded_to_longest():
+    vec = TokenIdFeatureVectorizer("ids", vocab=("a", "b", "c"), max_length=4)
+    got = vec.encode_batch([["a", "c"], ["b", "zzz", "a", "c", "b", "b"], ["c"]])
+    # id i + 2 is vocab[i]; 0 pads, 1 is unknown; cut to max_length
+    assert got.dtype == torch.int64
+    assert got.tolist() == [[2, 4, 0, 0], [3, 1, 2, 4], [4, 0, 0, 0]]
+    assert vec.encode(["c", "a"]).tolist() == [4, 2]
+    assert vec.shape == (-1,)
+    meta = vec.metadata()
+    assert (meta.vocab_size, meta.extra) == (5, {"pad_id": 0, "unk_id": 1})
+
+
+def test_token_ids_empty_batch_shape():
+    vec = TokenIdFeatureVectorizer("ids", vocab=("a",))
+    assert vec.encode_batch([[], []]).shape == (2, 0)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "length"), [([], 0), (["a"], 1), (["a"] * 4, 4), (["a"] * 9, 4)]
+)
+def test_token_lengths_match_cut_ids(tokens, length):
+    lengths = TokenLengthFeatureVectorizer("lens", max_length=4)
+    ids = TokenIdFeatureVectorizer("ids", vocab=("a",), max_length=4)
+    got = lengths.encode(tokens)
+    assert got.dtype == torch.int64 and got.item() == length
+    assert int((ids.encode_batch([tokens, ["a"]])[0] != 0).sum()) == length
+
+
+@dataclass
+class LengthVectorizer(FeatureVectorizer):
+    DESCRIPTION: ClassVar[str] = "text length"
+
+    scale: float = 1.0
+
+    def encode(self, value: Any) -> torch.Tensor:
+        return torch.tensor([len(value) * self.scale], dtype=torch.float32)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (1,)
+
+
+def test_custom_vectorizer_subclass():
+    vec = LengthVectorizer("len", scale=0.5)
+    assert vec.encode("abcd").tolist() == [2.0]
+    assert vec.encode_batch(["ab", "abcdef"]).tolist() == [[1.0], [3.0]]
+    meta = vec.metadata()
+    assert (meta.name, meta.description, meta.dtype, meta.shape) == (
+        "LengthVectorizer",
+        "text length",
+        "float32",
+        (1,),
+    )
+    assert vec.config() == {
+        "class": f"{__name__}.LengthVectorizer",
+        "feature_id": "len",
+        "scale": 0.5,
+    }
+    assert LengthVectorizer("len", scale=2.0).config() != vec.config()
+
+
+def test_base_vectorizer_must_implement_encode():
+    with pytest.raises(NotImplementedError, match="FeatureVectorizer must implement encode"):
+        FeatureVectorizer("x").encode(1)
+
+
+def test_managers():
+    series = SeriesFeatureVectorizer("iseries", dims=2)
+    label = CategoryEncodableFeatureVectorizer("ilabel", categories=("a", "b"))
+    mng = FeatureVectorizerManager("m", [series, label])
+    assert mng["iseries"] is series
+    assert mng.feature_ids == ("iseries", "ilabel")
+    with pytest.raises(BatchError, match="manager 'm' has no vectorizer 'nope'"):
+        mng["nope"]
+    with pytest.raises(BatchError, match="manager 'd' has duplicate feature ids"):
+        FeatureVectorizerManager("d", [series, SeriesFeatureVectorizer("iseries")])
+
+    managers = FeatureVectorizerManagerSet([mng])
+    assert managers["m"] is mng
+    with pytest.raises(BatchError, match="no vectorizer manager named 'x'"):
+        managers["x"]
+    config = managers.config()
+    assert config["m"]["ilabel"]["categories"] == ["a", "b"]
+    assert config["m"]["iseries"]["dims"] == 2
