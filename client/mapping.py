@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -68,7 +68,7 @@ class ManagerFeatureMapping:
     """
 
     vectorizer_manager_name: str
-    fields: tuple[FieldFeatureMapping, ...]
+    fields: Sequence[FieldFeatureMapping]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", tuple(self.fields))
@@ -100,7 +100,7 @@ class BatchFeatureMapping:
     """
 
     label_attribute_name: str | None = "label"
-    manager_mappings: tuple[ManagerFeatureMapping, ...] = ()
+    manager_mappings: Sequence[ManagerFeatureMapping] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "manager_mappings", tuple(self.manager_mappings))

@@ -26,6 +26,7 @@ from batchstash.client import (
     InvalidRequestError,
     NotFoundError,
     NotPrimedError,
+    PayloadError,
     PrimeCancelledError,
     StaleStoreError,
     TorchConfig,
@@ -314,7 +315,8 @@ class BatchStash:
     def data_points(self, id_set: DataPointIDSet) -> list[DataPoint]:
         """Build the data points of an id set from the split container."""
         container = self.split_stash_container
-        return [self.data_point_type(i, self, container[i]) for i in id_set.data_point_ids]
+        make: Callable[..., DataPoint] = self.data_point_type  # subclasses add the raw field
+        return [make(i, self, container[i]) for i in id_set.data_point_ids]
 
     def encode_id_set(self, id_set: DataPointIDSet) -> Batch:
         """Encode one id set (seeded by its torch seed context) and store its group files."""
@@ -486,7 +488,7 @@ class BatchStash:
             names = [n for n in header.entries if wanted is None or n in wanted]
             try:
                 tensors.update(wire.decode(buf, names, verify=False).tensors)
-            except wire.PayloadError as exc:  # verified by read_sources; defensive only
+            except PayloadError as exc:  # verified by read_sources; defensive only
                 raise CorruptStoreError(exc.message) from None
         payload = wire.Payload(tensors, self._expect(id_set))
         return Batch.from_payload(payload, self.batch_metadata, self.model_torch_config)

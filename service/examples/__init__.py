@@ -65,7 +65,7 @@ TEXT_MAPPINGS = BatchFeatureMapping(
 
 def data_file(name: str) -> Path:
     """The path of a CSV shipped with the package."""
-    return Path(str(resources.files(__package__).joinpath("data", name)))
+    return Path(str(resources.files(__package__).joinpath("data").joinpath(name)))
 
 
 @dataclass
@@ -165,8 +165,8 @@ def text(
     manager = FeatureVectorizerManager(
         "text_vectorizer_manager",
         [
-            CategoryEncodableFeatureVectorizer("tlabel", categories=topics),
-            TokenIdFeatureVectorizer("token_ids", vocab=vocab, max_length=max_length),
+            CategoryEncodableFeatureVectorizer("tlabel", categories=tuple(topics)),
+            TokenIdFeatureVectorizer("token_ids", vocab=tuple(vocab), max_length=max_length),
             TokenLengthFeatureVectorizer("token_lengths", max_length=max_length),
         ],
     )

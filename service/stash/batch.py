@@ -12,7 +12,7 @@ from batchstash.client import Batch, BatchError, BatchFeatureMapping, Vectorizer
 from .vectorize import FeatureVectorizer
 
 if TYPE_CHECKING:
-    from .stash import BatchStash
+    from ..engine import BatchStash
 
 __all__ = ["DefaultBatch"]
 

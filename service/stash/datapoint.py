@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from .stash import BatchStash
+    from ..engine import BatchStash
 
 __all__ = ["DataPoint"]
 

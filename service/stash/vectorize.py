@@ -110,7 +110,7 @@ class CategoryEncodableFeatureVectorizer(FeatureVectorizer):
 
     DESCRIPTION: ClassVar[str] = "category label index"
 
-    categories: tuple[str, ...] = ()
+    categories: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         self.categories = tuple(self.categories)
@@ -205,7 +205,7 @@ class TokenIdFeatureVectorizer(FeatureVectorizer):
     PAD: ClassVar[int] = 0
     UNK: ClassVar[int] = 1
 
-    vocab: tuple[str, ...] = ()
+    vocab: Sequence[str] = ()
     max_length: int = 512
 
     def __post_init__(self) -> None:
