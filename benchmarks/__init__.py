@@ -1,0 +1,1 @@
+"""Benchmarks of batchstash: a raw-socket ceiling, local baselines, priming and memory."""

@@ -1,0 +1,66 @@
+"""Run sizes: ``default`` (the issue's standard workload) and ``quick`` (a CI smoke test)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PROFILES", "Profile"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much a run does; every load test stops at ``max_batches`` or ``max_seconds``.
+
+    Attributes:
+        name: ``default`` or ``quick``.
+        rows: data points a batch.
+        large_dims: float values a row of a large batch (1,024: 1,050,624 bytes a batch).
+        small_dims: float values a row of a small batch (64: 67,584 bytes a batch).
+        large_batches: batches of the large store.
+        small_batches: batches of the small-batch store.
+        prime_batches: batches primed with 1 and with 2 workers; this store is also the small
+            store of the memory test, against the large store (``large_batches``, 5x as many).
+        breakdown_sample: batches timed step by step for the priming breakdown.
+        max_batches: the most batches one load run fetches.
+        max_seconds: the longest one load run lasts.
+        ceiling_messages: 1 MiB messages of the raw-socket ceiling, at most.
+        baseline_files: distinct batches written as ``torch.save`` and pickle files.
+        memory_reads: batches read from each store in the server memory test.
+        prefetch_depths: prefetch values of the client memory test.
+        prime_timeout: seconds a prime may take before the run fails.
+    """
+
+    name: str
+    rows: int = 256
+    large_dims: int = 1024
+    small_dims: int = 64
+    large_batches: int = 2000
+    small_batches: int = 2000
+    prime_batches: int = 400
+    breakdown_sample: int = 40
+    max_batches: int = 2000
+    max_seconds: float = 10.0
+    ceiling_messages: int = 4000
+    baseline_files: int = 500
+    memory_reads: int = 300
+    prefetch_depths: tuple[int, ...] = (1, 4, 8)
+    prime_timeout: float = 600.0
+
+
+PROFILES = {
+    "default": Profile("default"),
+    "quick": Profile(
+        "quick",
+        large_batches=50,
+        small_batches=50,
+        prime_batches=10,
+        breakdown_sample=4,
+        max_batches=100,
+        max_seconds=2.0,
+        ceiling_messages=300,
+        baseline_files=30,
+        memory_reads=20,
+        prefetch_depths=(1, 4),
+        prime_timeout=120.0,
+    ),
+}

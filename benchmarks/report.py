@@ -1,0 +1,329 @@
+"""The report: targets judged on same-run ratios, a table, ``results.json`` and ``results.png``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Row", "machine", "markdown", "rows", "write"]
+
+MB = 1e6
+
+
+def machine() -> dict[str, Any]:
+    """The machine and the software versions the numbers come from."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_bytes = 0
+    try:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        pass
+    versions = {}
+    for name in ("torch", "httpx", "fastapi", "uvicorn", "uvloop", "httptools", "safetensors"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "commit": _commit(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gb": round(memory_bytes / 1e9, 1),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def _commit() -> str | None:
+    """The repository's commit, ``+changes`` when the package code differs from it."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "client", "service"],
+                               cwd=root, check=True, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + (" +changes" if dirty else "")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a measurement, its value, and its target's verdict if it has one."""
+
+    section: str
+    measurement: str
+    result: str
+    target: str = ""
+    met: bool | None = None
+
+    @property
+    def status(self) -> str:
+        """``met``, ``NOT met`` or empty (no target)."""
+        return "" if self.met is None else ("met" if self.met else "NOT met")
+
+
+def _f(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _rate(run: dict[str, Any]) -> str:
+    return f"{_f(run['mb_s'])} MB/s, {_f(run['batches_s'])} batches/s"
+
+
+def _latency(run: dict[str, Any]) -> str:
+    return f"p50 {_f(run['p50_ms'], 2)} ms, p99 {_f(run['p99_ms'], 2)} ms"
+
+
+def ceiling_mb_s(results: dict[str, Any]) -> float:
+    """The ceiling the ratios use: the faster of the two raw-socket shapes."""
+    return max(r["mb_s"] for r in results["ceiling"].values())
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    """Every table row, targets judged on ratios within this run's results."""
+    out: list[Row] = []
+    top = ceiling_mb_s(results)
+    for mode, run in results["ceiling"].items():
+        shape = "back to back" if mode == "stream" else "one request per message"
+        out.append(Row("ceiling", f"raw TCP, 1 MiB messages, {shape}", f"{_f(run['mb_s'])} MB/s"))
+    large, small, base = results["batchstash_large"], results["batchstash_small"], results[
+        "baselines"]
+    best_local = max(base["dataloader_0"]["mb_s"], base["dataloader_2"]["mb_s"])
+    sec = f"batchstash, large ({large['batch_bytes']:,} B)"
+    for consumers, factor in ((1, 0.8), (4, 0.9)):
+        run = large[f"iter_{consumers}"]
+        ratio = _ratio(run["mb_s"], top)
+        out.append(Row(sec, f"{consumers} consumer(s), iter_batches prefetch 4",
+                       f"{_rate(run)}; {_f(ratio, 2)} x ceiling",
+                       f">= {factor} x ceiling", ratio is not None and ratio >= factor))
+    run = large["iter_1"]
+    ratio = _ratio(run["mb_s"], best_local)
+    out.append(Row(sec, "1 consumer vs best local DataLoader (torch.save files)",
+                   f"{_f(ratio, 2)} x", "> 1 x", ratio is not None and ratio > 1))
+    for consumers in (1, 4):
+        run = large[f"seq_{consumers}"]
+        out.append(Row(sec, f"{consumers} consumer(s), batch() one by one: latency",
+                       f"{_latency(run)}; {_rate(run)}"))
+    out.append(Row(sec, "1 consumer, iter_batches: wait in next()", _latency(large["iter_1"])))
+    sec = f"batchstash, small ({small['batch_bytes']:,} B)"
+    run = small["iter_1"]
+    out.append(Row(sec, "1 consumer, iter_batches prefetch 4", _rate(run), ">= 6,000 batches/s",
+                   run["batches_s"] is not None and run["batches_s"] >= 6000))
+    out.append(Row(sec, "4 consumers, iter_batches prefetch 4", _rate(small["iter_4"])))
+    for consumers in (1, 4):
+        run = small[f"seq_{consumers}"]
+        out.append(Row(sec, f"{consumers} consumer(s), batch() one by one: latency",
+                       f"{_latency(run)}; {_rate(run)}"))
+    sec = "baselines, large batches"
+    for workers in (0, 2):
+        run = base[f"dataloader_{workers}"]
+        out.append(Row(sec, f"local DataLoader, torch.save files, num_workers={workers}",
+                       _rate(run)))
+    out.append(Row(sec, "pickled batch files, loaded one by one", _rate(base["pickle"])))
+    naive = results["naive"]
+    for key, label in (("large_1", "large, 1 consumer"), ("large_4", "large, 4 consumers"),
+                       ("small_1", "small, 1 consumer")):
+        run = naive[key]
+        out.append(Row(sec if key != "small_1" else "baselines, small batches",
+                       f"minimal FastAPI bytes-from-memory, {label}",
+                       f"{_rate(run)}; {_latency(run)}"))
+    out.extend(_priming_rows(results["priming"]))
+    for store in (large, small):
+        build = store["prime"]
+        out.append(Row("priming", f"build the {store['store_batches']} batch store of "
+                       f"{store['batch_bytes']:,} B batches, 2 workers",
+                       f"{_f(build['rate'], 1)} batches/s ({_f(build['wall_s'], 1)} s)"))
+    out.extend(_memory_rows(results["memory"]))
+    out.extend(_gpu_rows(results.get("gpu", {})))
+    return out
+
+
+def _priming_rows(prime: dict[str, Any]) -> list[Row]:
+    sec = f"priming ({prime['batches']} large batches)"
+    one, two = prime["workers_1"], prime["workers_2"]
+    out = [Row(sec, f"{w} worker(s): batches/s (whole job; from first stored batch)",
+               f"{_f(r['rate'], 1)}; {_f(r['steady_rate'], 1)}")
+           for w, r in ((1, one), (2, two))]
+    ratio = _ratio(two["rate"], one["rate"])
+    out.append(Row(sec, "2 workers vs 1 worker (whole job)", f"{_f(ratio, 2)} x", ">= 1.8 x",
+                   ratio is not None and ratio >= 1.8))
+    for vectorizer, split in prime["breakdown"].items():
+        sec_s = split["seconds"]
+        total = split["total_s"] or 1.0
+        detail = ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in sec_s.items()
+                           if k != "serialize")
+        share = split["persist_share"]
+        standard = vectorizer == "series"
+        out.append(Row(sec, f"persisting share, {vectorizer} vectorizer"
+                       + (" (standard)" if standard else " (cheapest vectorizer, info)"),
+                       f"{_f(100 * share, 1)} % ({_f(split['ms_per_batch'], 1)} ms/batch: "
+                       f"{detail}; wire.encode {1e3 * sec_s['serialize'] / split['batches']:.2f}"
+                       " ms/batch)",
+                       "<= 10 %" if standard else "",
+                       (share is not None and share <= 0.10) if standard else None))
+    return out
+
+
+def _memory_rows(mem: dict[str, Any]) -> list[Row]:
+    sec = "memory"
+    small, large = mem["server_small_store"], mem["server_large_store"]
+    out = [Row(sec, f"server peak RSS, {s['store_batches']} batch store "
+               f"({s['batches_read']} read)", f"{_f(s['peak'] / MB)} MB")
+           for s in (small, large)]
+    ratio = _ratio(large["peak"], small["peak"])
+    out.append(Row(sec, "server peak RSS, 5x store vs 1x", f"{_f(ratio, 2)} x", "<= 1.10 x",
+                   ratio is not None and ratio <= 1.10))
+    for entry in mem["client"]:
+        out.append(Row(sec, f"client RSS growth, prefetch {entry['prefetch']}",
+                       f"{_f(entry['growth'] / MB)} MB = "
+                       f"{_f(entry['ratio'], 2)} x prefetch x batch",
+                       "<= 3 x", entry["ratio"] <= 3))
+    return out
+
+
+def _gpu_rows(gpu: dict[str, Any]) -> list[Row]:
+    if "skipped" in gpu or not gpu:
+        return [Row("gpu", "host-to-device copies, trainer data wait",
+                    f"skipped: {gpu.get('skipped', 'not run')}")]
+    copy, trainer = gpu["copy"], gpu["trainer"]
+    out = [Row("gpu", f"host-to-device copy, {kind} ({copy['bytes']:,} B)",
+               f"{_f(copy[f'{kind}_gb_s'], 2)} GB/s") for kind in ("pageable", "pinned")]
+    for name, label in (("batchstash", "batchstash iter_batches(device='cuda')"),
+                        ("dataloader_pinned", "local DataLoader, pin_memory=True, 2 workers")):
+        run = trainer[name]
+        share = run["wait_share"]
+        out.append(Row("gpu", f"trainer data-wait share of step time, {label}",
+                       f"{_f(None if share is None else 100 * share, 1)} % "
+                       f"(step {_f(run['step_ms'], 2)} ms)"))
+    return out
+
+
+def markdown(table: list[Row]) -> str:
+    """The table as GitHub markdown."""
+    lines = ["| section | measurement | result | target | status |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r.section} | {r.measurement} | {r.result} | {r.target} | {r.status} |"
+              for r in table]
+    return "\n".join(lines) + "\n"
+
+
+def machine_markdown(info: dict[str, Any]) -> str:
+    """The machine as one markdown paragraph."""
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    commit = f" Commit {info['commit']}." if info.get("commit") else ""
+    return (f"{info['cpu']}, {info['usable_cpus']} usable of {info['logical_cpus']} logical "
+            f"CPUs, {info['memory_gb']} GB RAM; {info['platform']}; Python {info['python']}; "
+            f"{versions}.{commit}")
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Draw the six panels of the run into ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    large, small, base, naive = (results["batchstash_large"], results["batchstash_small"],
+                                 results["baselines"], results["naive"])
+    top = ceiling_mb_s(results)
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+    panels: list[tuple[Any, str, dict[str, float | None], str]] = [
+        (axes[0, 0], f"large batches ({large['batch_bytes']:,} B): MB/s", {
+            "raw TCP stream": results["ceiling"]["stream"]["mb_s"],
+            "raw TCP req/resp": results["ceiling"]["request"]["mb_s"],
+            "batchstash 1c": large["iter_1"]["mb_s"], "batchstash 4c": large["iter_4"]["mb_s"],
+            "batchstash seq 1c": large["seq_1"]["mb_s"],
+            "DataLoader w0": base["dataloader_0"]["mb_s"],
+            "DataLoader w2": base["dataloader_2"]["mb_s"], "pickle files": base["pickle"]["mb_s"],
+            "naive FastAPI 1c": naive["large_1"]["mb_s"],
+            "naive FastAPI 4c": naive["large_4"]["mb_s"]}, "MB/s"),
+        (axes[0, 1], f"small batches ({small['batch_bytes']:,} B): batches/s", {
+            "batchstash 1c": small["iter_1"]["batches_s"],
+            "batchstash 4c": small["iter_4"]["batches_s"],
+            "batchstash seq 1c": small["seq_1"]["batches_s"],
+            "naive FastAPI 1c": naive["small_1"]["batches_s"]}, "batches/s"),
+        (axes[0, 2], "priming: batches/s", {
+            "1 worker": results["priming"]["workers_1"]["rate"],
+            "2 workers": results["priming"]["workers_2"]["rate"]}, "batches/s"),
+    ]
+    for ax, title, values, unit in panels:
+        names = list(values)
+        ax.barh(names, [v or 0 for v in values.values()], color="tab:blue")
+        ax.invert_yaxis()
+        ax.set_title(title)
+        ax.set_xlabel(unit)
+    axes[0, 0].axvline(0.8 * top, color="tab:red", linestyle="--", label="0.8 x ceiling")
+    axes[0, 0].legend(loc="lower right")
+    axes[0, 1].axvline(6000, color="tab:red", linestyle="--", label="target 6,000/s")
+    axes[0, 1].legend(loc="lower right")
+    one = results["priming"]["workers_1"]["rate"]
+    if one:
+        axes[0, 2].axvline(1.8 * one, color="tab:red", linestyle="--", label="1.8 x 1 worker")
+        axes[0, 2].legend(loc="lower right")
+    ax = axes[1, 0]
+    left = None
+    for step in ("data_points", "vectorize", "persist"):
+        widths = [1e3 * b["seconds"][step] / b["batches"]
+                  for b in results["priming"]["breakdown"].values()]
+        ax.barh(list(results["priming"]["breakdown"]), widths, left=left, label=step)
+        left = widths if left is None else [a + b for a, b in zip(left, widths, strict=True)]
+    ax.set_title("priming one batch, by step (in process)")
+    ax.set_xlabel("ms per batch")
+    ax.legend(loc="upper right")
+    mem = results["memory"]
+    ax = axes[1, 1]
+    stores = [mem["server_small_store"], mem["server_large_store"]]
+    ax.bar([f"{s['store_batches']} batches" for s in stores], [s["peak"] / MB for s in stores])
+    ax.set_title("server peak RSS by store size")
+    ax.set_ylabel("MB")
+    ax = axes[1, 2]
+    depths = [c["prefetch"] for c in mem["client"]]
+    ax.plot(depths, [c["growth"] / MB for c in mem["client"]], "o-", label="client RSS growth")
+    ax.plot(depths, [c["limit"] / MB for c in mem["client"]], "--", color="tab:red",
+            label="3 x prefetch x batch")
+    ax.set_title("client memory vs prefetch")
+    ax.set_xlabel("prefetch")
+    ax.set_ylabel("MB")
+    ax.legend()
+    fig.suptitle(f"batchstash benchmarks ({results['mode']} run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], out: Path) -> list[Row]:
+    """Write ``results.json``, ``results.png`` and ``results.md`` into ``out``; return the rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = rows(results)
+    results["targets"] = [
+        {"section": r.section, "measurement": r.measurement, "result": r.result,
+         "target": r.target, "met": r.met}
+        for r in table if r.met is not None
+    ]
+    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    chart(results, out / "results.png")
+    (out / "results.md").write_text(
+        f"Machine: {machine_markdown(results['machine'])}\n\n"
+        f"Mode: `{results['mode']}`, {results['elapsed_s']:.0f} s.\n\n{markdown(table)}")
+    return table

@@ -1,0 +1,55 @@
+"""Smoke test of the benchmark suite: ``python -m benchmarks --quick`` runs and writes its files.
+
+It never asserts a speed: CI machines vary. It asserts the run's shape: every section measured,
+every target judged, the chart a real PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SECTIONS = ("ceiling", "priming", "batchstash_large", "batchstash_small", "baselines", "naive",
+            "memory", "gpu", "targets", "machine")
+TARGETS = 9  # large: 3, small: 1, priming: 2, server memory: 1, client memory: 1 per depth (2)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out),
+         "--work-dir", str(tmp_path / "work")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "results.md").read_text()
+    assert table.count("\n| ") >= 30 and "| section | measurement |" in table
+    results = json.loads((out / "results.json").read_text())
+    assert [s for s in SECTIONS if s not in results] == []
+    assert results["mode"] == "quick"
+
+    assert results["batchstash_large"]["batch_bytes"] == 1_050_624
+    assert results["batchstash_small"]["batch_bytes"] == 67_584
+    for size in ("large", "small"):
+        for run in ("iter_1", "iter_4", "seq_1", "seq_4"):
+            measured = results[f"batchstash_{size}"][run]
+            assert measured["batches"] > 0 and measured["bytes"] > 0, (size, run)
+            assert measured["p99_ms"] >= measured["p50_ms"] > 0
+    assert set(results["ceiling"]) == {"stream", "request"}
+    assert {"dataloader_0", "dataloader_2", "pickle"} <= set(results["baselines"])
+    assert set(results["naive"]) >= {"large_1", "large_4", "small_1"}
+    assert {"workers_1", "workers_2", "breakdown"} <= set(results["priming"])
+    assert [c["prefetch"] for c in results["memory"]["client"]] == [1, 4]
+    assert results["memory"]["server_large_store"]["store_batches"] == (
+        5 * results["memory"]["server_small_store"]["store_batches"])
+    assert len(results["targets"]) == TARGETS
+    assert all(isinstance(t["met"], bool) for t in results["targets"])
+    assert "skipped" in results["gpu"]  # --device cpu
