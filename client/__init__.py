@@ -32,6 +32,7 @@ from .mapping import (
     ManagerFeatureMapping,
 )
 from .metadata import BatchFieldMetadata, BatchMetadata, MetadataNetworkSettings, VectorizerMetadata
+from .transport import BufferStream, BufferTransport, body_buffer
 
 __all__ = [
     "AuthError",
@@ -44,6 +45,8 @@ __all__ = [
     "BatchIterator",
     "BatchMetadata",
     "BatchstashError",
+    "BufferStream",
+    "BufferTransport",
     "ChecksumError",
     "ConfigBatchFeatureMapping",
     "ConflictError",
@@ -64,6 +67,7 @@ __all__ = [
     "TransportError",
     "VectorizerError",
     "VectorizerMetadata",
+    "body_buffer",
     "copy_to_device",
     "error_for_code",
     "wire",

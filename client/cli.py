@@ -152,3 +152,7 @@ def cancel(url: Url = DEFAULT_URL, token: Token = None) -> None:
 def main() -> None:
     """Entry point of the ``batchstash`` console script."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from .errors import (
     error_for_code,
 )
 from .metadata import BatchMetadata
+from .transport import BufferTransport, body_buffer
 
 if TYPE_CHECKING:
     from .iterate import BatchIterator
@@ -108,7 +109,8 @@ class BatchClient:
         timeout: seconds for connecting and for each read.
         retries: how many times a failed request is retried (``0``: never).
         backoff: the first retry delay in seconds; doubled on each retry, with jitter.
-        transport: an ``httpx`` transport (tests pass ``httpx.MockTransport``).
+        transport: an ``httpx`` transport; by default a :class:`BufferTransport`, which reads
+            each body into one buffer the tensors view (tests pass ``httpx.MockTransport``).
         max_delay: the longest delay between two tries, whatever ``Retry-After`` says.
     """
 
@@ -133,7 +135,10 @@ class BatchClient:
         self.backoff = backoff
         self.max_delay = max_delay
         self._http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+            base_url=self.url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport or BufferTransport(),
         )
         self._sleep: Callable[[float], None] = time.sleep
         self._lock = threading.Lock()
@@ -156,11 +161,18 @@ class BatchClient:
         params: Mapping[str, str] | None = None,
         json: Any = None,
     ) -> httpx.Response:
-        """Send a request with retries; return a 2xx response or raise the mapped error."""
+        """Send a request with retries; return a 2xx response or raise the mapped error.
+
+        The body of a successful response is left unread: take it with :func:`body_buffer`
+        (the transport's own buffer, no copy) or ``response.read()``.
+        """
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                response = self._http.request(method, path, params=params, json=json)
+                request = self._http.build_request(method, path, params=params, json=json)
+                response = self._http.send(request, stream=True)
+                if not response.is_success:
+                    response.read()
             except httpx.TransportError as exc:
                 if last:
                     raise TransportError(
@@ -190,6 +202,7 @@ class BatchClient:
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._request(method, path, **kwargs)
+        response.read()
         try:
             return response.json()
         except ValueError:
@@ -275,10 +288,54 @@ class BatchClient:
         params = None if wanted is None else {"attributes": ",".join(wanted)}
         path = f"/v1/splits/{split}/batches/{int(batch_id)}"
         response = self._request("GET", path, params=params)
-        payload = wire.decode(bytearray(response.content))
-        if payload.split != split or payload.batch_id != int(batch_id):
+        payload = wire.decode(body_buffer(response))
+        return self._checked(payload, path, split, int(batch_id), wanted, fingerprint, device)
+
+    def batches(
+        self,
+        split: str,
+        batch_ids: Sequence[int],
+        attributes: Iterable[str] | None = None,
+        device: str | torch.device | None = None,
+        *,
+        fingerprint: str | None = None,
+    ) -> list[Batch]:
+        """Fetch several batches of a split in one request (one round trip, one buffer).
+
+        The server answers ``GET /v1/splits/{split}/payloads?ids=...`` with one length-prefixed
+        payload frame per id (see :func:`wire.split_frames`); each is verified and decoded in
+        place like :meth:`batch`. Raises what :meth:`batch` raises.
+        """
+        ids = [int(i) for i in batch_ids]
+        if not ids:
+            return []
+        wanted = None if attributes is None else sorted(set(attributes))
+        params = {"ids": ",".join(map(str, ids))}
+        if wanted is not None:
+            params["attributes"] = ",".join(wanted)
+        path = f"/v1/splits/{split}/payloads"
+        frames = wire.split_frames(body_buffer(self._request("GET", path, params=params)))
+        if len(frames) != len(ids):
+            raise PayloadError(f"GET {path}: {len(frames)} payloads for {len(ids)} ids")
+        return [
+            self._checked(wire.decode(frame), path, split, batch_id, wanted, fingerprint, device)
+            for frame, batch_id in zip(frames, ids, strict=True)
+        ]
+
+    def _checked(
+        self,
+        payload: wire.Payload,
+        path: str,
+        split: str,
+        batch_id: int,
+        wanted: list[str] | None,
+        fingerprint: str | None,
+        device: str | torch.device | None,
+    ) -> Batch:
+        if payload.split != split or payload.batch_id != batch_id:
             raise PayloadError(
-                f"GET {path}: the payload is batch {payload.split}/{payload.batch_id}"
+                f"GET {path}: the payload is batch {payload.split}/{payload.batch_id}, "
+                f"not {split}/{batch_id}"
             )
         if wanted is not None and sorted(payload.tensors) != wanted:
             raise PayloadError(f"GET {path}: the payload holds {sorted(payload.tensors)}")
@@ -309,6 +366,7 @@ class BatchClient:
         attributes: Iterable[str] | None = None,
         device: str | torch.device | None = None,
         state: Mapping[str, Any] | None = None,
+        batches_per_request: int | None = None,
     ) -> BatchIterator:
         """Iterate over this rank's share of one epoch of ``split``, prefetching in threads.
 
@@ -327,6 +385,7 @@ class BatchClient:
             attributes: only these attributes.
             device: copy each batch there (pinned memory and ``non_blocking`` for CUDA).
             state: a :meth:`BatchIterator.state_dict` to resume from.
+            batches_per_request: batches fetched in one request (default ``prefetch // 2``).
         """
         from .iterate import BatchIterator
 
@@ -342,6 +401,7 @@ class BatchClient:
             attributes=attributes,
             device=device,
             state=state,
+            batches_per_request=batches_per_request,
         )
 
     # -- admin ----------------------------------------------------------------------------------

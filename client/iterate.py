@@ -259,7 +259,10 @@ class BatchIterator:
         seed: the shuffle seed (the same on every rank).
         rank: this rank.
         world_size: the number of ranks.
-        prefetch: batches fetched ahead (``0``: on demand).
+        prefetch: batches fetched ahead (``0``: on demand); at most this many are requested
+            and not yet yielded, which bounds memory.
+        batches_per_request: batches fetched in one request (default ``max(1, prefetch // 2)``,
+            so two requests are in flight); several a request save a round trip each.
         attributes: only these attributes.
         device: copy each batch there (pinned memory and ``non_blocking`` for CUDA).
         state: a :meth:`state_dict` to resume from.
@@ -283,9 +286,13 @@ class BatchIterator:
         attributes: Iterable[str] | None = None,
         device: str | torch.device | None = None,
         state: Mapping[str, Any] | None = None,
+        batches_per_request: int | None = None,
     ) -> None:
         if prefetch < 0:
             raise ValueError(f"prefetch must not be negative, not {prefetch}")
+        if batches_per_request is not None and batches_per_request < 1:
+            raise ValueError(f"batches_per_request must be >= 1, not {batches_per_request}")
+        self.batches_per_request = batches_per_request or max(1, prefetch // 2)
         self.client = client
         self.rank = rank
         self.prefetch = prefetch
@@ -332,9 +339,30 @@ class BatchIterator:
     def __iter__(self) -> BatchIterator:
         return self
 
+    def fetch_many(self, batch_ids: list[int]) -> list[Batch]:
+        """Fetch several batches of the plan in one request."""
+        return self.client.batches(
+            self.plan.split,
+            batch_ids,
+            self.attributes,
+            self.device,
+            fingerprint=self.plan.fingerprint,
+        )
+
+    def _batches(self) -> Generator[Batch, None, None]:
+        ids, size = self.remaining_ids(), self.batches_per_request
+        groups = [ids[i : i + size] for i in range(0, len(ids), size)]
+        in_flight = 0 if self.prefetch == 0 else max(1, self.prefetch // size)
+        stream = prefetched(self.fetch_many, groups, in_flight)
+        try:
+            for group in stream:
+                yield from group
+        finally:
+            stream.close()
+
     def __next__(self) -> Batch:
         if self._stream is None:
-            self._stream = prefetched(self.fetch, self.remaining_ids(), self.prefetch)
+            self._stream = self._batches()
         batch = next(self._stream)
         self.position += 1
         return batch

@@ -442,13 +442,26 @@ class BatchStash:
         return wanted
 
     def read_sources(
-        self, split: str, batch_id: int, attributes: Iterable[str] | None = None
-    ) -> tuple[DataPointIDSet, set[str] | None, list[tuple[bytearray, wire.Header]]]:
+        self,
+        split: str,
+        batch_id: int,
+        attributes: Iterable[str] | None = None,
+        mapped: bool = False,
+    ) -> tuple[DataPointIDSet, set[str] | None, list[tuple[Any, wire.Header]]]:
         """Read and verify the stored group files holding ``attributes`` of one batch.
+
+        Each file's checksums are verified and its split, batch id and store fingerprint checked
+        (the fingerprint fixes the data point ids; ``prime`` checks those too).
+
+        Args:
+            split: the split name.
+            batch_id: the batch id.
+            attributes: the attributes wanted (default :attr:`decoded_attributes`, or all).
+            mapped: map the files read-only (serving) instead of reading writable buffers.
 
         Returns:
             The batch's id set, the resolved attribute names (``None``: all) and the verified
-            ``(bytes, header)`` of each needed group file.
+            ``(buffer, header)`` of each needed group file.
 
         Raises:
             NotFoundError: unknown split or batch id.
@@ -459,8 +472,13 @@ class BatchStash:
         id_set = self._id_set(split, batch_id)
         wanted = self._resolve_attributes(attributes)
         self.check_fresh()
+        identity = {
+            wire.KEY_SPLIT: split,
+            wire.KEY_BATCH_ID: str(batch_id),
+            wire.KEY_FINGERPRINT: self.config_hash,
+        }
         try:
-            sources = self.store.read_verified(split, batch_id, wanted, self._expect(id_set))
+            sources = self.store.read_verified(split, batch_id, wanted, identity, mapped)
         except FileNotFoundError:
             raise NotPrimedError(f"batch {split}/{batch_id} is not encoded yet") from None
         return id_set, wanted, sources
@@ -468,10 +486,17 @@ class BatchStash:
     def payload(
         self, split: str, batch_id: int, attributes: Iterable[str] | None = None
     ) -> list[bytes | memoryview]:
-        """One batch as wire payload chunks, composed from stored bytes without decoding."""
-        id_set, wanted, sources = self.read_sources(split, batch_id, attributes)
+        """One batch as wire payload chunks, from stored bytes without decoding them.
+
+        When the wanted attributes are exactly one stored group file, that file is the payload,
+        byte for byte (mapped, never copied); otherwise the tensors of the needed files are
+        joined with :func:`wire.compose` (their checksums travel along, no re-hashing).
+        """
+        id_set, wanted, sources = self.read_sources(split, batch_id, attributes, mapped=True)
         present = {n for _, h in sources for n in h.entries}
         names = present if wanted is None else wanted & present
+        if len(sources) == 1 and names == set(sources[0][1].entries):
+            return [sources[0][0]]
         return wire.compose(sources, names, self._expect(id_set))
 
     def load(self, split: str, batch_id: int, attributes: Iterable[str] | None = None) -> Batch:

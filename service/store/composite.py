@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 
 from batchstash.client import CorruptStoreError, PayloadError, wire
 
-from .files import atomic_write, read_file, safe_name
+from .files import atomic_write, map_file, read_file, safe_name
 
 __all__ = ["CompositeBatchStore", "group_name"]
 
@@ -81,10 +81,15 @@ class CompositeBatchStore:
             atomic_write(self.group_path(split, batch_id, group), [payload])
 
     def _read(
-        self, split: str, batch_id: int, group: frozenset[str], expect: Mapping[str, str]
-    ) -> tuple[bytearray, wire.Header]:
+        self,
+        split: str,
+        batch_id: int,
+        group: frozenset[str],
+        expect: Mapping[str, str],
+        reader: Callable[[Path], Any] = read_file,
+    ) -> tuple[Any, wire.Header]:
         path = self.group_path(split, batch_id, group)
-        buf = read_file(path)
+        buf = reader(path)
         try:
             header = wire.parse_header(buf)
         except PayloadError as exc:
@@ -105,7 +110,8 @@ class CompositeBatchStore:
         batch_id: int,
         attributes: Iterable[str] | None,
         expect: Mapping[str, str],
-    ) -> list[tuple[bytearray, wire.Header]]:
+        mapped: bool = False,
+    ) -> list[tuple[Any, wire.Header]]:
         """Read and fully verify the group files holding ``attributes``.
 
         Args:
@@ -113,6 +119,8 @@ class CompositeBatchStore:
             batch_id: the batch id.
             attributes: the attributes wanted (all when ``None``).
             expect: metadata every file must carry (split, batch id, fingerprint...).
+            mapped: map the files read-only (for serving) instead of reading them into
+                writable buffers (for decoding in place).
 
         Raises:
             FileNotFoundError: a group file is missing.
@@ -120,9 +128,10 @@ class CompositeBatchStore:
         """
         sources = []
         for group in self.groups_for(attributes):
-            buf, header = self._read(split, batch_id, group, expect)
+            buf, header = self._read(split, batch_id, group, expect,
+                                     map_file if mapped else read_file)
             try:
-                wire.decode(buf, verify=True)
+                wire.verify(buf, header)
             except PayloadError as exc:
                 path = self.group_path(split, batch_id, group)
                 raise CorruptStoreError(f"{path}: {exc.message}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import threading
 import time
 import zlib
@@ -137,6 +138,8 @@ class FakeServer:
             parts = request.url.path.split("/")
             if len(parts) == 6 and parts[4] == "batches":
                 found.append((parts[3], int(parts[5])))
+            if len(parts) == 5 and parts[4] == "payloads":
+                found.extend((parts[3], int(i)) for i in request.url.params["ids"].split(","))
         return found
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -199,11 +202,23 @@ class FakeServer:
         split = parts[1] if len(parts) > 1 else ""
         if split not in self.splits:
             return error(404, "not_found", f"unknown split {split!r}")
+        if len(parts) == 3 and parts[2] == "payloads":
+            return self.payloads(request, split)
         if len(parts) == 3:
             ids = self.splits[split]
             body = {"split": split, "fingerprint": self.fingerprint, "batch_ids": ids}
             return httpx.Response(200, json=body)
         return self.batch(request, split, int(parts[3]))
+
+    def payloads(self, request: httpx.Request, split: str) -> httpx.Response:
+        """Several batches as length-prefixed frames; the first failing batch fails them all."""
+        frames = []
+        for batch_id in (int(i) for i in request.url.params["ids"].split(",")):
+            response = self.batch(request, split, batch_id)
+            if response.status_code != 200:
+                return response
+            frames += [struct.pack("<Q", len(response.content)), response.content]
+        return httpx.Response(200, content=b"".join(frames))
 
     def batch(self, request: httpx.Request, split: str, batch_id: int) -> httpx.Response:
         if batch_id not in self.splits[split]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import struct
 from typing import Any
 
 import httpx
@@ -114,7 +115,9 @@ def test_main_trains_and_reports(fake: FakeServer, capsys: pytest.CaptureFixture
     assert float(lines[-1][1]) < float(lines[0][1])  # the loss falls
     assert float(re.search(r"final test accuracy ([\d.]+)", out).group(1)) >= 0.9  # type: ignore[union-attr]
     train = [
-        r.url.params.get("attributes") for r in fake.requests if "/train/batches/" in r.url.path
+        r.url.params.get("attributes")
+        for r in fake.requests
+        if "/train/batches/" in r.url.path or r.url.path.endswith("/train/payloads")
     ]
     assert set(train) == {"label,x"}
 
@@ -149,7 +152,7 @@ class EngineHandler:
                 "primed": stash.is_primed,
                 "splits": stash.split_counts(),
             }
-        elif len(parts) == 3:
+        elif len(parts) == 3 and parts[2] == "batches":
             body = {
                 "split": parts[1],
                 "fingerprint": stash.config_hash,
@@ -158,6 +161,12 @@ class EngineHandler:
         else:
             raw = request.url.params.get("attributes")
             names = None if raw is None else raw.split(",")
+            if parts[2] == "payloads":
+                frames = []
+                for batch_id in request.url.params["ids"].split(","):
+                    payload = b"".join(stash.payload(parts[1], int(batch_id), names))
+                    frames += [struct.pack("<Q", len(payload)), payload]
+                return httpx.Response(200, content=b"".join(frames))
             return httpx.Response(
                 200, content=b"".join(stash.payload(parts[1], int(parts[3]), names))
             )

@@ -33,9 +33,17 @@ def prime(client: TestClient) -> None:
 def test_openapi_documents_every_endpoint(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert set(paths) == {
-        "/v1/metadata", "/v1/splits", "/v1/splits/{split}/batches",
-        "/v1/splits/{split}/batches/{batch_id}", "/v1/admin/prime", "/v1/admin/status",
-        "/v1/admin/clear", "/healthz", "/readyz", "/metrics",
+        "/v1/metadata",
+        "/v1/splits",
+        "/v1/splits/{split}/batches",
+        "/v1/splits/{split}/batches/{batch_id}",
+        "/v1/splits/{split}/payloads",
+        "/v1/admin/prime",
+        "/v1/admin/status",
+        "/v1/admin/clear",
+        "/healthz",
+        "/readyz",
+        "/metrics",
     }
     assert set(paths["/v1/admin/prime"]) == {"post", "delete"}
     batch = paths["/v1/splits/{split}/batches/{batch_id}"]["get"]
@@ -45,8 +53,11 @@ def test_openapi_documents_every_endpoint(client: TestClient) -> None:
 def test_status_before_any_prime_counts_stored_batches(client: TestClient) -> None:
     status = client.get("/v1/admin/status", headers=AUTH).json()
     assert status["state"] == "idle" and status["primed"] is False
-    assert status["splits"] == {"dev": {"done": 0, "total": 1}, "test": {"done": 0, "total": 2},
-                                "train": {"done": 0, "total": 6}}
+    assert status["splits"] == {
+        "dev": {"done": 0, "total": 1},
+        "test": {"done": 0, "total": 2},
+        "train": {"done": 0, "total": 6},
+    }
 
 
 def test_payload_metadata_and_headers(client: TestClient) -> None:
@@ -88,8 +99,9 @@ def test_a_corrupt_stored_file_is_a_500_never_served(client: TestClient, tmp_pat
 def test_a_store_of_another_configuration_is_stale(client: TestClient, tmp_path: Path) -> None:
     prime(client)
     other = iris(path=str(tmp_path / "data"), batch_size=10)
-    with TestClient(create_app(build_settings(data_dir=tmp_path / "data", token=TOKEN),
-                               stash=other)) as stale:
+    with TestClient(
+        create_app(build_settings(data_dir=tmp_path / "data", token=TOKEN), stash=other)
+    ) as stale:
         assert stale.get("/readyz").status_code == 503
         response = stale.get("/v1/splits/train/batches/0")
         assert response.status_code == 409 and response.json()["error"]["code"] == "store_stale"
@@ -98,3 +110,41 @@ def test_a_store_of_another_configuration_is_stale(client: TestClient, tmp_path:
         assert stale.post("/v1/admin/clear", headers=AUTH).status_code == 200
         assert stale.get("/readyz").status_code == 200
     assert client.get("/v1/splits/train/batches/0").status_code == 503  # cleared, not mixed
+
+
+def test_several_batches_in_one_response_as_frames(client: TestClient) -> None:
+    assert client.get("/v1/splits/train/payloads", params={"ids": "0"}).status_code == 503
+    prime(client)
+    response = client.get(
+        "/v1/splits/train/payloads", params={"ids": "3,0,5", "attributes": "label"}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/x-batchstash-frames"
+    assert int(response.headers["content-length"]) == len(response.content)
+    frames = wire.split_frames(bytearray(response.content))
+    assert [wire.decode(f).batch_id for f in frames] == [3, 0, 5]
+    single = client.get("/v1/splits/train/batches/3", params={"attributes": "label"}).content
+    assert bytes(frames[0]) == single
+    for params, status in [
+        ({"ids": "0,99"}, 404),
+        ({"ids": "0,x"}, 400),
+        ({"ids": ""}, 400),
+        ({"ids": ",".join(["0"] * 1025)}, 400),
+        ({"ids": "-1"}, 400),
+        ({"ids": "0", "attributes": "nope"}, 400),
+    ]:
+        bad = client.get("/v1/splits/train/payloads", params=params)
+        assert bad.status_code == status, params
+        assert bad.json()["error"]["code"] in {"not_found", "invalid_request"}
+    assert client.get("/v1/splits/nope/payloads", params={"ids": "0"}).status_code == 404
+
+
+def test_a_whole_group_file_is_served_byte_for_byte(tmp_path: Path) -> None:
+    stash = iris(path=str(tmp_path / "one"), groups=[{"label", "flower_dims"}])
+    stash.prime()
+    with TestClient(create_app(build_settings(data_dir=tmp_path / "one"), stash=stash)) as one:
+        served = one.get("/v1/splits/test/batches/1").content
+    stored = tmp_path / "one" / "batches" / "test" / "1" / "flower_dims+label.safetensors"
+    assert served == stored.read_bytes()
+    subset = wire.decode(bytearray(b"".join(stash.payload("test", 1, ["label"]))))
+    assert list(subset.tensors) == ["label"] and subset.data_point_ids

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import struct
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import xxhash
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from batchstash.client import InvalidRequestError
 
@@ -20,6 +22,8 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1", tags=["batches"], dependencies=[ReadAccess])
 
 PAYLOAD_MEDIA_TYPE = "application/octet-stream"
+FRAMES_MEDIA_TYPE = "application/x-batchstash-frames"
+MAX_IDS = 1024
 _ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
@@ -34,15 +38,21 @@ def metadata(state: State) -> dict[str, Any]:
 def splits(state: State) -> dict[str, Any]:
     """Splits with their batch and data point counts and how many batches are stored."""
     stash = state.stash
-    return {"fingerprint": stash.config_hash, "primed": stash.is_primed,
-            "splits": stash.split_counts()}
+    return {
+        "fingerprint": stash.config_hash,
+        "primed": stash.is_primed,
+        "splits": stash.split_counts(),
+    }
 
 
 @router.get("/splits/{split}/batches")
 def batch_ids(state: State, split: str) -> dict[str, Any]:
     """The batch ids of a split."""
-    return {"split": split, "fingerprint": state.stash.config_hash,
-            "batch_ids": state.stash.keys(split)}
+    return {
+        "split": split,
+        "fingerprint": state.stash.config_hash,
+        "batch_ids": state.stash.keys(split),
+    }
 
 
 def parse_attributes(raw: str | None) -> list[str] | None:
@@ -55,13 +65,72 @@ def parse_attributes(raw: str | None) -> list[str] | None:
     return sorted(set(names))
 
 
+def parse_ids(raw: str) -> list[int]:
+    """Parse ``?ids=0,1,2`` into batch ids (at most :data:`MAX_IDS`)."""
+    try:
+        ids = [int(i) for i in raw.split(",")]
+    except ValueError:
+        raise InvalidRequestError(f"ids must be comma separated integers: {raw[:80]!r}") from None
+    if not ids or len(ids) > MAX_IDS or min(ids) < 0:
+        raise InvalidRequestError(f"give 1 to {MAX_IDS} non-negative batch ids")
+    return ids
+
+
+async def _frames(chunks: list[memoryview | bytes]) -> AsyncIterator[memoryview | bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+@router.get(
+    "/splits/{split}/payloads",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {FRAMES_MEDIA_TYPE: {}},
+            "description": "For each id in order: its payload's length as an unsigned "
+            "64-bit little-endian integer, then the payload",
+        },
+        503: {"description": "A batch is not encoded yet; retry after Retry-After"},
+    },
+)
+async def payloads(
+    state: State,
+    split: str,
+    ids: Annotated[str, Query(description="comma separated batch ids, at most 1024")],
+    attributes: Annotated[str | None, Query(description="comma separated attribute names")] = None,
+) -> Response:
+    """Several batches in one response (saves a round trip per batch), each a payload frame."""
+    stash, names, wanted = state.stash, parse_attributes(attributes), parse_ids(ids)
+    start = time.perf_counter()
+
+    def read() -> list[memoryview | bytes]:
+        chunks: list[memoryview | bytes] = []
+        for batch_id in wanted:
+            parts = stash.payload(split, batch_id, names)
+            chunks.append(struct.pack("<Q", sum(memoryview(p).nbytes for p in parts)))
+            chunks.extend(parts)
+        return chunks
+
+    chunks = await run_in_threadpool(read)
+    size = sum(memoryview(c).nbytes for c in chunks)
+    state.metrics.batch_seconds.observe(time.perf_counter() - start)
+    state.metrics.batches_served.labels(split).inc(len(wanted))
+    state.metrics.bytes_served.inc(size)
+    headers = {"Content-Length": str(size), "X-Batchstash-Fingerprint": stash.config_hash}
+    return StreamingResponse(_frames(chunks), media_type=FRAMES_MEDIA_TYPE, headers=headers)
+
+
 @router.get(
     "/splits/{split}/batches/{batch_id}",
     response_class=Response,
-    responses={200: {"content": {PAYLOAD_MEDIA_TYPE: {}},
-                     "description": "The batch as a safetensors payload (see client/wire.py)"},
-               304: {"description": "Not modified (If-None-Match matched the ETag)"},
-               503: {"description": "Not encoded yet; retry after Retry-After seconds"}},
+    responses={
+        200: {
+            "content": {PAYLOAD_MEDIA_TYPE: {}},
+            "description": "The batch as a safetensors payload (see client/wire.py)",
+        },
+        304: {"description": "Not modified (If-None-Match matched the ETag)"},
+        503: {"description": "Not encoded yet; retry after Retry-After seconds"},
+    },
 )
 async def batch(
     state: State,
@@ -81,8 +150,8 @@ async def batch(
         return Response(status_code=304, headers=headers)
     start = time.perf_counter()
     chunks = await run_in_threadpool(stash.payload, split, batch_id, names)
-    body = b"".join(chunks)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     state.metrics.batch_seconds.observe(time.perf_counter() - start)
     state.metrics.batches_served.labels(split).inc()
-    state.metrics.bytes_served.inc(len(body))
+    state.metrics.bytes_served.inc(memoryview(body).nbytes)
     return Response(body, media_type=PAYLOAD_MEDIA_TYPE, headers=headers)

@@ -1,0 +1,186 @@
+"""An httpx transport that reads response bodies straight into one preallocated buffer.
+
+httpx's default transport (httpcore) receives a body as many small ``bytes`` chunks that are then
+joined, and a payload decoded in place needs one more copy into a writable buffer; on loopback
+that caps a client at a fraction of what the socket delivers. :class:`BufferTransport` speaks
+HTTP/1.1 with the standard library's ``http.client`` (keep-alive connections, one per concurrent
+request) and, when the response has a ``Content-Length``, ``readinto``s the body into a
+``bytearray`` of that size: the socket writes into the buffer the tensors will view.
+
+The buffer travels as the response extension ``"batchstash.buffer"``, so :func:`body_buffer`
+gets it without a copy; everything else about the ``httpx.Response`` is as
+usual (``.content``, ``.json()`` read the same bytes).
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+__all__ = ["BufferStream", "BufferTransport", "body_buffer"]
+
+_RETRY_ON_REUSE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "DELETE"}
+
+
+class BufferStream(httpx.SyncByteStream):
+    """A response body held in one writable buffer."""
+
+    def __init__(self, buffer: bytearray) -> None:
+        self.buffer = buffer
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield bytes(self.buffer)
+
+
+BUFFER_EXTENSION = "batchstash.buffer"
+
+
+def body_buffer(response: httpx.Response) -> bytearray:
+    """The response body as a writable buffer: the transport's own when it has one (no copy)."""
+    buffer = response.extensions.get(BUFFER_EXTENSION)
+    encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
+    if isinstance(buffer, bytearray) and not encoded:
+        return buffer
+    return bytearray(response.read())
+
+
+def _timeouts(request: httpx.Request) -> tuple[float | None, float | None]:
+    timeout = request.extensions.get("timeout") or {}
+    return timeout.get("connect"), timeout.get("read")
+
+
+class BufferTransport(httpx.BaseTransport):
+    """HTTP/1.1 over keep-alive ``http.client`` connections, bodies read into one buffer each.
+
+    Thread safe: each request takes an idle connection to its host or opens one.
+
+    Args:
+        verify: an ``ssl.SSLContext`` for ``https`` URLs (default: the system's trust store).
+        max_idle: idle connections kept per host.
+    """
+
+    def __init__(self, verify: ssl.SSLContext | None = None, max_idle: int = 16) -> None:
+        self._ssl = verify
+        self._max_idle = max_idle
+        self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+
+    def _connection(
+        self, key: tuple[str, str, int], connect_timeout: float | None
+    ) -> tuple[http.client.HTTPConnection, bool]:
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop(), True
+        scheme, host, port = key
+        if scheme == "https":
+            context = self._ssl or ssl.create_default_context()
+            return http.client.HTTPSConnection(
+                host, port, timeout=connect_timeout, context=context
+            ), False
+        return http.client.HTTPConnection(host, port, timeout=connect_timeout), False
+
+    def _release(self, key: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self._max_idle:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` and read the whole response body into one buffer."""
+        url = request.url
+        port = url.port or (443 if url.scheme == "https" else 80)
+        key = (url.scheme, url.host, port)
+        connect_timeout, read_timeout = _timeouts(request)
+        body = request.read()
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        target = url.raw_path.decode("ascii")
+        while True:
+            conn, reused = self._connection(key, connect_timeout)
+            try:
+                return self._exchange(
+                    key, conn, request.method, target, body, headers, read_timeout
+                )
+            except _RETRY_ON_REUSE as exc:
+                conn.close()
+                if not (reused and request.method in _IDEMPOTENT):
+                    raise httpx.RemoteProtocolError(
+                        str(exc) or type(exc).__name__, request=request
+                    ) from exc
+                # the server closed an idle keep-alive connection: retry once on a new one
+            except TimeoutError as exc:
+                kind = httpx.ReadTimeout if conn.sock is not None else httpx.ConnectTimeout
+                conn.close()
+                raise kind(str(exc) or "timed out", request=request) from exc
+            except ConnectionRefusedError as exc:
+                conn.close()
+                raise httpx.ConnectError(str(exc), request=request) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
+
+    def _exchange(
+        self,
+        key: tuple[str, str, int],
+        conn: http.client.HTTPConnection,
+        method: str,
+        target: str,
+        body: bytes,
+        headers: list[tuple[str, str]],
+        read_timeout: float | None,
+    ) -> httpx.Response:
+        conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        if body and not any(name.lower() == "content-length" for name, _ in headers):
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body or None)
+        if conn.sock is not None:
+            conn.sock.settimeout(read_timeout)
+        response = conn.getresponse()
+        buffer = _read_body(response)
+        if response.will_close:
+            conn.close()
+        else:
+            self._release(key, conn)
+        extensions: dict[str, Any] = {
+            "http_version": b"HTTP/1.1",
+            "reason_phrase": response.reason.encode("latin-1"),
+            BUFFER_EXTENSION: buffer,
+        }
+        return httpx.Response(
+            response.status,
+            headers=response.getheaders(),
+            stream=BufferStream(buffer),
+            extensions=extensions,
+        )
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+
+def _read_body(response: http.client.HTTPResponse) -> bytearray:
+    length = response.length  # None when chunked or read to close
+    if length is None:
+        return bytearray(response.read())
+    buffer = bytearray(length)
+    view, got = memoryview(buffer), 0
+    while got < length:
+        n = response.readinto(view[got:])
+        if not n:
+            raise http.client.IncompleteRead(bytes(view[:got]), length - got)
+        got += n
+    return buffer
