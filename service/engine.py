@@ -131,7 +131,7 @@ class BatchStash:
         self.factory_kwargs: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._priming = False
-        self._records: dict[str, tuple[tuple[int, int, int], StoreRecord | None]] = {}
+        self._records: dict[str, tuple[tuple[int, int, int], str | None]] = {}
 
     @classmethod
     def from_factory(cls, factory: str, **kwargs: Any) -> BatchStash:
@@ -224,8 +224,12 @@ class BatchStash:
             [s.to_dict() for s in self.batch_data_point_sets],
         )
 
-    def _stored_record(self, name: str) -> StoreRecord | None:
-        """Read the plan or manifest, re-reading only when the file changed (hot serving path)."""
+    def _stored_hash(self, name: str) -> str | None:
+        """The config hash of the plan or manifest, re-read only when the file changed.
+
+        Only the hash is kept: the records hold every id set, and keeping them parsed would make
+        the server's memory grow with the store.
+        """
         path = self.path / name
         try:
             stat = path.stat()
@@ -235,18 +239,19 @@ class BatchStash:
         key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         cached = self._records.get(name)
         if cached is None or cached[0] != key:
-            cached = (key, read_record(path))
+            record = read_record(path)
+            cached = (key, None if record is None else record.config_hash)
             self._records[name] = cached
         return cached[1]
 
     def check_fresh(self) -> None:
         """Raise :class:`StaleStoreError` if the store was built by another configuration."""
         for name in (MANIFEST_FILE, PLAN_FILE):
-            record = self._stored_record(name)
-            if record is not None and record.config_hash != self.config_hash:
+            stored = self._stored_hash(name)
+            if stored is not None and stored != self.config_hash:
                 raise StaleStoreError(
                     f"the store at {self.path} was encoded with configuration "
-                    f"{record.config_hash[:12]}, this stash is {self.config_hash[:12]}: "
+                    f"{stored[:12]}, this stash is {self.config_hash[:12]}: "
                     "clear it (clear_all() or 'batchstash clear') and prime again"
                 )
 
@@ -262,8 +267,7 @@ class BatchStash:
     @property
     def is_primed(self) -> bool:
         """Whether every batch is stored (the manifest exists and matches this configuration)."""
-        record = self._stored_record(MANIFEST_FILE)
-        return record is not None and record.config_hash == self.config_hash
+        return self._stored_hash(MANIFEST_FILE) == self.config_hash
 
     def split_counts(self) -> dict[str, dict[str, int]]:
         """Per split: ``batches``, ``data_points`` and ``stored`` (files present) counts."""

@@ -31,8 +31,9 @@ def create_app(settings: Settings, stash: BatchStash | None = None) -> FastAPI:
     """
     stash = stash or build_stash(settings)
     metrics = Metrics()
-    state = ServerState(settings, stash, PrimeJob(stash, metrics.observe_job), metrics,
-                        settings.admin_token())
+    state = ServerState(
+        settings, stash, PrimeJob(stash, metrics.observe_job), metrics, settings.admin_token()
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

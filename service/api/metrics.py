@@ -17,19 +17,29 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.batches_served = Counter("batchstash_batches_served", "Batch payloads served",
-                                      ["split"], registry=self.registry)
-        self.bytes_served = Counter("batchstash_bytes_served", "Batch payload bytes served",
-                                    registry=self.registry)
-        self.batch_seconds = Histogram("batchstash_batch_seconds",
-                                       "Time to read, verify and compose a batch payload",
-                                       registry=self.registry)
-        self.prime_done = Gauge("batchstash_prime_batches_done", "Batches stored by the prime",
-                                ["split"], registry=self.registry)
-        self.prime_total = Gauge("batchstash_prime_batches_total", "Batches planned",
-                                 ["split"], registry=self.registry)
-        self.errors = Counter("batchstash_errors", "Error responses", ["code"],
-                              registry=self.registry)
+        self.batches_served = Counter(
+            "batchstash_batches_served", "Batch payloads served", ["split"], registry=self.registry
+        )
+        self.bytes_served = Counter(
+            "batchstash_bytes_served", "Batch payload bytes served", registry=self.registry
+        )
+        self.batch_seconds = Histogram(
+            "batchstash_batch_seconds",
+            "Time to read, verify and compose a batch payload",
+            registry=self.registry,
+        )
+        self.prime_done = Gauge(
+            "batchstash_prime_batches_done",
+            "Batches stored by the prime",
+            ["split"],
+            registry=self.registry,
+        )
+        self.prime_total = Gauge(
+            "batchstash_prime_batches_total", "Batches planned", ["split"], registry=self.registry
+        )
+        self.errors = Counter(
+            "batchstash_errors", "Error responses", ["code"], registry=self.registry
+        )
 
     def observe_job(self, job: PrimeJob) -> None:
         """Update the prime gauges from a job's progress."""

@@ -26,7 +26,8 @@ class ServerState:
 
 def build_stash(settings: Settings) -> BatchStash:
     """Build the stash from the settings' dataset factory, store in ``data_dir``."""
-    stash = BatchStash.from_factory(settings.dataset, path=str(settings.data_dir),
-                                    **settings.dataset_options)
+    stash = BatchStash.from_factory(
+        settings.dataset, path=str(settings.data_dir), **settings.dataset_options
+    )
     stash.workers, stash.chunk_size = settings.workers, settings.chunk_size
     return stash

@@ -132,12 +132,15 @@ class PrimeJob:
             if elapsed > 0 and encoded > 0:
                 rate = encoded / elapsed
                 eta = (total - done) / rate if self.running else 0.0
-        error = None if self.error is None else {"code": self.error.code,
-                                                 "message": self.error.message}
+        error = (
+            None if self.error is None else {"code": self.error.code, "message": self.error.message}
+        )
         return {
             "state": self.state,
-            "splits": {s: {"done": progress.done[s], "total": progress.total[s]}
-                       for s in sorted(progress.total)},
+            "splits": {
+                s: {"done": progress.done[s], "total": progress.total[s]}
+                for s in sorted(progress.total)
+            },
             "rate": rate,
             "eta_s": eta,
             "error": error,

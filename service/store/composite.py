@@ -46,6 +46,9 @@ class CompositeBatchStore:
         self.path = Path(path)
         self.groups = tuple(frozenset(g) for g in groups)
         self._group_of = {attr: g for g in self.groups for attr in g}
+        self._names = {g: group_name(g) for g in self.groups}
+        self._root = str(self.batches_path)
+        self._safe_splits: set[str] = set()
 
     @property
     def batches_path(self) -> Path:
@@ -58,7 +61,13 @@ class CompositeBatchStore:
 
     def group_path(self, split: str, batch_id: int, group: frozenset[str]) -> Path:
         """The file of one group of one batch."""
-        return self.batch_path(split, batch_id) / f"{group_name(group)}.safetensors"
+        return Path(self._group_file(split, batch_id, group))
+
+    def _group_file(self, split: str, batch_id: int, group: frozenset[str]) -> str:
+        # string joins, not pathlib: this runs for every served batch
+        if split not in self._safe_splits:
+            self._safe_splits.add(safe_name(split, "split"))
+        return f"{self._root}/{split}/{int(batch_id)}/{self._names[group]}.safetensors"
 
     def groups_for(self, attributes: Iterable[str] | None) -> tuple[frozenset[str], ...]:
         """The groups holding ``attributes`` (all groups for ``None``)."""
@@ -86,9 +95,9 @@ class CompositeBatchStore:
         batch_id: int,
         group: frozenset[str],
         expect: Mapping[str, str],
-        reader: Callable[[Path], Any] = read_file,
+        reader: Callable[[str], Any] = read_file,
     ) -> tuple[Any, wire.Header]:
-        path = self.group_path(split, batch_id, group)
+        path = self._group_file(split, batch_id, group)
         buf = reader(path)
         try:
             header = wire.parse_header(buf)
@@ -128,8 +137,9 @@ class CompositeBatchStore:
         """
         sources = []
         for group in self.groups_for(attributes):
-            buf, header = self._read(split, batch_id, group, expect,
-                                     map_file if mapped else read_file)
+            buf, header = self._read(
+                split, batch_id, group, expect, map_file if mapped else read_file
+            )
             try:
                 wire.verify(buf, header)
             except PayloadError as exc:

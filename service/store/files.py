@@ -57,7 +57,7 @@ def atomic_write_json(path: Path, doc: Any) -> None:
     atomic_write(path, [json.dumps(doc, indent=1, sort_keys=True).encode()])
 
 
-def map_file(path: Path) -> memoryview:
+def map_file(path: str | Path) -> memoryview:
     """Map a whole file read-only (pre-faulted): served bytes go page cache -> socket, no copy.
 
     An empty file gives an empty view (``mmap`` cannot map zero bytes).
@@ -70,7 +70,7 @@ def map_file(path: Path) -> memoryview:
         return memoryview(mmap.mmap(fh.fileno(), size, flags=flags, prot=mmap.PROT_READ))
 
 
-def read_file(path: Path) -> bytearray:
+def read_file(path: str | Path) -> bytearray:
     """Read a whole file into a writable buffer (so tensors can view it without a copy)."""
     with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size

@@ -370,7 +370,7 @@ def test_decoded_attributes_read_only_their_groups(make_iris, monkeypatch):
     read = []
 
     def spy(path):
-        read.append(path.name)
+        read.append(os.path.basename(path))
         return real_read_file(path)
 
     monkeypatch.setattr("batchstash.service.store.composite.read_file", spy)

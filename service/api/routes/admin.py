@@ -20,10 +20,15 @@ def status_body(state: State) -> dict[str, Any]:
     stash, body = state.stash, state.job.snapshot()
     if not body["splits"]:
         counts = stash.split_counts()
-        body["splits"] = {s: {"done": c["stored"], "total": c["batches"]}
-                          for s, c in counts.items()}
-    body.update(store_bytes=stash.store.size_bytes(), fingerprint=stash.config_hash,
-                stale=stash.is_stale, primed=stash.is_primed)
+        body["splits"] = {
+            s: {"done": c["stored"], "total": c["batches"]} for s, c in counts.items()
+        }
+    body.update(
+        store_bytes=stash.store.size_bytes(),
+        fingerprint=stash.config_hash,
+        stale=stash.is_stale,
+        primed=stash.is_primed,
+    )
     return body
 
 
