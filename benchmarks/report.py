@@ -116,7 +116,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     for consumers, factor in ((1, 0.8), (4, 0.9)):
         run = large[f"iter_{consumers}"]
         ratio = _ratio(run["mb_s"], top)
-        out.append(Row(sec, f"{consumers} consumer(s), iter_batches prefetch 4",
+        out.append(Row(sec, f"{consumers} consumer(s), iter_batches prefetch {large['prefetch']}",
                        f"{_rate(run)}; {_f(ratio, 2)} x ceiling",
                        f">= {factor} x ceiling", ratio is not None and ratio >= factor))
     run = large["iter_1"]
@@ -130,9 +130,11 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out.append(Row(sec, "1 consumer, iter_batches: wait in next()", _latency(large["iter_1"])))
     sec = f"batchstash, small ({small['batch_bytes']:,} B)"
     run = small["iter_1"]
-    out.append(Row(sec, "1 consumer, iter_batches prefetch 4", _rate(run), ">= 6,000 batches/s",
+    out.append(Row(sec, f"1 consumer, iter_batches prefetch {small['prefetch']}", _rate(run),
+                   ">= 6,000 batches/s",
                    run["batches_s"] is not None and run["batches_s"] >= 6000))
-    out.append(Row(sec, "4 consumers, iter_batches prefetch 4", _rate(small["iter_4"])))
+    out.append(Row(sec, f"4 consumers, iter_batches prefetch {small['prefetch']}",
+                   _rate(small["iter_4"])))
     for consumers in (1, 4):
         run = small[f"seq_{consumers}"]
         out.append(Row(sec, f"{consumers} consumer(s), batch() one by one: latency",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 import torch
 
+from . import wire
 from .device import TorchConfig, copy_to_device
 from .errors import BatchError
 from .mapping import BatchFeatureMapping
@@ -59,7 +61,10 @@ class Batch:
         self._data_points: tuple[Any, ...] | None = (
             None if data_points is None else tuple(data_points)
         )
-        self.data_point_ids: tuple[Any, ...] = tuple(p.id for p in self._data_points or ())
+        # a tuple, or the payload's JSON text until first asked for (most trainers never ask)
+        self._data_point_ids: tuple[Any, ...] | str = tuple(
+            p.id for p in self._data_points or ()
+        )
         self._attributes: dict[str, torch.Tensor] = {}
         self.state = "n"
 
@@ -80,9 +85,16 @@ class Batch:
             torch_config=torch_config,
         )
         batch._attributes = dict(payload.tensors)
-        batch.data_point_ids = tuple(payload.data_point_ids)
+        batch._data_point_ids = payload.metadata.get(wire.KEY_DATA_POINT_IDS, "[]")
         batch.state = "d"
         return batch
+
+    @property
+    def data_point_ids(self) -> tuple[Any, ...]:
+        """The ids of the batch's data points, in order."""
+        if isinstance(self._data_point_ids, str):
+            self._data_point_ids = tuple(json.loads(self._data_point_ids))
+        return self._data_point_ids
 
     @property
     def state_name(self) -> str:

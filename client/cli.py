@@ -17,14 +17,20 @@ from .errors import BatchstashError
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(help="Pre-encoded PyTorch batches over HTTP.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Pre-encoded PyTorch batches over HTTP.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 console = Console(stderr=True)
 T = TypeVar("T")
 
 Url = Annotated[str, typer.Option("--url", envvar="BATCHSTASH_URL", help="The server URL.")]
-Token = Annotated[str | None, typer.Option("--token", envvar="BATCHSTASH_TOKEN",
-                                           help="Bearer token of admin endpoints.")]
+Token = Annotated[
+    str | None,
+    typer.Option("--token", envvar="BATCHSTASH_TOKEN", help="Bearer token of admin endpoints."),
+]
 DEFAULT_URL = "http://127.0.0.1:8000"
 INSTALL_HINT = "batchstash serve needs the service extra: pip install 'batchstash[service]'"
 
@@ -46,13 +52,17 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (default 8000).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Store dir (default ./data).")] = None,
-    dataset: Annotated[str | None, typer.Option(
-        help="Dataset factory 'package.module:function' (default the iris example).")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Dataset factory 'package.module:function' (default the iris example)."),
+    ] = None,
     token: Annotated[str | None, typer.Option(help="Bearer token for admin endpoints.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
     workers: Annotated[int | None, typer.Option(help="Priming processes.")] = None,
-    prime: Annotated[bool | None, typer.Option(
-        "--prime/--no-prime", help="Start priming in the background on start.")] = None,
+    prime: Annotated[
+        bool | None,
+        typer.Option("--prime/--no-prime", help="Start priming in the background on start."),
+    ] = None,
 ) -> None:
     """Serve a stash over HTTP (settings also from BATCHSTASH_* variables)."""
     try:
@@ -63,9 +73,18 @@ def serve(
     from pydantic import ValidationError
 
     try:
-        settings = _run(lambda: build_settings(config, host=host, port=port, data_dir=data_dir,
-                                               dataset=dataset, token=token, workers=workers,
-                                               prime_on_start=prime))
+        settings = _run(
+            lambda: build_settings(
+                config,
+                host=host,
+                port=port,
+                data_dir=data_dir,
+                dataset=dataset,
+                token=token,
+                workers=workers,
+                prime_on_start=prime,
+            )
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         raise _fail(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -82,8 +101,9 @@ def _client(url: str, token: str | None) -> Any:
 
 
 def _show_status(body: dict[str, Any]) -> None:
-    table = Table(title=f"batchstash: {body['state']}"
-                  + (" (stale store)" if body.get("stale") else ""))
+    table = Table(
+        title=f"batchstash: {body['state']}" + (" (stale store)" if body.get("stale") else "")
+    )
     for column in ("split", "done", "total", "%"):
         table.add_column(column, justify="right" if column != "split" else "left")
     for split, entry in body["splits"].items():
@@ -91,8 +111,11 @@ def _show_status(body: dict[str, Any]) -> None:
         table.add_row(split, str(entry["done"]), str(entry["total"]), f"{pct:.0f}")
     Console().print(table)
     rate, eta = body.get("rate"), body.get("eta_s")
-    facts = [f"store {body.get('store_bytes', 0) / 1e6:.1f} MB",
-             f"rate {rate:.1f} batches/s" if rate else "", f"ETA {eta:.0f} s" if eta else ""]
+    facts = [
+        f"store {body.get('store_bytes', 0) / 1e6:.1f} MB",
+        f"rate {rate:.1f} batches/s" if rate else "",
+        f"ETA {eta:.0f} s" if eta else "",
+    ]
     Console().print("  ".join(f for f in facts if f))
     if body.get("error"):
         Console().print(f"[red]last error:[/red] {body['error']['message']}", highlight=False)
@@ -110,8 +133,12 @@ def prime(
     if not wait:
         Console().print(f"prime {'joined' if body.get('joined') else 'started'}: {body['state']}")
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console()) as bar:
         tasks: dict[str, Any] = {}
         while True:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import numpy
 
 __all__ = ["BufferStream", "BufferTransport", "body_buffer"]
 
@@ -31,7 +32,7 @@ _IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "DELETE"}
 class BufferStream(httpx.SyncByteStream):
     """A response body held in one writable buffer."""
 
-    def __init__(self, buffer: bytearray) -> None:
+    def __init__(self, buffer: bytearray | memoryview) -> None:
         self.buffer = buffer
 
     def __iter__(self) -> Iterator[bytes]:
@@ -41,11 +42,11 @@ class BufferStream(httpx.SyncByteStream):
 BUFFER_EXTENSION = "batchstash.buffer"
 
 
-def body_buffer(response: httpx.Response) -> bytearray:
+def body_buffer(response: httpx.Response) -> bytearray | memoryview:
     """The response body as a writable buffer: the transport's own when it has one (no copy)."""
     buffer = response.extensions.get(BUFFER_EXTENSION)
     encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
-    if isinstance(buffer, bytearray) and not encoded:
+    if isinstance(buffer, (bytearray, memoryview)) and not encoded:
         return buffer
     return bytearray(response.read())
 
@@ -172,12 +173,13 @@ class BufferTransport(httpx.BaseTransport):
                 conn.close()
 
 
-def _read_body(response: http.client.HTTPResponse) -> bytearray:
+def _read_body(response: http.client.HTTPResponse) -> Any:
     length = response.length  # None when chunked or read to close
     if length is None:
         return bytearray(response.read())
-    buffer = bytearray(length)
-    view, got = memoryview(buffer), 0
+    # uninitialised memory: the socket writes every byte, so zero-filling it first is wasted work
+    buffer = numpy.empty(length, dtype=numpy.uint8).data.cast("B")
+    view, got = buffer, 0
     while got < length:
         n = response.readinto(view[got:])
         if not n:

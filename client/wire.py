@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import struct
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -374,11 +373,10 @@ def _view_tensor(entry: TensorEntry, view: memoryview, data_start: int) -> torch
         # a payload written by another tool may be unaligned: copy that tensor only
         aligned = bytearray(view[offset : data_start + entry.end])
         return torch.frombuffer(aligned, dtype=dtype).reshape(entry.shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        flat = torch.frombuffer(
-            view, dtype=dtype, count=(entry.end - entry.begin) // dtype.itemsize, offset=offset
-        )
+    # ``view`` is writable here (decode copies read-only input), so torch does not warn
+    flat = torch.frombuffer(
+        view, dtype=dtype, count=(entry.end - entry.begin) // dtype.itemsize, offset=offset
+    )
     return flat.reshape(entry.shape)
 
 
