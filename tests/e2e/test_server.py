@@ -61,6 +61,11 @@ def test_every_served_batch_equals_the_engine_load(primed_iris: Server) -> None:
                 total += len(served)
         assert total == 150
         assert served.get_label_classes() == local.get_label_classes()
+        many = client.batches("train", [5, 0, 3], attributes=["label"])
+        assert [b.id for b in many] == [5, 0, 3]
+        for batch in many:
+            assert list(batch.attributes) == ["label"]
+            assert torch.equal(batch["label"], engine.load("train", batch.id)["label"])
 
 
 def test_plain_http_payload_is_standard_safetensors(primed_iris: Server) -> None:
