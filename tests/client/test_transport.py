@@ -72,10 +72,14 @@ def server() -> Iterator[str]:
 def test_body_lands_in_one_buffer_without_a_copy(server: str) -> None:
     with httpx.Client(transport=BufferTransport()) as client:
         response = client.send(client.build_request("GET", f"{server}/body"), stream=True)
+        owned = response.extensions[BUFFER_EXTENSION]
         buffer = body_buffer(response)
-        assert buffer is response.extensions[BUFFER_EXTENSION]
-        assert not memoryview(buffer).readonly and bytes(buffer) == BODY
-        assert response.read() == BODY  # the usual httpx API still works
+        assert buffer.obj is owned  # a view of the transport's own buffer, not a copy
+        assert not buffer.readonly and bytes(buffer) == BODY
+        # the buffer left the response: its request/stream cycle cannot keep it alive
+        assert BUFFER_EXTENSION not in response.extensions and response.is_closed
+        plain = client.get(f"{server}/body")
+        assert plain.content == BODY  # the usual httpx API still works
 
 
 def test_keep_alive_reuses_one_connection(server: str) -> None:
