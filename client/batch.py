@@ -62,9 +62,7 @@ class Batch:
             None if data_points is None else tuple(data_points)
         )
         # a tuple, or the payload's JSON text until first asked for (most trainers never ask)
-        self._data_point_ids: tuple[Any, ...] | str = tuple(
-            p.id for p in self._data_points or ()
-        )
+        self._data_point_ids: tuple[Any, ...] | str = tuple(p.id for p in self._data_points or ())
         self._attributes: dict[str, torch.Tensor] = {}
         self.state = "n"
 

@@ -15,13 +15,13 @@ usual (``.content``, ``.json()`` read the same bytes).
 from __future__ import annotations
 
 import http.client
-import numpy
 import ssl
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import numpy
 
 __all__ = ["BufferStream", "BufferTransport", "body_buffer"]
 
