@@ -271,9 +271,14 @@ class BatchStash:
 
     def split_counts(self) -> dict[str, dict[str, int]]:
         """Per split: ``batches``, ``data_points`` and ``stored`` (files present) counts."""
-        counts = self._record().splits
-        for entry in counts.values():
-            entry["stored"] = 0
+        counts = {
+            split: {
+                "batches": len(sets),
+                "data_points": sum(len(s.data_point_ids) for s in sets),
+                "stored": 0,
+            }
+            for split, sets in self._sets_by_split.items()
+        }
         if not self.is_stale:
             for id_set in self.batch_data_point_sets:
                 if self.store.exists(id_set.split_name, id_set.batch_id):
