@@ -76,9 +76,26 @@ def parse_ids(raw: str) -> list[int]:
     return ids
 
 
+COALESCE = 1 << 20
+
+
 async def _frames(chunks: list[memoryview | bytes]) -> AsyncIterator[memoryview | bytes]:
+    # each ASGI message crosses every middleware: join small chunks (copying a few KiB is cheaper)
+    # and pass big ones (mapped files) through untouched
+    pending = bytearray()
     for chunk in chunks:
-        yield chunk
+        if memoryview(chunk).nbytes >= COALESCE // 4:
+            if pending:
+                yield memoryview(pending)
+                pending = bytearray()
+            yield chunk
+            continue
+        pending += chunk
+        if len(pending) >= COALESCE:
+            yield memoryview(pending)
+            pending = bytearray()
+    if pending:
+        yield memoryview(pending)
 
 
 @router.get(
