@@ -24,7 +24,7 @@ from .errors import (
     error_for_code,
 )
 from .http import BatchClient
-from .iterate import BatchIterator, EpochPlan
+from .iterate import BatchIterator
 from .mapping import (
     BatchFeatureMapping,
     ConfigBatchFeatureMapping,
@@ -32,6 +32,7 @@ from .mapping import (
     ManagerFeatureMapping,
 )
 from .metadata import BatchFieldMetadata, BatchMetadata, MetadataNetworkSettings, VectorizerMetadata
+from .plan import EpochPlan
 from .transport import BufferStream, BufferTransport, body_buffer
 
 __all__ = [

@@ -371,7 +371,7 @@ class BatchClient:
         """Iterate over this rank's share of one epoch of ``split``, prefetching in threads.
 
         See :class:`~batchstash.client.iterate.BatchIterator` and
-        :class:`~batchstash.client.iterate.EpochPlan` for the order, the dealing to ranks and
+        :class:`~batchstash.client.plan.EpochPlan` for the order, the dealing to ranks and
         resuming (``state``, or ``load_state_dict`` before the first batch).
 
         Args:

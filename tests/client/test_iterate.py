@@ -11,7 +11,8 @@ import pytest
 
 import batchstash.client as bc
 from batchstash.client import BatchClient, BatchIterator, EpochPlan
-from batchstash.client.iterate import PLAN_VERSION, prefetched, shuffled
+from batchstash.client.iterate import prefetched
+from batchstash.client.plan import PLAN_VERSION, shuffled
 
 from .fakeserver import FINGERPRINT, FakeServer, make_client
 

@@ -1,0 +1,189 @@
+"""Epoch plans: the deterministic shuffle of a split, dealt to ranks, and its re-planning."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from .errors import PlanError
+
+__all__ = ["PLAN_VERSION", "EpochPlan", "shuffled"]
+
+PLAN_VERSION = 1
+"""Bumped whenever the shuffle or the dealing changes, so old states refuse to resume."""
+
+
+def _digest(doc: Any) -> str:
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def shuffled(ids: Sequence[int], fingerprint: str, split: str, seed: int, epoch: int) -> list[int]:
+    """Return ``ids`` in a deterministic pseudo-random order for (fingerprint, split, seed, epoch).
+
+    A Fisher-Yates shuffle driven by ``random.Random(s).random()``, where ``s`` is a BLAKE2b hash
+    of the four inputs: ``random()`` is the one sequence CPython guarantees across versions, so
+    every rank, process and Python version computes the same order.
+    """
+    rng = random.Random(int(_digest([PLAN_VERSION, fingerprint, split, seed, epoch]), 16))
+    order = list(ids)
+    for i in range(len(order) - 1, 0, -1):
+        j = min(int(rng.random() * (i + 1)), i)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Which batches each rank reads, in which order, for one epoch of one split.
+
+    The order is the split's batch ids, sorted, then shuffled (when ``shuffle``) by
+    :func:`shuffled` for (fingerprint, split, seed, epoch). It is dealt round robin: rank ``r``
+    reads ``slots[r::world_size]``, so after every rank has read ``p`` batches the ranks
+    together have read exactly ``slots[:p * world_size]``.
+
+    **Remainder rule (pad, like ``DistributedSampler``):** when the count is not divisible by
+    ``world_size``, :attr:`slots` is :attr:`order` followed by its first batches again (cycled
+    when there are fewer batches than ranks) until its length divides evenly. Every rank gets
+    ``ceil(len(order) / world_size)`` batches; every batch is read at least once per epoch and
+    at most ``world_size - len(order) % world_size`` batches are read twice (the first ones of
+    the order, so which ones rotates with the shuffle each epoch). Nothing is ever skipped.
+
+    **Resume:** :meth:`replan` deals the batches the ranks have not read yet to a new world size
+    with the same rule; ``resumed_from`` records each earlier ``(world_size, position)`` segment
+    of the epoch, so the plan can be rebuilt from a saved state.
+
+    Attributes:
+        fingerprint: the store fingerprint the batch ids belong to.
+        split: the split name.
+        order: the batches still to be dealt this epoch, each once, in reading order.
+        seed: the shuffle seed.
+        epoch: the epoch number.
+        world_size: the number of ranks.
+        shuffle: whether the order is shuffled.
+        resumed_from: earlier ``(world_size, position)`` segments of this epoch, oldest first.
+    """
+
+    fingerprint: str
+    split: str
+    order: tuple[int, ...]
+    seed: int = 0
+    epoch: int = 0
+    world_size: int = 1
+    shuffle: bool = True
+    resumed_from: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1:
+            raise PlanError(f"world_size must be at least 1, not {self.world_size}")
+        if len(set(self.order)) != len(self.order):
+            raise PlanError(f"split {self.split!r} lists a batch id more than once")
+
+    @classmethod
+    def create(
+        cls,
+        fingerprint: str,
+        split: str,
+        batch_ids: Iterable[int],
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        resumed_from: Iterable[tuple[int, int]] = (),
+    ) -> EpochPlan:
+        """Plan an epoch of ``batch_ids``, replaying the ``resumed_from`` segments if any.
+
+        Args:
+            fingerprint: the store fingerprint.
+            split: the split name.
+            batch_ids: every batch id of the split (any order).
+            seed: the shuffle seed (the same on every rank).
+            epoch: the epoch number.
+            world_size: the number of ranks of the (last) segment.
+            shuffle: shuffle the order; otherwise batch ids ascend.
+            resumed_from: ``(world_size, position)`` of each earlier segment of this epoch.
+        """
+        ids = sorted(int(i) for i in batch_ids)
+        order = shuffled(ids, fingerprint, split, seed, epoch) if shuffle else ids
+        segments = [(int(w), int(p)) for w, p in resumed_from]
+        first_size = segments[0][0] if segments else world_size
+        plan = cls(fingerprint, split, tuple(order), seed, epoch, first_size, shuffle)
+        for i, (_, position) in enumerate(segments):
+            next_size = segments[i + 1][0] if i + 1 < len(segments) else world_size
+            plan = plan.replan(position, next_size)
+        return plan
+
+    @cached_property
+    def slots(self) -> tuple[int, ...]:
+        """:attr:`order` padded (remainder rule) to a multiple of :attr:`world_size`."""
+        if not self.order:
+            return ()
+        pad = -len(self.order) % self.world_size
+        cycles = -(-pad // len(self.order))
+        return self.order + (self.order * cycles)[:pad]
+
+    @property
+    def per_rank(self) -> int:
+        """How many batches each rank reads."""
+        return len(self.slots) // self.world_size
+
+    def rank_ids(self, rank: int) -> list[int]:
+        """The batch ids ``rank`` reads, in order.
+
+        Raises:
+            PlanError: ``rank`` is not in ``[0, world_size)``.
+        """
+        if not 0 <= rank < self.world_size:
+            raise PlanError(f"rank {rank} is not in [0, {self.world_size})")
+        return list(self.slots[rank :: self.world_size])
+
+    @cached_property
+    def hash(self) -> str:
+        """A stable hex digest of the plan (everything that decides who reads what)."""
+        return _digest(
+            {
+                "version": PLAN_VERSION,
+                "fingerprint": self.fingerprint,
+                "split": self.split,
+                "seed": self.seed,
+                "epoch": self.epoch,
+                "world_size": self.world_size,
+                "shuffle": self.shuffle,
+                "order": list(self.order),
+                "resumed_from": [list(s) for s in self.resumed_from],
+            }
+        )
+
+    def _check_position(self, position: int) -> None:
+        if not 0 <= position <= self.per_rank:
+            raise PlanError(f"position {position} is not in [0, {self.per_rank}] for this plan")
+
+    def remaining(self, position: int) -> tuple[int, ...]:
+        """The batches not read yet once every rank has read ``position`` batches, in order."""
+        self._check_position(position)
+        read = set(self.slots[: position * self.world_size])
+        return tuple(b for b in self.order if b not in read)
+
+    def replan(self, position: int, world_size: int) -> EpochPlan:
+        """Deal the batches left after ``position`` lockstep reads to ``world_size`` ranks.
+
+        Args:
+            position: batches every rank of this plan has read.
+            world_size: the new number of ranks.
+        """
+        return EpochPlan(
+            self.fingerprint,
+            self.split,
+            self.remaining(position),
+            self.seed,
+            self.epoch,
+            world_size,
+            self.shuffle,
+            (*self.resumed_from, (self.world_size, position)),
+        )
