@@ -13,7 +13,9 @@ from batchstash.client import (
     TorchConfig,
 )
 
-from .engine import BatchStash, ProgressCallback, load_factory
+from .engine import BatchStash
+from .factory import load_factory
+from .prime.run import ProgressCallback
 from .stash.batch import DefaultBatch
 from .stash.datapoint import DataPoint
 from .stash.idset import DataPointIDSet

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sys
@@ -27,44 +26,27 @@ from batchstash.client import (
     NotFoundError,
     NotPrimedError,
     PayloadError,
-    PrimeCancelledError,
     StaleStoreError,
     TorchConfig,
     wire,
 )
 
-from .prime.pool import chunked, run_pool
+from .factory import load_factory
+from .prime.run import ProgressCallback, run_prime
 from .stash.batch import DefaultBatch
 from .stash.datapoint import DataPoint
 from .stash.idset import DataPointIDSet, plan_id_sets
 from .stash.split import SplitStashContainer
 from .stash.vectorize import FeatureVectorizerManager, FeatureVectorizerManagerSet
-from .store.composite import CompositeBatchStore, expect_metadata, group_name
+from .store.composite import CompositeBatchStore, expect_metadata, group_name, resolve_groups
 from .store.files import safe_name
 from .store.manifest import MANIFEST_FILE, PLAN_FILE, StoreRecord, read_record, write_record
 
-__all__ = ["BatchStash", "ProgressCallback", "load_factory"]
+__all__ = ["BatchStash"]
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[str, int, int], None]
-"""Called as ``progress(split, done, total)`` each time a batch of ``split`` is stored."""
-
 STORE_FORMAT = 1
-
-
-def load_factory(spec: str) -> Callable[..., BatchStash]:
-    """Import the stash factory named ``package.module:function``."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise BatchError(f"dataset factory {spec!r} must look like 'package.module:function'")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise BatchError(f"cannot import dataset factory {spec!r}: {exc}") from None
-    if not callable(factory):
-        raise BatchError(f"dataset factory {spec!r} is not callable")
-    return factory  # type: ignore[no-any-return]
 
 
 class BatchStash:
@@ -124,7 +106,9 @@ class BatchStash:
             safe_name(split, "split")
         self.decoded_attributes = None if decoded_attributes is None else set(decoded_attributes)
         self._check_attributes(self.decoded_attributes)
-        self.store = CompositeBatchStore(self.path, _groups(groups, batch_feature_mappings))
+        self.store = CompositeBatchStore(
+            self.path, resolve_groups(groups, batch_feature_mappings.attributes)
+        )
         for fld in batch_feature_mappings.fields:  # fail at construction on a missing vectorizer
             self.vectorizer_manager_set[self._manager_of(fld.attr)][fld.feature_id]
         self.factory: str | None = None
@@ -384,50 +368,24 @@ class BatchStash:
             for s in self.batch_data_point_sets
             if not self.store.is_stored(s.split_name, s.batch_id, self._expect(s))
         ]
-        done = {split: entry["batches"] for split, entry in record.splits.items()}
-        for id_set in todo:
-            done[id_set.split_name] -= 1
-        if progress:
-            for split, entry in record.splits.items():
-                progress(split, done[split], entry["batches"])
-
-        def on_done(id_set: DataPointIDSet) -> None:
-            done[id_set.split_name] += 1
-            if progress:
-                progress(
-                    id_set.split_name,
-                    done[id_set.split_name],
-                    record.splits[id_set.split_name]["batches"],
-                )
-
         logger.info(
             "priming %d of %d batches with %d workers",
             len(todo),
             len(self.batch_data_point_sets),
             self.workers,
         )
-        if todo and self.workers > 0:
-            if self.factory is None:
-                raise BatchError(
-                    f"workers={self.workers} needs a stash built with "
-                    "BatchStash.from_factory('package.module:function'); "
-                    "or set workers=0 to encode in this process"
-                )
-            size = self.chunk_size or max(1, len(todo) // (self.workers * 4))
-            run_pool(
-                chunked(todo, size),
-                self.workers,
-                self.factory,
-                self.factory_kwargs,
-                on_done,
-                cancel,
-            )
-        else:
-            for id_set in todo:
-                if cancel is not None and cancel.is_set():
-                    raise PrimeCancelledError("prime cancelled")
-                self.encode_id_set(id_set)
-                on_done(id_set)
+        totals = {split: entry["batches"] for split, entry in record.splits.items()}
+        run_prime(
+            todo,
+            totals,
+            self.encode_id_set,
+            workers=self.workers,
+            chunk_size=self.chunk_size,
+            factory=self.factory,
+            factory_kwargs=self.factory_kwargs,
+            progress=progress,
+            cancel=cancel,
+        )
         write_record(self.path / MANIFEST_FILE, record)
         return len(todo)
 
@@ -550,20 +508,3 @@ class BatchStash:
 
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _groups(
-    groups: Iterable[Iterable[str]] | None, mapping: BatchFeatureMapping
-) -> list[frozenset[str]]:
-    attrs = list(mapping.attributes)
-    result = [frozenset(g) for g in groups or ()]
-    seen: set[str] = set()
-    for group in result:
-        if not group or group & seen or not group <= set(attrs):
-            raise BatchError(
-                f"groups must be disjoint, non-empty sets of mapped attributes: "
-                f"{[sorted(g) for g in result]}"
-            )
-        seen |= group
-    result.extend(frozenset([a]) for a in attrs if a not in seen)
-    return result

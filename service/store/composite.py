@@ -22,11 +22,32 @@ from typing import Any
 
 import torch
 
-from batchstash.client import CorruptStoreError, PayloadError, wire
+from batchstash.client import BatchError, CorruptStoreError, PayloadError, wire
 
 from .files import atomic_write, map_file, read_file, safe_name
 
-__all__ = ["CompositeBatchStore", "group_name"]
+__all__ = ["CompositeBatchStore", "expect_metadata", "group_name", "resolve_groups"]
+
+
+def resolve_groups(
+    groups: Iterable[Iterable[str]] | None, attributes: Sequence[str]
+) -> list[frozenset[str]]:
+    """The attribute groups of a store: ``groups`` plus one group per attribute left out.
+
+    Raises:
+        BatchError: groups overlap, are empty or name unmapped attributes.
+    """
+    result = [frozenset(g) for g in groups or ()]
+    seen: set[str] = set()
+    for group in result:
+        if not group or group & seen or not group <= set(attributes):
+            raise BatchError(
+                f"groups must be disjoint, non-empty sets of mapped attributes: "
+                f"{[sorted(g) for g in result]}"
+            )
+        seen |= group
+    result.extend(frozenset([a]) for a in attributes if a not in seen)
+    return result
 
 
 def group_name(group: Iterable[str]) -> str:
