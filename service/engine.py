@@ -40,7 +40,7 @@ from .stash.split import SplitStashContainer
 from .stash.vectorize import FeatureVectorizerManager, FeatureVectorizerManagerSet
 from .store.composite import CompositeBatchStore, expect_metadata, group_name, resolve_groups
 from .store.files import safe_name
-from .store.manifest import MANIFEST_FILE, PLAN_FILE, StoreRecord, read_record, write_record
+from .store.manifest import MANIFEST_FILE, PLAN_FILE, RecordHashes, StoreRecord, write_record
 
 __all__ = ["BatchStash"]
 
@@ -115,7 +115,7 @@ class BatchStash:
         self.factory_kwargs: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._priming = False
-        self._records: dict[str, tuple[tuple[int, int, int], str | None]] = {}
+        self._hashes = RecordHashes(self.path)
 
     @classmethod
     def from_factory(cls, factory: str, **kwargs: Any) -> BatchStash:
@@ -208,30 +208,10 @@ class BatchStash:
             [s.to_dict() for s in self.batch_data_point_sets],
         )
 
-    def _stored_hash(self, name: str) -> str | None:
-        """The config hash of the plan or manifest, re-read only when the file changed.
-
-        Only the hash is kept: the records hold every id set, and keeping them parsed would make
-        the server's memory grow with the store.
-        """
-        path = self.path / name
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            self._records.pop(name, None)
-            return None
-        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        cached = self._records.get(name)
-        if cached is None or cached[0] != key:
-            record = read_record(path)
-            cached = (key, None if record is None else record.config_hash)
-            self._records[name] = cached
-        return cached[1]
-
     def check_fresh(self) -> None:
         """Raise :class:`StaleStoreError` if the store was built by another configuration."""
         for name in (MANIFEST_FILE, PLAN_FILE):
-            stored = self._stored_hash(name)
+            stored = self._hashes.get(name)
             if stored is not None and stored != self.config_hash:
                 raise StaleStoreError(
                     f"the store at {self.path} was encoded with configuration "
@@ -251,7 +231,7 @@ class BatchStash:
     @property
     def is_primed(self) -> bool:
         """Whether every batch is stored (the manifest exists and matches this configuration)."""
-        return self._stored_hash(MANIFEST_FILE) == self.config_hash
+        return self._hashes.get(MANIFEST_FILE) == self.config_hash
 
     def split_counts(self) -> dict[str, dict[str, int]]:
         """Per split: ``batches``, ``data_points`` and ``stored`` (files present) counts."""

@@ -11,7 +11,14 @@ from batchstash.client import CorruptStoreError
 
 from .files import atomic_write_json
 
-__all__ = ["MANIFEST_FILE", "PLAN_FILE", "StoreRecord", "read_record", "write_record"]
+__all__ = [
+    "MANIFEST_FILE",
+    "PLAN_FILE",
+    "RecordHashes",
+    "StoreRecord",
+    "read_record",
+    "write_record",
+]
 
 PLAN_FILE = "plan.json"
 MANIFEST_FILE = "manifest.json"
@@ -70,3 +77,35 @@ def read_record(path: Path) -> StoreRecord | None:
         )
     except (KeyError, TypeError) as exc:
         raise CorruptStoreError(f"{path}: missing or malformed field {exc}") from None
+
+
+class RecordHashes:
+    """The config hashes of a store's plan and manifest, re-read only when a file changes.
+
+    Every served batch checks freshness, so this costs one ``stat`` a file. Only the hash is
+    kept: the records hold every id set, and keeping them parsed would make a server's memory
+    grow with its store.
+
+    Args:
+        path: the store directory.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cache: dict[str, tuple[tuple[int, int, int], str | None]] = {}
+
+    def get(self, name: str) -> str | None:
+        """The config hash in ``name`` (``PLAN_FILE`` or ``MANIFEST_FILE``); ``None`` if absent."""
+        path = self.path / name
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            self._cache.pop(name, None)
+            return None
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        cached = self._cache.get(name)
+        if cached is None or cached[0] != key:
+            record = read_record(path)
+            cached = (key, None if record is None else record.config_hash)
+            self._cache[name] = cached
+        return cached[1]
