@@ -2,7 +2,8 @@
 
 Measured in this process (``workers=0``) on a sample of batches, each step timed apart with the
 engine's public steps: build the data points, ``batch.encode()`` (vectorize), then
-``store.write`` (wire encoding, write, fsync, rename), of which ``wire.encode`` is timed alone too.
+``store.write`` (wire encoding, write, fsync, rename), of which ``wire.encode_parts`` is timed
+alone too.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def breakdown(path: Path, options: dict[str, Any], sample: int) -> dict[str, Any
         t2 = time.perf_counter()
         expect = expect_metadata(id_set.split_name, id_set.batch_id, stash.config_hash,
                                  id_set.data_point_ids)
-        wire.encode(batch.attributes, expect)
+        wire.encode_parts(batch.attributes, expect)
         t3 = time.perf_counter()
         stash.store.write(id_set.split_name, id_set.batch_id, batch.attributes, expect)
         t4 = time.perf_counter()

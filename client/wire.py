@@ -60,6 +60,7 @@ __all__ = [
     "compose",
     "decode",
     "encode",
+    "encode_parts",
     "parse_header",
     "split_frames",
     "tensor_checksum",
@@ -210,6 +211,17 @@ def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> 
     Returns:
         The payload bytes; equal input always gives equal bytes.
     """
+    return b"".join(encode_parts(tensors, metadata))
+
+
+def encode_parts(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> list[bytes | memoryview]:
+    """Like :func:`encode`, as the header then each tensor's bytes (views, not copies).
+
+    Written one after the other they are the payload; the views share the tensors' memory, so
+    keep the tensors unchanged until the parts are written.
+    """
     records = {
         name: (dtype_code(t.dtype), tuple(t.shape), _tensor_bytes(t)) for name, t in tensors.items()
     }
@@ -220,7 +232,7 @@ def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> 
     for name, code, shape, data in parts:
         meta[CHECKSUM_PREFIX + name] = tensor_checksum(name, code, shape, data)
     header = _header_bytes(_layout(parts), meta)
-    return b"".join([header, *(bytes(p[3]) for p in parts)])
+    return [header, *(p[3] for p in parts)]
 
 
 def _entry(name: str, spec: Any) -> TensorEntry:

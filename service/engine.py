@@ -394,6 +394,7 @@ class BatchStash:
         batch_id: int,
         attributes: Iterable[str] | None = None,
         mapped: bool = False,
+        fresh: bool = False,
     ) -> tuple[DataPointIDSet, set[str] | None, list[tuple[Any, wire.Header]]]:
         """Read and verify the stored group files holding ``attributes`` of one batch.
 
@@ -405,6 +406,7 @@ class BatchStash:
             batch_id: the batch id.
             attributes: the attributes wanted (default :attr:`decoded_attributes`, or all).
             mapped: map the files read-only (serving) instead of reading writable buffers.
+            fresh: the caller has just called :meth:`check_fresh` (skip it).
 
         Returns:
             The batch's id set, the resolved attribute names (``None``: all) and the verified
@@ -418,7 +420,8 @@ class BatchStash:
         """
         id_set = self._id_set(split, batch_id)
         wanted = self._resolve_attributes(attributes)
-        self.check_fresh()
+        if not fresh:
+            self.check_fresh()
         identity = {
             wire.KEY_SPLIT: split,
             wire.KEY_BATCH_ID: str(batch_id),
@@ -439,12 +442,26 @@ class BatchStash:
         byte for byte (mapped, never copied); otherwise the tensors of the needed files are
         joined with :func:`wire.compose` (their checksums travel along, no re-hashing).
         """
-        id_set, wanted, sources = self.read_sources(split, batch_id, attributes, mapped=True)
-        present = {n for _, h in sources for n in h.entries}
-        names = present if wanted is None else wanted & present
-        if len(sources) == 1 and names == set(sources[0][1].entries):
-            return [sources[0][0]]
-        return wire.compose(sources, names, self._expect(id_set))
+        return self.payloads(split, [batch_id], attributes)[0]
+
+    def payloads(
+        self, split: str, batch_ids: Sequence[int], attributes: Iterable[str] | None = None
+    ) -> list[list[bytes | memoryview]]:
+        """Several batches' payload chunks (see :meth:`payload`), freshness checked once."""
+        self.check_fresh()
+        wanted_attributes = None if attributes is None else list(attributes)
+        out = []
+        for batch_id in batch_ids:
+            id_set, wanted, sources = self.read_sources(
+                split, batch_id, wanted_attributes, mapped=True, fresh=True
+            )
+            present = {n for _, h in sources for n in h.entries}
+            names = present if wanted is None else wanted & present
+            if len(sources) == 1 and names == set(sources[0][1].entries):
+                out.append([sources[0][0]])
+            else:
+                out.append(wire.compose(sources, names, self._expect(id_set)))
+        return out
 
     def load(self, split: str, batch_id: int, attributes: Iterable[str] | None = None) -> Batch:
         """Load one decoded batch; only the groups holding the wanted attributes are read.

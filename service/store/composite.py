@@ -107,8 +107,8 @@ class CompositeBatchStore:
         """Write every group file of one batch (atomically, one file at a time)."""
         for group in self.groups:
             subset = {a: t for a, t in tensors.items() if a in group}
-            payload = wire.encode(subset, metadata)
-            atomic_write(self.group_path(split, batch_id, group), [payload])
+            parts = wire.encode_parts(subset, metadata)  # written from the tensors' memory
+            atomic_write(self.group_path(split, batch_id, group), parts)
 
     def _read(
         self,

@@ -151,16 +151,10 @@ def test_a_whole_group_file_is_served_byte_for_byte(tmp_path: Path) -> None:
 
 
 def test_frames_join_small_chunks_and_pass_big_ones_through() -> None:
-    import asyncio
-
-    from batchstash.service.api.routes.batches import COALESCE, _frames
+    from batchstash.service.api.routes.batches import COALESCE, coalesce
 
     big = memoryview(bytes(COALESCE))
     chunks: list[memoryview | bytes] = [b"a" * 10, b"b" * 20, big, b"c" * 5]
-
-    async def collect() -> list[memoryview | bytes]:
-        return [c async for c in _frames(chunks)]
-
-    out = asyncio.run(collect())
+    out = coalesce(chunks)
     assert b"".join(bytes(c) for c in out) == b"".join(bytes(c) for c in chunks)
     assert len(out) == 3 and out[1] is big  # the mapped file is never copied

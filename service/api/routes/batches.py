@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 import struct
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import xxhash
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from batchstash.client import InvalidRequestError
 
@@ -79,23 +78,51 @@ def parse_ids(raw: str) -> list[int]:
 COALESCE = 1 << 20
 
 
-async def _frames(chunks: list[memoryview | bytes]) -> AsyncIterator[memoryview | bytes]:
-    # each ASGI message crosses every middleware: join small chunks (copying a few KiB is cheaper)
-    # and pass big ones (mapped files) through untouched
+def coalesce(chunks: list[memoryview | bytes]) -> list[memoryview | bytes]:
+    """Join small chunks into about 1 MiB messages; big ones (mapped files) pass untouched.
+
+    Each ASGI message crosses every middleware: copying a few KiB is cheaper than a message.
+    """
+    out: list[memoryview | bytes] = []
     pending = bytearray()
     for chunk in chunks:
         if memoryview(chunk).nbytes >= COALESCE // 4:
             if pending:
-                yield memoryview(pending)
+                out.append(memoryview(pending))
                 pending = bytearray()
-            yield chunk
+            out.append(chunk)
             continue
         pending += chunk
         if len(pending) >= COALESCE:
-            yield memoryview(pending)
+            out.append(memoryview(pending))
             pending = bytearray()
     if pending:
-        yield memoryview(pending)
+        out.append(memoryview(pending))
+    return out
+
+
+class ChunksResponse(Response):
+    """A body already in memory (or mapped) as several chunks, each sent as it is.
+
+    Unlike ``StreamingResponse`` it starts no task group and no disconnect listener per
+    response: the body is finite and ready, and the server drops sends after a disconnect.
+    """
+
+    def __init__(
+        self, chunks: list[memoryview | bytes], media_type: str, headers: dict[str, str]
+    ) -> None:
+        super().__init__(None, media_type=media_type, headers=headers)
+        self.chunks = chunks
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        last = len(self.chunks) - 1
+        for i, chunk in enumerate(self.chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < last})
+        if last < 0:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 @router.get(
@@ -122,11 +149,10 @@ async def payloads(
 
     def read() -> list[memoryview | bytes]:
         chunks: list[memoryview | bytes] = []
-        for batch_id in wanted:
-            parts = stash.payload(split, batch_id, names)
+        for parts in stash.payloads(split, wanted, names):
             chunks.append(struct.pack("<Q", sum(memoryview(p).nbytes for p in parts)))
             chunks.extend(parts)
-        return chunks
+        return coalesce(chunks)
 
     chunks = await run_in_threadpool(read)
     size = sum(memoryview(c).nbytes for c in chunks)
@@ -134,7 +160,7 @@ async def payloads(
     state.metrics.batches_served.labels(split).inc(len(wanted))
     state.metrics.bytes_served.inc(size)
     headers = {"Content-Length": str(size), "X-Batchstash-Fingerprint": stash.config_hash}
-    return StreamingResponse(_frames(chunks), media_type=FRAMES_MEDIA_TYPE, headers=headers)
+    return ChunksResponse(chunks, media_type=FRAMES_MEDIA_TYPE, headers=headers)
 
 
 @router.get(
