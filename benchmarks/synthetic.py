@@ -9,6 +9,7 @@ a batch, so a served batch is one stored file.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -76,10 +77,10 @@ class SyntheticSplitStashContainer(SplitStashContainer):
     ) -> None:
         self.rows, self.dims, self.batches = rows, dims, batches
         self.classes, self.seed, self.as_list = classes, seed, as_list
-        self._keys = {SPLIT: tuple(range(rows * batches))}
+        self._keys: dict[str, Sequence[Any]] = {SPLIT: range(rows * batches)}
 
     @property
-    def keys_by_split(self) -> dict[str, tuple[Any, ...]]:
+    def keys_by_split(self) -> dict[str, Sequence[Any]]:
         """The ids of the single ``train`` split."""
         return self._keys
 

@@ -3,13 +3,79 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import xxhash
 
-__all__ = ["DataPointIDSet", "plan_id_sets"]
+__all__ = ["DataPointIDSet", "IntIDs", "compact_ids", "plan_id_sets"]
+
+
+class IntIDs(Sequence[int]):
+    """An immutable sequence of integer ids held as 64-bit values, not Python objects.
+
+    A plan keeps every batch's ids for the life of a server: as a tuple of ``int`` objects that
+    is about 36 bytes an id, here 8. It compares and hashes like the tuple of its ids.
+    """
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, ids: Iterable[int]) -> None:
+        self._ids = ids if isinstance(ids, array) and ids.typecode == "q" else array("q", ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> IntIDs: ...
+
+    def __getitem__(self, index: int | slice) -> int | IntIDs:
+        if isinstance(index, slice):
+            return IntIDs(self._ids[index])
+        return self._ids[index]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ids)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, IntIDs):
+            return self._ids == other._ids
+        if isinstance(other, tuple | list):
+            return tuple(self._ids) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._ids))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self._ids))
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _int_array(ids: Sequence[Any]) -> array[int] | None:
+    """``ids`` as a new ``array('q')`` when every one is a plain 64-bit ``int``, else ``None``."""
+    if not isinstance(ids, range) and not all(type(i) is int and i in _INT64 for i in ids):
+        return None
+    try:
+        return array("q", ids)
+    except OverflowError:  # a range beyond 64 bits
+        return None
+
+
+def compact_ids(ids: Iterable[Any]) -> Sequence[Any]:
+    """``ids`` as :class:`IntIDs` when every one is a plain 64-bit ``int``, else as a tuple."""
+    if isinstance(ids, IntIDs):
+        return ids
+    items = ids if isinstance(ids, range | tuple | list) else tuple(ids)
+    values = _int_array(items)
+    return tuple(items) if values is None else IntIDs(values)
 
 
 @dataclass(frozen=True)
@@ -18,14 +84,15 @@ class DataPointIDSet:
 
     Attributes:
         batch_id: the batch id (its sequence number within the split).
-        data_point_ids: the ids of the batch's data points, in order.
+        data_point_ids: the ids of the batch's data points, in order (:class:`IntIDs` when
+            they are integers, else a tuple: see :func:`compact_ids`).
         split_name: the split of the batch.
         torch_seed_context: the torch seed set before the batch is encoded, so random
             vectorizers give the same tensors on any worker.
     """
 
     batch_id: int
-    data_point_ids: tuple[Any, ...]
+    data_point_ids: Sequence[Any]
     split_name: str
     torch_seed_context: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -43,7 +110,7 @@ class DataPointIDSet:
         """Rebuild from :meth:`to_dict` data."""
         return cls(
             int(data["batch_id"]),
-            tuple(data["data_point_ids"]),
+            compact_ids(data["data_point_ids"]),
             str(data["split_name"]),
             dict(data.get("torch_seed_context") or {}),
         )
@@ -69,7 +136,12 @@ def plan_id_sets(
     shuffled = set(shuffle)
     sets = []
     for split in sorted(splits):
-        ids = list(splits[split])
+        keys = splits[split]
+        # shuffled in place as 64-bit values when they are integers: the same permutation as a
+        # list's, without an object per id
+        ids: Any = _int_array(keys)
+        if ids is None:
+            ids = list(keys)
         if split in shuffled:
             random.Random(f"{seed}:{split}").shuffle(ids)
         count = 0
@@ -77,8 +149,8 @@ def plan_id_sets(
             if count >= batch_limit:
                 break
             context = {"seed": batch_seed(seed, split, count)}
-            sets.append(
-                DataPointIDSet(count, tuple(ids[start : start + batch_size]), split, context)
-            )
+            chunk = ids[start : start + batch_size]
+            batch_ids = IntIDs(chunk) if isinstance(chunk, array) else tuple(chunk)
+            sets.append(DataPointIDSet(count, batch_ids, split, context))
             count += 1
     return sets

@@ -23,8 +23,8 @@ class SplitStashContainer:
     """
 
     @property
-    def keys_by_split(self) -> dict[str, tuple[Any, ...]]:
-        """The data point ids of each split."""
+    def keys_by_split(self) -> dict[str, Sequence[Any]]:
+        """The data point ids of each split (any sequence: a ``range`` holds no id objects)."""
         raise NotImplementedError
 
     @property
@@ -57,7 +57,7 @@ class MemorySplitStashContainer(SplitStashContainer):
             raise BatchError(f"split ids without a record: {missing[:5]}")
 
     @property
-    def keys_by_split(self) -> dict[str, tuple[Any, ...]]:
+    def keys_by_split(self) -> dict[str, Sequence[Any]]:
         """The data point ids of each split."""
         return dict(self._splits)
 

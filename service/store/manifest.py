@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ __all__ = [
     "PLAN_FILE",
     "RecordHashes",
     "StoreRecord",
+    "read_config_hash",
     "read_record",
     "write_record",
 ]
@@ -79,6 +81,31 @@ def read_record(path: Path) -> StoreRecord | None:
         raise CorruptStoreError(f"{path}: missing or malformed field {exc}") from None
 
 
+_HEAD = re.compile(rb'\A\{\s*"config_hash":\s*"([0-9a-f]{1,64})",\s*"format":\s*(\d+),')
+
+
+def read_config_hash(path: Path) -> str | None:
+    """The config hash of a plan or manifest without parsing its id sets; ``None`` if absent.
+
+    :func:`write_record` sorts keys, so ``config_hash`` and ``format`` open the file: reading
+    its first KiB is enough, where a full parse of a large store's record would allocate
+    hundreds of bytes a data point. Anything else is left to :func:`read_record`.
+
+    Raises:
+        CorruptStoreError: the file exists but is not a valid record.
+    """
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(1024)
+    except FileNotFoundError:
+        return None
+    match = _HEAD.match(head)
+    if match is not None and int(match.group(2)) == FORMAT:
+        return match.group(1).decode("ascii")
+    record = read_record(path)
+    return None if record is None else record.config_hash
+
+
 class RecordHashes:
     """The config hashes of a store's plan and manifest, re-read only when a file changes.
 
@@ -105,7 +132,6 @@ class RecordHashes:
         key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         cached = self._cache.get(name)
         if cached is None or cached[0] != key:
-            record = read_record(path)
-            cached = (key, None if record is None else record.config_hash)
+            cached = (key, read_config_hash(path))
             self._cache[name] = cached
         return cached[1]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 
 import pytest
 
 from batchstash.client import BatchError
 from batchstash.service import CsvSplitStashContainer, DataPointIDSet, MemorySplitStashContainer
-from batchstash.service.stash.idset import batch_seed, plan_id_sets
+from batchstash.service.stash.idset import IntIDs, batch_seed, compact_ids, plan_id_sets
 
 
 def _write_csv(path, rows, header=("id", "text", "split")):
@@ -138,6 +139,48 @@ def test_plan_determinism():
     seeds = [s["torch_seed_context"]["seed"] for s in plan(1)]
     assert len(set(seeds)) == len(seeds)
     assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_plan_of_integer_ids_is_the_list_shuffle_held_compactly():
+    # the permutation is random.Random(...).shuffle of a list, as stores primed before keep
+    expected = list(range(1000))
+    random.Random("5:train").shuffle(expected)
+    for keys in (range(1000), list(range(1000)), tuple(range(1000))):
+        plan = plan_id_sets({"train": keys}, 256, 5, 100)
+        assert all(isinstance(s.data_point_ids, IntIDs) for s in plan)
+        assert [i for s in plan for i in s.data_point_ids] == expected
+        assert [len(s.data_point_ids) for s in plan] == [256, 256, 256, 232]
+    strings = plan_id_sets({"train": [f"r{i}" for i in range(10)]}, 4, 5, 100)
+    assert all(isinstance(s.data_point_ids, tuple) for s in strings)
+
+
+@pytest.mark.parametrize(
+    ("ids", "compact"),
+    [
+        ([1, 2, 3], True),
+        (range(5), True),
+        ([1, "a"], False),
+        ([True, 2], False),  # a bool is an int subclass: kept as it is
+        ([2**63], False),  # beyond 64 bits
+        ([1.0], False),
+        ([], True),
+    ],
+)
+def test_compact_ids(ids, compact):
+    got = compact_ids(ids)
+    assert isinstance(got, IntIDs) is compact
+    assert list(got) == list(ids) and got == tuple(ids) and tuple(ids) == got
+    assert hash(got) == hash(tuple(ids))
+    id_set = DataPointIDSet(0, got, "train")
+    assert DataPointIDSet.from_dict(json.loads(json.dumps(id_set.to_dict()))) == id_set
+
+
+def test_int_ids_behave_like_a_tuple():
+    ids = IntIDs([5, 6, 7, 8])
+    assert ids[1] == 6 and ids[-1] == 8 and ids[1:3] == IntIDs([6, 7]) == (6, 7)
+    assert 7 in ids and ids.index(7) == 2 and repr(ids) == "(5, 6, 7, 8)"
+    assert ids != (5, 6, 7) and ids != IntIDs([5, 6, 7, 9]) and ids != "5678"
+    assert {ids: 1}[IntIDs([5, 6, 7, 8])] == 1
 
 
 @pytest.mark.parametrize(("limit", "count"), [(1, 3), (2, 6), (100, 7)])

@@ -10,7 +10,12 @@ import torch
 from batchstash.client import CorruptStoreError, InvalidRequestError, wire
 from batchstash.service.store.composite import CompositeBatchStore, expect_metadata, group_name
 from batchstash.service.store.files import atomic_write, atomic_write_json, read_file, safe_name
-from batchstash.service.store.manifest import StoreRecord, read_record, write_record
+from batchstash.service.store.manifest import (
+    StoreRecord,
+    read_config_hash,
+    read_record,
+    write_record,
+)
 
 
 @pytest.mark.parametrize("name", ["train", "dev-1", "a.b", "x+y", "_", "T9"])
@@ -202,3 +207,22 @@ def test_bad_record_is_corrupt(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(CorruptStoreError, match=message):
         read_record(path)
+    with pytest.raises(CorruptStoreError, match=message):
+        read_config_hash(path)
+
+
+def test_config_hash_of_a_large_record_from_its_head(tmp_path):
+    path = tmp_path / "manifest.json"
+    assert read_config_hash(path) is None
+    sets = [{"batch_id": i, "data_point_ids": list(range(256)), "split_name": "train"}
+            for i in range(50)]
+    write_record(path, StoreRecord("0123abcd" * 4, ["x"], {"train": {"batches": 50}}, sets))
+    assert path.stat().st_size > 50_000
+    assert read_config_hash(path) == read_record(path).config_hash == "0123abcd" * 4
+
+
+def test_config_hash_of_a_record_written_otherwise_is_parsed_in_full(tmp_path):
+    path = tmp_path / "plan.json"
+    doc = {"splits": {}, "id_sets": [], "groups": [], "format": 1, "config_hash": "beef"}
+    path.write_text(json.dumps(doc))  # not our key order: the head does not match
+    assert read_config_hash(path) == "beef"
