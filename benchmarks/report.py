@@ -172,6 +172,9 @@ def _priming_rows(prime: dict[str, Any]) -> list[Row]:
     ratio = _ratio(two["rate"], one["rate"])
     out.append(Row(sec, "2 workers vs 1 worker (whole job)", f"{_f(ratio, 4)} x", ">= 1.8 x",
                    ratio is not None and ratio >= 1.8))
+    steady = _ratio(two["steady_rate"], one["steady_rate"])
+    out.append(Row(sec, "2 workers vs 1 worker (from first stored batch: start-up left out)",
+                   f"{_f(steady, 4)} x"))
     for vectorizer, split in prime["breakdown"].items():
         sec_s = split["seconds"]
         total = split["total_s"] or 1.0

@@ -11,10 +11,23 @@ from batchstash.service.stash.idset import DataPointIDSet
 
 from .pool import chunked, run_pool
 
-__all__ = ["ProgressCallback", "run_prime"]
+__all__ = ["ProgressCallback", "auto_chunk_size", "run_prime"]
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as ``progress(split, done, total)`` each time a batch of ``split`` is stored."""
+
+
+MAX_AUTO_CHUNK = 8
+
+
+def auto_chunk_size(batches: int, workers: int) -> int:
+    """Id sets per task: at least four tasks a worker, and at most :data:`MAX_AUTO_CHUNK`.
+
+    Small tasks keep the workers busy to the end (the last task is short, so no worker idles
+    long while another finishes) and make progress move smoothly; a task costs one small
+    message each way.
+    """
+    return max(1, min(MAX_AUTO_CHUNK, batches // (workers * 4)))
 
 
 def run_prime(
@@ -36,7 +49,7 @@ def run_prime(
         totals: the number of batches of each split (stored or not).
         encode: encodes and stores one id set in this process (``workers=0``).
         workers: priming processes; ``0`` calls ``encode`` here.
-        chunk_size: id sets per worker task (``0``: about four tasks a worker).
+        chunk_size: id sets per worker task (``0``: :func:`auto_chunk_size`).
         factory: the importable stash factory the workers rebuild the stash from.
         factory_kwargs: its JSON-able keyword arguments.
         progress: called once per split at the start, then after every stored batch.
@@ -61,7 +74,7 @@ def run_prime(
                 "BatchStash.from_factory('package.module:function'); "
                 "or set workers=0 to encode in this process"
             )
-        size = chunk_size or max(1, len(todo) // (workers * 4))
+        size = chunk_size or auto_chunk_size(len(todo), workers)
         run_pool(chunked(todo, size), workers, factory, factory_kwargs, on_done, cancel)
         return
     for id_set in todo:

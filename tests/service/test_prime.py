@@ -10,6 +10,7 @@ import torch
 from batchstash.client import PrimeCancelledError, VectorizerError
 from batchstash.service import BatchStash
 from batchstash.service.prime.pool import chunked
+from batchstash.service.prime.run import MAX_AUTO_CHUNK, auto_chunk_size
 from batchstash.service.stash.idset import DataPointIDSet
 
 from .factories import exploding_iris, noisy_iris, stored_files
@@ -29,6 +30,14 @@ def test_chunked():
     assert [[s.batch_id for s in c] for c in chunked(sets, 2)] == [[0, 1], [2, 3], [4]]
     assert chunked(sets, 10) == [sets]
     assert chunked([], 3) == []
+
+
+@pytest.mark.parametrize(
+    ("batches", "workers", "size"),
+    [(0, 2, 1), (3, 2, 1), (40, 2, 5), (400, 2, MAX_AUTO_CHUNK), (10**6, 1, MAX_AUTO_CHUNK)],
+)
+def test_auto_chunk_size_keeps_four_tasks_a_worker_and_small_tasks(batches, workers, size):
+    assert auto_chunk_size(batches, workers) == size
 
 
 def test_progress_reports_done_and_total_per_split(make_iris):
