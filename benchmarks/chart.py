@@ -27,6 +27,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
             "raw TCP req/resp": results["ceiling"]["request"]["mb_s"],
             "batchstash 1c": large["iter_1"]["mb_s"], "batchstash 4c": large["iter_4"]["mb_s"],
             "batchstash seq 1c": large["seq_1"]["mb_s"],
+            "I/O floor 1c": large.get("floor_1", {}).get("mb_s"),
             "DataLoader w0": base["dataloader_0"]["mb_s"],
             "DataLoader w2": base["dataloader_2"]["mb_s"], "pickle files": base["pickle"]["mb_s"],
             "naive FastAPI 1c": naive["large_1"]["mb_s"],
@@ -35,6 +36,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
             "batchstash 1c": small["iter_1"]["batches_s"],
             "batchstash 4c": small["iter_4"]["batches_s"],
             "batchstash seq 1c": small["seq_1"]["batches_s"],
+            "I/O floor 1c": small.get("floor_1", {}).get("batches_s"),
             "naive FastAPI 1c": naive["small_1"]["batches_s"]}, "batches/s"),
         (axes[0, 2], "priming: batches/s", {
             "1 worker": results["priming"]["workers_1"]["rate"],

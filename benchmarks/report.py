@@ -145,6 +145,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
         out.append(Row(sec, f"local DataLoader, torch.save files, num_workers={workers}",
                        _rate(run)))
     out.append(Row(sec, "pickled batch files, loaded one by one", _rate(base["pickle"])))
+    out.extend(_floor_rows(results, top))
     naive = results["naive"]
     for key, label in (("large_1", "large, 1 consumer"), ("large_4", "large, 4 consumers"),
                        ("small_1", "small, 1 consumer")):
@@ -160,6 +161,24 @@ def rows(results: dict[str, Any]) -> list[Row]:
                        f"{_f(build['rate'], 1)} batches/s ({_f(build['wall_s'], 1)} s)"))
     out.extend(_memory_rows(results["memory"]))
     out.extend(_gpu_rows(results.get("gpu", {})))
+    return out
+
+
+def _floor_rows(results: dict[str, Any], top: float) -> list[Row]:
+    """The same client against the minimal threaded server: what any Python server leaves."""
+    out = []
+    for size in ("large", "small"):
+        run = results[f"batchstash_{size}"]
+        sec = f"baselines, {size} batches"
+        for consumers in (1, 4):
+            floor = run.get(f"floor_{consumers}")
+            if floor is None:
+                continue
+            ours = _ratio(run[f"iter_{consumers}"]["mb_s"], floor["mb_s"])
+            out.append(Row(sec, f"I/O floor: iter_batches from a minimal threaded server "
+                           f"(mmap + sendall), {consumers} consumer(s)",
+                           f"{_rate(floor)}; {_f(_ratio(floor['mb_s'], top), 2)} x ceiling; "
+                           f"batchstash {_f(ours, 2)} x this"))
     return out
 
 

@@ -117,6 +117,15 @@ class Suite:
                     runs[f"{kind}_{consumers}"] = self.step(
                         f"batchstash {size}: {kind}, {consumers} consumer(s)",
                         lambda k=kind, c=consumers: self.load(server.url, k, c, prefetch))
+            port = free_port()
+            argv = [sys.executable, "-m", "benchmarks.floor_server", "--port", str(port),
+                    "--store", str(self.work / f"{size}-store"), "--from-url", server.url]
+            with subprocess_server(argv, port, self.logs / f"floor-{size}.log",
+                                   child_env()) as floor:
+                for consumers in (1, 4):
+                    runs[f"floor_{consumers}"] = self.step(
+                        f"I/O floor server {size}: iter, {consumers} consumer(s)",
+                        lambda c=consumers: self.load(floor.url, "iter", c, prefetch))
         self.results[f"batchstash_{size}"] = {
             "prefetch": prefetch,
             "batch_bytes": batch_bytes(options["rows"], options["dims"]),

@@ -39,7 +39,7 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert results["batchstash_large"]["batch_bytes"] == 1_050_624
     assert results["batchstash_small"]["batch_bytes"] == 67_584
     for size in ("large", "small"):
-        for run in ("iter_1", "iter_4", "seq_1", "seq_4"):
+        for run in ("iter_1", "iter_4", "seq_1", "seq_4", "floor_1", "floor_4"):
             measured = results[f"batchstash_{size}"][run]
             assert measured["batches"] > 0 and measured["bytes"] > 0, (size, run)
             assert measured["p99_ms"] >= measured["p50_ms"] > 0
