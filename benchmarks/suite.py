@@ -101,10 +101,11 @@ class Suite:
                 f"prime the {size} store ({options['batches']} batches)",
                 lambda: prime(server.url, self.profile.prime_timeout))
 
-    PREFETCH = {"large": 16, "small": 64}
+    PREFETCH = {"large": 24, "small": 96}
     """``iter_batches`` prefetch per batch size, chosen by measurement: with the default
-    ``batches_per_request = prefetch // 2`` two requests are in flight, so small batches need a
-    deep prefetch to amortize the per-request cost."""
+    ``batches_per_request = prefetch // 3`` one group is being yielded and two requests are in
+    flight (8 and 32 batches a request); small batches need deep requests to amortize the
+    per-request cost."""
 
     def serving(self, size: str) -> None:
         options = self.options(size)

@@ -385,7 +385,7 @@ class BatchClient:
             attributes: only these attributes.
             device: copy each batch there (pinned memory and ``non_blocking`` for CUDA).
             state: a :meth:`BatchIterator.state_dict` to resume from.
-            batches_per_request: batches fetched in one request (default ``prefetch // 2``).
+            batches_per_request: batches fetched in one request (default ``prefetch // 3``).
         """
         from .iterate import BatchIterator
 

@@ -82,9 +82,10 @@ class BatchIterator:
         rank: this rank.
         world_size: the number of ranks.
         prefetch: batches fetched ahead (``0``: on demand); at most this many are requested
-            and not yet yielded, which bounds memory.
-        batches_per_request: batches fetched in one request (default ``max(1, prefetch // 2)``,
-            so two requests are in flight); several a request save a round trip each.
+            and not yet yielded (the group being yielded included), which bounds memory.
+        batches_per_request: batches fetched in one request (default ``max(1, prefetch // 3)``:
+            one group being yielded, two requests in flight); several a request save a round
+            trip each.
         attributes: only these attributes.
         device: copy each batch there (pinned memory and ``non_blocking`` for CUDA).
         state: a :meth:`state_dict` to resume from.
@@ -114,7 +115,7 @@ class BatchIterator:
             raise ValueError(f"prefetch must not be negative, not {prefetch}")
         if batches_per_request is not None and batches_per_request < 1:
             raise ValueError(f"batches_per_request must be >= 1, not {batches_per_request}")
-        self.batches_per_request = batches_per_request or max(1, prefetch // 2)
+        self.batches_per_request = batches_per_request or max(1, prefetch // 3)
         self.client = client
         self.rank = rank
         self.prefetch = prefetch
@@ -174,7 +175,9 @@ class BatchIterator:
     def _batches(self) -> Generator[Batch, None, None]:
         ids, size = self.remaining_ids(), self.batches_per_request
         groups = [ids[i : i + size] for i in range(0, len(ids), size)]
-        in_flight = 0 if self.prefetch == 0 else max(1, self.prefetch // size)
+        # the group being yielded counts against prefetch, so at most prefetch batches are
+        # requested and not yet yielded (at least one request ahead)
+        in_flight = 0 if self.prefetch == 0 else max(1, self.prefetch // size - 1)
         stream = prefetched(self.fetch_many, groups, in_flight)
         try:
             for group in stream:

@@ -176,6 +176,34 @@ def test_iterator_prefetch_is_bounded() -> None:
     assert server.max_in_flight >= 2  # it did fetch concurrently
 
 
+def _settled_count(server: FakeServer) -> int:
+    """The number of batches requested once the prefetch threads stop asking for more."""
+    count, deadline = -1, time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+        now = len(server.batch_requests())
+        if now == count:
+            break
+        count = now
+    return count
+
+
+@pytest.mark.parametrize("prefetch", [1, 3, 4, 12, 24])
+def test_requested_and_not_yielded_never_exceeds_prefetch(prefetch: int) -> None:
+    server = FakeServer({"train": range(60)})
+    client = make_client(server)
+    it = client.iter_batches("train", prefetch=prefetch, shuffle=False)
+    assert it.batches_per_request == max(1, prefetch // 3)
+    bound = max(prefetch - 1, 1)  # ahead of the batch the caller holds; one at least
+    most = 0
+    for position in range(1, 30):
+        assert next(it).id == position - 1
+        ahead = _settled_count(server) - position
+        assert ahead <= bound, (position, ahead)
+        most = max(most, ahead)
+    assert most == bound  # and it does run that far ahead
+
+
 # -- the iterator over the fake server ---------------------------------------------------------
 
 
