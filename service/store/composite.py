@@ -24,7 +24,7 @@ import torch
 
 from batchstash.client import BatchError, CorruptStoreError, PayloadError, wire
 
-from .files import atomic_write, map_file, read_file, safe_name
+from .files import VerifiedFiles, atomic_write, file_identity, map_file, read_file, safe_name
 
 __all__ = ["CompositeBatchStore", "expect_metadata", "group_name", "resolve_groups"]
 
@@ -63,8 +63,11 @@ class CompositeBatchStore:
         groups: the attribute groups; each attribute belongs to exactly one.
     """
 
-    def __init__(self, path: Path, groups: Sequence[frozenset[str]]) -> None:
+    def __init__(
+        self, path: Path, groups: Sequence[frozenset[str]], verified_capacity: int = 65536
+    ) -> None:
         self.path = Path(path)
+        self.verified = VerifiedFiles(verified_capacity)
         self.groups = tuple(frozenset(g) for g in groups)
         self._group_of = {attr: g for g in self.groups for attr in g}
         self._names = {g: group_name(g) for g in self.groups}
@@ -141,6 +144,7 @@ class CompositeBatchStore:
         attributes: Iterable[str] | None,
         expect: Mapping[str, str],
         mapped: bool = False,
+        trust_verified: bool = False,
     ) -> list[tuple[Any, wire.Header]]:
         """Read and fully verify the group files holding ``attributes``.
 
@@ -151,6 +155,8 @@ class CompositeBatchStore:
             expect: metadata every file must carry (split, batch id, fingerprint...).
             mapped: map the files read-only (for serving) instead of reading them into
                 writable buffers (for decoding in place).
+            trust_verified: skip the checksums of files that verified before and have not
+                changed since (:attr:`verified`); headers and metadata are still checked.
 
         Raises:
             FileNotFoundError: a group file is missing.
@@ -158,14 +164,17 @@ class CompositeBatchStore:
         """
         sources = []
         for group in self.groups_for(attributes):
+            path = self._group_file(split, batch_id, group)
+            identity = file_identity(path)  # before reading: a change after it is seen next time
             buf, header = self._read(
                 split, batch_id, group, expect, map_file if mapped else read_file
             )
-            try:
-                wire.verify(buf, header)
-            except PayloadError as exc:
-                path = self.group_path(split, batch_id, group)
-                raise CorruptStoreError(f"{path}: {exc.message}") from None
+            if not (trust_verified and self.verified.is_verified(path, identity)):
+                try:
+                    wire.verify(buf, header)
+                except PayloadError as exc:
+                    raise CorruptStoreError(f"{path}: {exc.message}") from None
+                self.verified.add(path, identity)
             sources.append((buf, header))
         return sources
 
@@ -189,6 +198,7 @@ class CompositeBatchStore:
 
     def clear(self) -> None:
         """Remove every stored batch."""
+        self.verified.clear()
         shutil.rmtree(self.batches_path, ignore_errors=True)
 
 

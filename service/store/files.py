@@ -1,4 +1,8 @@
-"""Crash-safe file primitives: atomic writes (temp, fsync, rename) and whole-file reads."""
+"""Crash-safe file primitives: atomic writes, whole-file reads, which files verified.
+
+Atomic writes go temp file, fsync, rename; :class:`VerifiedFiles` remembers (bounded) which files
+verified since they were last written.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,22 @@ import json
 import mmap
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from batchstash.client import InvalidRequestError
 
-__all__ = ["atomic_write", "atomic_write_json", "map_file", "read_file", "safe_name"]
+__all__ = [
+    "VerifiedFiles",
+    "atomic_write",
+    "atomic_write_json",
+    "map_file",
+    "read_file",
+    "safe_name",
+]
 
 _SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")
 
@@ -85,3 +98,64 @@ def read_file(path: str | Path) -> bytearray:
                 break
             got += n
     return buf if got == size else buf[:got]
+
+
+FileIdentity = tuple[int, int, int, int, int]
+
+
+def file_identity(path: str | Path) -> FileIdentity:
+    """What changes when a file is replaced or rewritten: device, inode, size, mtime, ctime."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class VerifiedFiles:
+    """Remembers files whose checksums verified, until they change (bounded, least recent out).
+
+    A file is known by :func:`file_identity`: our writer replaces files by rename (a new inode),
+    and writing in place changes the size or the times. What this cannot see, a byte rotting in
+    place, the client's end-to-end checksums still catch: the checksums travel with the payload.
+
+    Args:
+        capacity: files remembered at most (``0``: none, so every read verifies).
+    """
+
+    def __init__(self, capacity: int = 65536) -> None:
+        self.capacity = capacity
+        self._known: OrderedDict[str, FileIdentity] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def is_verified(self, path: str, identity: FileIdentity) -> bool:
+        """Whether ``path`` verified with this ``identity`` (taken before reading it)."""
+        with self._lock:
+            known = self._known.get(path)
+            if known is None:
+                return False
+            if known != identity:
+                del self._known[path]
+                return False
+            self._known.move_to_end(path)
+            return True
+
+    def add(self, path: str, identity: FileIdentity) -> None:
+        """Record that ``path`` verified, if it still has ``identity`` (read before the bytes)."""
+        if self.capacity <= 0:
+            return
+        try:
+            if file_identity(path) != identity:
+                return  # replaced or rewritten while it was read: verify it next time
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self._known[path] = identity
+            self._known.move_to_end(path)
+            while len(self._known) > self.capacity:
+                self._known.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every file."""
+        with self._lock:
+            self._known.clear()

@@ -14,6 +14,7 @@ from batchstash.client import (
     Batch,
     BatchError,
     BatchFeatureMapping,
+    ChecksumError,
     ConfigBatchFeatureMapping,
     ConflictError,
     CorruptStoreError,
@@ -39,6 +40,7 @@ from batchstash.service import (
     load_factory,
 )
 from batchstash.service.examples import IRIS_CLASSES, IRIS_MAPPINGS, IrisDataPoint, data_file
+from batchstash.service.store.files import file_identity
 from batchstash.service.store.files import read_file as real_read_file
 
 from .factories import iris_rows, stored_files
@@ -617,3 +619,22 @@ def test_stash_write(primed):
         "  test: 2/2 batches stored, 30 data points",
         "  train: 6/6 batches stored, 105 data points",
     ]
+
+
+def test_served_payload_corrupted_in_place_is_caught_by_the_client_checksums(primed):
+    first = b"".join(bytes(c) for c in primed.payload("dev", 0))
+    assert wire.decode(bytearray(first)).tensors
+    path = next((primed.path / "batches" / "dev" / "0").glob("*.safetensors"))
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError):  # written in place: its ctime moved, verified again
+        primed.payload("dev", 0)
+    # a byte rotting on disk changes no time: the server's memory of verified files cannot see
+    # it (simulated by recording the file as it is now), but the checksums travel with the payload
+    primed.store.verified.add(str(path), file_identity(path))
+    served = b"".join(bytes(c) for c in primed.payload("dev", 0))
+    with pytest.raises(ChecksumError):
+        wire.decode(bytearray(served))
+    with pytest.raises(CorruptStoreError):  # loading in process verifies every time
+        primed.load("dev", 0)

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 from batchstash.client import CorruptStoreError, InvalidRequestError, wire
 from batchstash.service.store.composite import CompositeBatchStore, expect_metadata, group_name
-from batchstash.service.store.files import atomic_write, atomic_write_json, read_file, safe_name
+from batchstash.service.store.files import (
+    VerifiedFiles,
+    atomic_write,
+    atomic_write_json,
+    file_identity,
+    read_file,
+    safe_name,
+)
 from batchstash.service.store.manifest import (
     StoreRecord,
     read_config_hash,
@@ -226,3 +234,65 @@ def test_config_hash_of_a_record_written_otherwise_is_parsed_in_full(tmp_path):
     doc = {"splits": {}, "id_sets": [], "groups": [], "format": 1, "config_hash": "beef"}
     path.write_text(json.dumps(doc))  # not our key order: the head does not match
     assert read_config_hash(path) == "beef"
+
+
+@pytest.fixture
+def verify_calls(monkeypatch):
+    calls = []
+    real = wire.verify
+
+    def counting(buf, header=None):
+        calls.append(header)
+        return real(buf, header)
+
+    monkeypatch.setattr(wire, "verify", counting)
+    return calls
+
+
+def test_serving_reads_skip_checksums_of_files_verified_and_unchanged(store, verify_calls):
+    store.write("train", 3, TENSORS, _expect())
+    for _ in range(3):
+        store.read_verified("train", 3, ["label"], _expect(), mapped=True, trust_verified=True)
+    assert len(verify_calls) == 1
+    store.read_verified("train", 3, ["label"], _expect())  # loading and resuming always verify
+    assert len(verify_calls) == 2
+    store.write("train", 3, TENSORS, _expect())  # rewritten: a new file, verified again
+    store.read_verified("train", 3, ["label"], _expect(), mapped=True, trust_verified=True)
+    assert len(verify_calls) == 3
+    store.clear()
+    assert len(store.verified) == 0
+
+
+def test_a_file_changed_in_place_is_verified_again(store):
+    store.write("train", 3, TENSORS, _expect())
+    store.read_verified("train", 3, ["label"], _expect(), mapped=True, trust_verified=True)
+    path = store.group_path("train", 3, frozenset({"label"}))
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    with pytest.raises(CorruptStoreError, match="checksum"):
+        store.read_verified("train", 3, ["label"], _expect(), mapped=True, trust_verified=True)
+
+
+def test_verified_files_are_bounded_and_forget_changed_files(tmp_path):
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(b"x" * i)
+        paths.append(str(path))
+    known = VerifiedFiles(capacity=2)
+    for path in paths:
+        known.add(path, file_identity(path))
+    assert len(known) == 2
+    assert not known.is_verified(paths[0], file_identity(paths[0]))  # least recent, evicted
+    assert known.is_verified(paths[2], file_identity(paths[2]))
+    stale = file_identity(paths[1])
+    known.add(paths[1], (0, 0, 0, 0, 0))  # read while it changed: not recorded
+    assert known.is_verified(paths[1], stale)
+    assert not known.is_verified(paths[1], (*stale[:2], 99, *stale[3:]))
+    assert not known.is_verified(paths[1], stale)  # a mismatch forgets it
+    never = VerifiedFiles(capacity=0)
+    never.add(paths[2], file_identity(paths[2]))
+    assert len(never) == 0
