@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,29 +17,29 @@ from batchstash.client import BatchError
 __all__ = ["CsvSplitStashContainer", "MemorySplitStashContainer", "SplitStashContainer"]
 
 
-class SplitStashContainer:
+class SplitStashContainer(ABC):
     """The source data of a stash: ids by split (``train``/``dev``/``test``) and data by id.
 
     Subclasses implement :attr:`keys_by_split`, :meth:`__getitem__` and :meth:`fingerprint`.
     """
 
     @property
+    @abstractmethod
     def keys_by_split(self) -> dict[str, Sequence[Any]]:
         """The data point ids of each split (any sequence: a ``range`` holds no id objects)."""
-        raise NotImplementedError
 
     @property
     def split_names(self) -> tuple[str, ...]:
         """The names of the splits, sorted."""
         return tuple(sorted(self.keys_by_split))
 
+    @abstractmethod
     def __getitem__(self, data_point_id: Any) -> Any:
         """Return the raw data of one data point."""
-        raise NotImplementedError
 
+    @abstractmethod
     def fingerprint(self) -> str:
         """A hash of the ids and data: a change marks the encoded store stale."""
-        raise NotImplementedError
 
 
 class MemorySplitStashContainer(SplitStashContainer):

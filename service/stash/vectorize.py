@@ -22,6 +22,7 @@ configuration hash: include everything that changes the tensors.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -43,7 +44,7 @@ __all__ = [
 
 
 @dataclass
-class FeatureVectorizer:
+class FeatureVectorizer(ABC):
     """Base class of feature vectorizers.
 
     Attributes:
@@ -54,9 +55,9 @@ class FeatureVectorizer:
 
     feature_id: str
 
+    @abstractmethod
     def encode(self, value: Any) -> torch.Tensor:
         """Vectorize one data point's feature value into a tensor of shape :attr:`shape`."""
-        raise NotImplementedError(f"{type(self).__name__} must implement encode()")
 
     def encode_batch(self, values: Sequence[Any]) -> torch.Tensor:
         """Vectorize every data point's value at once (``is_agg`` fields): stacks by default."""
