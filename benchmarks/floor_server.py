@@ -21,13 +21,14 @@ import argparse
 import json
 import mmap
 import os
-import struct
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+
+from batchstash.client.frames import FRAMES_MEDIA_TYPE, frame_prefix
 
 __all__ = ["main", "make_handler"]
 
@@ -78,13 +79,14 @@ def make_handler(store: Path, split: str, answers: dict[str, bytes]) -> type:
                 return
             sizes = [p.stat().st_size for p in paths]
             self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
+            media_type = FRAMES_MEDIA_TYPE if framed else "application/octet-stream"
+            self.send_header("Content-Type", media_type)
             self.send_header("Content-Length", str(sum(sizes) + (8 * len(sizes) if framed else 0)))
             self.end_headers()
             self.wfile.flush()
             for path, size in zip(paths, sizes, strict=True):
                 if framed:
-                    self.connection.sendall(struct.pack("<Q", size))
+                    self.connection.sendall(frame_prefix(size))
                 _send_file(self.connection, path)
 
     return Handler

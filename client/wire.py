@@ -31,9 +31,8 @@ covers one tensor, a server can cut a payload down to some attributes, or join t
 several attribute groups, without re-hashing (:func:`compose`). :func:`decode` verifies every
 tensor.
 
-Several payloads travel in one response as **frames** (``GET /v1/splits/{split}/payloads``):
-each is the payload's length as an unsigned 64-bit little-endian integer followed by the payload;
-:func:`split_frames` cuts them apart without copying.
+Several payloads travel in one response as frames: see :mod:`batchstash.client.frames`
+(:func:`split_frames` is re-exported here).
 
 Nothing here does I/O. Any malformed input raises :class:`PayloadError` and nothing else.
 """
@@ -50,6 +49,7 @@ import torch
 import xxhash
 
 from .errors import ChecksumError, PayloadError
+from .frames import split_frames
 
 __all__ = [
     "CHECKSUM_PREFIX",
@@ -301,25 +301,6 @@ def _verify(entry: TensorEntry, data: memoryview, metadata: Mapping[str, str]) -
         raise PayloadError(f"tensor {entry.name!r} has no checksum")
     if tensor_checksum(entry.name, entry.dtype, entry.shape, data) != expected:
         raise ChecksumError(f"tensor {entry.name!r} fails its checksum: the bytes are corrupt")
-
-
-def split_frames(buf: Any) -> list[memoryview]:
-    """Cut a frames body (length-prefixed payloads) into views of each payload (no copy).
-
-    Raises:
-        PayloadError: a length runs past the end of the body.
-    """
-    view = memoryview(buf).cast("B")
-    frames, pos = [], 0
-    while pos < view.nbytes:
-        if pos + 8 > view.nbytes:
-            raise PayloadError(f"frame header at byte {pos} is truncated")
-        (size,) = struct.unpack_from("<Q", view, pos)
-        if size > view.nbytes - pos - 8:
-            raise PayloadError(f"frame at byte {pos} claims {size} bytes, past the end")
-        frames.append(view[pos + 8 : pos + 8 + size])
-        pos += 8 + size
-    return frames
 
 
 def verify(buf: Any, header: Header | None = None) -> Header:

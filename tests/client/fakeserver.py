@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 import threading
 import time
 import zlib
@@ -23,6 +22,7 @@ from batchstash.client import (
     VectorizerMetadata,
     wire,
 )
+from batchstash.client.frames import frame_prefix
 
 URL = "http://stash.test"
 FINGERPRINT = "f" * 32
@@ -217,7 +217,7 @@ class FakeServer:
             response = self.batch(request, split, batch_id)
             if response.status_code != 200:
                 return response
-            frames += [struct.pack("<Q", len(response.content)), response.content]
+            frames += [frame_prefix(len(response.content)), response.content]
         return httpx.Response(200, content=b"".join(frames))
 
     def batch(self, request: httpx.Request, split: str, batch_id: int) -> httpx.Response:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import struct
 from typing import Any
 
 import httpx
@@ -24,6 +23,7 @@ from batchstash.client import (
     demo,
 )
 from batchstash.client.demo import ModelSizes, build_model, inputs, model_sizes
+from batchstash.client.frames import frame_prefix
 
 from .fakeserver import URL, FakeServer, make_client, make_metadata
 
@@ -165,7 +165,7 @@ class EngineHandler:
                 frames = []
                 for batch_id in request.url.params["ids"].split(","):
                     payload = b"".join(stash.payload(parts[1], int(batch_id), names))
-                    frames += [struct.pack("<Q", len(payload)), payload]
+                    frames += [frame_prefix(len(payload)), payload]
                 return httpx.Response(200, content=b"".join(frames))
             return httpx.Response(
                 200, content=b"".join(stash.payload(parts[1], int(parts[3]), names))

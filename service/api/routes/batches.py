@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import struct
 import time
 from typing import Annotated, Any
 
@@ -13,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from batchstash.client import InvalidRequestError
+from batchstash.client.frames import FRAMES_MEDIA_TYPE, frame_prefix
 
 from ..deps import ReadAccess, State
 
@@ -21,7 +21,6 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1", tags=["batches"], dependencies=[ReadAccess])
 
 PAYLOAD_MEDIA_TYPE = "application/octet-stream"
-FRAMES_MEDIA_TYPE = "application/x-batchstash-frames"
 MAX_IDS = 1024
 _ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -150,7 +149,7 @@ async def payloads(
     def read() -> list[memoryview | bytes]:
         chunks: list[memoryview | bytes] = []
         for parts in stash.payloads(split, wanted, names):
-            chunks.append(struct.pack("<Q", sum(memoryview(p).nbytes for p in parts)))
+            chunks.append(frame_prefix(sum(memoryview(p).nbytes for p in parts)))
             chunks.extend(parts)
         return coalesce(chunks)
 
