@@ -7,27 +7,17 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import torch
 
 from . import wire
+from .admin import AdminCalls
 from .batch import Batch
-from .errors import (
-    AuthError,
-    BatchstashError,
-    ConflictError,
-    InvalidRequestError,
-    NotFoundError,
-    NotPrimedError,
-    PayloadError,
-    PlanError,
-    TransportError,
-    error_for_code,
-)
+from .errors import PayloadError, PlanError, TransportError
 from .metadata import BatchMetadata
+from .responses import error_from_response, is_retryable, retry_after
 from .transport import BufferTransport, body_buffer
 
 if TYPE_CHECKING:
@@ -37,56 +27,8 @@ __all__ = ["BatchClient"]
 
 logger = logging.getLogger(__name__)
 
-_FALLBACK_ERRORS: dict[int, type[BatchstashError]] = {
-    400: InvalidRequestError,
-    401: AuthError,
-    403: AuthError,
-    404: NotFoundError,
-    409: ConflictError,
-    422: InvalidRequestError,
-    502: TransportError,
-    503: TransportError,
-    504: TransportError,
-}
-"""The error class by status, for an error response without a batchstash JSON body."""
 
-_TERMINAL_STATES = {"done", "failed", "cancelled"}
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """The ``Retry-After`` header in seconds (delta-seconds or an HTTP date), if any."""
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def _error_from(response: httpx.Response) -> BatchstashError:
-    """Map an error response to the matching :class:`BatchstashError` subclass instance."""
-    try:
-        body = response.json()
-        code, message = body["error"]["code"], body["error"]["message"]
-        cls = error_for_code(str(code))
-    except (ValueError, KeyError, TypeError):
-        cls = _FALLBACK_ERRORS.get(response.status_code, BatchstashError)
-        message = response.text[:200] or response.reason_phrase
-    return cls(f"{response.request.method} {response.request.url.path}: {message}")
-
-
-def _is_retryable(response: httpx.Response) -> bool:
-    """5xx (``not_primed`` included) or a 409 the server marks as transient with Retry-After."""
-    status = response.status_code
-    return status >= 500 or (status == 409 and "Retry-After" in response.headers)
-
-
-class BatchClient:
+class BatchClient(AdminCalls):
     """A thread-safe client of one batchstash server over one keep-alive connection pool.
 
     Requests that fail on the connection, with a 5xx (``503 not_primed`` included) or with a
@@ -147,7 +89,7 @@ class BatchClient:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        hinted = None if response is None else _retry_after(response)
+        hinted = None if response is None else retry_after(response)
         if hinted is not None:
             return min(hinted, self.max_delay)
         base = min(self.backoff * 2**attempt, self.max_delay)
@@ -185,8 +127,8 @@ class BatchClient:
                 continue
             if response.is_success:
                 return response
-            if last or not _is_retryable(response):
-                raise _error_from(response)
+            if last or not is_retryable(response):
+                raise error_from_response(response)
             delay = self._delay(attempt, response)
             logger.info(
                 "%s %s answered %d; retry %d/%d in %.2fs",
@@ -403,74 +345,6 @@ class BatchClient:
             state=state,
             batches_per_request=batches_per_request,
         )
-
-    # -- admin ----------------------------------------------------------------------------------
-
-    def prime(self, **options: Any) -> dict[str, Any]:
-        """Start encoding every batch in the background (or join the running prime).
-
-        Args:
-            **options: prime options sent as the JSON body (e.g. ``splits``, ``workers``).
-
-        Returns:
-            The status object (see :meth:`status`).
-        """
-        return dict(self._json("POST", "/v1/admin/prime", json=options))
-
-    def status(self) -> dict[str, Any]:
-        """Return the prime job status.
-
-        Keys: ``state`` (``idle``, ``running``, ``done``, ``failed``, ``cancelled``), ``splits``
-        (``{name: {done, total}}``), ``rate`` (batches/s), ``eta_s``, ``error``, ``store_bytes``,
-        ``fingerprint``, ``stale``, ``started_at`` and ``finished_at``.
-        """
-        return dict(self._json("GET", "/v1/admin/status"))
-
-    def clear(self) -> dict[str, Any]:
-        """Remove every encoded batch.
-
-        Raises:
-            ConflictError: a prime is running (cancel it first).
-        """
-        return dict(self._json("POST", "/v1/admin/clear"))
-
-    def cancel(self) -> dict[str, Any]:
-        """Ask the running prime to stop; returns the status object."""
-        return dict(self._json("DELETE", "/v1/admin/prime"))
-
-    def wait_for_prime(
-        self,
-        timeout: float | None = 600.0,
-        poll: float = 1.0,
-        on_status: Callable[[dict[str, Any]], None] | None = None,
-    ) -> dict[str, Any]:
-        """Poll :meth:`status` until the prime job ends; return the final status.
-
-        Args:
-            timeout: give up after this many seconds (``None``: never).
-            poll: seconds between polls.
-            on_status: called with every status polled (e.g. to draw progress).
-
-        Raises:
-            NotPrimedError: the job did not end within ``timeout`` or ended other than ``done``
-                without an error of its own.
-            BatchstashError: the job failed; the class matches its ``error.code``.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.status()
-            if on_status is not None:
-                on_status(status)
-            state = status.get("state")
-            if state == "done":
-                return status
-            if state in _TERMINAL_STATES:
-                error = status.get("error") or {}
-                cls = error_for_code(str(error.get("code", "not_primed")))
-                raise cls(f"prime {state}: {error.get('message', 'no error reported')}")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise NotPrimedError(f"prime is still {state!r} after {timeout}s")
-            self._sleep(poll)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

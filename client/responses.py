@@ -1,0 +1,66 @@
+"""What a server's response means to the client: which error it is, whether and when to retry."""
+
+from __future__ import annotations
+
+import time
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from .errors import (
+    AuthError,
+    BatchstashError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    TransportError,
+    error_for_code,
+)
+
+__all__ = ["error_from_response", "is_retryable", "retry_after"]
+
+_FALLBACK_ERRORS: dict[int, type[BatchstashError]] = {
+    400: InvalidRequestError,
+    401: AuthError,
+    403: AuthError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: InvalidRequestError,
+    502: TransportError,
+    503: TransportError,
+    504: TransportError,
+}
+"""The error class by status, for an error response without a batchstash JSON body."""
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (delta-seconds or an HTTP date), if any."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def error_from_response(response: httpx.Response) -> BatchstashError:
+    """Map an error response to the matching :class:`BatchstashError` subclass instance."""
+    try:
+        body = response.json()
+        code, message = body["error"]["code"], body["error"]["message"]
+        cls = error_for_code(str(code))
+    except (ValueError, KeyError, TypeError):
+        cls = _FALLBACK_ERRORS.get(response.status_code, BatchstashError)
+        message = response.text[:200] or response.reason_phrase
+    return cls(f"{response.request.method} {response.request.url.path}: {message}")
+
+
+def is_retryable(response: httpx.Response) -> bool:
+    """5xx (``not_primed`` included) or a 409 the server marks as transient with Retry-After."""
+    status = response.status_code
+    return status >= 500 or (status == 409 and "Retry-After" in response.headers)
