@@ -1,6 +1,7 @@
 """batchstash client: decoded batches, metadata, the wire codec and the HTTP client for trainers."""
 
 from . import wire
+from .admin import AdminCalls
 from .batch import Batch
 from .dataset import BatchDataset
 from .device import TorchConfig, copy_to_device
@@ -36,6 +37,7 @@ from .plan import EpochPlan
 from .transport import BufferStream, BufferTransport, body_buffer
 
 __all__ = [
+    "AdminCalls",
     "AuthError",
     "Batch",
     "BatchClient",
