@@ -42,7 +42,8 @@ def _send_file(sock: Any, path: Path) -> None:
 
 def make_handler(store: Path, split: str, answers: dict[str, bytes]) -> type:
     """A request handler class serving ``store``'s ``split`` and the captured JSON ``answers``."""
-    root = store / "batches" / split
+    generation = json.loads((store / "store.json").read_text())["generation"]
+    root = store / "batches" / generation / split
     files = {int(d.name): next(d.glob("*.safetensors")) for d in root.iterdir() if d.is_dir()}
     frames_path, one_path = f"/v1/splits/{split}/payloads", f"/v1/splits/{split}/batches/"
 

@@ -9,6 +9,7 @@ what a server gets for just returning bytes, under the same uvicorn as ``batchst
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import uvicorn
@@ -20,7 +21,8 @@ __all__ = ["create_app", "load_payloads", "main"]
 
 def load_payloads(store: Path, limit: int) -> dict[int, bytes]:
     """The stored payload bytes of the first ``limit`` batches of a store's ``train`` split."""
-    split = store / "batches" / "train"
+    generation = json.loads((store / "store.json").read_text())["generation"]
+    split = store / "batches" / generation / "train"
     ids = sorted(int(p.name) for p in split.iterdir() if p.is_dir())[:limit]
     return {i: next((split / str(i)).glob("*.safetensors")).read_bytes() for i in ids}
 

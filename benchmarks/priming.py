@@ -2,7 +2,7 @@
 
 Measured in this process (``workers=0``) on a sample of batches, each step timed apart with the
 engine's public steps: build the data points, ``batch.encode()`` (vectorize), then
-``store.write`` (wire encoding, write, fsync, rename), of which ``wire.encode_parts`` is timed
+``BatchWriter.write`` (wire encoding, write, fsync, rename), of which ``wire.encode_parts`` is timed
 alone too.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from batchstash.client import wire
-from batchstash.service.store.composite import expect_metadata
+from batchstash.service.store.writer import BatchWriter, identity_metadata
 
 from .synthetic import factory
 
@@ -30,6 +30,7 @@ def breakdown(path: Path, options: dict[str, Any], sample: int) -> dict[str, Any
     stash = factory(path=str(path), **{**options, "batches": sample})
     stash.clear_all()
     steps = {"data_points": 0.0, "vectorize": 0.0, "serialize": 0.0, "persist": 0.0}
+    writer = BatchWriter(stash.backend, stash.groups, stash.config_hash, "benchmark")
     for id_set in stash.batch_data_point_sets[:sample]:
         t0 = time.perf_counter()
         points = stash.data_points(id_set)
@@ -37,11 +38,11 @@ def breakdown(path: Path, options: dict[str, Any], sample: int) -> dict[str, Any
         batch = stash.create_batch(points, id_set.split_name, id_set.batch_id)
         batch.encode()
         t2 = time.perf_counter()
-        expect = expect_metadata(id_set.split_name, id_set.batch_id, stash.config_hash,
-                                 id_set.data_point_ids)
+        expect = identity_metadata(id_set.split_name, id_set.batch_id, stash.config_hash,
+                                   id_set.data_point_ids)
         wire.encode_parts(batch.attributes, expect)
         t3 = time.perf_counter()
-        stash.store.write(id_set.split_name, id_set.batch_id, batch.attributes, expect)
+        writer.write(id_set.split_name, id_set.batch_id, id_set.data_point_ids, batch.attributes)
         t4 = time.perf_counter()
         steps["data_points"] += t1 - t0
         steps["vectorize"] += t2 - t1

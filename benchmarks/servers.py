@@ -101,7 +101,7 @@ def batchstash_server(
 ) -> Iterator[Server]:
     """Serve the synthetic dataset (factory keyword arguments ``options``) from ``data_dir``."""
     port = free_port()
-    argv = [sys.executable, "-c", "from batchstash.client.cli import main; main()", "serve",
+    argv = [sys.executable, "-c", "from batchstash.service.cli import main; main()", "serve",
             "--host", HOST, "--port", str(port), "--data-dir", str(data_dir),
             "--dataset", DATASET, "--workers", str(workers), "--no-prime"]
     env = child_env(BATCHSTASH_DATASET_OPTIONS=json.dumps(options),

@@ -18,18 +18,24 @@ Metadata keys written by batchstash (all values are strings):
 
 | key | value |
 | --- | --- |
-| ``batchstash.format`` | ``"1"`` |
+| ``batchstash.format`` | ``"2"`` |
 | ``batchstash.split`` | split name, e.g. ``"train"`` |
 | ``batchstash.batch_id`` | the batch id, a decimal integer |
 | ``batchstash.data_point_ids`` | JSON array of the batch's data point ids |
 | ``batchstash.fingerprint`` | the store's configuration hash |
 | ``batchstash.checksum.<name>`` | checksum of tensor ``<name>`` (below) |
+| ``batchstash.identity_checksum`` | checksum of the batch's identity (below) |
 
 A tensor's checksum is the hex XXH3-128 digest of ``name + "\0" + dtype + "\0" + shape + "\0"``
 followed by its bytes, where ``shape`` is the dimensions joined by ``","``. Because each checksum
 covers one tensor, a server can cut a payload down to some attributes, or join the stored files of
 several attribute groups, without re-hashing (:func:`compose`). :func:`decode` verifies every
 tensor.
+
+The identity checksum is the hex XXH3-128 digest of ``split + "\0" + batch_id + "\0" +
+fingerprint + "\0" + data_point_ids`` (the metadata values above, ``""`` when absent): a batch
+cannot claim another split, id, store or data points without failing it. :func:`verify` and
+:func:`decode` check it as they check the tensors.
 
 Several payloads travel in one response as frames: see :mod:`batchstash.client.frames`
 (:func:`split_frames` is re-exported here).
@@ -61,19 +67,23 @@ __all__ = [
     "decode",
     "encode",
     "encode_parts",
+    "identity_checksum",
     "parse_header",
     "split_frames",
     "tensor_checksum",
     "verify",
+    "verify_identity",
 ]
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 KEY_FORMAT = "batchstash.format"
 KEY_SPLIT = "batchstash.split"
 KEY_BATCH_ID = "batchstash.batch_id"
 KEY_DATA_POINT_IDS = "batchstash.data_point_ids"
 KEY_FINGERPRINT = "batchstash.fingerprint"
 CHECKSUM_PREFIX = "batchstash.checksum."
+KEY_IDENTITY = "batchstash.identity_checksum"
+IDENTITY_KEYS = (KEY_SPLIT, KEY_BATCH_ID, KEY_FINGERPRINT, KEY_DATA_POINT_IDS)
 MAX_HEADER = 100 * 1024 * 1024
 
 _CODES: dict[torch.dtype, str] = {
@@ -167,6 +177,28 @@ def tensor_checksum(name: str, dtype: str, shape: Iterable[int], data: Any) -> s
     return str(digest.hexdigest())
 
 
+def identity_checksum(metadata: Mapping[str, str]) -> str:
+    """Return the checksum of a batch's identity metadata (see the module docstring)."""
+    text = "\0".join(metadata.get(key, "") for key in IDENTITY_KEYS)
+    return str(xxhash.xxh3_128_hexdigest(text.encode()))
+
+
+def verify_identity(metadata: Mapping[str, str]) -> None:
+    """Check the identity checksum of a payload's metadata.
+
+    Raises:
+        PayloadError: there is none.
+        ChecksumError: it does not match.
+    """
+    expected = metadata.get(KEY_IDENTITY)
+    if expected is None:
+        raise PayloadError("payload has no identity checksum")
+    if identity_checksum(metadata) != expected:
+        raise ChecksumError(
+            "the batch's identity (split, batch id, fingerprint, data point ids) fails its checksum"
+        )
+
+
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     if flat.numel() == 0:
@@ -229,6 +261,7 @@ def encode_parts(
     parts = [(name, code, records[name][1], records[name][2]) for name, code in order]
     meta = {str(k): str(v) for k, v in metadata.items()}
     meta[KEY_FORMAT] = FORMAT_VERSION
+    meta[KEY_IDENTITY] = identity_checksum(meta)
     for name, code, shape, data in parts:
         meta[CHECKSUM_PREFIX + name] = tensor_checksum(name, code, shape, data)
     header = _header_bytes(_layout(parts), meta)
@@ -304,7 +337,7 @@ def _verify(entry: TensorEntry, data: memoryview, metadata: Mapping[str, str]) -
 
 
 def verify(buf: Any, header: Header | None = None) -> Header:
-    """Check every tensor's checksum without building tensors (what a server does before serving).
+    """Check the identity and every tensor's checksum without building tensors (a server's check).
 
     Args:
         buf: the whole payload.
@@ -315,9 +348,10 @@ def verify(buf: Any, header: Header | None = None) -> Header:
 
     Raises:
         PayloadError: malformed bytes or a missing checksum.
-        ChecksumError: a tensor's bytes do not match its checksum.
+        ChecksumError: a tensor's bytes or the identity do not match their checksums.
     """
     header = header or parse_header(buf)
+    verify_identity(header.metadata)
     view = memoryview(buf).cast("B")
     for entry in header.entries.values():
         data = view[header.data_start + entry.begin : header.data_start + entry.end]
@@ -332,15 +366,17 @@ def decode(buf: Any, names: Iterable[str] | None = None, verify: bool = True) ->
         buf: the payload; a writable buffer (``bytearray``) is viewed in place, a read-only one
             (``bytes``) is copied once.
         names: only decode these tensors (all when ``None``).
-        verify: check every decoded tensor's checksum.
+        verify: check the identity and every decoded tensor's checksum.
 
     Raises:
         PayloadError: malformed bytes, a missing tensor or a missing checksum.
-        ChecksumError: a tensor's bytes do not match its checksum.
+        ChecksumError: a tensor's bytes or the identity do not match their checksums.
     """
     header = parse_header(buf)
     if header.metadata.get(KEY_FORMAT) != FORMAT_VERSION:
         raise PayloadError(f"unsupported payload format {header.metadata.get(KEY_FORMAT)!r}")
+    if verify:
+        verify_identity(header.metadata)
     view = memoryview(buf).cast("B")
     if view.readonly:
         view = memoryview(bytearray(view))
@@ -384,7 +420,8 @@ def compose(
         sources: ``(buffer, parsed header)`` of each source payload (e.g. the stored files of the
             attribute groups of one batch).
         names: the tensors to keep (all when ``None``).
-        metadata: metadata for the new payload; the kept tensors' checksums are copied over.
+        metadata: metadata for the new payload (pass a verified source's, identity checksum
+            included); the kept tensors' checksums are copied over.
 
     Returns:
         The payload as a list of chunks (header first); ``b"".join(...)`` gives the bytes.
@@ -409,6 +446,7 @@ def compose(
     parts = [(n, code, found[n][0].shape, found[n][1]) for n, code in order]
     meta = {str(k): str(v) for k, v in metadata.items() if not k.startswith(CHECKSUM_PREFIX)}
     meta[KEY_FORMAT] = FORMAT_VERSION
+    meta.setdefault(KEY_IDENTITY, identity_checksum(meta))
     for name in keep:
         meta[CHECKSUM_PREFIX + name] = found[name][2]
     return [_header_bytes(_layout(parts), meta), *(p[3] for p in parts)]

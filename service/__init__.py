@@ -13,14 +13,11 @@ from batchstash.client import (
     TorchConfig,
 )
 
-from .engine import BatchStash
-from .factory import load_factory
-from .prime.run import ProgressCallback
-from .stash.batch import DefaultBatch
-from .stash.datapoint import DataPoint
-from .stash.idset import DataPointIDSet
-from .stash.split import CsvSplitStashContainer, MemorySplitStashContainer, SplitStashContainer
-from .stash.vectorize import (
+from .dataset.batch import DefaultBatch
+from .dataset.datapoint import DataPoint
+from .dataset.idset import DataPointIDSet
+from .dataset.split import CsvSplitStashContainer, MemorySplitStashContainer, SplitStashContainer
+from .dataset.vectorize import (
     CategoryEncodableFeatureVectorizer,
     FeatureVectorizer,
     FeatureVectorizerManager,
@@ -30,6 +27,9 @@ from .stash.vectorize import (
     TokenIdFeatureVectorizer,
     TokenLengthFeatureVectorizer,
 )
+from .factory import load_factory
+from .prime.run import ProgressCallback
+from .stash import BatchStash
 
 __all__ = [
     "Batch",

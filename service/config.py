@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -27,13 +27,16 @@ class Settings(BaseSettings):
     Attributes:
         host: the address to bind.
         port: the TCP port.
-        data_dir: the store directory (batches, plan, manifest); a volume in containers.
+        data_dir: the store directory (batches and records); a volume in containers.
+        role: ``all`` serves and primes (needs the dataset's code); ``serve`` is a read-only
+            replica that serves a store primed elsewhere from the store alone (no dataset).
         dataset: the importable ``package.module:function`` that builds the :class:`BatchStash`.
         dataset_options: extra keyword arguments of the dataset factory (JSON in the env).
         token: the bearer token of admin endpoints (none: admin is open, for loopback use).
         token_file: a file holding the token (a Compose secret), used when ``token`` is unset.
         read_requires_token: also require the token to read metadata and batches.
         workers: priming processes.
+        executor: where priming runs: ``process`` (a local pool) or ``inline`` (this process).
         chunk_size: id sets per priming task (0: automatic).
         prime_on_start: start priming in the background when the server starts.
         retry_after_s: the ``Retry-After`` given with a batch that is not encoded yet.
@@ -45,12 +48,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     data_dir: Path = Path("data")
+    role: Literal["all", "serve"] = "all"
     dataset: str = DEFAULT_DATASET
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     token: SecretStr | None = None
     token_file: Path | None = None
     read_requires_token: bool = False
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=0)
+    executor: Literal["process", "inline"] = "process"
     chunk_size: int = Field(0, ge=0)
     prime_on_start: bool = False
     retry_after_s: int = Field(2, ge=1)

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 from batchstash.client import BatchError
-
-if TYPE_CHECKING:
-    from .engine import BatchStash
 
 __all__ = ["load_factory"]
 
 
-def load_factory(spec: str) -> Callable[..., BatchStash]:
+def load_factory(spec: str) -> Callable[..., Any]:
     """Import the stash factory named ``package.module:function``."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:

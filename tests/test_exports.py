@@ -20,7 +20,7 @@ CLIENT_MODULES = sorted(
     m.name for m in pkgutil.iter_modules(batchstash.client.__path__, "batchstash.client.")
 )
 # programs, not API: their classes are not re-exported
-CLIENT_PROGRAMS = {"batchstash.client.cli", "batchstash.client.demo"}
+CLIENT_PROGRAMS = {"batchstash.service.cli", "batchstash.client.demo"}
 
 
 def _isort_key(name: str) -> tuple[int, str]:

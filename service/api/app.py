@@ -8,9 +8,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from batchstash.client import ConflictError
 from batchstash.service.config import Settings
-from batchstash.service.engine import BatchStash
 from batchstash.service.prime.job import PrimeJob
+from batchstash.service.stash import BatchStash
+from batchstash.service.store.backend import open_backend
+from batchstash.service.store.reader import StoreReader
 
 from .errors import install_error_handlers
 from .metrics import Metrics
@@ -23,24 +26,43 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, stash: BatchStash | None = None) -> FastAPI:
-    """Build the FastAPI app serving ``stash`` (built from ``settings.dataset`` when not given).
+    """Build the FastAPI app serving the store at ``settings.data_dir``.
+
+    With role ``all`` the dataset factory builds the stash (or ``stash`` is given, in tests),
+    which primes the store and describes it on start if it has no plan yet; with role ``serve``
+    no dataset code is imported: every read comes from the store alone.
 
     Args:
         settings: the server settings.
         stash: a ready stash (tests); by default the dataset factory builds one in ``data_dir``.
+
+    Raises:
+        StoreError: the store cannot be used (a file where a directory should be, unwritable).
     """
-    stash = stash or build_stash(settings)
+    if settings.role == "serve":
+        stash = None
+        backend = open_backend(str(settings.data_dir))
+        backend.check()
+        reader = StoreReader(backend)
+    else:
+        stash = stash or build_stash(settings)
+        backend = stash.backend
+        backend.check()
+        try:
+            stash.describe()
+        except ConflictError:
+            pass  # a job elsewhere holds the store's lease: it writes the plan
+        reader = stash.reader
     metrics = Metrics()
-    state = ServerState(
-        settings, stash, PrimeJob(stash, metrics.observe_job), metrics, settings.admin_token()
-    )
+    job = PrimeJob(backend, reader, stash, metrics.observe_job)
+    state = ServerState(settings, reader, job, metrics, settings.admin_token(), stash)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.prime_on_start:
             state.job.start()
         yield
-        if state.job.cancel():
+        if state.job.local and state.job.cancel():
             logger.info("shutting down: cancelling the running prime")
             state.job.wait(timeout=30)
 

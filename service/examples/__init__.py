@@ -9,16 +9,16 @@ from typing import Any
 
 from batchstash.client import BatchFeatureMapping, FieldFeatureMapping, ManagerFeatureMapping
 
-from ..engine import BatchStash
-from ..stash.datapoint import DataPoint
-from ..stash.split import CsvSplitStashContainer
-from ..stash.vectorize import (
+from ..dataset.datapoint import DataPoint
+from ..dataset.split import CsvSplitStashContainer
+from ..dataset.vectorize import (
     CategoryEncodableFeatureVectorizer,
     FeatureVectorizerManager,
     SeriesFeatureVectorizer,
     TokenIdFeatureVectorizer,
     TokenLengthFeatureVectorizer,
 )
+from ..stash import BatchStash
 
 __all__ = [
     "IRIS_CLASSES",

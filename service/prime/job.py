@@ -1,4 +1,9 @@
-"""A background prime: runs ``BatchStash.prime`` off the event loop and reports its progress."""
+"""The server's jobs: a prime in a background thread, cancel and clear, status from the store.
+
+Job state lives in the store's job record (:mod:`batchstash.service.store.lease`), so every server
+sharing the store tells the same job, refuses a clear while any of them primes, and can cancel a
+prime that another one runs.
+"""
 
 from __future__ import annotations
 
@@ -6,144 +11,223 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from batchstash.client import BatchstashError, PrimeCancelledError
+from batchstash.client import BatchstashError, ConflictError, NotPrimedError, StaleStoreError
 
-if TYPE_CHECKING:
-    from batchstash.service.engine import BatchStash
+from ..store.backend import StoreBackend
+from ..store.lease import JobLease, JobRecord, JobState, read_job, request_cancel
+from ..store.reader import StoreReader
+from .plan import clear_store
 
-__all__ = ["JobState", "PrimeJob"]
+__all__ = ["JobState", "PrimeJob", "Primer"]
 
 logger = logging.getLogger(__name__)
 
 
-class JobState:
-    """The states of a prime job."""
+class Primer(Protocol):
+    """What a server with the dataset primes and clears with (``BatchStash``)."""
 
-    IDLE = "idle"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+    def check_fresh(self) -> None:
+        """Raise ``StaleStoreError`` if the store holds another configuration."""
 
+    def acquire_lease(self, kind: str) -> JobLease:
+        """Take the store's job lease for a ``prime`` or ``clear``."""
 
-@dataclass
-class _Progress:
-    done: dict[str, int] = field(default_factory=dict)
-    total: dict[str, int] = field(default_factory=dict)
-    initial: int = 0
+    def prime(self, progress: Any = None, cancel: Any = None, lease: Any = None) -> int:
+        """Prime under ``lease``."""
+
+    def describe(self) -> None:
+        """Write the plan and the store's description if there is none."""
 
 
 class PrimeJob:
-    """Runs at most one prime at a time in a background thread (the pool does the encoding).
+    """Starts, cancels and reports the store's prime; clears it.
 
     Args:
-        stash: the stash to prime.
-        on_change: called after every progress update (for metrics).
+        backend: the store.
+        reader: the store's reader (split totals before any prime).
+        primer: the stash, when this server has the dataset (``None``: a read-only replica).
+        on_change: called after every progress update (metrics).
     """
 
     def __init__(
-        self, stash: BatchStash, on_change: Callable[[PrimeJob], None] | None = None
+        self,
+        backend: StoreBackend,
+        reader: StoreReader,
+        primer: Primer | None = None,
+        on_change: Callable[[PrimeJob], None] | None = None,
     ) -> None:
-        self.stash = stash
-        self.state = JobState.IDLE
-        self.error: BatchstashError | None = None
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self._progress = _Progress()
+        self.backend = backend
+        self.reader = reader
+        self.primer = primer
+        self._on_change = on_change
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._on_change = on_change
+        self._last_change = 0.0
+
+    @property
+    def local(self) -> bool:
+        """Whether this process runs a prime now."""
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def running(self) -> bool:
-        """Whether a prime is in progress."""
-        return self.state == JobState.RUNNING
+        """Whether a prime holds the store's lease (here or in another process)."""
+        if self.local:
+            return True
+        record, _ = read_job(self.backend)
+        return record is not None and record.kind == "prime" and record.holds_lease()
+
+    def _read_only(self) -> Primer:
+        if self.primer is None:
+            raise ConflictError(
+                "this server is a read-only replica (role serve, no dataset): "
+                "prime from a server that has the dataset"
+            )
+        return self.primer
 
     def start(self) -> bool:
-        """Start priming unless it is running already (then the caller joins the running one).
+        """Start priming unless a prime runs already (then the caller joins it).
+
+        A prime sent after a cancel starts a new job once the cancelled one has stopped.
 
         Returns:
-            ``True`` if a new prime started, ``False`` if one was already running.
+            ``True`` if a new prime started, ``False`` if a running one was joined.
+
+        Raises:
+            ConflictError: a read-only replica, or a clear holds the lease.
+            StaleStoreError: the store holds another configuration's batches.
         """
+        primer = self._read_only()
         with self._lock:
-            if self.running:
-                return False
-            self.stash.check_fresh()
-            self.state, self.error = JobState.RUNNING, None
-            self.started_at, self.finished_at = time.time(), None
-            self._progress = _Progress()
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                if not self._cancel.is_set():
+                    return False
+                thread.join(timeout=30)  # a cancelled prime stops within a task
+                if thread.is_alive():
+                    raise ConflictError("the cancelled prime is still stopping: retry shortly")
+            primer.check_fresh()
+            try:
+                lease = primer.acquire_lease("prime")
+            except ConflictError:
+                record, _ = read_job(self.backend)
+                if record is not None and record.kind == "prime" and record.holds_lease():
+                    return False  # another server primes this store: join its job
+                raise
             self._cancel.clear()
-            self._thread = threading.Thread(target=self._run, name="batchstash-prime", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, args=(primer, lease), name="batchstash-prime", daemon=True
+            )
             self._thread.start()
             return True
 
+    def _run(self, primer: Primer, lease: JobLease) -> None:
+        try:
+            primer.prime(progress=self._progress, cancel=self._cancel, lease=lease)
+            logger.info("prime done")
+        except BatchstashError as exc:
+            logger.log(
+                logging.INFO if exc.code == "prime_cancelled" else logging.ERROR,
+                "prime %s: %s",
+                "cancelled" if exc.code == "prime_cancelled" else "failed",
+                exc.message,
+            )
+        except Exception:  # a user's vectorizer or factory: report, never kill the server
+            logger.exception("prime failed")
+        if self._on_change:
+            self._on_change(self)
+
+    def _progress(self, split: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self._on_change and (done == total or now - self._last_change > 0.2):
+            self._last_change = now
+            self._on_change(self)
+
     def cancel(self) -> bool:
-        """Ask a running prime to stop; returns whether one was running."""
-        if not self.running:
-            return False
-        self._cancel.set()
-        return True
+        """Ask the running prime to stop, wherever it runs; returns whether one was running."""
+        if self.local:
+            self._cancel.set()
+            request_cancel(self.backend)
+            return True
+        return request_cancel(self.backend) is not None
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the background thread; returns whether it finished."""
+        """Wait for this process's prime thread; returns whether it finished."""
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
             return not thread.is_alive()
         return True
 
-    def _on_progress(self, split: str, done: int, total: int) -> None:
-        progress = self._progress
-        if split not in progress.total:
-            progress.initial += done
-        progress.done[split], progress.total[split] = done, total
-        if self._on_change:
-            self._on_change(self)
+    def clear(self) -> None:
+        """Remove every encoded batch and the records, refused while any prime runs.
 
-    def _run(self) -> None:
-        try:
-            self.stash.prime(progress=self._on_progress, cancel=self._cancel)
-            state = JobState.DONE
-        except PrimeCancelledError as exc:
-            state, self.error = JobState.CANCELLED, exc
-        except BatchstashError as exc:
-            state, self.error = JobState.FAILED, exc
-            logger.error("prime failed: %s", exc.message)
-        except Exception as exc:  # a user's vectorizer or factory: report, never kill the server
-            state, self.error = JobState.FAILED, BatchstashError(f"{type(exc).__name__}: {exc}")
-            logger.exception("prime failed")
-        self.finished_at = time.time()
-        self.state = state
-        if self._on_change:
-            self._on_change(self)
+        Raises:
+            ConflictError: a prime or another clear holds the store's lease.
+        """
+        if self.local:
+            raise ConflictError("cannot clear while a prime is running; cancel it first")
+        clear_store(self.backend)
+        if self.primer is not None:
+            self.primer.describe()  # a server with the dataset keeps serving metadata and splits
 
     def snapshot(self) -> dict[str, Any]:
-        """The job's state, per-split progress, rate and ETA."""
-        progress = self._progress
-        done, total = sum(progress.done.values()), sum(progress.total.values())
-        rate = eta = None
-        if self.started_at is not None:
-            elapsed = (self.finished_at or time.time()) - self.started_at
-            encoded = done - progress.initial
-            if elapsed > 0 and encoded > 0:
-                rate = encoded / elapsed
-                eta = (total - done) / rate if self.running else 0.0
-        error = (
-            None if self.error is None else {"code": self.error.code, "message": self.error.message}
-        )
-        return {
-            "state": self.state,
-            "splits": {
-                s: {"done": progress.done[s], "total": progress.total[s]}
-                for s in sorted(progress.total)
-            },
-            "rate": rate,
-            "eta_s": eta,
-            "error": error,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
+        """The store's job: state, per-split progress, rate, ETA, error, owner."""
+        record, _ = read_job(self.backend)
+        if record is not None and record.kind == "prime":
+            return _prime_body(record)
+        body: dict[str, Any] = {
+            "state": JobState.RUNNING if record and record.holds_lease() else "idle",
+            "kind": None if record is None else record.kind,
+            "job_id": None if record is None else record.job_id,
+            "splits": {},
+            "rate": None,
+            "eta_s": None,
+            "error": None if record is None else record.error,
+            "started_at": None,
+            "finished_at": None,
+            "cancel_requested": False,
         }
+        try:
+            counts = self.reader.split_counts()
+        except (NotPrimedError, StaleStoreError):
+            counts = {}
+        body["splits"] = {
+            s: {"done": c["stored"], "total": c["batches"]} for s, c in counts.items()
+        }
+        return body
+
+
+def _prime_body(record: JobRecord) -> dict[str, Any]:
+    state = record.effective_state()
+    done = sum(p[0] for p in record.progress.values())
+    total = sum(p[1] for p in record.progress.values())
+    rate = eta = None
+    elapsed = (record.finished_at or time.time()) - record.started_at
+    encoded = done - record.initial
+    if elapsed > 0 and encoded > 0:
+        rate = encoded / elapsed
+        eta = (total - done) / rate if state == JobState.RUNNING else 0.0
+    error = record.error
+    if state == JobState.INTERRUPTED and error is None:
+        error = {
+            "code": "prime_interrupted",
+            "message": f"the priming process ({record.owner.get('host')}, pid "
+            f"{record.owner.get('pid')}) stopped before finishing: prime again to resume",
+        }
+    return {
+        "state": state,
+        "kind": "prime",
+        "job_id": record.job_id,
+        "splits": {s: {"done": p[0], "total": p[1]} for s, p in sorted(record.progress.items())},
+        "rate": rate,
+        "eta_s": eta,
+        "error": error,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "cancel_requested": record.cancel_requested,
+        "bytes": record.stored_bytes,
+    }

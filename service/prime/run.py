@@ -1,84 +1,245 @@
-"""One prime's execution: per-split progress, then encoding in this process or in the pool."""
+"""One prime, under the store's lease: plan -> todo -> executor -> listing -> manifest."""
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from batchstash.client import BatchError, PrimeCancelledError
-from batchstash.service.stash.idset import DataPointIDSet
+from batchstash.client import BatchstashError, PrimeCancelledError, StoreError
 
-from .pool import chunked, run_pool
+from ..encode import Encoder
+from ..store import layout
+from ..store.backend import StoreBackend
+from ..store.lease import JobLease, JobState, LeaseLostError
+from ..store.records import Manifest, write_record
+from ..store.writer import BatchWriter
+from .executors import Executor, WorkSpec
+from .plan import ensure_plan
+from .worker import write_batch
 
-__all__ = ["ProgressCallback", "auto_chunk_size", "run_prime"]
+__all__ = ["MAX_AUTO_CHUNK", "ProgressCallback", "auto_chunk_size", "chunked", "prime_store"]
+
+logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as ``progress(split, done, total)`` each time a batch of ``split`` is stored."""
 
-
 MAX_AUTO_CHUNK = 8
+HEARTBEAT_S = 0.5
 
 
 def auto_chunk_size(batches: int, workers: int) -> int:
     """Id sets per task: at least four tasks a worker, and at most :data:`MAX_AUTO_CHUNK`.
 
-    Small tasks keep the workers busy to the end (the last task is short, so no worker idles
-    long while another finishes) and make progress move smoothly; a task costs one small
-    message each way.
+    Small tasks keep the workers busy to the end and make progress move smoothly; a task costs
+    one small message each way.
     """
-    return max(1, min(MAX_AUTO_CHUNK, batches // (workers * 4)))
+    return max(1, min(MAX_AUTO_CHUNK, batches // (max(workers, 1) * 4)))
 
 
-def run_prime(
-    todo: Sequence[DataPointIDSet],
-    totals: Mapping[str, int],
-    encode: Callable[[DataPointIDSet], Any],
+def chunked(items: list[Any], size: int) -> list[list[Any]]:
+    """Cut ``items`` into chunks of ``size``."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class _Heartbeat:
+    """Renews the lease with the job's progress; a cancel request or a lost lease sets cancel."""
+
+    def __init__(self, lease: JobLease, cancel: threading.Event) -> None:
+        self.lease, self.cancel = lease, cancel
+        self.progress: dict[str, list[int]] = {}
+        self.bytes = 0
+        self.lost: LeaseLostError | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="batchstash-lease", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.lost is None:
+            self.beat()  # the last progress, whichever way the prime ends
+
+    def beat(self) -> None:
+        try:
+            record = self.lease.heartbeat(
+                progress={s: list(p) for s, p in self.progress.items()}, stored_bytes=self.bytes
+            )
+        except LeaseLostError as exc:
+            self.lost = exc
+            self.cancel.set()
+            return
+        if record.cancel_requested:
+            self.cancel.set()
+
+    def _run(self) -> None:
+        interval = min(HEARTBEAT_S, self.lease.record.lease_s / 5)
+        while not self._stop.wait(interval):
+            try:
+                self.beat()
+            except OSError as exc:  # the store is unreachable for now: retry at the next beat
+                logger.warning("cannot renew the job lease: %s", exc)
+
+
+def prime_store(
+    lease: JobLease,
+    backend: StoreBackend,
+    encoder: Encoder,
+    executor: Executor,
+    spec: dict[str, Any],
     *,
-    workers: int,
-    chunk_size: int,
-    factory: str | None,
-    factory_kwargs: dict[str, Any],
+    decoded_attributes: Iterable[str] | None = None,
+    chunk_size: int = 0,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
-) -> None:
-    """Encode ``todo``, reporting progress per split against ``totals`` (batches per split).
+) -> int:
+    """Encode and store every planned batch not stored yet, then write the manifest.
 
     Args:
-        todo: the id sets not stored yet.
-        totals: the number of batches of each split (stored or not).
-        encode: encodes and stores one id set in this process (``workers=0``).
-        workers: priming processes; ``0`` calls ``encode`` here.
-        chunk_size: id sets per worker task (``0``: :func:`auto_chunk_size`).
-        factory: the importable stash factory the workers rebuild the stash from.
-        factory_kwargs: its JSON-able keyword arguments.
+        lease: the held job lease; finished here in every case.
+        backend: the store.
+        encoder: the dataset definition.
+        executor: where the encoding runs.
+        spec: ``factory``, ``factory_kwargs`` and ``store_url`` for the workers.
+        decoded_attributes: the attributes the store serves by default.
+        chunk_size: id sets per task (``0``: :func:`auto_chunk_size`).
         progress: called once per split at the start, then after every stored batch.
         cancel: set it to stop (raises :class:`PrimeCancelledError`).
+
+    Returns:
+        The number of batches encoded.
     """
+    cancel = cancel or threading.Event()
+    try:
+        encoded = _prime(
+            lease,
+            backend,
+            encoder,
+            executor,
+            spec,
+            decoded_attributes,
+            chunk_size,
+            progress,
+            cancel,
+        )
+    except LeaseLostError:
+        raise  # another job owns the record now: write nothing
+    except PrimeCancelledError as exc:
+        lease.finish(JobState.CANCELLED, error={"code": exc.code, "message": exc.message})
+        raise
+    except BatchstashError as exc:
+        lease.finish(JobState.FAILED, error={"code": exc.code, "message": exc.message})
+        raise
+    except Exception as exc:  # a user's vectorizer or factory: report it in the job record
+        message = f"{type(exc).__name__}: {exc}"
+        lease.finish(JobState.FAILED, error={"code": "internal_error", "message": message})
+        raise
+    return encoded
+
+
+def _prime(
+    lease: JobLease,
+    backend: StoreBackend,
+    encoder: Encoder,
+    executor: Executor,
+    spec: dict[str, Any],
+    decoded_attributes: Iterable[str] | None,
+    chunk_size: int,
+    progress: ProgressCallback | None,
+    cancel: threading.Event,
+) -> int:
+    swept = backend.sweep_temporaries()
+    if swept:
+        logger.info("removed %d temporary files of interrupted writes", swept)
+    id_sets, info = ensure_plan(backend, encoder, decoded_attributes)
+    lease.heartbeat(generation=info.generation)
+    writer = BatchWriter(backend, encoder.groups, info.fingerprint, info.generation)
+    for generation in _other_generations(backend, info.generation):
+        backend.delete_prefix(layout.generation_prefix(generation))
+    todo, stored_bytes = [], 0
+    for id_set in id_sets:
+        size = writer.stored_bytes(id_set.split_name, id_set.batch_id, id_set.data_point_ids)
+        if size is None:
+            todo.append(id_set)
+        else:
+            stored_bytes += size
+    totals = {s: c["batches"] for s, c in info.splits.items()}
     done = dict(totals)
     for id_set in todo:
         done[id_set.split_name] -= 1
-    if progress:
-        for split, total in totals.items():
-            progress(split, done[split], total)
-
-    def on_done(id_set: DataPointIDSet) -> None:
-        done[id_set.split_name] += 1
+    logger.info(
+        "priming %d of %d batches with %s", len(todo), len(id_sets), type(executor).__name__
+    )
+    with _Heartbeat(lease, cancel) as beat:
+        beat.progress = {s: [done[s], totals[s]] for s in totals}
+        beat.bytes = stored_bytes
+        lease.heartbeat(
+            progress=beat.progress, stored_bytes=stored_bytes, initial=sum(done.values())
+        )
         if progress:
-            progress(id_set.split_name, done[id_set.split_name], totals[id_set.split_name])
+            for split, total in totals.items():
+                progress(split, done[split], total)
 
-    if todo and workers > 0:
-        if factory is None:
-            raise BatchError(
-                f"workers={workers} needs a stash built with "
-                "BatchStash.from_factory('package.module:function'); "
-                "or set workers=0 to encode in this process"
+        def on_done(id_set: Any, size: int) -> None:
+            split = id_set.split_name
+            beat.progress[split][0] += 1
+            beat.bytes += size
+            if progress:
+                progress(split, beat.progress[split][0], totals[split])
+
+        job = WorkSpec(
+            spec["store_url"],
+            spec.get("factory"),
+            dict(spec.get("factory_kwargs") or {}),
+            info.fingerprint,
+            info.generation,
+            [sorted(g) for g in encoder.groups],
+        )
+        size = chunk_size or auto_chunk_size(len(todo), executor.workers)
+        try:
+            executor.run(
+                chunked(todo, size), job, lambda s: write_batch(encoder, writer, s), on_done, cancel
             )
-        size = chunk_size or auto_chunk_size(len(todo), workers)
-        run_pool(chunked(todo, size), workers, factory, factory_kwargs, on_done, cancel)
-        return
-    for id_set in todo:
-        if cancel is not None and cancel.is_set():
-            raise PrimeCancelledError("prime cancelled")
-        encode(id_set)
-        on_done(id_set)
+        except PrimeCancelledError:
+            if beat.lost is not None:
+                raise beat.lost from None
+            raise
+        beat.beat()
+        if beat.lost is not None:
+            raise beat.lost
+        _confirm(backend, writer, id_sets)
+        manifest = Manifest(info.fingerprint, info.generation, totals, beat.bytes)
+        lease.heartbeat()  # still ours: a straggler past its lease writes no manifest
+        write_record(backend, manifest)
+        lease.finish(JobState.DONE, progress=beat.progress, stored_bytes=beat.bytes)
+    return len(todo)
+
+
+def _other_generations(backend: StoreBackend, current: str) -> set[str]:
+    found = set()
+    for key in backend.list(layout.BATCHES):
+        parsed = layout.parse_group_key(key)
+        if parsed is not None and parsed[0] != current:
+            found.add(parsed[0])
+    return found
+
+
+def _confirm(backend: StoreBackend, writer: BatchWriter, id_sets: list[Any]) -> None:
+    """A listing shows every planned batch object before the manifest claims them."""
+    listed = set(backend.list(layout.generation_prefix(writer.generation)))
+    missing = [
+        key
+        for s in id_sets
+        for g in writer.groups
+        if (key := writer.key(s.split_name, s.batch_id, g)) not in listed
+    ]
+    if missing:
+        raise StoreError(
+            f"{len(missing)} batch objects are missing after priming (first: {missing[0]}): "
+            "prime again"
+        )

@@ -1,38 +1,87 @@
-"""The priming worker: rebuilds the stash from its importable factory and encodes id sets."""
+"""The priming worker: plain data in (a spec and id sets), batch objects written to the store.
+
+A worker rebuilds the dataset from its importable factory (never from pickled closures), opens
+the store by URL and writes each encoded batch itself; only byte counts go back. It dies with the
+process that started it: ``PR_SET_PDEATHSIG`` where Linux offers it, and a watchdog thread that
+notices a new parent everywhere.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
 
 import torch
 
-from batchstash.service.stash.idset import DataPointIDSet
+from batchstash.client import BatchError
+from batchstash.service.dataset.idset import DataPointIDSet
+from batchstash.service.encode import Encoder
+from batchstash.service.factory import load_factory
+from batchstash.service.store.backend import open_backend
+from batchstash.service.store.writer import BatchWriter
 
-if TYPE_CHECKING:
-    from batchstash.service.engine import BatchStash
+__all__ = ["encode_chunk", "init_worker"]
 
-__all__ = ["encode_chunk"]
-
-_stashes: dict[str, BatchStash] = {}
-
-
-def _stash(factory: str, kwargs: dict[str, Any]) -> BatchStash:
-    from batchstash.service.engine import BatchStash
-
-    key = f"{factory}:{sorted(kwargs.items())!r}"
-    if key not in _stashes:
-        torch.set_num_threads(1)  # one process per core: no intra-op oversubscription
-        _stashes[key] = BatchStash.from_factory(factory, **kwargs)
-    return _stashes[key]
+_PR_SET_PDEATHSIG = 1
+_contexts: dict[str, tuple[Encoder, BatchWriter]] = {}
 
 
-def encode_chunk(factory: str, kwargs: dict[str, Any], id_sets: list[dict[str, Any]]) -> int:
-    """Encode and store a chunk of id sets in a worker process (arguments are plain data).
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def init_worker(parent: int) -> None:
+    """Bind this worker's life to ``parent`` (the priming process) and use one thread."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still ends this worker
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    torch.set_num_threads(1)  # one process per core: no intra-op oversubscription
+
+
+def _context(spec: dict[str, Any]) -> tuple[Encoder, BatchWriter]:
+    key = repr(sorted(spec.items()))
+    if key not in _contexts:
+        built = load_factory(spec["factory"])(**spec["factory_kwargs"])
+        encoder = getattr(built, "encoder", built)
+        if not isinstance(encoder, Encoder):
+            raise BatchError(f"dataset factory {spec['factory']!r} did not build a BatchStash")
+        groups = [frozenset(g) for g in spec["groups"]]
+        writer = BatchWriter(
+            open_backend(spec["store_url"]), groups, spec["fingerprint"], spec["generation"]
+        )
+        _contexts[key] = (encoder, writer)
+    return _contexts[key]
+
+
+def encode_chunk(spec: dict[str, Any], id_sets: list[dict[str, Any]]) -> list[int]:
+    """Encode and store a chunk of id sets (arguments are plain data).
 
     Returns:
-        The number of batches stored.
+        The bytes written for each id set, in order.
     """
-    stash = _stash(factory, kwargs)
+    encoder, writer = _context(spec)
+    sizes = []
     for data in id_sets:
-        stash.encode_id_set(DataPointIDSet.from_dict(data))
-    return len(id_sets)
+        id_set = DataPointIDSet.from_dict(data)
+        sizes.append(write_batch(encoder, writer, id_set))
+    return sizes
+
+
+def write_batch(encoder: Encoder, writer: BatchWriter, id_set: DataPointIDSet) -> int:
+    """Encode one id set and write its group objects; returns the bytes written."""
+    batch = encoder.encode(id_set)
+    return writer.write(id_set.split_name, id_set.batch_id, id_set.data_point_ids, batch.attributes)

@@ -39,6 +39,10 @@ def _raw(t: torch.Tensor) -> bytes:
     return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
+def _identity(split="", batch_id="", fingerprint="", ids="") -> str:
+    return xxhash.xxh3_128(f"{split}\0{batch_id}\0{fingerprint}\0{ids}".encode()).hexdigest()
+
+
 def _assemble(header: dict, data: bytes) -> bytes:
     raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     raw += b" " * (-(8 + len(raw)) % 8)
@@ -63,7 +67,9 @@ def test_golden_bytes():
         f'"batchstash.checksum.a":"{checksums["a"]}",'
         f'"batchstash.checksum.x":"{checksums["x"]}",'
         f'"batchstash.checksum.z":"{checksums["z"]}",'
-        '"batchstash.format":"1","batchstash.split":"train"},'
+        '"batchstash.format":"2",'
+        f'"batchstash.identity_checksum":"{_identity("train")}",'
+        '"batchstash.split":"train"},'
         '"a":{"data_offsets":[12,15],"dtype":"U8","shape":[3]},'
         '"x":{"data_offsets":[8,12],"dtype":"I16","shape":[2]},'
         '"z":{"data_offsets":[0,8],"dtype":"F64","shape":[1]}}'
@@ -98,7 +104,7 @@ def test_payload_is_readable_by_safetensors(tmp_path):
     with safetensors.safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
     assert meta["batchstash.split"] == "dev"
-    assert meta["batchstash.format"] == "1"
+    assert meta["batchstash.format"] == "2"
     assert meta["batchstash.checksum.x"] == _checksum("x", "F32", [2, 3], _raw(tensors["x"]))
 
 
@@ -108,7 +114,8 @@ def test_safetensors_file_with_our_metadata_decodes():
         "a": torch.arange(6, dtype=torch.int32).reshape(2, 3),
         "c": torch.tensor([True, False]),
     }
-    meta = {"batchstash.format": "1", "batchstash.split": "test", "batchstash.batch_id": "7"}
+    meta = {"batchstash.format": "2", "batchstash.split": "test", "batchstash.batch_id": "7"}
+    meta["batchstash.identity_checksum"] = _identity("test", "7")
     for name, t in tensors.items():
         code = dict(DTYPES)[t.dtype]
         meta[f"batchstash.checksum.{name}"] = _checksum(name, code, list(t.shape), _raw(t))
@@ -278,7 +285,7 @@ def test_mutated_payload_only_raises_payload_error(sample_payload, data):
 def test_overflowing_empty_shape_is_a_payload_error(shape):
     raw = json.dumps(
         {
-            "__metadata__": {"batchstash.format": "1"},
+            "__metadata__": {"batchstash.format": "2"},
             "t": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]},
         }
     ).encode()
@@ -307,7 +314,7 @@ def test_flipped_data_byte_is_a_checksum_error(sample_payload):
         (lambda b: b + b"\0", "header describes"),
         (lambda b: struct.pack("<Q", 2**40) + b[8:], "exceeds the payload"),
         (
-            lambda b: b.replace(b'"batchstash.format":"1"', b'"batchstash.format":"9"'),
+            lambda b: b.replace(b'"batchstash.format":"2"', b'"batchstash.format":"9"'),
             "unsupported payload format",
         ),
         (lambda b: b.replace(b'"dtype":"I64"', b'"dtype":"C64"'), "unsupported dtype"),
@@ -376,3 +383,60 @@ def test_decode_is_zero_copy_on_a_bytearray(sample_payload):
     # read-only input is copied once: the bytes object is never aliased
     frozen = bytes(sample_payload)
     assert wire.decode(frozen).tensors["x"][0, 0].item() == 0.0
+
+
+IDENTITY = {
+    "batchstash.split": "train",
+    "batchstash.batch_id": "4",
+    "batchstash.fingerprint": "f" * 32,
+    "batchstash.data_point_ids": "[10,11,12]",
+}
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        (b"[10,11,12]", b"[10,11,13]"),  # one digit of one data point id
+        (b'"batchstash.batch_id":"4"', b'"batchstash.batch_id":"5"'),
+        (b'"batchstash.split":"train"', b'"batchstash.split":"tests"'),
+    ],
+    ids=["data-point-id", "batch-id", "split"],
+)
+def test_a_changed_identity_fails_verify_and_decode(old, new):
+    payload = wire.encode({"x": torch.arange(3)}, IDENTITY)
+    tampered = payload.replace(old, new)
+    assert len(tampered) == len(payload) and tampered != payload
+
+    with pytest.raises(ChecksumError, match="identity"):
+        wire.verify(tampered)
+    with pytest.raises(ChecksumError, match="identity"):
+        wire.decode(bytearray(tampered))
+    assert wire.decode(bytearray(payload)).data_point_ids == [10, 11, 12]
+
+
+def test_a_payload_without_identity_checksum_is_refused():
+    payload = wire.encode({"x": torch.arange(3)}, IDENTITY)
+    header = wire.parse_header(payload)
+    meta = dict(header.metadata)
+    del meta["batchstash.identity_checksum"]
+    stripped = safetensors.torch.save({"x": torch.arange(3)}, metadata=meta)
+
+    with pytest.raises(PayloadError, match="no identity checksum"):
+        wire.decode(stripped)
+
+
+def test_compose_keeps_the_sources_identity():
+    first = wire.encode({"a": torch.arange(2)}, IDENTITY)
+    second = wire.encode({"b": torch.ones(2)}, IDENTITY)
+    sources = [(first, wire.parse_header(first)), (second, wire.parse_header(second))]
+    identity = {k: v for k, v in sources[0][1].metadata.items() if not k.startswith(
+        wire.CHECKSUM_PREFIX) and k != "batchstash.format"}
+
+    composed = b"".join(wire.compose(sources, None, identity))
+
+    decoded = wire.decode(bytearray(composed))
+    assert set(decoded.tensors) == {"a", "b"}
+    assert decoded.data_point_ids == [10, 11, 12]
+    assert decoded.metadata["batchstash.identity_checksum"] == identity[
+        "batchstash.identity_checksum"
+    ]

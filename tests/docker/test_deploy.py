@@ -27,7 +27,7 @@ import pytest
 import typer
 import yaml
 
-from batchstash.client.cli import app as cli_app
+from batchstash.service.cli import app as cli_app
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -31,12 +31,23 @@ def iris_rows() -> dict[str, dict[str, str]]:
 
 
 def stored_files(root: str | Path) -> dict[str, bytes]:
-    """Every stored batch file under a store directory, by path relative to it."""
-    root = Path(root)
+    """Every stored batch object of a store directory, as ``split/batch id/group.safetensors``.
+
+    The generation (a random name per plan) is left out, so two stores of the same
+    configuration compare equal.
+    """
+    batches = Path(root) / "batches"
     return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted((root / "batches").rglob("*.safetensors"))
+        "/".join(p.relative_to(batches).parts[1:]): p.read_bytes()
+        for p in sorted(batches.rglob("*.safetensors"))
     }
+
+
+def stored_object(root: str | Path, split: str, batch_id: int, group: str) -> Path:
+    """The file of one stored group object (in the store's one generation)."""
+    found = list((Path(root) / "batches").glob(f"*/{split}/{batch_id}/{group}.safetensors"))
+    assert len(found) == 1, found
+    return found[0]
 
 
 @dataclass

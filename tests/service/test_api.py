@@ -13,6 +13,8 @@ from batchstash.service.api import create_app
 from batchstash.service.config import build_settings
 from batchstash.service.examples import iris
 
+from .factories import stored_object
+
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -84,7 +86,7 @@ def test_metrics_count_served_batches(client: TestClient) -> None:
 
 def test_a_corrupt_stored_file_is_a_500_never_served(client: TestClient, tmp_path: Path) -> None:
     prime(client)
-    stored = tmp_path / "data" / "batches" / "train" / "1" / "flower_dims.safetensors"
+    stored = stored_object(tmp_path / "data", "train", 1, "flower_dims")
     raw = bytearray(stored.read_bytes())
     raw[-3] ^= 0x40
     stored.write_bytes(bytes(raw))
@@ -109,7 +111,10 @@ def test_a_store_of_another_configuration_is_stale(client: TestClient, tmp_path:
         assert stale.get("/v1/admin/status", headers=AUTH).json()["stale"] is True
         assert stale.post("/v1/admin/clear", headers=AUTH).status_code == 200
         assert stale.get("/readyz").status_code == 200
-    assert client.get("/v1/splits/train/batches/0").status_code == 503  # cleared, not mixed
+        assert stale.get("/v1/splits/train/batches/0").status_code == 503  # cleared, not mixed
+    # the clearing server described the store with its own configuration: stale for the first
+    response = client.get("/v1/splits/train/batches/0")
+    assert response.status_code == 409 and response.json()["error"]["code"] == "store_stale"
 
 
 def test_several_batches_in_one_response_as_frames(client: TestClient) -> None:
@@ -144,7 +149,7 @@ def test_a_whole_group_file_is_served_byte_for_byte(tmp_path: Path) -> None:
     stash.prime()
     with TestClient(create_app(build_settings(data_dir=tmp_path / "one"), stash=stash)) as one:
         served = one.get("/v1/splits/test/batches/1").content
-    stored = tmp_path / "one" / "batches" / "test" / "1" / "flower_dims+label.safetensors"
+    stored = stored_object(tmp_path / "one", "test", 1, "flower_dims+label")
     assert served == stored.read_bytes()
     subset = wire.decode(bytearray(b"".join(stash.payload("test", 1, ["label"]))))
     assert list(subset.tensors) == ["label"] and subset.data_point_ids

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
 from batchstash.client import PrimeCancelledError, VectorizerError
 from batchstash.service import BatchStash
-from batchstash.service.prime.pool import chunked
-from batchstash.service.prime.run import MAX_AUTO_CHUNK, auto_chunk_size
-from batchstash.service.stash.idset import DataPointIDSet
+from batchstash.service.dataset.idset import DataPointIDSet
+from batchstash.service.prime.run import MAX_AUTO_CHUNK, auto_chunk_size, chunked
 
-from .factories import exploding_iris, noisy_iris, stored_files
+from .factories import exploding_iris, noisy_iris, stored_files, stored_object
 
 BAD_ID = "42"
 
@@ -53,7 +53,7 @@ def test_progress_reports_done_and_total_per_split(make_iris):
     assert len(calls) == 3 + 9
 
     calls.clear()
-    stash.store.group_path("train", 2, frozenset({"label"})).unlink()
+    stored_object(stash.path, "train", 2, "label").unlink()
     assert stash.prime(lambda *a: calls.append(a)) == 1
     assert calls == [("dev", 1, 1), ("test", 2, 2), ("train", 5, 6), ("train", 6, 6)]
 
@@ -74,7 +74,7 @@ def test_cancel_stops_and_a_later_prime_completes(make_iris):
     assert not stash.is_primed and not stash.is_priming
     counts = stash.split_counts()
     assert sum(c["stored"] for c in counts.values()) == 2
-    assert not (stash.path / "manifest.json").exists()
+    assert not (Path(stash.path) / "manifest.json").exists()
 
     assert stash.prime() == 7
     assert stash.is_primed

@@ -6,8 +6,6 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from batchstash.client import ConflictError
-
 from ..deps import AdminAccess, State
 
 __all__ = ["router", "status_body"]
@@ -16,33 +14,33 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminAccess
 
 
 def status_body(state: State) -> dict[str, Any]:
-    """The job's status plus store facts; before any prime, progress comes from the store."""
-    stash, body = state.stash, state.job.snapshot()
-    if not body["splits"]:
-        counts = stash.split_counts()
-        body["splits"] = {
-            s: {"done": c["stored"], "total": c["batches"]} for s, c in counts.items()
-        }
+    """The store's job (from its job record) plus store facts; never walks the batches."""
+    reader, body = state.reader, state.job.snapshot()
+    manifest = reader.manifest()
     body.update(
-        store_bytes=stash.store.size_bytes(),
-        fingerprint=stash.config_hash,
-        stale=stash.is_stale,
-        primed=stash.is_primed,
+        store_bytes=manifest.bytes if manifest is not None else body.pop("bytes", 0),
+        fingerprint=reader.fingerprint,
+        stale=reader.is_stale,
+        primed=reader.is_primed,
+        problem=reader.problem(),
+        role=state.settings.role,
     )
+    body.pop("bytes", None)
     return body
 
 
 @router.post("/prime", status_code=status.HTTP_202_ACCEPTED)
 def prime(state: State) -> dict[str, Any]:
-    """Start priming in the background process pool (a running prime is joined, not repeated)."""
+    """Start priming in the background (a running prime, here or elsewhere, is joined)."""
     started = state.job.start()
     return {**status_body(state), "joined": not started}
 
 
 @router.delete("/prime", status_code=status.HTTP_202_ACCEPTED)
 def cancel(state: State) -> dict[str, Any]:
-    """Cancel a running prime (stored batches stay valid; a later prime resumes)."""
-    return {**status_body(state), "cancelled": state.job.cancel()}
+    """Cancel the running prime, wherever it runs (stored batches stay valid; a prime resumes)."""
+    cancelled = state.job.cancel()
+    return {**status_body(state), "cancelled": cancelled}
 
 
 @router.get("/status")
@@ -53,8 +51,6 @@ def get_status(state: State) -> dict[str, Any]:
 
 @router.post("/clear")
 def clear(state: State) -> dict[str, Any]:
-    """Remove encoded batches, plan and manifest (refused while priming; the data set stays)."""
-    if state.job.running:
-        raise ConflictError("cannot clear while a prime is running; cancel it first")
-    state.stash.clear_all()
+    """Remove encoded batches and records (refused while any server primes this store)."""
+    state.job.clear()
     return {"cleared": True}

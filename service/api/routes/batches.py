@@ -28,29 +28,23 @@ _ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 @router.get("/metadata")
 def metadata(state: State) -> dict[str, Any]:
     """Batch metadata: fields, vectorizers, dtypes, shapes and label classes."""
-    stash = state.stash
-    return {"fingerprint": stash.config_hash, "metadata": stash.batch_metadata.to_dict()}
+    info = state.reader.check_fresh()
+    return {"fingerprint": info.fingerprint, "metadata": info.metadata}
 
 
 @router.get("/splits")
 def splits(state: State) -> dict[str, Any]:
     """Splits with their batch and data point counts and how many batches are stored."""
-    stash = state.stash
-    return {
-        "fingerprint": stash.config_hash,
-        "primed": stash.is_primed,
-        "splits": stash.split_counts(),
-    }
+    reader = state.reader
+    counts = reader.split_counts()
+    return {"fingerprint": reader.fingerprint, "primed": reader.is_primed, "splits": counts}
 
 
 @router.get("/splits/{split}/batches")
 def batch_ids(state: State, split: str) -> dict[str, Any]:
     """The batch ids of a split."""
-    return {
-        "split": split,
-        "fingerprint": state.stash.config_hash,
-        "batch_ids": state.stash.keys(split),
-    }
+    reader = state.reader
+    return {"split": split, "fingerprint": reader.fingerprint, "batch_ids": reader.keys(split)}
 
 
 def parse_attributes(raw: str | None) -> list[str] | None:
@@ -143,12 +137,12 @@ async def payloads(
     attributes: Annotated[str | None, Query(description="comma separated attribute names")] = None,
 ) -> Response:
     """Several batches in one response (saves a round trip per batch), each a payload frame."""
-    stash, names, wanted = state.stash, parse_attributes(attributes), parse_ids(ids)
+    reader, names, wanted = state.reader, parse_attributes(attributes), parse_ids(ids)
     start = time.perf_counter()
 
     def read() -> list[memoryview | bytes]:
         chunks: list[memoryview | bytes] = []
-        for parts in stash.payloads(split, wanted, names):
+        for parts in reader.payloads(split, wanted, names):
             chunks.append(frame_prefix(sum(memoryview(p).nbytes for p in parts)))
             chunks.extend(parts)
         return coalesce(chunks)
@@ -158,7 +152,7 @@ async def payloads(
     state.metrics.batch_seconds.observe(time.perf_counter() - start)
     state.metrics.batches_served.labels(split).inc(len(wanted))
     state.metrics.bytes_served.inc(size)
-    headers = {"Content-Length": str(size), "X-Batchstash-Fingerprint": stash.config_hash}
+    headers = {"Content-Length": str(size), "X-Batchstash-Fingerprint": reader.fingerprint or ""}
     return ChunksResponse(chunks, media_type=FRAMES_MEDIA_TYPE, headers=headers)
 
 
@@ -182,16 +176,18 @@ async def batch(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """One batch as a binary safetensors payload (only the requested or decoded attributes)."""
-    stash, names = state.stash, parse_attributes(attributes)
+    reader, names = state.reader, parse_attributes(attributes)
+    info = reader.check_fresh()
     key = ",".join(names) if names is not None else "*"
-    digest = xxhash.xxh3_64_hexdigest(f"{split}/{batch_id}/{key}".encode())
-    etag = f'"{stash.config_hash[:16]}-{digest}"'
-    headers = {"ETag": etag, "X-Batchstash-Fingerprint": stash.config_hash}
+    digest = xxhash.xxh3_64_hexdigest(f"{info.generation}/{split}/{batch_id}/{key}".encode())
+    etag = f'"{info.fingerprint[:16]}-{digest}"'
+    headers = {"ETag": etag, "X-Batchstash-Fingerprint": info.fingerprint}
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
-        stash.keys(split)  # an unknown split is still a 404
-        return Response(status_code=304, headers=headers)
+        # only a batch that exists and is stored is "not modified": else its 404 or 503
+        if await run_in_threadpool(reader.exists, split, batch_id, names):
+            return Response(status_code=304, headers=headers)
     start = time.perf_counter()
-    chunks = await run_in_threadpool(stash.payload, split, batch_id, names)
+    chunks = (await run_in_threadpool(reader.payloads, split, [batch_id], names))[0]
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     state.metrics.batch_seconds.observe(time.perf_counter() - start)
     state.metrics.batches_served.labels(split).inc()

@@ -23,11 +23,13 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=None)
 def readyz(state: State) -> dict[str, Any] | JSONResponse:
-    """Readiness: the stash is loaded and its store is not stale (primed or not)."""
-    stash = state.stash
-    body = {"status": "ready", "primed": stash.is_primed, "priming": state.job.running}
-    if stash.is_stale:
-        body["status"] = "stale"
+    """Readiness: the store has a readable plan of this server's configuration (primed or not)."""
+    reader = state.reader
+    body: dict[str, Any] = {"status": "ready", "primed": reader.is_primed}
+    body["priming"] = state.job.running
+    problem = reader.problem()
+    if problem is not None:
+        body.update(status="stale" if reader.is_stale else "unavailable", reason=problem)
         return JSONResponse(body, status_code=503)
     return body
 

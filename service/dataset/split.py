@@ -69,8 +69,9 @@ class MemorySplitStashContainer(SplitStashContainer):
             raise BatchError(f"no data point with id {data_point_id!r}") from None
 
     def fingerprint(self) -> str:
-        """Hash of the splits and the records."""
-        doc = {"splits": self._splits, "records": sorted(self._records.items(), key=repr)}
+        """Hash of each split's ids (in any order: the stored plan fixes it) and the records."""
+        splits = {name: sorted(ids, key=repr) for name, ids in self._splits.items()}
+        doc = {"splits": splits, "records": sorted(self._records.items(), key=repr)}
         return xxhash.xxh3_128_hexdigest(json.dumps(doc, sort_keys=True, default=repr).encode())
 
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import BatchstashError
+from batchstash.client.errors import BatchstashError
 
 __all__ = ["app", "main"]
 
@@ -92,7 +92,7 @@ def serve(
 
 
 def _client(url: str, token: str | None) -> Any:
-    from .http import BatchClient
+    from batchstash.client.http import BatchClient
 
     # retries are reported by the final one-line error, not by a warning per attempt
     logging.getLogger("batchstash.client").setLevel(logging.ERROR)

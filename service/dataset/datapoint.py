@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
-
-if TYPE_CHECKING:
-    from ..engine import BatchStash
+from typing import Any, TextIO
 
 __all__ = ["DataPoint"]
 
@@ -37,7 +34,7 @@ class DataPoint:
     """
 
     id: Any
-    batch_stash: BatchStash | None = field(repr=False, compare=False)
+    batch_stash: Any = field(repr=False, compare=False)
 
     def write(self, depth: int = 0, writer: TextIO | None = None) -> None:
         """Write the data point to ``writer`` (stdout by default)."""

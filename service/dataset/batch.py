@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from batchstash.client import Batch, BatchError, BatchFeatureMapping, VectorizerError
 
 from .vectorize import FeatureVectorizer
-
-if TYPE_CHECKING:
-    from ..engine import BatchStash
 
 __all__ = ["DefaultBatch"]
 
@@ -30,7 +27,7 @@ class DefaultBatch(Batch):
 
     def __init__(
         self,
-        batch_stash: BatchStash,
+        batch_stash: Any,
         id: int,
         split_name: str,
         data_points: Sequence[Any],

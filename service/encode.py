@@ -1,0 +1,174 @@
+"""The encoder: a dataset definition as tensors of one id set, its fingerprint and metadata."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+import xxhash
+
+from batchstash.client import (
+    BatchError,
+    BatchFeatureMapping,
+    BatchFieldMetadata,
+    BatchMetadata,
+    wire,
+)
+
+from .dataset.batch import DefaultBatch
+from .dataset.datapoint import DataPoint
+from .dataset.idset import DataPointIDSet, plan_id_sets
+from .dataset.split import SplitStashContainer
+from .dataset.vectorize import FeatureVectorizerManagerSet
+from .store import layout
+from .store.records import FORMAT as STORE_FORMAT
+
+__all__ = ["Encoder", "seeded"]
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch, Python's ``random`` and numpy's global generator, restoring them after.
+
+    A vectorizer may draw from any of the three; the bytes of a batch then depend on its seed
+    alone, never on which worker encoded it or what ran before.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def qualname(cls: type) -> str:
+    """``module.QualName`` of a class."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Encoder:
+    """Everything that determines the stored bytes, and the encoding of one id set.
+
+    Args:
+        split_stash_container: ids by split and raw data by id.
+        vectorizer_manager_set: the vectorizers, by manager.
+        batch_feature_mappings: which attribute each vectorizer encodes.
+        data_point_type: the :class:`DataPoint` subclass, built as ``(id, stash, raw)``.
+        batch_type: the batch class.
+        batch_size: data points a batch.
+        batch_limit: the most batches made per split.
+        seed: the shuffle of ``train`` and each batch's seed.
+        groups: the attribute groups stored together.
+        owner: what batches and data points see as their ``batch_stash``.
+    """
+
+    def __init__(
+        self,
+        split_stash_container: SplitStashContainer,
+        vectorizer_manager_set: FeatureVectorizerManagerSet,
+        batch_feature_mappings: BatchFeatureMapping,
+        data_point_type: type[DataPoint],
+        batch_type: type[DefaultBatch],
+        batch_size: int,
+        batch_limit: int,
+        seed: int,
+        groups: Sequence[frozenset[str]],
+        owner: Any = None,
+    ) -> None:
+        self.split_stash_container = split_stash_container
+        self.vectorizer_manager_set = vectorizer_manager_set
+        self.batch_feature_mappings = batch_feature_mappings
+        self.data_point_type = data_point_type
+        self.batch_type = batch_type
+        self.batch_size = batch_size
+        self.batch_limit = batch_limit
+        self.seed = seed
+        self.groups = tuple(groups)
+        self.owner = owner
+        for fld in batch_feature_mappings.fields:  # fail at construction on a missing vectorizer
+            self.vectorizer_manager_set[self.manager_of(fld.attr)][fld.feature_id]
+
+    def manager_of(self, attr: str) -> str:
+        """The vectorizer manager name of a mapped attribute."""
+        for mng in self.batch_feature_mappings.manager_mappings:
+            if any(f.attr == attr for f in mng.fields):
+                return mng.vectorizer_manager_name
+        raise BatchError(f"attribute {attr!r} is not mapped")
+
+    @cached_property
+    def batch_metadata(self) -> BatchMetadata:
+        """Fields, vectorizers, shapes, dtypes and label classes of the batches."""
+        fields = {}
+        for mng in self.batch_feature_mappings.manager_mappings:
+            for fld in mng.fields:
+                vec = self.vectorizer_manager_set[mng.vectorizer_manager_name][fld.feature_id]
+                fields[fld.attr] = BatchFieldMetadata(fld, vec.metadata())
+        return BatchMetadata(
+            qualname(self.data_point_type),
+            qualname(self.batch_type),
+            self.batch_feature_mappings,
+            fields,
+        )
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the stored bytes; a change makes the store stale.
+
+        It does not depend on the order in which the container lists ids: the plan fixes that
+        order once, in the store.
+        """
+        doc = {
+            "store_format": STORE_FORMAT,
+            "payload_format": wire.FORMAT_VERSION,
+            "mapping": self.batch_feature_mappings.to_dict(),
+            "vectorizers": self.vectorizer_manager_set.config(),
+            "groups": [layout.group_name(g) for g in self.groups],
+            "batch_size": self.batch_size,
+            "batch_limit": min(self.batch_limit, 2**62),
+            "seed": self.seed,
+            "data_point_type": qualname(self.data_point_type),
+            "batch_type": qualname(self.batch_type),
+            "data": self.split_stash_container.fingerprint(),
+        }
+        return str(xxhash.xxh3_128_hexdigest(json.dumps(doc, sort_keys=True).encode()))
+
+    def plan(self) -> list[DataPointIDSet]:
+        """Cut every split into id sets (computed once by a prime and stored as the plan)."""
+        return plan_id_sets(
+            self.split_stash_container.keys_by_split, self.batch_size, self.seed, self.batch_limit
+        )
+
+    def data_points(self, id_set: DataPointIDSet) -> list[DataPoint]:
+        """Build the data points of an id set from the split container."""
+        container = self.split_stash_container
+        make: Callable[..., DataPoint] = self.data_point_type  # subclasses add the raw field
+        return [make(i, self.owner, container[i]) for i in id_set.data_point_ids]
+
+    def create_batch(
+        self,
+        points: Sequence[DataPoint],
+        split_name: str | None = None,
+        batch_id: int | None = None,
+    ) -> DefaultBatch:
+        """A nascent batch of ``points``."""
+        return self.batch_type(
+            self.owner, -1 if batch_id is None else batch_id, split_name or "", points
+        )
+
+    def encode(self, id_set: DataPointIDSet) -> DefaultBatch:
+        """Encode one id set under its seed; returns the *encoded* batch."""
+        seed = int(id_set.torch_seed_context.get("seed", self.seed))
+        with seeded(seed):
+            batch = self.create_batch(self.data_points(id_set), id_set.split_name, id_set.batch_id)
+            batch.encode()
+        return batch

@@ -1,0 +1,183 @@
+"""Priming executors by name: where the encoding of id sets runs (``EXECUTORS``).
+
+Each runs the same plain-data task (:mod:`.worker`): a chunk of id sets plus a
+:class:`WorkSpec` naming the importable dataset factory and the store, so a worker rebuilds
+everything itself and writes straight into the store. Nothing is pickled but plain data.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from batchstash.client import BatchError, PrimeCancelledError
+from batchstash.service.dataset.idset import DataPointIDSet
+
+from . import worker
+
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "InlineExecutor",
+    "OnDone",
+    "ProcessExecutor",
+    "WorkSpec",
+    "make_executor",
+]
+
+logger = logging.getLogger(__name__)
+
+OnDone = Callable[[DataPointIDSet, int], None]
+"""Called in the priming process as ``on_done(id_set, bytes_written)`` per stored batch."""
+
+
+@dataclass(frozen=True)
+class WorkSpec:
+    """What a worker needs to encode and store id sets, as plain data.
+
+    Attributes:
+        store_url: the store to write into.
+        factory: the ``module:function`` that builds the stash (``None``: in-process only).
+        factory_kwargs: its JSON-able keyword arguments.
+        fingerprint: the plan's fingerprint (workers never recompute it).
+        generation: the plan's generation.
+        groups: the attribute groups, as sorted lists.
+    """
+
+    store_url: str
+    factory: str | None
+    factory_kwargs: dict[str, Any]
+    fingerprint: str
+    generation: str
+    groups: list[list[str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+
+class Executor(ABC):
+    """Runs chunks of id sets to completion, cancellation or the first error.
+
+    Args:
+        workers: how many id sets are encoded at once.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    @abstractmethod
+    def run(
+        self,
+        chunks: Sequence[Sequence[DataPointIDSet]],
+        spec: WorkSpec,
+        local: Callable[[DataPointIDSet], int],
+        on_done: OnDone,
+        cancel: threading.Event,
+    ) -> None:
+        """Encode and store every chunk.
+
+        Args:
+            chunks: the id sets, one list per task.
+            spec: the plain-data description workers rebuild from.
+            local: encodes and stores one id set in this process (returns bytes written).
+            on_done: called here for each stored id set.
+            cancel: set it to stop; raises :class:`PrimeCancelledError`.
+
+        Raises:
+            PrimeCancelledError: ``cancel`` was set.
+            BatchError: a worker died; VectorizerError: a vectorizer failed.
+        """
+
+
+class InlineExecutor(Executor):
+    """Encodes in the priming process itself, one id set after the other."""
+
+    def run(
+        self,
+        chunks: Sequence[Sequence[DataPointIDSet]],
+        spec: WorkSpec,
+        local: Callable[[DataPointIDSet], int],
+        on_done: OnDone,
+        cancel: threading.Event,
+    ) -> None:
+        """Call ``local`` for each id set, checking ``cancel`` between them."""
+        for chunk in chunks:
+            for id_set in chunk:
+                if cancel.is_set():
+                    raise PrimeCancelledError("prime cancelled")
+                on_done(id_set, local(id_set))
+
+
+class ProcessExecutor(Executor):
+    """A spawn-started process pool on this machine; its workers die with the priming process."""
+
+    def run(
+        self,
+        chunks: Sequence[Sequence[DataPointIDSet]],
+        spec: WorkSpec,
+        local: Callable[[DataPointIDSet], int],
+        on_done: OnDone,
+        cancel: threading.Event,
+    ) -> None:
+        """Submit every chunk to ``workers`` spawned processes; stop at cancel or an error."""
+        if spec.factory is None:
+            raise BatchError(
+                f"workers={self.workers} needs a stash built with "
+                "BatchStash.from_factory('package.module:function'); "
+                "or set workers=0 to encode in this process"
+            )
+        ctx = multiprocessing.get_context("spawn")  # not fork: torch and threads stay safe
+        pool = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=ctx,
+            initializer=worker.init_worker,
+            initargs=(os.getpid(),),
+        )
+        task = spec.to_dict()
+        futures: dict[Future[list[int]], Sequence[DataPointIDSet]] = {
+            pool.submit(worker.encode_chunk, task, [s.to_dict() for s in chunk]): chunk
+            for chunk in chunks
+        }
+        pending = set(futures)
+        try:
+            while pending:
+                if cancel.is_set():
+                    raise PrimeCancelledError("prime cancelled")
+                done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                for future in done:
+                    for id_set, size in zip(futures[future], future.result(), strict=True):
+                        on_done(id_set, size)
+        except BrokenProcessPool as exc:
+            raise BatchError(f"a priming worker died: {exc}") from exc
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+EXECUTORS: dict[str, Callable[[int], Executor]] = {
+    "inline": InlineExecutor,
+    "process": ProcessExecutor,
+}
+"""Priming executors by name (the ``executor`` setting)."""
+
+
+def make_executor(name: str, workers: int) -> Executor:
+    """The executor ``name`` with ``workers`` (``workers=0`` always encodes inline).
+
+    Raises:
+        BatchError: no executor has that name.
+    """
+    if workers == 0:
+        name = "inline"
+    try:
+        return EXECUTORS[name](workers)
+    except KeyError:
+        raise BatchError(f"unknown executor {name!r}; choose one of {sorted(EXECUTORS)}") from None

@@ -1,0 +1,365 @@
+"""``BatchStash``: the reference's API, a facade over the encoder, store, reader and priming."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from batchstash.client import (
+    Batch,
+    BatchError,
+    BatchFeatureMapping,
+    BatchMetadata,
+    ConflictError,
+    CorruptStoreError,
+    InvalidRequestError,
+    NotFoundError,
+    NotPrimedError,
+    PayloadError,
+    StaleStoreError,
+    TorchConfig,
+    wire,
+)
+
+from .dataset.batch import DefaultBatch
+from .dataset.datapoint import DataPoint
+from .dataset.idset import DataPointIDSet
+from .dataset.split import SplitStashContainer
+from .dataset.vectorize import FeatureVectorizerManager, FeatureVectorizerManagerSet
+from .encode import Encoder
+from .factory import load_factory
+from .prime.executors import make_executor
+from .prime.plan import clear_store, ensure_plan, split_totals
+from .prime.run import ProgressCallback, prime_store
+from .store import layout
+from .store.backend import open_backend
+from .store.lease import JobLease, JobState
+from .store.reader import StoreReader
+from .store.records import Plan, read_record
+
+__all__ = ["BatchStash"]
+
+
+class BatchStash:
+    """Vectorizes data points into batches of tensors, primes them in a pool, stores and loads them.
+
+    Args:
+        path: the store: a directory path (or ``file://`` URL) holding batches and records.
+        split_stash_container: ids by split and raw data by id.
+        vectorizer_manager_set: the vectorizers, by manager.
+        batch_feature_mappings: which attribute each vectorizer encodes.
+        data_point_type: the :class:`DataPoint` subclass, built as ``(id, stash, raw)``.
+        batch_type: the batch class (:class:`DefaultBatch` by default).
+        batch_size: data points a batch (the last batch of a split may be smaller).
+        workers: priming processes; ``0`` encodes in this process.
+        chunk_size: id sets per worker task; ``0`` picks one from the batch count.
+        batch_limit: the most batches made per split (for debugging).
+        decoded_attributes: the attributes :meth:`load` returns by default (``None``: all).
+        seed: drives the shuffle of the ``train`` split and each batch's seed.
+        groups: attribute groups stored together (default: one object per attribute).
+        model_torch_config: the device and dtype batches are copied to by ``Batch.to()``.
+        executor: where priming runs (``process``, or ``inline``; ``workers=0`` is inline).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        split_stash_container: SplitStashContainer,
+        vectorizer_manager_set: FeatureVectorizerManagerSet | Sequence[FeatureVectorizerManager],
+        batch_feature_mappings: BatchFeatureMapping,
+        data_point_type: type[DataPoint],
+        batch_type: type[DefaultBatch] = DefaultBatch,
+        batch_size: int = 32,
+        workers: int = 0,
+        chunk_size: int = 0,
+        batch_limit: int = sys.maxsize,
+        decoded_attributes: Iterable[str] | None = None,
+        seed: int = 0,
+        groups: Iterable[Iterable[str]] | None = None,
+        model_torch_config: TorchConfig | None = None,
+        executor: str = "process",
+    ) -> None:
+        if batch_size < 1 or workers < 0 or chunk_size < 0 or batch_limit < 1:
+            raise BatchError("batch_size and batch_limit must be >= 1, workers and chunk_size >= 0")
+        self.path = str(path)
+        self.backend = open_backend(self.path)
+        self.split_stash_container = split_stash_container
+        if not isinstance(vectorizer_manager_set, FeatureVectorizerManagerSet):
+            vectorizer_manager_set = FeatureVectorizerManagerSet(vectorizer_manager_set)
+        self.vectorizer_manager_set = vectorizer_manager_set
+        self.batch_feature_mappings = batch_feature_mappings
+        self.workers = workers
+        self.chunk_size = chunk_size
+        self.executor = executor
+        self.model_torch_config = model_torch_config or TorchConfig()
+        for split in split_stash_container.split_names:
+            layout.safe_name(split, "split")
+        self.decoded_attributes = None if decoded_attributes is None else set(decoded_attributes)
+        unknown = (self.decoded_attributes or set()) - set(batch_feature_mappings.attributes)
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown attributes {sorted(unknown)}; "
+                f"known: {sorted(batch_feature_mappings.attributes)}"
+            )
+        self.encoder = Encoder(
+            split_stash_container,
+            vectorizer_manager_set,
+            batch_feature_mappings,
+            data_point_type,
+            batch_type,
+            batch_size,
+            batch_limit,
+            seed,
+            layout.resolve_groups(groups, batch_feature_mappings.attributes),
+            owner=self,
+        )
+        self.factory: str | None = None
+        self.factory_kwargs: dict[str, Any] = {}
+        self._priming = threading.Lock()
+
+    @classmethod
+    def from_factory(cls, factory: str, **kwargs: Any) -> BatchStash:
+        """Build a stash with an importable factory, so priming workers can rebuild it.
+
+        Args:
+            factory: ``package.module:function`` returning a :class:`BatchStash`.
+            **kwargs: JSON-able keyword arguments of the factory (e.g. ``path``).
+        """
+        stash = load_factory(factory)(**kwargs)
+        if not isinstance(stash, BatchStash):
+            raise BatchError(
+                f"dataset factory {factory!r} returned {type(stash).__name__}, not a BatchStash"
+            )
+        stash.factory, stash.factory_kwargs = factory, dict(kwargs)
+        return stash
+
+    # the dataset definition (the encoder's) ------------------------------------------------
+
+    data_point_type = property(lambda self: self.encoder.data_point_type)
+    batch_type = property(lambda self: self.encoder.batch_type)
+    batch_size = property(lambda self: self.encoder.batch_size)
+    batch_limit = property(lambda self: self.encoder.batch_limit)
+    seed = property(lambda self: self.encoder.seed)
+
+    @property
+    def groups(self) -> tuple[frozenset[str], ...]:
+        """The attribute groups stored together."""
+        return self.encoder.groups
+
+    @property
+    def label_vectorizer_manager(self) -> FeatureVectorizerManager | None:
+        """The vectorizer manager that vectorizes the label."""
+        mng = self.batch_feature_mappings.label_vectorizer_manager
+        return None if mng is None else self.vectorizer_manager_set[mng.vectorizer_manager_name]
+
+    @property
+    def batch_metadata(self) -> BatchMetadata:
+        """Fields, vectorizers, shapes, dtypes and label classes of the batches."""
+        return self.encoder.batch_metadata
+
+    @property
+    def config_hash(self) -> str:
+        """The store fingerprint this dataset encodes to; a change makes the store stale."""
+        return self.encoder.fingerprint
+
+    @property
+    def batch_data_point_sets(self) -> list[DataPointIDSet]:
+        """The id sets of every batch: the stored plan when there is one, else made now."""
+        try:
+            plan = read_record(self.backend, Plan)
+        except CorruptStoreError:
+            plan = None
+        if plan is not None and plan.fingerprint == self.config_hash:
+            return [DataPointIDSet.from_dict(d) for d in plan.id_sets]
+        return self.encoder.plan()
+
+    def create_batch(
+        self,
+        points: Sequence[DataPoint],
+        split_name: str | None = None,
+        batch_id: int | None = None,
+    ) -> DefaultBatch:
+        """Create a nascent batch of ``points`` (what priming does for each id set)."""
+        return self.encoder.create_batch(points, split_name, batch_id)
+
+    def data_points(self, id_set: DataPointIDSet) -> list[DataPoint]:
+        """Build the data points of an id set from the split container."""
+        return self.encoder.data_points(id_set)
+
+    # the store (the reader's) --------------------------------------------------------------
+
+    @cached_property
+    def reader(self) -> StoreReader:
+        """The store's reader, expecting this dataset's fingerprint."""
+        return StoreReader(self.backend, self.config_hash, self.decoded_attributes)
+
+    def check_fresh(self) -> None:
+        """Raise :class:`StaleStoreError` if the store was built by another configuration."""
+        try:
+            self.reader.check_fresh()
+        except NotPrimedError:
+            pass  # nothing planned yet (or damaged records a prime repairs): not stale
+
+    @property
+    def is_stale(self) -> bool:
+        """Whether the store holds batches of another configuration."""
+        return self.reader.is_stale
+
+    @property
+    def is_primed(self) -> bool:
+        """Whether every batch is stored (a manifest of the current plan exists)."""
+        return self.reader.is_primed
+
+    def split_counts(self) -> dict[str, dict[str, int]]:
+        """Per split: ``batches``, ``data_points`` and ``stored`` counts (no batch is touched)."""
+        try:
+            return self.reader.split_counts()
+        except (NotPrimedError, StaleStoreError):  # nothing of this configuration is stored
+            totals = split_totals(self.batch_data_point_sets)
+            return {s: {**c, "stored": 0} for s, c in totals.items()}
+
+    def keys(self, split: str) -> list[int]:
+        """The batch ids of ``split``."""
+        counts = self.split_counts()
+        if split not in counts:
+            raise NotFoundError(f"unknown split {split!r}; splits: {list(counts)}")
+        return list(range(counts[split]["batches"]))
+
+    def payloads(
+        self, split: str, batch_ids: Sequence[int], attributes: Iterable[str] | None = None
+    ) -> list[list[bytes | memoryview]]:
+        """Several batches as wire payload chunks (see :meth:`StoreReader.payloads`)."""
+        return self.reader.payloads(split, batch_ids, attributes)
+
+    def payload(
+        self, split: str, batch_id: int, attributes: Iterable[str] | None = None
+    ) -> list[bytes | memoryview]:
+        """One batch as wire payload chunks."""
+        return self.payloads(split, [batch_id], attributes)[0]
+
+    def load(self, split: str, batch_id: int, attributes: Iterable[str] | None = None) -> Batch:
+        """Load one decoded batch; only the groups holding the wanted attributes are read.
+
+        Args:
+            split: the split name.
+            batch_id: the batch id.
+            attributes: the attributes to decode (default :attr:`decoded_attributes`, or all).
+        """
+        wanted, sources = self.reader.read_sources(split, batch_id, attributes)
+        tensors: dict[str, torch.Tensor] = {}
+        for buf, header in sources:
+            names = [n for n in header.entries if wanted is None or n in wanted]
+            try:
+                tensors.update(wire.decode(buf, names, verify=False).tensors)
+            except PayloadError as exc:  # verified by read_sources; defensive only
+                raise CorruptStoreError(exc.message) from None
+        meta = sources[0][1].metadata if sources else {}
+        identity = {k: v for k, v in meta.items() if k in wire.IDENTITY_KEYS}
+        payload = wire.Payload(tensors, identity)
+        return Batch.from_payload(payload, self.batch_metadata, self.model_torch_config)
+
+    def get(self, split: str, batch_id: int, default: Any = None) -> Batch | Any:
+        """Like :meth:`load`, but ``default`` when the batch is unknown or not stored yet."""
+        try:
+            return self.load(split, batch_id)
+        except (NotFoundError, NotPrimedError):
+            return default
+
+    # priming and clearing (the writer's) ---------------------------------------------------
+
+    def acquire_lease(self, kind: str) -> JobLease:
+        """Take the store's job lease (``prime`` or ``clear``).
+
+        Raises:
+            ConflictError: another job holds it.
+        """
+        return JobLease.acquire(self.backend, kind)
+
+    def describe(self) -> None:
+        """Write the plan and the store's description if the store has none (nothing encoded)."""
+        if self.backend.version(layout.STORE_INFO) is not None:
+            return
+        lease = self.acquire_lease("plan")
+        try:
+            ensure_plan(self.backend, self.encoder, self.decoded_attributes)
+        finally:
+            lease.finish(JobState.DONE)
+
+    def prime(
+        self,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        lease: JobLease | None = None,
+    ) -> int:
+        """Encode and store every batch not stored yet; batches already stored and valid are kept.
+
+        Args:
+            progress: called as ``progress(split, done, total)`` after each stored batch (and once
+                per split at the start with the batches found already stored).
+            cancel: set it from another thread to stop; raises :class:`PrimeCancelledError`.
+            lease: the store's job lease, when the caller took it (else taken here).
+
+        Returns:
+            The number of batches encoded by this call.
+
+        Raises:
+            StaleStoreError: the store holds another configuration's batches.
+            ConflictError: a prime or clear is already running on this store.
+            VectorizerError: a vectorizer failed (names split, batch, data point and field).
+        """
+        if not self._priming.acquire(blocking=False):
+            if lease is not None:
+                lease.finish(JobState.FAILED)
+            raise ConflictError("a prime is already running")
+        try:
+            lease = lease or self.acquire_lease("prime")
+            spec = {
+                "store_url": self.path,
+                "factory": self.factory,
+                "factory_kwargs": self.factory_kwargs,
+            }
+            return prime_store(
+                lease,
+                self.backend,
+                self.encoder,
+                make_executor(self.executor, self.workers),
+                spec,
+                decoded_attributes=self.decoded_attributes,
+                chunk_size=self.chunk_size,
+                progress=progress,
+                cancel=cancel,
+            )
+        finally:
+            self._priming.release()
+
+    @property
+    def is_priming(self) -> bool:
+        """Whether :meth:`prime` is running in this process."""
+        return self._priming.locked()
+
+    def clear_all(self) -> None:
+        """Remove every encoded batch, the plan and the records (never the source data).
+
+        Raises:
+            ConflictError: a prime (here or in another process) holds the store's lease.
+        """
+        clear_store(self.backend)
+
+    def write(self, depth: int = 0, writer: TextIO | None = None) -> None:
+        """Write a readable summary of the stash."""
+        out, pad = writer or sys.stdout, "  " * depth
+        out.write(
+            f"{pad}{type(self).__name__}: {self.path} (config {self.config_hash[:12]}, "
+            f"batch_size={self.batch_size}, workers={self.workers})\n"
+        )
+        for split, entry in self.split_counts().items():
+            out.write(
+                f"{pad}  {split}: {entry['stored']}/{entry['batches']} batches stored, "
+                f"{entry['data_points']} data points\n"
+            )

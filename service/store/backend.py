@@ -1,0 +1,141 @@
+"""The store backend interface: a flat space of byte objects by key, chosen by URL scheme.
+
+A key is a ``/``-separated relative name (``layout.py`` makes them). Every backend offers the
+same few operations; nothing outside ``store/`` sees a path or a bucket:
+
+| operation | contract |
+| --- | --- |
+| :meth:`~StoreBackend.read` | the whole object as a writable buffer, or :class:`NoSuchKey` |
+| :meth:`~StoreBackend.read_mapped` | the same, possibly mapped read-only (serving) |
+| :meth:`~StoreBackend.version` | a token that changes whenever the object is replaced |
+| :meth:`~StoreBackend.write` | all or nothing: readers see the old object or the new one |
+| :meth:`~StoreBackend.create` | write only if the key is absent (the lease's first claim) |
+| :meth:`~StoreBackend.replace` | write only if the version is still the one read (CAS) |
+| :meth:`~StoreBackend.list` | the keys under a prefix, never a half-written one |
+| :meth:`~StoreBackend.delete` / :meth:`~StoreBackend.delete_prefix` | remove; absent is fine |
+
+``BACKENDS`` maps URL schemes to classes: a plain path or ``file://`` is :class:`LocalBackend`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from batchstash.client import InvalidRequestError
+
+__all__ = ["BACKENDS", "NoSuchKey", "StoreBackend", "open_backend"]
+
+
+class NoSuchKey(LookupError):
+    """The object ``key`` does not exist (the message names the key, never a server path)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+class StoreBackend(ABC):
+    """Byte objects by key: the only thing the store's records, writer and reader rely on."""
+
+    #: the store's URL, as given (logs and status show it)
+    url: str
+
+    @abstractmethod
+    def read(self, key: str) -> bytearray:
+        """The object's bytes in a writable buffer (tensors can view it without a copy).
+
+        Raises:
+            NoSuchKey: the object does not exist.
+        """
+
+    def read_mapped(self, key: str) -> Any:
+        """The object's bytes for serving: a read-only mapping where the backend can, else a read.
+
+        Raises:
+            NoSuchKey: the object does not exist.
+        """
+        return self.read(key)
+
+    @abstractmethod
+    def version(self, key: str) -> str | None:
+        """A token that changes whenever the object is replaced; ``None`` when it is absent."""
+
+    def read_versioned(self, key: str) -> tuple[bytearray, str]:
+        """The object's bytes and the version they have.
+
+        Raises:
+            NoSuchKey: the object does not exist.
+        """
+        while True:
+            before = self.version(key)
+            if before is None:
+                raise NoSuchKey(key)
+            data = self.read(key)
+            if self.version(key) == before:
+                return data, before
+
+    @abstractmethod
+    def write(self, key: str, chunks: Iterable[bytes | memoryview]) -> None:
+        """Store ``chunks`` as the object ``key``, all or nothing."""
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Store ``data`` as ``key`` only if it does not exist; returns whether it was written."""
+
+    @abstractmethod
+    def replace(self, key: str, data: bytes, version: str) -> bool:
+        """Replace ``key`` only if its version is still ``version``; returns whether it was."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Every complete object's key under ``prefix`` (which ends with ``/`` or is empty)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object (absent is fine)."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under ``prefix`` (absent is fine)."""
+
+    def sweep_temporaries(self) -> int:
+        """Remove what interrupted writes left behind; returns how many. Nothing by default."""
+        return 0
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`~batchstash.client.StoreError` if the store cannot be used (start-up)."""
+
+
+def _local(url: str) -> StoreBackend:
+    from .local import LocalBackend
+
+    return LocalBackend(url)
+
+
+BACKENDS: dict[str, Callable[[str], StoreBackend]] = {"": _local, "file": _local}
+"""Store backends by URL scheme (a plain path has none)."""
+
+
+def open_backend(url: str | Path) -> StoreBackend:
+    """The backend for a store URL: a path, ``file:///abs/path``, or another registered scheme.
+
+    Raises:
+        InvalidRequestError: the scheme has no backend.
+    """
+    text = str(url)
+    scheme = urlsplit(text).scheme.lower()
+    if len(scheme) == 1:  # a Windows drive letter, not a scheme
+        scheme = ""
+    try:
+        make = BACKENDS[scheme]
+    except KeyError:
+        known = ", ".join(sorted(s for s in BACKENDS if s)) or "file"
+        raise InvalidRequestError(
+            f"store URL {text!r}: no backend for {scheme}:// (supported: a path, {known}://)"
+        ) from None
+    return make(text)

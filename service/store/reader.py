@@ -1,0 +1,328 @@
+"""The reader side of the store: metadata, splits and verified batch bytes, from the store alone.
+
+A :class:`StoreReader` needs no dataset code: ``store.json`` says what the batches are and
+``manifest.json`` whether they are all there. Records are re-read when their version changes
+(a ``stat`` on a local store, at most every ``refresh_s`` seconds elsewhere).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from batchstash.client import (
+    BatchMetadata,
+    CorruptStoreError,
+    InvalidRequestError,
+    NotFoundError,
+    NotPrimedError,
+    StaleStoreError,
+    wire,
+)
+
+from . import layout
+from .backend import NoSuchKey, StoreBackend
+from .lease import read_job
+from .records import KEYS, Manifest, StoreInfo, decode_record
+from .verified import VerifiedObjects
+from .writer import check_object
+
+__all__ = ["Source", "StoreReader"]
+
+logger = logging.getLogger(__name__)
+
+Source = tuple[Any, wire.Header]
+"""A verified stored group object: its bytes and parsed header."""
+
+_IDENTITY = (*wire.IDENTITY_KEYS, wire.KEY_IDENTITY)
+
+
+class StoreReader:
+    """Serves a store's batches and facts, verifying every object it returns.
+
+    Args:
+        backend: the store.
+        expect_fingerprint: the fingerprint a server with the dataset computes; a store of
+            another one is stale (``None``: serve whatever the store describes).
+        default_attributes: the attributes served when none are asked for (``None``: those the
+            store names in ``decoded_attributes``, or all).
+        refresh_s: how long a record's version is trusted before it is checked again.
+        verified_capacity: objects whose checksums are remembered as verified.
+    """
+
+    def __init__(
+        self,
+        backend: StoreBackend,
+        expect_fingerprint: str | None = None,
+        default_attributes: Iterable[str] | None = None,
+        refresh_s: float = 0.0,
+        verified_capacity: int = 65536,
+    ) -> None:
+        self.backend = backend
+        self.expect_fingerprint = expect_fingerprint
+        self._default = None if default_attributes is None else set(default_attributes)
+        self.refresh_s = refresh_s
+        self.verified = VerifiedObjects(verified_capacity)
+        self._cache: dict[str, tuple[str | None, float, Any]] = {}
+        self._derived: dict[str, tuple[StoreInfo, Any]] = {}
+        self._lock = threading.Lock()
+
+    # records -------------------------------------------------------------------------------
+
+    def _record(self, cls: Any) -> Any:
+        """The cached record (``None`` if absent) or the :class:`CorruptStoreError` it gave."""
+        key = KEYS[cls]
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and self.refresh_s and now - hit[1] < self.refresh_s:
+            return hit[2]
+        version = self.backend.version(key)
+        if hit is not None and hit[0] == version:
+            self._cache[key] = (version, now, hit[2])
+            return hit[2]
+        value: Any = None
+        if version is not None:
+            try:
+                value = decode_record(cls, key, self.backend.read(key))
+            except NoSuchKey:
+                value = None
+            except CorruptStoreError as exc:
+                logger.warning("%s; a prime repairs it", exc.message)
+                value = exc
+        with self._lock:
+            self._cache[key] = (version, now, value)
+        return value
+
+    def info(self) -> StoreInfo:
+        """The store's description.
+
+        Raises:
+            NotPrimedError: the store has no plan yet, or its records are damaged (a prime
+                repairs them).
+        """
+        value = self._record(StoreInfo)
+        if isinstance(value, CorruptStoreError):
+            raise NotPrimedError(f"{value.message}: prime the store to repair it")
+        if value is None:
+            raise NotPrimedError("the store has no batches yet: prime it")
+        info: StoreInfo = value
+        return info
+
+    def problem(self) -> str | None:
+        """Why the store cannot serve (no plan, damaged records, stale), or ``None``."""
+        try:
+            self.check_fresh()
+        except (NotPrimedError, StaleStoreError) as exc:
+            return exc.message
+        manifest = self._record(Manifest)
+        return manifest.message if isinstance(manifest, CorruptStoreError) else None
+
+    def check_fresh(self, info: StoreInfo | None = None) -> StoreInfo:
+        """The store's description, if it is not stale.
+
+        Raises:
+            NotPrimedError: see :meth:`info`.
+            StaleStoreError: the store was encoded with another configuration.
+        """
+        info = info or self.info()
+        expect = self.expect_fingerprint
+        if expect is not None and info.fingerprint != expect:
+            raise StaleStoreError(
+                f"the store was encoded with configuration {info.fingerprint[:12]}, this "
+                f"server's dataset is {expect[:12]}: clear it and prime again"
+            )
+        return info
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The store's fingerprint (``None`` before a plan exists or when it is damaged)."""
+        value = self._record(StoreInfo)
+        return value.fingerprint if isinstance(value, StoreInfo) else None
+
+    @property
+    def is_stale(self) -> bool:
+        """Whether the store holds another configuration's batches."""
+        fingerprint = self.fingerprint
+        return None not in (fingerprint, self.expect_fingerprint) and (
+            fingerprint != self.expect_fingerprint
+        )
+
+    def manifest(self) -> Manifest | None:
+        """The manifest if it belongs to the store's current plan, else ``None``."""
+        value = self._record(Manifest)
+        info = self._record(StoreInfo)
+        if not isinstance(value, Manifest) or not isinstance(info, StoreInfo):
+            return None
+        if (value.fingerprint, value.generation) != (info.fingerprint, info.generation):
+            return None
+        return value
+
+    @property
+    def is_primed(self) -> bool:
+        """Whether every planned batch is stored (a manifest of the current plan exists)."""
+        return not self.is_stale and self.manifest() is not None
+
+    def _derive(self, name: str, info: StoreInfo, make: Any) -> Any:
+        hit = self._derived.get(name)
+        if hit is None or hit[0] is not info:
+            hit = (info, make(info))
+            self._derived[name] = hit
+        return hit[1]
+
+    def metadata(self) -> BatchMetadata:
+        """The batch metadata the store describes."""
+        info = self.check_fresh()
+        return self._derive("metadata", info, lambda i: BatchMetadata.from_dict(i.metadata))  # type: ignore[no-any-return]
+
+    def split_counts(self) -> dict[str, dict[str, int]]:
+        """Per split: ``batches``, ``data_points`` and ``stored`` (no batch object is touched)."""
+        info = self.check_fresh()
+        stored: dict[str, int] = {}
+        if self.manifest() is not None:
+            stored = {s: c["batches"] for s, c in info.splits.items()}
+        else:
+            job, _ = read_job(self.backend)
+            if job is not None and job.kind == "prime" and job.generation == info.generation:
+                stored = {s: p[0] for s, p in job.progress.items()}
+        return {
+            s: {
+                "batches": c["batches"],
+                "data_points": c["data_points"],
+                "stored": stored.get(s, 0),
+            }
+            for s, c in info.splits.items()
+        }
+
+    def keys(self, split: str) -> list[int]:
+        """The batch ids of ``split`` (``0 .. n-1``)."""
+        return list(range(self._batches(self.check_fresh(), split)))
+
+    def _batches(self, info: StoreInfo, split: str) -> int:
+        try:
+            return info.splits[split]["batches"]
+        except KeyError:
+            raise NotFoundError(f"unknown split {split!r}; splits: {list(info.splits)}") from None
+
+    # batches -------------------------------------------------------------------------------
+
+    def _groups(self, info: StoreInfo) -> dict[str, frozenset[str]]:
+        return self._derive(  # type: ignore[no-any-return]
+            "groups", info, lambda i: {name: frozenset(name.split("+")) for name in i.groups}
+        )
+
+    def resolve(self, info: StoreInfo, attributes: Iterable[str] | None) -> set[str] | None:
+        """The attributes to serve (``None``: every stored one)."""
+        if attributes is None:
+            default = self._default
+            if default is None and info.decoded_attributes is not None:
+                default = set(info.decoded_attributes)
+            return None if default is None else set(default)
+        wanted = set(attributes)
+        known = {a for g in self._groups(info).values() for a in g}
+        unknown = wanted - known
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown attributes {sorted(unknown)}; known: {sorted(known)}"
+            )
+        return wanted
+
+    def _locate(
+        self, info: StoreInfo, split: str, batch_id: int, wanted: set[str] | None
+    ) -> list[tuple[str, frozenset[str]]]:
+        if not 0 <= batch_id < self._batches(info, split):
+            raise NotFoundError(f"split {split!r} has no batch {batch_id}")
+        return [
+            (layout.group_key(info.generation, split, batch_id, name), group)
+            for name, group in self._groups(info).items()
+            if wanted is None or group & wanted
+        ]
+
+    def exists(self, split: str, batch_id: int, attributes: Iterable[str] | None = None) -> bool:
+        """Whether the batch is planned and its group objects exist (no read).
+
+        Raises:
+            NotFoundError: unknown split or batch id.
+        """
+        info = self.check_fresh()
+        keys = self._locate(info, split, batch_id, self.resolve(info, attributes))
+        return all(self.backend.version(key) is not None for key, _ in keys)
+
+    def read_sources(
+        self,
+        split: str,
+        batch_id: int,
+        attributes: Iterable[str] | None = None,
+        mapped: bool = False,
+        info: StoreInfo | None = None,
+    ) -> tuple[set[str] | None, list[Source]]:
+        """Read and verify the group objects holding ``attributes`` of one batch.
+
+        Every object's identity (split, batch id, fingerprint, data point ids) is checked
+        against its identity checksum and the request, and the objects of one batch must agree
+        on their data point ids. Serving (``mapped``) skips the tensor checksums of objects that
+        verified before and have not changed since; everything else verifies every tensor.
+
+        Returns:
+            The resolved attribute names (``None``: all) and the verified sources.
+
+        Raises:
+            NotFoundError: unknown split or batch id.
+            NotPrimedError: the batch is planned but not stored yet.
+            StaleStoreError: the store holds another configuration's batches.
+            CorruptStoreError: a stored object fails verification.
+        """
+        info = self.check_fresh(info)
+        wanted = self.resolve(info, attributes)
+        expect = {
+            wire.KEY_SPLIT: split,
+            wire.KEY_BATCH_ID: str(batch_id),
+            wire.KEY_FINGERPRINT: info.fingerprint,
+        }
+        sources: list[Source] = []
+        ids: str | None = None
+        for key, group in self._locate(info, split, batch_id, wanted):
+            version = self.backend.version(key)
+            try:
+                buf = self.backend.read_mapped(key) if mapped else self.backend.read(key)
+            except NoSuchKey:
+                raise NotPrimedError(f"batch {split}/{batch_id} is not encoded yet") from None
+            trusted = mapped and self.verified.is_verified(key, version)
+            header = check_object(key, buf, group, expect, tensors=not trusted)
+            if not trusted and self.backend.version(key) == version:
+                self.verified.add(key, version)
+            own = header.metadata.get(wire.KEY_DATA_POINT_IDS)
+            if ids is not None and own != ids:
+                raise CorruptStoreError(
+                    f"stored object {key}: data point ids differ from the batch's other groups"
+                )
+            ids = own
+            sources.append((buf, header))
+        return wanted, sources
+
+    def payloads(
+        self, split: str, batch_ids: Sequence[int], attributes: Iterable[str] | None = None
+    ) -> list[list[bytes | memoryview]]:
+        """Batches as wire payload chunks, from stored bytes without decoding them.
+
+        When the wanted attributes are exactly one stored group object, that object is the
+        payload, byte for byte (mapped, never copied); otherwise the tensors of the needed
+        objects are joined with :func:`wire.compose`, identity taken from the objects themselves
+        (their checksums travel along, no re-hashing).
+        """
+        info = self.check_fresh()
+        names_given = None if attributes is None else list(attributes)
+        out = []
+        for batch_id in batch_ids:
+            wanted, sources = self.read_sources(split, batch_id, names_given, True, info)
+            present = {n for _, h in sources for n in h.entries}
+            names = present if wanted is None else wanted & present
+            if len(sources) == 1 and names == set(sources[0][1].entries):
+                out.append([sources[0][0]])
+                continue
+            meta = sources[0][1].metadata
+            identity = {k: meta[k] for k in _IDENTITY if k in meta}
+            out.append(wire.compose(sources, names, identity))
+        return out
