@@ -59,6 +59,17 @@ def serve(
     token: Annotated[str | None, typer.Option(help="Bearer token for admin endpoints.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
     workers: Annotated[int | None, typer.Option(help="Priming processes.")] = None,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="'all' serves and primes (default); 'serve' is a read-only replica that "
+            "serves a store primed elsewhere and imports no dataset code."
+        ),
+    ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(help="Where priming runs: 'process' (a local pool, default) or 'inline'."),
+    ] = None,
     prime: Annotated[
         bool | None,
         typer.Option("--prime/--no-prime", help="Start priming in the background on start."),
@@ -82,6 +93,8 @@ def serve(
                 dataset=dataset,
                 token=token,
                 workers=workers,
+                role=role,
+                executor=executor,
                 prime_on_start=prime,
             )
         )

@@ -75,8 +75,9 @@ class PrimeJob:
     @property
     def running(self) -> bool:
         """Whether a prime holds the store's lease (here or in another process)."""
-        if self.local:
-            return True
+        return self.local or self._prime_elsewhere()
+
+    def _prime_elsewhere(self) -> bool:
         record, _ = read_job(self.backend)
         return record is not None and record.kind == "prime" and record.holds_lease()
 
@@ -100,6 +101,8 @@ class PrimeJob:
             ConflictError: a read-only replica, or a clear holds the lease.
             StaleStoreError: the store holds another configuration's batches.
         """
+        if self.primer is None and self._prime_elsewhere():
+            return False  # a replica joins the prime another server runs
         primer = self._read_only()
         with self._lock:
             thread = self._thread
@@ -113,8 +116,7 @@ class PrimeJob:
             try:
                 lease = primer.acquire_lease("prime")
             except ConflictError:
-                record, _ = read_job(self.backend)
-                if record is not None and record.kind == "prime" and record.holds_lease():
+                if self._prime_elsewhere():
                     return False  # another server primes this store: join its job
                 raise
             self._cancel.clear()

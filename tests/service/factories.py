@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -129,3 +132,41 @@ def noisy_iris(path: str, **kwargs: Any) -> BatchStash:
 def exploding_iris(path: str, bad_id: str, **kwargs: Any) -> BatchStash:
     """Iris plus an ``extra`` field whose vectorizer raises on data point ``bad_id``."""
     return iris_with(path, ExplodingVectorizer("explode", bad_id=bad_id), **kwargs)
+
+
+class ProcessOrderedContainer(CsvSplitStashContainer):
+    """Iris whose ids come out of each split in another order in every process.
+
+    Like ids collected in a ``set`` of strings: the order depends on the process (here on its
+    pid, so two processes always differ). The stored plan must fix the order once.
+    """
+
+    @property
+    def keys_by_split(self) -> dict[str, Sequence[Any]]:
+        rng = random.Random(os.getpid())
+        out = {}
+        for name, ids in super().keys_by_split.items():
+            shuffled = list(ids)
+            rng.shuffle(shuffled)
+            out[name] = tuple(shuffled)
+        return out
+
+
+def process_ordered_iris(path: str, workers: int = 2, **kwargs: Any) -> BatchStash:
+    """The iris stash over :class:`ProcessOrderedContainer` (for the plan read-back test)."""
+    container = ProcessOrderedContainer(
+        IRIS_CSV, split_column=None, ratios=IRIS_RATIOS, seed=0, id_column="id"
+    )
+    managers = [
+        FeatureVectorizerManager(
+            "iris_vectorizer_manager",
+            [
+                CategoryEncodableFeatureVectorizer("ilabel", categories=IRIS_CLASSES),
+                SeriesFeatureVectorizer("iseries", dims=4),
+            ],
+        )
+    ]
+    return BatchStash(
+        path, container, managers, IRIS_MAPPINGS, IrisDataPoint, batch_size=20, workers=workers,
+        **kwargs,
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -146,3 +148,28 @@ def test_two_workers_give_the_same_bytes_as_one_process(tmp_path):
     for split, total in {"dev": 1, "test": 2, "train": 6}.items():
         mine = [d for s, d, t in calls if s == split and t == total]
         assert mine == list(range(total + 1))
+
+
+@pytest.mark.slow
+def test_a_container_ordering_ids_per_process_primes_a_readable_store(tmp_path):
+    # each process lists the ids in another order: the plan is made once, stored and read back
+    factory = "tests.service.factories:process_ordered_iris"
+    path = str(tmp_path / "x")
+    stash = BatchStash.from_factory(factory, path=path, workers=2, chunk_size=1)
+    assert stash.prime() == 9
+    plan = [s.data_point_ids for s in stash.batch_data_point_sets]
+    for id_set in stash.batch_data_point_sets:
+        batch = stash.load(id_set.split_name, id_set.batch_id)
+        assert tuple(batch.data_point_ids) == tuple(id_set.data_point_ids)
+    # a later process (another order again) finds the store fresh and primed, same plan
+    script = (
+        "from batchstash.service import BatchStash; "
+        f"s = BatchStash.from_factory({factory!r}, path={path!r}, workers=0); "
+        "print(s.is_stale, s.is_primed, s.prime(), "
+        "[list(b.data_point_ids) for b in s.batch_data_point_sets][:1])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split(maxsplit=3)
+    assert out[:3] == ["False", "True", "0"]
+    assert out[3].strip() == str([list(plan[0])])
