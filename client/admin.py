@@ -10,7 +10,7 @@ from .errors import NotPrimedError, error_for_code
 
 __all__ = ["AdminCalls"]
 
-_TERMINAL_STATES = {"done", "failed", "cancelled"}
+_TERMINAL_STATES = {"done", "failed", "cancelled", "interrupted"}
 
 
 class AdminCalls:
@@ -37,7 +37,8 @@ class AdminCalls:
     def status(self) -> dict[str, Any]:
         """Return the prime job status.
 
-        Keys: ``state`` (``idle``, ``running``, ``done``, ``failed``, ``cancelled``), ``splits``
+        Keys: ``state`` (``idle``, ``running``, ``done``, ``failed``, ``cancelled``,
+        ``interrupted``: the priming process died; prime again to resume), ``job_id``, ``splits``
         (``{name: {done, total}}``), ``rate`` (batches/s), ``eta_s``, ``error``, ``store_bytes``,
         ``fingerprint``, ``stale``, ``started_at`` and ``finished_at``.
         """
