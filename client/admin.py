@@ -1,4 +1,4 @@
-"""The operator's calls of :class:`BatchClient`: prime, status, clear, cancel, wait."""
+"""The operator's calls: prime, status, clear, cancel, wait (``BatchClient.admin``)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,22 @@ _TERMINAL_STATES = {"done", "failed", "cancelled", "interrupted"}
 
 
 class AdminCalls:
-    """The ``/v1/admin`` endpoints, mixed into :class:`~batchstash.client.http.BatchClient`.
+    """The ``/v1/admin`` endpoints of a server, over a client's requests.
 
-    They need the client's ``_json`` (one request with retries, the JSON body back) and
-    ``_sleep``; the data path stays in ``http.py``.
+    ``BatchClient(url).admin`` is one; the client's own ``prime()``, ``status()``, ``clear()``,
+    ``cancel()`` and ``wait_for_prime()`` call it.
+
+    Args:
+        request: sends one request with the client's retries and returns the JSON body, called
+            as ``request(method, path, **httpx_options)``.
+        sleep: how to wait between polls.
     """
 
-    _json: Callable[..., Any]
-    _sleep: Callable[[float], None]
+    def __init__(
+        self, request: Callable[..., Any], sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self._json = request
+        self._sleep = sleep
 
     def prime(self, **options: Any) -> dict[str, Any]:
         """Start encoding every batch in the background (or join the running prime).

@@ -28,7 +28,7 @@ __all__ = ["BatchClient"]
 logger = logging.getLogger(__name__)
 
 
-class BatchClient(AdminCalls):
+class BatchClient:
     """A thread-safe client of one batchstash server over one keep-alive connection pool.
 
     Requests that fail on the connection, with a 5xx (``503 not_primed`` included) or with a
@@ -83,6 +83,10 @@ class BatchClient(AdminCalls):
             transport=transport or BufferTransport(),
         )
         self._sleep: Callable[[float], None] = time.sleep
+        # looked up at call time, so a replaced ``_sleep`` (tests) reaches the admin calls too
+        self.admin = AdminCalls(
+            lambda *a, **k: self._json(*a, **k), lambda seconds: self._sleep(seconds)
+        )
         self._lock = threading.Lock()
         self._metadata: tuple[str, BatchMetadata] | None = None
 
@@ -151,6 +155,26 @@ class BatchClient(AdminCalls):
             raise PayloadError(f"{method} {path}: the response is not JSON") from None
 
     # -- reads ----------------------------------------------------------------------------------
+
+    def prime(self, **options: Any) -> dict[str, Any]:
+        """Start priming in the background, or join the running prime (:class:`AdminCalls`)."""
+        return self.admin.prime(**options)
+
+    def status(self) -> dict[str, Any]:
+        """The store's prime job status (see :meth:`AdminCalls.status`)."""
+        return self.admin.status()
+
+    def clear(self) -> dict[str, Any]:
+        """Remove every encoded batch (``ConflictError`` while a prime runs)."""
+        return self.admin.clear()
+
+    def cancel(self) -> dict[str, Any]:
+        """Ask the running prime to stop, wherever it runs; returns the status."""
+        return self.admin.cancel()
+
+    def wait_for_prime(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Poll the status until the prime ends (see :meth:`AdminCalls.wait_for_prime`)."""
+        return self.admin.wait_for_prime(*args, **kwargs)
 
     def metadata(self, refresh: bool = False) -> BatchMetadata:
         """Return the batch metadata (fields, dtypes, shapes, label classes) to size a model.
