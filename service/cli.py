@@ -51,7 +51,10 @@ def _run(action: Callable[[], T]) -> T:
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (default 8000).")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Store dir (default ./data).")] = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(help="The store: a directory (default ./data) or s3://bucket/prefix."),
+    ] = None,
     dataset: Annotated[
         str | None,
         typer.Option(help="Dataset factory 'package.module:function' (default the iris example)."),

@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     Attributes:
         host: the address to bind.
         port: the TCP port.
-        data_dir: the store directory (batches and records); a volume in containers.
+        data_dir: the store: a directory (a volume in containers) or an ``s3://bucket/prefix``
+            URL (endpoint and credentials from the standard ``AWS_*`` environment).
         role: ``all`` serves and primes (needs the dataset's code); ``serve`` is a read-only
             replica that serves a store primed elsewhere from the store alone (no dataset).
         dataset: the importable ``package.module:function`` that builds the :class:`BatchStash`.
@@ -47,7 +48,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    data_dir: Path = Path("data")
+    data_dir: str = "data"
     role: Literal["all", "serve"] = "all"
     dataset: str = DEFAULT_DATASET
     dataset_options: dict[str, Any] = Field(default_factory=dict)
@@ -60,6 +61,11 @@ class Settings(BaseSettings):
     prime_on_start: bool = False
     retry_after_s: int = Field(2, ge=1)
     log_level: str = "info"
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _store_url(cls, value: Any) -> str:
+        return str(value)  # a path or a URL: never a Path, which would mangle "s3://"
 
     @field_validator("dataset")
     @classmethod

@@ -48,3 +48,61 @@ def make_text(tmp_path: Path) -> Callable[..., Any]:
         return text(path=str(tmp_path / name), **kwargs)
 
     return make
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server (moto in server mode) on loopback, for the whole session.
+
+    The standard AWS variables point at it, in this process and in every process it starts
+    (priming workers, servers), as they would at any S3-compatible store.
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "batchstash-test",
+            "AWS_SECRET_ACCESS_KEY": "batchstash-test",
+            "AWS_REGION": "us-east-1",
+        }.items():
+            mp.setenv(key, value)
+        yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
+    """A new, empty bucket for one test; returns its ``s3://`` URL."""
+    import re
+    import secrets
+
+    import httpx
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"t-{name}-{secrets.token_hex(3)}"
+    httpx.put(f"{s3_endpoint}/{bucket}").raise_for_status()  # moto checks no signature here
+    return f"s3://{bucket}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL on each backend: a directory, and a prefix in a fresh S3 bucket."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("s3_bucket") + "/store"

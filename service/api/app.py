@@ -41,7 +41,7 @@ def create_app(settings: Settings, stash: BatchStash | None = None) -> FastAPI:
     """
     if settings.role == "serve":
         stash = None
-        backend = open_backend(str(settings.data_dir))
+        backend = open_backend(settings.data_dir)
         backend.check()
         reader = StoreReader(backend)
     else:

@@ -38,7 +38,7 @@ class ServerState:
 def build_stash(settings: Settings) -> BatchStash:
     """Build the stash from the settings' dataset factory, its store at ``data_dir``."""
     stash = BatchStash.from_factory(
-        settings.dataset, path=str(settings.data_dir), **settings.dataset_options
+        settings.dataset, path=settings.data_dir, **settings.dataset_options
     )
     stash.workers, stash.chunk_size = settings.workers, settings.chunk_size
     stash.executor = settings.executor

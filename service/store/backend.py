@@ -7,6 +7,7 @@ same few operations; nothing outside ``store/`` sees a path or a bucket:
 | --- | --- |
 | :meth:`~StoreBackend.read` | the whole object as a writable buffer, or :class:`NoSuchKey` |
 | :meth:`~StoreBackend.read_mapped` | the same, possibly mapped read-only (serving) |
+| :meth:`~StoreBackend.read_mapped_versioned` | and the version read, for the verified cache |
 | :meth:`~StoreBackend.version` | a token that changes whenever the object is replaced |
 | :meth:`~StoreBackend.write` | all or nothing: readers see the old object or the new one |
 | :meth:`~StoreBackend.create` | write only if the key is absent (the lease's first claim) |
@@ -59,6 +60,16 @@ class StoreBackend(ABC):
             NoSuchKey: the object does not exist.
         """
         return self.read(key)
+
+    def read_mapped_versioned(self, key: str) -> tuple[Any, str | None]:
+        """:meth:`read_mapped` and the version of the bytes read (``None``: changed meanwhile).
+
+        Raises:
+            NoSuchKey: the object does not exist.
+        """
+        before = self.version(key)
+        data = self.read_mapped(key)
+        return data, before if before is not None and self.version(key) == before else None
 
     @abstractmethod
     def version(self, key: str) -> str | None:
@@ -117,7 +128,13 @@ def _local(url: str) -> StoreBackend:
     return LocalBackend(url)
 
 
-BACKENDS: dict[str, Callable[[str], StoreBackend]] = {"": _local, "file": _local}
+def _s3(url: str) -> StoreBackend:
+    from .s3 import S3Backend
+
+    return S3Backend(url)
+
+
+BACKENDS: dict[str, Callable[[str], StoreBackend]] = {"": _local, "file": _local, "s3": _s3}
 """Store backends by URL scheme (a plain path has none)."""
 
 

@@ -284,14 +284,17 @@ class StoreReader:
         sources: list[Source] = []
         ids: str | None = None
         for key, group in self._locate(info, split, batch_id, wanted):
-            version = self.backend.version(key)
+            version = None
             try:
-                buf = self.backend.read_mapped(key) if mapped else self.backend.read(key)
+                if mapped:
+                    buf, version = self.backend.read_mapped_versioned(key)
+                else:
+                    buf = self.backend.read(key)
             except NoSuchKey:
                 raise NotPrimedError(f"batch {split}/{batch_id} is not encoded yet") from None
             trusted = mapped and self.verified.is_verified(key, version)
             header = check_object(key, buf, group, expect, tensors=not trusted)
-            if not trusted and self.backend.version(key) == version:
+            if mapped and not trusted:
                 self.verified.add(key, version)
             own = header.metadata.get(wire.KEY_DATA_POINT_IDS)
             if ids is not None and own != ids:

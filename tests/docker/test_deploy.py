@@ -239,7 +239,7 @@ def test_data_volume_is_the_servers_data_dir(monkeypatch: pytest.MonkeyPatch) ->
     for key, value in {**image_env(), **service("stash")["environment"]}.items():
         if key.startswith("BATCHSTASH_") and key != "BATCHSTASH_TOKEN_FILE":
             monkeypatch.setenv(key, value)
-    data_dir = build_settings().data_dir
+    data_dir = Path(build_settings().data_dir)
     assert data_dir == Path("/data")
     assert runtime("VOLUME") == [json.dumps([str(data_dir)])]
     (mount,) = service("stash")["volumes"]

@@ -13,6 +13,7 @@ import pytest
 
 from batchstash.client import ConflictError
 from batchstash.service.store import layout
+from batchstash.service.store.backend import open_backend
 from batchstash.service.store.lease import (
     DEFAULT_LEASE_S,
     JobLease,
@@ -22,12 +23,11 @@ from batchstash.service.store.lease import (
     read_job,
     request_cancel,
 )
-from batchstash.service.store.local import LocalBackend
 
 
 @pytest.fixture
-def backend(tmp_path):
-    return LocalBackend(tmp_path / "store")
+def backend(store_url):
+    return open_backend(store_url)  # every lease test runs on a directory and on S3
 
 
 @pytest.fixture
