@@ -66,7 +66,8 @@ def serve(
         str | None,
         typer.Option(
             help="'all' serves and primes (default); 'serve' is a read-only replica that "
-            "serves a store primed elsewhere and imports no dataset code."
+            "serves a store primed elsewhere and imports no dataset code; 'prime' primes the "
+            "store once and exits (non-zero on failure)."
         ),
     ] = None,
     executor: Annotated[

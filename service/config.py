@@ -30,7 +30,8 @@ class Settings(BaseSettings):
         data_dir: the store: a directory (a volume in containers) or an ``s3://bucket/prefix``
             URL (endpoint and credentials from the standard ``AWS_*`` environment).
         role: ``all`` serves and primes (needs the dataset's code); ``serve`` is a read-only
-            replica that serves a store primed elsewhere from the store alone (no dataset).
+            replica that serves a store primed elsewhere from the store alone (no dataset);
+            ``prime`` is a one-shot job that primes the store and exits (0 when primed).
         dataset: the importable ``package.module:function`` that builds the :class:`BatchStash`.
         dataset_options: extra keyword arguments of the dataset factory (JSON in the env).
         token: the bearer token of admin endpoints (none: admin is open, for loopback use).
@@ -42,6 +43,11 @@ class Settings(BaseSettings):
         prime_on_start: start priming in the background when the server starts.
         retry_after_s: the ``Retry-After`` given with a batch that is not encoded yet.
         log_level: uvicorn's log level.
+        records_refresh_s: how long a server trusts the store's records before checking them
+            again (unset: 0 on a directory, 2 s on S3).
+        cache_dir: where a server keeps verified objects of a remote (S3) store to serve from
+            local disk (unset: a directory under the system's temp dir); emptied at start.
+        cache_max_bytes: the most bytes that cache holds (0: no cache).
     """
 
     model_config = SettingsConfigDict(env_prefix="BATCHSTASH_", extra="forbid")
@@ -49,7 +55,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     data_dir: str = "data"
-    role: Literal["all", "serve"] = "all"
+    role: Literal["all", "serve", "prime"] = "all"
     dataset: str = DEFAULT_DATASET
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     token: SecretStr | None = None
@@ -61,6 +67,9 @@ class Settings(BaseSettings):
     prime_on_start: bool = False
     retry_after_s: int = Field(2, ge=1)
     log_level: str = "info"
+    records_refresh_s: float | None = Field(None, ge=0)
+    cache_dir: str | None = None
+    cache_max_bytes: int = Field(2 * 1024**3, ge=0)
 
     @field_validator("data_dir", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from batchstash.service.store.reader import StoreReader
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .routes import admin, batches, health
-from .state import ServerState, build_stash
+from .state import ServerState, build_stash, object_cache
 
 __all__ = ["create_app"]
 
@@ -42,17 +42,21 @@ def create_app(settings: Settings, stash: BatchStash | None = None) -> FastAPI:
     if settings.role == "serve":
         stash = None
         backend = open_backend(settings.data_dir)
-        backend.check()
-        reader = StoreReader(backend)
+        expect, default = None, None
     else:
         stash = stash or build_stash(settings)
         backend = stash.backend
-        backend.check()
+        expect, default = stash.config_hash, stash.decoded_attributes
+    backend.check()
+    reader = StoreReader(
+        backend, expect, default, settings.records_refresh_s, cache=object_cache(settings, backend)
+    )
+    if stash is not None:
+        stash.reader = reader  # in-process loads share the server's record cache
         try:
             stash.describe()
         except ConflictError:
             pass  # a job elsewhere holds the store's lease: it writes the plan
-        reader = stash.reader
     metrics = Metrics()
     job = PrimeJob(backend, reader, stash, metrics.observe_job)
     state = ServerState(settings, reader, job, metrics, settings.admin_token(), stash)

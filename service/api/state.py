@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from batchstash.service.config import Settings
 from batchstash.service.prime.job import PrimeJob
 from batchstash.service.stash import BatchStash
+from batchstash.service.store.backend import StoreBackend
+from batchstash.service.store.cache import ObjectCache
+from batchstash.service.store.local import LocalBackend
 from batchstash.service.store.reader import StoreReader
 
 from .metrics import Metrics
 
-__all__ = ["ServerState", "build_stash"]
+__all__ = ["ServerState", "build_stash", "object_cache"]
 
 
 @dataclass
@@ -43,3 +49,14 @@ def build_stash(settings: Settings) -> BatchStash:
     stash.workers, stash.chunk_size = settings.workers, settings.chunk_size
     stash.executor = settings.executor
     return stash
+
+
+def object_cache(settings: Settings, backend: StoreBackend) -> ObjectCache | None:
+    """The local cache of verified objects for a remote store (``None`` for a directory)."""
+    if isinstance(backend, LocalBackend) or settings.cache_max_bytes == 0:
+        return None
+    directory = settings.cache_dir
+    if directory is None:
+        name = hashlib.sha256(backend.url.encode()).hexdigest()[:16]
+        directory = str(Path(tempfile.gettempdir()) / f"batchstash-cache-{name}")
+    return ObjectCache(directory, settings.cache_max_bytes, namespace=backend.url)

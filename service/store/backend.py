@@ -44,6 +44,8 @@ class StoreBackend(ABC):
 
     #: the store's URL, as given (logs and status show it)
     url: str
+    #: how long a reader trusts a record it read before checking its version again
+    records_refresh_s: float = 0.0
 
     @abstractmethod
     def read(self, key: str) -> bytearray:

@@ -25,6 +25,7 @@ from batchstash.client import (
 
 from . import layout
 from .backend import NoSuchKey, StoreBackend
+from .cache import ObjectCache
 from .lease import read_job
 from .records import KEYS, Manifest, StoreInfo, decode_record
 from .verified import VerifiedObjects
@@ -49,8 +50,10 @@ class StoreReader:
             another one is stale (``None``: serve whatever the store describes).
         default_attributes: the attributes served when none are asked for (``None``: those the
             store names in ``decoded_attributes``, or all).
-        refresh_s: how long a record's version is trusted before it is checked again.
+        refresh_s: how long a record's version is trusted before it is checked again
+            (``None``: the backend's default, 0 for a directory, a few seconds for S3).
         verified_capacity: objects whose checksums are remembered as verified.
+        cache: a local cache of verified objects (serving a remote store from disk).
     """
 
     def __init__(
@@ -58,13 +61,15 @@ class StoreReader:
         backend: StoreBackend,
         expect_fingerprint: str | None = None,
         default_attributes: Iterable[str] | None = None,
-        refresh_s: float = 0.0,
+        refresh_s: float | None = None,
         verified_capacity: int = 65536,
+        cache: ObjectCache | None = None,
     ) -> None:
         self.backend = backend
         self.expect_fingerprint = expect_fingerprint
         self._default = None if default_attributes is None else set(default_attributes)
-        self.refresh_s = refresh_s
+        self.refresh_s = backend.records_refresh_s if refresh_s is None else refresh_s
+        self.cache = cache
         self.verified = VerifiedObjects(verified_capacity)
         self._cache: dict[str, tuple[str | None, float, Any]] = {}
         self._derived: dict[str, tuple[StoreInfo, Any]] = {}
@@ -284,18 +289,12 @@ class StoreReader:
         sources: list[Source] = []
         ids: str | None = None
         for key, group in self._locate(info, split, batch_id, wanted):
-            version = None
-            try:
-                if mapped:
-                    buf, version = self.backend.read_mapped_versioned(key)
-                else:
-                    buf = self.backend.read(key)
-            except NoSuchKey:
-                raise NotPrimedError(f"batch {split}/{batch_id} is not encoded yet") from None
-            trusted = mapped and self.verified.is_verified(key, version)
+            buf, trusted, version = self._read(key, split, batch_id, mapped)
             header = check_object(key, buf, group, expect, tensors=not trusted)
-            if mapped and not trusted:
+            if mapped and not trusted:  # verified just now
                 self.verified.add(key, version)
+                if self.cache is not None:
+                    self.cache.put(key, buf)
             own = header.metadata.get(wire.KEY_DATA_POINT_IDS)
             if ids is not None and own != ids:
                 raise CorruptStoreError(
@@ -304,6 +303,22 @@ class StoreReader:
             ids = own
             sources.append((buf, header))
         return wanted, sources
+
+    def _read(
+        self, key: str, split: str, batch_id: int, mapped: bool
+    ) -> tuple[Any, bool, str | None]:
+        """An object's bytes, whether it verified before (serving only), the version read."""
+        if mapped and self.cache is not None:
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached, True, None  # only verified objects are cached
+        try:
+            if not mapped:
+                return self.backend.read(key), False, None
+            buf, version = self.backend.read_mapped_versioned(key)
+        except NoSuchKey:
+            raise NotPrimedError(f"batch {split}/{batch_id} is not encoded yet") from None
+        return buf, self.verified.is_verified(key, version), version
 
     def payloads(
         self, split: str, batch_ids: Sequence[int], attributes: Iterable[str] | None = None

@@ -42,11 +42,16 @@ def _obstore() -> Any:
 class S3Backend(StoreBackend):
     """Objects in one bucket under one prefix.
 
+    A reader checks the records' ETags at most every :attr:`records_refresh_s` seconds, not once
+    a request.
+
     Args:
         url: ``s3://bucket`` or ``s3://bucket/prefix``.
         timeout_s: the limit of one request (retries come on top, up to ``retry_s`` in all).
         retry_s: how long transient errors are retried with backoff.
     """
+
+    records_refresh_s = 2.0
 
     def __init__(self, url: str, timeout_s: float = 30.0, retry_s: float = 60.0) -> None:
         self.url = url
