@@ -72,7 +72,13 @@ def serve(
     ] = None,
     executor: Annotated[
         str | None,
-        typer.Option(help="Where priming runs: 'process' (a local pool, default) or 'inline'."),
+        typer.Option(
+            help="Where priming runs: 'process' (a local pool, default), 'inline' or 'ray'."
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="With --executor ray: '' starts a local Ray; 'auto' or ray://host:port."),
     ] = None,
     prime: Annotated[
         bool | None,
@@ -99,6 +105,7 @@ def serve(
                 workers=workers,
                 role=role,
                 executor=executor,
+                ray_address=ray_address,
                 prime_on_start=prime,
             )
         )

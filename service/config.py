@@ -38,7 +38,10 @@ class Settings(BaseSettings):
         token_file: a file holding the token (a Compose secret), used when ``token`` is unset.
         read_requires_token: also require the token to read metadata and batches.
         workers: priming processes.
-        executor: where priming runs: ``process`` (a local pool) or ``inline`` (this process).
+        executor: where priming runs: ``process`` (a local pool), ``inline`` (this process) or
+            ``ray`` (a Ray cluster; the ``ray`` extra).
+        ray_address: with ``executor=ray``: empty starts a local Ray for this process (with
+            ``workers`` CPUs); ``auto`` or ``ray://host:port`` joins a running cluster.
         chunk_size: id sets per priming task (0: automatic).
         prime_on_start: start priming in the background when the server starts.
         retry_after_s: the ``Retry-After`` given with a batch that is not encoded yet.
@@ -62,7 +65,8 @@ class Settings(BaseSettings):
     token_file: Path | None = None
     read_requires_token: bool = False
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=0)
-    executor: Literal["process", "inline"] = "process"
+    executor: Literal["process", "inline", "ray"] = "process"
+    ray_address: str = ""
     chunk_size: int = Field(0, ge=0)
     prime_on_start: bool = False
     retry_after_s: int = Field(2, ge=1)

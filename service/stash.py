@@ -64,7 +64,10 @@ class BatchStash:
         seed: drives the shuffle of the ``train`` split and each batch's seed.
         groups: attribute groups stored together (default: one object per attribute).
         model_torch_config: the device and dtype batches are copied to by ``Batch.to()``.
-        executor: where priming runs (``process``, or ``inline``; ``workers=0`` is inline).
+        executor: where priming runs: ``process``, ``inline`` or ``ray`` (``workers=0`` is
+            inline).
+        ray_address: with ``executor="ray"``: ``""`` starts a local Ray, ``auto`` or
+            ``ray://host:port`` joins a cluster.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class BatchStash:
         groups: Iterable[Iterable[str]] | None = None,
         model_torch_config: TorchConfig | None = None,
         executor: str = "process",
+        ray_address: str = "",
     ) -> None:
         if batch_size < 1 or workers < 0 or chunk_size < 0 or batch_limit < 1:
             raise BatchError("batch_size and batch_limit must be >= 1, workers and chunk_size >= 0")
@@ -97,6 +101,7 @@ class BatchStash:
         self.workers = workers
         self.chunk_size = chunk_size
         self.executor = executor
+        self.ray_address = ray_address
         self.model_torch_config = model_torch_config or TorchConfig()
         for split in split_stash_container.split_names:
             layout.safe_name(split, "split")
@@ -328,7 +333,7 @@ class BatchStash:
                 lease,
                 self.backend,
                 self.encoder,
-                make_executor(self.executor, self.workers),
+                make_executor(self.executor, self.workers, self.ray_address),
                 spec,
                 decoded_attributes=self.decoded_attributes,
                 chunk_size=self.chunk_size,

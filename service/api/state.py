@@ -47,7 +47,7 @@ def build_stash(settings: Settings) -> BatchStash:
         settings.dataset, path=settings.data_dir, **settings.dataset_options
     )
     stash.workers, stash.chunk_size = settings.workers, settings.chunk_size
-    stash.executor = settings.executor
+    stash.executor, stash.ray_address = settings.executor, settings.ray_address
     return stash
 
 

@@ -68,11 +68,13 @@ class Executor(ABC):
     """Runs chunks of id sets to completion, cancellation or the first error.
 
     Args:
-        workers: how many id sets are encoded at once.
+        workers: how many tasks run at once.
+        ray_address: the Ray cluster to join (``ray`` only; ``""`` starts a local one).
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, ray_address: str = "") -> None:
         self.workers = workers
+        self.ray_address = ray_address
 
     @abstractmethod
     def run(
@@ -162,15 +164,28 @@ class ProcessExecutor(Executor):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-EXECUTORS: dict[str, Callable[[int], Executor]] = {
+def _ray(workers: int, ray_address: str = "") -> Executor:
+    from .ray_executor import RayExecutor  # imported only when chosen: the ray extra
+
+    return RayExecutor(workers, ray_address)
+
+
+EXECUTORS: dict[str, Callable[[int, str], Executor]] = {
     "inline": InlineExecutor,
     "process": ProcessExecutor,
+    "ray": _ray,
 }
 """Priming executors by name (the ``executor`` setting)."""
 
 
-def make_executor(name: str, workers: int) -> Executor:
+def make_executor(name: str, workers: int, ray_address: str = "") -> Executor:
     """The executor ``name`` with ``workers`` (``workers=0`` always encodes inline).
+
+    Args:
+        name: a key of :data:`EXECUTORS`.
+        workers: processes (``process``), or tasks in flight (``ray``).
+        ray_address: ``""`` starts a local Ray for this process; ``auto`` or
+            ``ray://host:port`` joins a running cluster.
 
     Raises:
         BatchError: no executor has that name.
@@ -178,6 +193,7 @@ def make_executor(name: str, workers: int) -> Executor:
     if workers == 0:
         name = "inline"
     try:
-        return EXECUTORS[name](workers)
+        make = EXECUTORS[name]
     except KeyError:
         raise BatchError(f"unknown executor {name!r}; choose one of {sorted(EXECUTORS)}") from None
+    return make(workers, ray_address)

@@ -170,3 +170,24 @@ def process_ordered_iris(path: str, workers: int = 2, **kwargs: Any) -> BatchSta
         path, container, managers, IRIS_MAPPINGS, IrisDataPoint, batch_size=20, workers=workers,
         **kwargs,
     )
+
+
+@dataclass
+class DyingVectorizer(FeatureVectorizer):
+    """Kills its own process the first time it meets ``bad_id`` (a lost worker or node)."""
+
+    DESCRIPTION: ClassVar[str] = "dies once"
+
+    bad_id: str = ""
+    marker: str = ""
+
+    def encode(self, value: Any) -> torch.Tensor:
+        if str(value) == self.bad_id and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(17)  # no cleanup, no exception: the process is just gone
+        return torch.tensor(float(value))
+
+
+def dying_iris(path: str, bad_id: str, marker: str, **kwargs: Any) -> BatchStash:
+    """Iris plus an ``extra`` field whose worker process dies once on ``bad_id``."""
+    return iris_with(path, DyingVectorizer("dies", bad_id=bad_id, marker=marker), **kwargs)

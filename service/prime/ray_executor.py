@@ -1,0 +1,127 @@
+"""The Ray executor: the same plain-data priming task as the process pool, on a Ray cluster.
+
+Each Ray task encodes a chunk of id sets from the importable dataset factory and writes straight
+into the store (a shared directory or an object store), exactly as a pool worker does, so the
+bytes are the same. Tasks in flight are bounded; Ray retries a task whose worker or node was
+lost. ``ray`` is imported only when this executor is chosen (the ``ray`` extra).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from batchstash.client import BatchError, BatchstashError, PrimeCancelledError
+from batchstash.service.dataset.idset import DataPointIDSet
+
+from . import worker
+from .executors import Executor, OnDone, WorkSpec
+
+__all__ = ["RayExecutor", "encode_chunk_task"]
+
+logger = logging.getLogger(__name__)
+
+TASK_RETRIES = 3
+
+
+def encode_chunk_task(spec: dict[str, Any], id_sets: list[dict[str, Any]]) -> list[int]:
+    """A Ray task: one intra-op thread (one task a CPU), then the pool worker's own function."""
+    import torch
+
+    torch.set_num_threads(1)
+    return worker.encode_chunk(spec, id_sets)
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise BatchError(
+            "the ray executor needs the ray extra: pip install 'batchstash[ray]'"
+        ) from None
+    return ray
+
+
+class RayExecutor(Executor):
+    """Runs priming tasks on Ray: a local Ray started for this process, or a running cluster.
+
+    Args:
+        workers: tasks in flight at most (and the CPUs of a local Ray).
+        ray_address: ``""`` starts a local Ray; ``auto`` or ``ray://host:port`` joins a cluster.
+    """
+
+    def _connect(self, ray: Any) -> None:
+        if ray.is_initialized():
+            return
+        options: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "ignore_reinit_error": True,
+            # workers import the dataset factory the way this process does
+            "runtime_env": {
+                "env_vars": {
+                    "PYTHONPATH": os.pathsep.join(
+                        p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p
+                    )
+                }
+            },
+        }
+        if self.ray_address:
+            options["address"] = self.ray_address
+        else:
+            options["num_cpus"] = self.workers
+        logger.info("connecting to Ray (%s)", self.ray_address or f"local, {self.workers} CPUs")
+        ray.init(**options)
+
+    def run(
+        self,
+        chunks: Sequence[Sequence[DataPointIDSet]],
+        spec: WorkSpec,
+        local: Callable[[DataPointIDSet], int],
+        on_done: OnDone,
+        cancel: threading.Event,
+    ) -> None:
+        """Submit chunks as Ray tasks, at most ``2 * workers`` in flight; stop at cancel."""
+        if spec.factory is None:
+            raise BatchError(
+                "the ray executor needs a stash built with "
+                "BatchStash.from_factory('package.module:function')"
+            )
+        ray = _ray()
+        self._connect(ray)
+        task = ray.remote(encode_chunk_task).options(num_cpus=1, max_retries=TASK_RETRIES)
+        plain = spec.to_dict()
+        todo = list(reversed(chunks))
+        flight: dict[Any, Sequence[DataPointIDSet]] = {}
+        try:
+            while todo or flight:
+                if cancel.is_set():
+                    raise PrimeCancelledError("prime cancelled")
+                while todo and len(flight) < 2 * max(self.workers, 1):
+                    chunk = todo.pop()
+                    flight[task.remote(plain, [s.to_dict() for s in chunk])] = chunk
+                ready, _ = ray.wait(list(flight), num_returns=1, timeout=0.1)
+                for ref in ready:
+                    chunk = flight.pop(ref)
+                    for id_set, size in zip(chunk, self._result(ray, ref), strict=True):
+                        on_done(id_set, size)
+        finally:
+            for ref in flight:
+                ray.cancel(ref)
+
+    @staticmethod
+    def _result(ray: Any, ref: Any) -> list[int]:
+        try:
+            return list(ray.get(ref))
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause
+            if isinstance(cause, BatchstashError):
+                raise cause from None
+            raise BatchError(
+                f"a Ray priming task failed: {type(cause).__name__}: {cause}"
+            ) from None
+        except ray.exceptions.RayError as exc:  # a worker or node lost beyond the retries
+            raise BatchError(f"a Ray priming task was lost: {type(exc).__name__}: {exc}") from None
