@@ -295,6 +295,7 @@ class BatchStash:
             ensure_plan(self.backend, self.encoder, self.decoded_attributes)
         finally:
             lease.finish(JobState.DONE)
+            self.reader.refresh()
 
     def prime(
         self,
@@ -341,6 +342,7 @@ class BatchStash:
                 cancel=cancel,
             )
         finally:
+            self.reader.refresh()  # this process wrote the records: read them again
             self._priming.release()
 
     @property
@@ -354,7 +356,10 @@ class BatchStash:
         Raises:
             ConflictError: a prime (here or in another process) holds the store's lease.
         """
-        clear_store(self.backend)
+        try:
+            clear_store(self.backend)
+        finally:
+            self.reader.refresh()
 
     def write(self, depth: int = 0, writer: TextIO | None = None) -> None:
         """Write a readable summary of the stash."""

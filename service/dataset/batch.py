@@ -66,6 +66,8 @@ class DefaultBatch(Batch):
         points = self._data_points or ()
         if not points:
             raise BatchError(f"batch {self.split_name}/{self.id} has no data points")
+        if not labelled:
+            self._refuse_partial_labels(points)
         attributes = {}
         for mng in mapping.manager_mappings:
             for fld in mng.fields:
@@ -78,6 +80,20 @@ class DefaultBatch(Batch):
         self._attributes = attributes
         self._data_points = None
         self.state = "e"
+
+    def _refuse_partial_labels(self, points: Sequence[Any]) -> None:
+        """A batch is for prediction when no point has a label; some unlabelled is an error."""
+        fld = self.mapping.label_field
+        if fld is None:
+            return
+        accessor = fld.attribute_accessor
+        missing = [p.id for p in points if getattr(p, accessor, None) is None]
+        if len(missing) < len(points):
+            raise VectorizerError(
+                f"split {self.split_name!r}, batch {self.id}: data point {missing[0]!r} has no "
+                f"label ({accessor!r} is None) while others do ({len(missing)} of {len(points)} "
+                "unlabelled): label every data point, or none for a prediction batch"
+            )
 
     def _where(self, attr: str, vectorizer: FeatureVectorizer, point: str) -> str:
         return (
@@ -110,4 +126,10 @@ class DefaultBatch(Batch):
             except Exception as exc:
                 where = self._where(attr, vectorizer, f"data point {point.id!r}")
                 raise VectorizerError(f"{where}: {exc!r}") from exc
+            if encoded[-1].layout != torch.strided:
+                where = self._where(attr, vectorizer, f"data point {point.id!r}")
+                raise VectorizerError(
+                    f"{where}: gave a {encoded[-1].layout} tensor; batches hold dense tensors "
+                    "only: return tensor.to_dense()"
+                )
         return torch.stack(encoded)

@@ -17,17 +17,22 @@ A vectorizer turns one feature of a data point into a tensor. Write your own by 
 Fields with ``is_agg=True`` call :meth:`FeatureVectorizer.encode_batch` with the values of every
 data point at once (to pad, for instance); the others call :meth:`FeatureVectorizer.encode` per
 data point and stack the results. :meth:`FeatureVectorizer.config` goes into the store's
-configuration hash: include everything that changes the tensors.
+configuration hash: include everything that changes the tensors. It holds the class's
+``VERSION`` and a digest of the source code of every class of the vectorizer's own (not
+batchstash's or a library's, which their versions cover), so editing a vectorizer's code makes
+the store stale; bump ``VERSION`` when what the code calls changes.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
+import xxhash
 
 from batchstash.client import BatchError, VectorizerMetadata
 
@@ -52,6 +57,7 @@ class FeatureVectorizer(ABC):
     """
 
     DESCRIPTION: ClassVar[str] = "feature vectorizer"
+    VERSION: ClassVar[str] = "1"
 
     feature_id: str
 
@@ -77,6 +83,8 @@ class FeatureVectorizer(ABC):
         """JSON-able configuration that determines the tensors (hashed to detect stale stores)."""
         return {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "version": self.VERSION,
+            "code": code_digest(type(self)),
             **{f.name: _jsonable(getattr(self, f.name)) for f in fields(self)},
         }
 
@@ -89,6 +97,23 @@ class FeatureVectorizer(ABC):
             dtype=str(self.dtype).removeprefix("torch."),
             shape=self.shape,
         )
+
+
+def code_digest(cls: type) -> str:
+    """A digest of the source of ``cls`` and its bases outside batchstash (``""`` if unreadable).
+
+    batchstash's own vectorizers are covered by the payload and store format versions; a
+    user's class is hashed so an edit to its ``encode`` turns the store stale.
+    """
+    digest = xxhash.xxh3_64()
+    for klass in cls.__mro__:
+        if klass.__module__.startswith(("batchstash.", "builtins", "abc")):
+            continue
+        try:
+            digest.update(inspect.getsource(klass).encode())
+        except (OSError, TypeError):  # defined in a REPL or a C extension
+            digest.update(klass.__qualname__.encode())
+    return str(digest.hexdigest())
 
 
 def _jsonable(value: Any) -> Any:

@@ -172,7 +172,10 @@ class PrimeJob:
         """
         if self.local:
             raise ConflictError("cannot clear while a prime is running; cancel it first")
-        clear_store(self.backend)
+        try:
+            clear_store(self.backend)
+        finally:
+            self.reader.refresh()
         if self.primer is not None:
             self.primer.describe()  # a server with the dataset keeps serving metadata and splits
 

@@ -101,6 +101,11 @@ class StoreReader:
             self._cache[key] = (version, now, value)
         return value
 
+    def refresh(self) -> None:
+        """Forget the records read (a writer in this process just changed them)."""
+        with self._lock:
+            self._cache.clear()
+
     def info(self) -> StoreInfo:
         """The store's description.
 

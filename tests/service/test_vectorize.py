@@ -19,6 +19,7 @@ from batchstash.service import (
     TokenIdFeatureVectorizer,
     TokenLengthFeatureVectorizer,
 )
+from batchstash.service.dataset.vectorize import code_digest
 
 CLASSES = ("setosa", "versicolor", "virginica")
 
@@ -134,6 +135,8 @@ def test_custom_vectorizer_subclass():
     )
     assert vec.config() == {
         "class": f"{__name__}.LengthVectorizer",
+        "version": "1",
+        "code": code_digest(LengthVectorizer),  # the class's own source: an edit turns stale
         "feature_id": "len",
         "scale": 0.5,
     }
