@@ -21,7 +21,6 @@ app = typer.Typer(
     help="Pre-encoded PyTorch batches over HTTP.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -116,12 +115,20 @@ def serve(
 
 
 def _client(url: str, token: str | None) -> Any:
+    from urllib.parse import urlsplit
+
     from batchstash.client.http import BatchClient
 
+    for one in url.split(","):
+        parts = urlsplit(one.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise _fail(f"--url {one.strip()!r} must look like http://host:port")
     # retries are reported by the final one-line error, not by a warning per attempt
     logging.getLogger("batchstash.client").setLevel(logging.ERROR)
-
-    return BatchClient(url, token=token)
+    # an operator wants a fast answer: two quick retries, a 5 s connect timeout
+    urls = [u.strip() for u in url.split(",")]
+    return BatchClient(urls if len(urls) > 1 else urls[0], token=token, timeout=5.0,
+                       retries=2, backoff=0.2, max_delay=2.0)
 
 
 def _show_status(body: dict[str, Any]) -> None:
@@ -195,9 +202,29 @@ def clear(url: Url = DEFAULT_URL, token: Token = None) -> None:
 
 @app.command()
 def cancel(url: Url = DEFAULT_URL, token: Token = None) -> None:
-    """Cancel a running prime."""
+    """Cancel a running prime (exits 1 when none is running)."""
     body = _run(_client(url, token).cancel)
-    Console().print(f"cancel requested: {body['state']}")
+    if not body.get("cancelled"):
+        raise _fail(f"no prime is running (last state: {body['state']})")
+    Console().print(f"cancel requested: job {body.get('job_id')} ({body['state']})")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        Console().print(f"batchstash {version('batchstash')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Pre-encoded PyTorch batches over HTTP."""
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,10 +12,16 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
 from batchstash.client import InvalidRequestError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 __all__ = ["DEFAULT_DATASET", "Settings", "build_settings"]
 
@@ -45,7 +52,8 @@ class Settings(BaseSettings):
         chunk_size: id sets per priming task (0: automatic).
         prime_on_start: start priming in the background when the server starts.
         retry_after_s: the ``Retry-After`` given with a batch that is not encoded yet.
-        log_level: uvicorn's log level.
+        log_level: the log level (``critical``, ``error``, ``warning``, ``info``, ``debug``).
+        access_log: log one line per HTTP request (off: a trainer makes thousands).
         records_refresh_s: how long a server trusts the store's records before checking them
             again (unset: 0 on a directory, 2 s on S3).
         cache_dir: where a server keeps verified objects of a remote (S3) store to serve from
@@ -70,7 +78,8 @@ class Settings(BaseSettings):
     chunk_size: int = Field(0, ge=0)
     prime_on_start: bool = False
     retry_after_s: int = Field(2, ge=1)
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    access_log: bool = False
     records_refresh_s: float | None = Field(None, ge=0)
     cache_dir: str | None = None
     cache_max_bytes: int = Field(2 * 1024**3, ge=0)
@@ -79,6 +88,11 @@ class Settings(BaseSettings):
     @classmethod
     def _store_url(cls, value: Any) -> str:
         return str(value)  # a path or a URL: never a Path, which would mangle "s3://"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("dataset")
     @classmethod
@@ -111,6 +125,16 @@ def build_settings(config_file: str | Path | None = None, **overrides: Any) -> S
     """
     given = {k: v for k, v in overrides.items() if v is not None}
     path = config_file or os.environ.get("BATCHSTASH_CONFIG")
+    try:
+        return _build(given, path)
+    except SettingsError as exc:  # e.g. BATCHSTASH_DATASET_OPTIONS that is not JSON
+        cause = exc.__cause__ or exc
+        raise InvalidRequestError(f"invalid setting: {exc} ({cause})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRequestError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _build(given: dict[str, Any], path: str | Path | None) -> Settings:
     if not path:
         return Settings(**given)
     toml_path = Path(path)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import logging.config
 import time
+from typing import Any
 
 import uvicorn
 
@@ -49,11 +51,29 @@ def prime_once(settings: Settings) -> int:
     return encoded
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """One format for batchstash's and uvicorn's loggers (uvicorn's ``log_config``)."""
+    handler = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": LOG_FORMAT}},
+        "handlers": {"default": handler},
+        "root": {"handlers": ["default"], "level": level.upper()},
+        "loggers": {
+            name: {"handlers": [], "level": level.upper(), "propagate": True}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
+    }
+
+
 def serve(settings: Settings) -> None:
     """Serve the app built from ``settings`` until interrupted; role ``prime``: prime once."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
+    logging.config.dictConfig(log_config(level))
     if settings.role == "prime":
         prime_once(settings)
         return
@@ -63,6 +83,8 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=log_config(level),
+        access_log=settings.access_log,
         proxy_headers=True,
         server_header=False,
         timeout_graceful_shutdown=30,

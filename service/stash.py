@@ -16,6 +16,7 @@ from batchstash.client import (
     BatchError,
     BatchFeatureMapping,
     BatchMetadata,
+    BatchstashError,
     ConflictError,
     CorruptStoreError,
     InvalidRequestError,
@@ -136,7 +137,22 @@ class BatchStash:
             factory: ``package.module:function`` returning a :class:`BatchStash`.
             **kwargs: JSON-able keyword arguments of the factory (e.g. ``path``).
         """
-        stash = load_factory(factory)(**kwargs)
+        make = load_factory(factory)
+        try:
+            stash = make(**kwargs)
+        except TypeError as exc:
+            if "argument" not in str(exc):
+                raise BatchError(f"dataset factory {factory!r} failed: TypeError: {exc}") from exc
+            raise BatchError(
+                f"dataset factory {factory!r} does not take these options "
+                f"({', '.join(sorted(kwargs))}): {exc}"
+            ) from None
+        except BatchstashError:
+            raise
+        except Exception as exc:  # the user's factory: one readable line, the cause chained
+            raise BatchError(
+                f"dataset factory {factory!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(stash, BatchStash):
             raise BatchError(
                 f"dataset factory {factory!r} returned {type(stash).__name__}, not a BatchStash"

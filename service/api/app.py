@@ -63,6 +63,7 @@ def create_app(settings: Settings, stash: BatchStash | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log_summary(state)
         if settings.prime_on_start:
             state.job.start()
         yield
@@ -82,3 +83,20 @@ def create_app(settings: Settings, stash: BatchStash | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(health.router)
     return app
+
+
+def log_summary(state: ServerState) -> None:
+    """One start-up line: what this server serves, from where, and whether it is ready."""
+    settings, reader = state.settings, state.reader
+    stash = state.stash
+    logger.info(
+        "batchstash %s: store %s, role %s, dataset %s, fingerprint %s, %s, token %s%s",
+        settings.host + ":" + str(settings.port),
+        reader.backend.url,
+        settings.role,
+        settings.dataset if stash is not None else "(none: serving the store alone)",
+        (reader.fingerprint or "none yet")[:12],
+        "primed" if reader.is_primed else (reader.problem() or "not primed yet"),
+        "on" if state.token else "off (admin endpoints are open)",
+        f", priming with {settings.executor} x{settings.workers}" if stash is not None else "",
+    )

@@ -24,6 +24,8 @@ __all__ = ["JobState", "PrimeJob", "Primer"]
 
 logger = logging.getLogger(__name__)
 
+PROGRESS_LOG_S = 5.0
+
 
 class Primer(Protocol):
     """What a server with the dataset primes and clears with (``BatchStash``)."""
@@ -66,6 +68,8 @@ class PrimeJob:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._last_change = 0.0
+        self._last_log = 0.0
+        self._counts: dict[str, tuple[int, int]] = {}
 
     @property
     def local(self) -> bool:
@@ -120,6 +124,7 @@ class PrimeJob:
                     return False  # another server primes this store: join its job
                 raise
             self._cancel.clear()
+            self._counts, self._last_log = {}, time.monotonic()
             self._thread = threading.Thread(
                 target=self._run, args=(primer, lease), name="batchstash-prime", daemon=True
             )
@@ -128,8 +133,10 @@ class PrimeJob:
 
     def _run(self, primer: Primer, lease: JobLease) -> None:
         try:
-            primer.prime(progress=self._progress, cancel=self._cancel, lease=lease)
-            logger.info("prime done")
+            encoded = primer.prime(progress=self._progress, cancel=self._cancel, lease=lease)
+            stored = sum(c[0] for c in self._counts.values())
+            logger.info("prime done: %d batches encoded, %d stored: the store is primed",
+                        encoded, stored)
         except BatchstashError as exc:
             logger.log(
                 logging.INFO if exc.code == "prime_cancelled" else logging.ERROR,
@@ -144,6 +151,11 @@ class PrimeJob:
 
     def _progress(self, split: str, done: int, total: int) -> None:
         now = time.monotonic()
+        self._counts[split] = (done, total)
+        if now - self._last_log >= PROGRESS_LOG_S:
+            self._last_log = now
+            stored, planned = (sum(c[i] for c in self._counts.values()) for i in (0, 1))
+            logger.info("priming: %d/%d batches stored", stored, planned)
         if self._on_change and (done == total or now - self._last_change > 0.2):
             self._last_change = now
             self._on_change(self)
