@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -49,7 +49,9 @@ class BatchDataset(IterableDataset[Any]):
     iterated and :meth:`set_epoch` drops it.
 
     Args:
-        url: the server's base URL.
+        url: the server's base URL, or several replicas' (a sequence or one comma separated
+            string; see :class:`BatchClient`): each worker's client spreads its requests over
+            them and fails over from one that is down.
         split: the split name.
         epoch: the epoch number (see :meth:`set_epoch`).
         shuffle: shuffle the order.
@@ -67,7 +69,7 @@ class BatchDataset(IterableDataset[Any]):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         split: str,
         *,
         epoch: int = 0,

@@ -228,7 +228,11 @@ def train(args: argparse.Namespace) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m batchstash.client.demo", description=__doc__)
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the batchstash server")
+    parser.add_argument(
+        "--url",
+        default="http://127.0.0.1:8000",
+        help="the batchstash server (replicas of one store: comma separated URLs)",
+    )
     parser.add_argument("--token", default=None, help="bearer token, if the server needs one")
     parser.add_argument("--epochs", type=int, default=30, help="training epochs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

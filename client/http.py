@@ -1,4 +1,8 @@
-"""The HTTP client of a batchstash server: metadata, splits, batches, admin calls, with retries."""
+"""The HTTP client of batchstash servers: metadata, splits, batches, admin calls, with retries.
+
+One :class:`BatchClient` may know several server URLs (replicas of one store): it spreads its
+requests over them round robin and fails over from one that is down to the next.
+"""
 
 from __future__ import annotations
 
@@ -15,21 +19,25 @@ import torch
 from . import wire
 from .admin import AdminCalls
 from .batch import Batch
-from .errors import PayloadError, PlanError, TransportError
+from .endpoints import Endpoints, EndpointState, parse_urls
+from .errors import BatchstashError, PayloadError, PlanError, TransportError
 from .metadata import BatchMetadata
-from .responses import error_from_response, is_retryable, retry_after
+from .responses import error_code, error_from_response, fails_over, is_retryable, retry_after
 from .transport import BufferTransport, body_buffer
 
 if TYPE_CHECKING:
     from .iterate import BatchIterator
 
-__all__ = ["BatchClient"]
+__all__ = ["BatchClient", "EndpointState"]  # EndpointState: re-exported from .endpoints
 
 logger = logging.getLogger(__name__)
 
+_FINGERPRINT_HEADER = "X-Batchstash-Fingerprint"
+_SOURCE = "batchstash.url"  # response extension: the base URL that answered
+
 
 class BatchClient:
-    """A thread-safe client of one batchstash server over one keep-alive connection pool.
+    """A thread-safe client of one batchstash server, or of several replicas of one store.
 
     Requests that fail on the connection, with a 5xx (``503 not_primed`` included) or with a
     409 that carries ``Retry-After`` are retried ``retries`` times with exponential backoff and
@@ -37,28 +45,57 @@ class BatchClient:
     raised at once. Errors are raised as the :mod:`batchstash.client.errors` class matching the
     server's ``error.code``; a connection that never succeeds raises :class:`TransportError`.
 
+    **Several URLs.** Given a sequence of base URLs (or one string of comma separated URLs),
+    the client sends each request to the next URL, round robin, each URL with its own
+    keep-alive pool. A request that fails on the connection (refused, reset, timed out) or with
+    a 5xx other than ``503 not_primed`` is sent again at once to the next URL, and the failing
+    URL is marked down: it gets no requests for ``cooldown`` seconds, doubled each time it is
+    marked down again before it answers (at most ``max_cooldown``), unless every URL is down.
+    A URL that answers is up again. ``503 not_primed``, ``409`` with ``Retry-After`` and other
+    4xx are the shared store's answer, the same on every replica: they are handled as with one
+    URL. Only when every URL has failed does the request back off and retry; the final
+    :class:`TransportError` names every URL and what each did. Every URL must serve the same
+    store: once the client knows the store fingerprint, a URL that answers with another one
+    raises :class:`PlanError` (unless every URL now agrees on the new one: the store changed).
+    An epoch plan is the client's, so :meth:`iter_batches` survives losing a replica mid-epoch
+    without a duplicate or a missing batch.
+
     Example::
 
-        with BatchClient("http://stash:8000") as client:
+        with BatchClient(["http://stash-a:8000", "http://stash-b:8000"]) as client:
             meta = client.metadata()
             for batch in client.iter_batches("train", epoch=0, device="cuda"):
                 ...
 
     Args:
-        url: the server's base URL, e.g. ``http://127.0.0.1:8000``.
+        url: the server's base URL, e.g. ``http://127.0.0.1:8000``; or several, as a sequence
+            or one comma separated string (``"http://a:8000,http://b:8000"``), all serving one
+            store.
         token: a bearer token sent with every request (admin endpoints need one when the server
             is configured with a token).
         timeout: seconds for connecting and for each read.
-        retries: how many times a failed request is retried (``0``: never).
+        retries: how many times a failed request is retried (``0``: never) once every URL has
+            failed it.
         backoff: the first retry delay in seconds; doubled on each retry, with jitter.
-        transport: an ``httpx`` transport; by default a :class:`BufferTransport`, which reads
-            each body into one buffer the tensors view (tests pass ``httpx.MockTransport``).
+        transport: an ``httpx`` transport, shared by the clients of all URLs; by default each
+            URL gets its own :class:`BufferTransport`, which reads each body into one buffer
+            the tensors view (tests pass ``httpx.MockTransport``).
         max_delay: the longest delay between two tries, whatever ``Retry-After`` says.
+        cooldown: seconds a URL that failed gets no requests (doubled each time it fails again
+            before answering).
+        max_cooldown: the longest cooldown.
+
+    Attributes:
+        urls: the base URLs, in the order given.
+        url: the first of them (the only one for a client of one server).
+
+    Raises:
+        ValueError: a negative setting, no URL, an empty or a repeated one.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str | None = None,
         timeout: float = 30.0,
         retries: int = 5,
@@ -66,21 +103,33 @@ class BatchClient:
         transport: httpx.BaseTransport | None = None,
         *,
         max_delay: float = 30.0,
+        cooldown: float = 1.0,
+        max_cooldown: float = 30.0,
     ) -> None:
-        if retries < 0 or backoff < 0 or max_delay < 0:
-            raise ValueError("retries, backoff and max_delay must not be negative")
+        if min(retries, backoff, max_delay, cooldown, max_cooldown) < 0:
+            raise ValueError(
+                "retries, backoff, max_delay, cooldown and max_cooldown must not be negative"
+            )
         headers = {"Accept": "application/json, application/octet-stream"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self.url = url.rstrip("/")
+        self.urls = parse_urls(url)
+        self.url = self.urls[0]
         self.retries = retries
         self.backoff = backoff
         self.max_delay = max_delay
-        self._http = httpx.Client(
-            base_url=self.url,
-            headers=headers,
-            timeout=timeout,
-            transport=transport or BufferTransport(),
+        self.cooldown = cooldown
+        self.max_cooldown = max_cooldown
+        self._pool = Endpoints(
+            self.urls,
+            lambda base: httpx.Client(
+                base_url=base,
+                headers=headers,
+                timeout=timeout,
+                transport=transport or BufferTransport(),
+            ),
+            cooldown,
+            max_cooldown,
         )
         self._sleep: Callable[[float], None] = time.sleep
         # looked up at call time, so a replaced ``_sleep`` (tests) reaches the admin calls too
@@ -89,6 +138,73 @@ class BatchClient:
         )
         self._lock = threading.Lock()
         self._metadata: tuple[str, BatchMetadata] | None = None
+        self._fingerprint: tuple[str, str] | None = None  # (fingerprint, the URL that told it)
+
+    # -- the URLs -------------------------------------------------------------------------------
+
+    def endpoints(self) -> list[EndpointState]:
+        """The state of each URL, in the order given (which are down, for how long, and why)."""
+        return self._pool.states()
+
+    def down_urls(self) -> list[str]:
+        """The URLs marked down and not answering since (see :meth:`endpoints`)."""
+        return [state.url for state in self.endpoints() if state.down]
+
+    # -- the store fingerprint ------------------------------------------------------------------
+
+    def _observe(self, fingerprint: str | None, url: str) -> None:
+        """Check that ``url`` serves the store the client knows; learn it on the first answer.
+
+        With one URL a new fingerprint is the store changing, and is followed. With several, a
+        new fingerprint is followed only when another URL confirms it: the URL that told the
+        old one if it answers, else the first other URL that does.
+
+        Raises:
+            PlanError: two URLs serve different stores, or no other URL answers to confirm.
+        """
+        if not fingerprint:
+            return
+        with self._lock:
+            known = self._fingerprint
+            if known is None or (known[1] == url and len(self._pool) == 1):
+                self._fingerprint = (fingerprint, url)
+                return
+            if known[0] == fingerprint:
+                return
+            others = sorted(
+                (e for e in self._pool if e.url != url),
+                key=lambda e: (e.url != known[1], e.failures > 0),
+            )
+        mine = self._probe(url) or fingerprint
+        for other in others:
+            theirs = self._probe(other.url)
+            if theirs is None:
+                continue
+            if theirs != mine:
+                raise PlanError(
+                    f"{url} serves store {mine}, but {other.url} serves {theirs}: every URL of a "
+                    "client must serve the same store (replicas of one data dir); batches of two "
+                    "stores are not mixed"
+                )
+            with self._lock:
+                self._fingerprint = (mine, url)
+            logger.info("the store changed: %s and %s now serve %s", url, other.url, mine)
+            return
+        raise PlanError(
+            f"{url} serves store {mine}, but {known[1]} served {known[0]} and no other URL "
+            "answers now to confirm that the store changed: every URL of a client must serve "
+            "the same store"
+        )
+
+    def _probe(self, url: str) -> str | None:
+        """The fingerprint ``url`` serves now (one request, no retry); ``None`` if it fails."""
+        endpoint = self._pool.get(url)
+        try:
+            response = endpoint.http.get("/v1/metadata")
+            response.raise_for_status()
+            return str(response.json()["fingerprint"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -107,50 +223,110 @@ class BatchClient:
         params: Mapping[str, str] | None = None,
         json: Any = None,
     ) -> httpx.Response:
-        """Send a request with retries; return a 2xx response or raise the mapped error.
+        """Send a request with failover and retries; return a 2xx response or raise the error.
 
+        Each attempt tries every URL once, in :meth:`Endpoints.route` order, until one answers with
+        something other than a connection failure or a failing-over 5xx (:func:`fails_over`).
         The body of a successful response is left unread: take it with :func:`body_buffer`
         (the transport's own buffer, no copy) or ``response.read()``.
         """
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
-            try:
-                request = self._http.build_request(method, path, params=params, json=json)
-                response = self._http.send(request, stream=True)
-                if not response.is_success:
-                    response.read()
-            except httpx.TransportError as exc:
-                if last:
-                    raise TransportError(
-                        f"{method} {self.url}{path}: {type(exc).__name__}: {exc} "
-                        f"(after {attempt + 1} attempts)"
-                    ) from exc
-                delay = self._delay(attempt, None)
-                logger.warning("%s %s failed (%s); retry in %.2fs", method, path, exc, delay)
+            failures: list[tuple[str, str]] = []  # (url, what happened), this attempt
+            failed: httpx.Response | httpx.TransportError | None = None
+            for endpoint in self._pool.route():
+                with self._lock:
+                    endpoint.requests += 1
+                try:
+                    request = endpoint.http.build_request(method, path, params=params, json=json)
+                    response = endpoint.http.send(request, stream=True)
+                    if not response.is_success:
+                        response.read()
+                except httpx.TransportError as exc:
+                    failed, what = exc, f"{type(exc).__name__}: {exc}"
+                    failures.append((endpoint.url, what))
+                    self._pool.mark_down(endpoint, what)
+                    continue
+                if fails_over(response):
+                    failed, what = response, _describe(response)
+                    failures.append((endpoint.url, what))
+                    self._pool.mark_down(endpoint, what)
+                    continue
+                self._pool.mark_up(endpoint)
+                if response.is_success:
+                    response.extensions[_SOURCE] = endpoint.url
+                    try:
+                        self._observe(response.headers.get(_FINGERPRINT_HEADER), endpoint.url)
+                    except PlanError:
+                        response.close()
+                        raise
+                    return response
+                if last or not is_retryable(response):
+                    raise error_from_response(response)
+                delay = self._delay(attempt, response)
+                logger.info(
+                    "%s %s answered %d; retry %d/%d in %.2fs",
+                    method,
+                    path,
+                    response.status_code,
+                    attempt + 1,
+                    self.retries,
+                    delay,
+                )
                 self._sleep(delay)
-                continue
-            if response.is_success:
-                return response
-            if last or not is_retryable(response):
-                raise error_from_response(response)
-            delay = self._delay(attempt, response)
-            logger.info(
-                "%s %s answered %d; retry %d/%d in %.2fs",
-                method,
-                path,
-                response.status_code,
-                attempt + 1,
-                self.retries,
-                delay,
-            )
-            self._sleep(delay)
+                break
+            else:  # every URL failed this attempt
+                if last:
+                    cause = failed if isinstance(failed, httpx.TransportError) else None
+                    raise self._exhausted(method, path, attempt + 1, failures, failed) from cause
+                response_failed = failed if isinstance(failed, httpx.Response) else None
+                delay = self._delay(attempt, response_failed)
+                logger.warning(
+                    "%s %s failed (%s); retry %d/%d in %.2fs",
+                    method,
+                    path,
+                    "; ".join(f"{url}: {what}" for url, what in failures),
+                    attempt + 1,
+                    self.retries,
+                    delay,
+                )
+                self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _exhausted(
+        self,
+        method: str,
+        path: str,
+        attempts: int,
+        failures: list[tuple[str, str]],
+        failed: httpx.Response | httpx.TransportError | None,
+    ) -> BatchstashError:
+        """The error of a request every URL failed on its last attempt."""
+        if isinstance(failed, httpx.Response) and len(self._pool) == 1:
+            return error_from_response(failed)
+        if len(self._pool) == 1:
+            url, what = failures[0]
+            error: BatchstashError = TransportError(
+                f"{method} {url}{path}: {what} (after {attempts} attempts)"
+            )
+        else:
+            tried = "; ".join(f"{url}: {what}" for url, what in failures)
+            message = f"{method} {path} failed on every URL (after {attempts} attempts): {tried}"
+            if isinstance(failed, httpx.Response):
+                error = type(error_from_response(failed))(message)
+            else:
+                error = TransportError(message)
+        return error
+
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._json_from(method, path, **kwargs)[0]
+
+    def _json_from(self, method: str, path: str, **kwargs: Any) -> tuple[Any, str]:
+        """The JSON body of a request and the base URL that answered it."""
         response = self._request(method, path, **kwargs)
         response.read()
         try:
-            return response.json()
+            return response.json(), str(response.extensions.get(_SOURCE, self.url))
         except ValueError:
             raise PayloadError(f"{method} {path}: the response is not JSON") from None
 
@@ -192,14 +368,15 @@ class BatchClient:
         return self._fetch_metadata()[1]
 
     def _fetch_metadata(self) -> tuple[str, BatchMetadata]:
-        body = self._json("GET", "/v1/metadata")
+        body, url = self._json_from("GET", "/v1/metadata")
+        self._observe(body.get("fingerprint"), url)
         entry = (str(body["fingerprint"]), BatchMetadata.from_dict(body["metadata"]))
         with self._lock:
             self._metadata = entry
         return entry
 
     def fingerprint(self) -> str:
-        """Return the server's current store fingerprint (its configuration hash); not cached."""
+        """Return the current store fingerprint (its configuration hash); not cached."""
         return self._fetch_metadata()[0]
 
     def splits(self) -> dict[str, Any]:
@@ -207,11 +384,14 @@ class BatchClient:
 
         ``stored`` counts the batches encoded so far; ``primed`` is true once all are.
         """
-        return dict(self._json("GET", "/v1/splits"))
+        body, url = self._json_from("GET", "/v1/splits")
+        self._observe(body.get("fingerprint"), url)
+        return dict(body)
 
     def split_batch_ids(self, split: str) -> tuple[str, list[int]]:
         """Return the store fingerprint and the batch ids of ``split`` in one request."""
-        body = self._json("GET", f"/v1/splits/{split}/batches")
+        body, url = self._json_from("GET", f"/v1/splits/{split}/batches")
+        self._observe(body.get("fingerprint"), url)
         return str(body["fingerprint"]), [int(i) for i in body["batch_ids"]]
 
     def batch_ids(self, split: str) -> list[int]:
@@ -373,8 +553,14 @@ class BatchClient:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
+        """Close the connection pool of every URL."""
+        for endpoint in self._pool:
+            endpoint.http.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (every URL's pool is closed)."""
+        return all(endpoint.http.is_closed for endpoint in self._pool)
 
     def __enter__(self) -> BatchClient:
         return self
@@ -383,4 +569,10 @@ class BatchClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r})"
+        urls = self.url if len(self.urls) == 1 else list(self.urls)
+        return f"{type(self).__name__}({urls!r})"
+
+
+def _describe(response: httpx.Response) -> str:
+    """``502 Bad Gateway`` or ``500 store_corrupt``: a failed response in one phrase."""
+    return f"{response.status_code} {error_code(response) or response.reason_phrase}".rstrip()

@@ -17,7 +17,7 @@ from .errors import (
     error_for_code,
 )
 
-__all__ = ["error_from_response", "is_retryable", "retry_after"]
+__all__ = ["error_code", "error_from_response", "fails_over", "is_retryable", "retry_after"]
 
 _FALLBACK_ERRORS: dict[int, type[BatchstashError]] = {
     400: InvalidRequestError,
@@ -58,6 +58,27 @@ def error_from_response(response: httpx.Response) -> BatchstashError:
         cls = _FALLBACK_ERRORS.get(response.status_code, BatchstashError)
         message = response.text[:200] or response.reason_phrase
     return cls(f"{response.request.method} {response.request.url.path}: {message}")
+
+
+def error_code(response: httpx.Response) -> str | None:
+    """The ``error.code`` of a batchstash JSON error body (``None`` for any other body)."""
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return str(code)
+
+
+def fails_over(response: httpx.Response) -> bool:
+    """Whether another server may answer better: a 5xx other than ``503 not_primed``.
+
+    ``not_primed`` is the state of the store every replica shares, so it is retried after its
+    ``Retry-After`` like today; any other 5xx (a proxy's 502, a replica's own fault) is the
+    server's, and a client of several URLs tries the next one at once.
+    """
+    if response.status_code < 500:
+        return False
+    return not (response.status_code == 503 and error_code(response) == "not_primed")
 
 
 def is_retryable(response: httpx.Response) -> bool:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import zlib
 from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -104,6 +106,8 @@ class FakeServer:
         self.serve_as: dict[tuple[str, int], tuple[str, int]] = {}  # wrong payload on purpose
         self.in_flight = 0
         self.max_in_flight = 0
+        self.down = False  # raise httpx.ConnectError on every request while true
+        self.answer: httpx.Response | None = None  # give this response to every request
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -147,6 +151,11 @@ class FakeServer:
         if self.connect_errors > 0:
             self.connect_errors -= 1
             raise httpx.ConnectError("connection refused", request=request)
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        if self.answer is not None:  # a fresh copy: a response is consumed once
+            answer = self.answer
+            return httpx.Response(answer.status_code, headers=answer.headers, content=answer.read())
         parts = request.url.path.strip("/").split("/")
         admin = parts[:2] == ["v1", "admin"]
         if self.token and (admin or self.read_token):
@@ -218,7 +227,8 @@ class FakeServer:
             if response.status_code != 200:
                 return response
             frames += [frame_prefix(len(response.content)), response.content]
-        return httpx.Response(200, content=b"".join(frames))
+        headers = {"X-Batchstash-Fingerprint": self.fingerprint}
+        return httpx.Response(200, content=b"".join(frames), headers=headers)
 
     def batch(self, request: httpx.Request, split: str, batch_id: int) -> httpx.Response:
         if batch_id not in self.splits[split]:
@@ -254,3 +264,100 @@ def make_client(server: FakeServer, **kwargs: Any) -> BatchClient:
     client.sleeps = []  # type: ignore[attr-defined]
     client._sleep = client.sleeps.append  # type: ignore[attr-defined]
     return client
+
+
+class Cluster:
+    """Several fake servers behind one ``httpx.MockTransport``, picked by the request's host.
+
+    Args:
+        servers: the fake server of each base URL (``http://a.test``...).
+    """
+
+    def __init__(self, servers: dict[str, FakeServer]) -> None:
+        self.servers = servers
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        return self.servers[f"{request.url.scheme}://{request.url.host}"](request)
+
+
+def make_cluster(
+    count: int = 2, splits: dict[str, Iterable[int]] | None = None, **kwargs: Any
+) -> tuple[BatchClient, list[FakeServer]]:
+    """A client of ``count`` fake replicas of one store: ``http://a.test``, ``http://b.test``...
+
+    It records its retry delays instead of sleeping; ``kwargs`` go to the client.
+    """
+    urls = [f"http://{chr(ord('a') + i)}.test" for i in range(count)]
+    servers = [FakeServer(splits) for _ in urls]
+    client = BatchClient(
+        urls, transport=httpx.MockTransport(Cluster(dict(zip(urls, servers, strict=True)))),
+        **kwargs,
+    )
+    client.sleeps = []  # type: ignore[attr-defined]
+    client._sleep = client.sleeps.append  # type: ignore[attr-defined]
+    return client, servers
+
+
+class SocketServer:
+    """A fake server on a real loopback socket (keep-alive HTTP/1.1), killable like a process.
+
+    Args:
+        fake: answers each request.
+    """
+
+    def __init__(self, fake: FakeServer) -> None:
+        self.fake = fake
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with outer._lock:
+                    outer._connections.add(self.connection)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def handle_one(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                request = httpx.Request(
+                    self.command,
+                    f"http://{self.headers['Host']}{self.path}",
+                    headers=dict(self.headers.items()),
+                    content=body,
+                )
+                response = outer.fake(request)
+                content = response.read()
+                self.send_response(response.status_code)
+                for name, value in response.headers.items():
+                    if name.lower() not in {"content-length", "transfer-encoding"}:
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_DELETE = handle_one  # noqa: N815
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def kill(self) -> None:
+        """Stop listening and reset every open connection, as a killed process would."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()

@@ -301,7 +301,7 @@ def test_wait_for_prime_failure_and_timeout(server: FakeServer, client: BatchCli
 def test_context_manager_closes(server: FakeServer) -> None:
     with make_client(server) as client:
         client.splits()
-    assert client._http.is_closed
+    assert client.closed
 
 
 def test_bad_arguments() -> None:

@@ -1,0 +1,155 @@
+"""The server URLs of a client: one keep-alive pool each, health, cooldowns and round robin."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+__all__ = ["Endpoint", "EndpointState", "Endpoints", "parse_urls"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_urls(url: str | Sequence[str]) -> tuple[str, ...]:
+    """``"http://a, http://b"`` or ``["http://a", "http://b"]`` -> the base URLs, ``/`` trimmed."""
+    parts = url.split(",") if isinstance(url, str) else list(url)
+    urls = tuple(str(u).strip().rstrip("/") for u in parts)
+    if not urls or not all(urls):
+        raise ValueError(f"no server URL, or an empty one, in {url!r}")
+    if len(set(urls)) != len(urls):
+        raise ValueError(f"a server URL is given twice in {url!r}")
+    return urls
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    """What a client knows of one of its server URLs (see :meth:`BatchClient.endpoints`).
+
+    Attributes:
+        url: the base URL.
+        down: its last request failed on the connection or with a failing-over 5xx, and it has
+            not answered since.
+        failures: how many times it was marked down since it last answered (each outage doubles
+            the cooldown, up to ``max_cooldown``).
+        cooldown: seconds left before it gets requests again (``0``: it gets its share); while
+            every URL is cooling down each still gets tried.
+        requests: requests sent to it so far (tries included).
+        last_error: why it was last marked down (``None`` when it is up).
+    """
+
+    url: str
+    down: bool
+    failures: int
+    cooldown: float
+    requests: int
+    last_error: str | None
+
+
+class Endpoint:
+    """One base URL: its own ``httpx`` client (keep-alive pool) and its health, under the lock."""
+
+    def __init__(self, url: str, http: httpx.Client) -> None:
+        self.url = url
+        self.http = http
+        self.failures = 0
+        self.down_until = 0.0  # clock time its cooldown ends
+        self.requests = 0
+        self.last_error: str | None = None
+
+
+
+
+class Endpoints:
+    """The URLs of a client, in order: health, cooldowns and the order a request tries them.
+
+    Args:
+        urls: the base URLs.
+        make_http: builds the ``httpx`` client (keep-alive pool) of one URL.
+        cooldown: seconds a URL that failed gets no requests (doubled each time it fails again
+            before answering).
+        max_cooldown: the longest cooldown.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        make_http: Callable[[str], httpx.Client],
+        cooldown: float,
+        max_cooldown: float,
+    ) -> None:
+        self.items = [Endpoint(url, make_http(url)) for url in urls]
+        self.cooldown = cooldown
+        self.max_cooldown = max_cooldown
+        self.clock: Callable[[], float] = time.monotonic
+        self._lock = threading.Lock()
+        self._cursor = 0  # round robin over the URLs that are not cooling down
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Endpoint]:
+        return iter(self.items)
+
+    def get(self, url: str) -> Endpoint:
+        """The endpoint of ``url``."""
+        return next(e for e in self.items if e.url == url)
+
+    def states(self) -> list[EndpointState]:
+        """The state of each URL, in order."""
+        now = self.clock()
+        with self._lock:
+            return [
+                EndpointState(
+                    e.url,
+                    e.failures > 0,
+                    e.failures,
+                    max(0.0, e.down_until - now),
+                    e.requests,
+                    e.last_error,
+                )
+                for e in self.items
+            ]
+
+    def route(self) -> list[Endpoint]:
+        """Every URL, in the order one request tries them.
+
+        The URLs not cooling down come first, starting round robin; then those cooling down,
+        the soonest back first.
+        """
+        now = self.clock()
+        with self._lock:
+            ready = [e for e in self.items if e.down_until <= now]
+            cooling = sorted(
+                (e for e in self.items if e.down_until > now), key=lambda e: e.down_until
+            )
+            if ready:
+                first = self._cursor % len(ready)
+                self._cursor += 1
+                ready = ready[first:] + ready[:first]
+        return ready + cooling
+
+    def mark_down(self, endpoint: Endpoint, why: str) -> None:
+        """``endpoint`` failed: no requests for its cooldown (one outage while cooling down)."""
+        now = self.clock()
+        with self._lock:
+            endpoint.last_error = why
+            if endpoint.down_until > now:
+                return  # already cooling down: requests in flight that fail too are one outage
+            endpoint.failures += 1
+            pause = min(self.cooldown * 2 ** min(endpoint.failures - 1, 32), self.max_cooldown)
+            endpoint.down_until = now + pause
+        if len(self.items) > 1:
+            logger.warning("%s is down (%s); no requests for %.1fs", endpoint.url, why, pause)
+
+    def mark_up(self, endpoint: Endpoint) -> None:
+        """``endpoint`` answered: it is up again."""
+        with self._lock:
+            was_down, endpoint.failures, endpoint.down_until = endpoint.failures > 0, 0, 0.0
+            endpoint.last_error = None
+        if was_down and len(self.items) > 1:
+            logger.info("%s answers again", endpoint.url)
