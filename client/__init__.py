@@ -1,10 +1,13 @@
 """batchstash client: decoded batches, metadata, the wire codec and the HTTP client for trainers."""
 
-from . import wire
-from .admin import AdminCalls
-from .batch import Batch
-from .dataset import BatchDataset
-from .device import TorchConfig, copy_to_device
+# Exports resolve on first use (PEP 562): importing the package, or its errors, costs no
+# torch import (the CLI and spawned priming workers start fast); type checkers see them all.
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AuthError,
     BatchError,
@@ -24,17 +27,74 @@ from .errors import (
     VectorizerError,
     error_for_code,
 )
-from .http import BatchClient
-from .iterate import BatchIterator
-from .mapping import (
-    BatchFeatureMapping,
-    ConfigBatchFeatureMapping,
-    FieldFeatureMapping,
-    ManagerFeatureMapping,
-)
-from .metadata import BatchFieldMetadata, BatchMetadata, MetadataNetworkSettings, VectorizerMetadata
-from .plan import EpochPlan
-from .transport import BufferStream, BufferTransport, body_buffer
+
+if TYPE_CHECKING:
+    from . import wire
+    from .admin import AdminCalls
+    from .batch import Batch
+    from .dataset import BatchDataset
+    from .device import TorchConfig, copy_to_device
+    from .endpoints import Endpoint, Endpoints
+    from .http import BatchClient, EndpointState
+    from .iterate import BatchIterator
+    from .mapping import (
+        BatchFeatureMapping,
+        ConfigBatchFeatureMapping,
+        FieldFeatureMapping,
+        ManagerFeatureMapping,
+    )
+    from .metadata import (
+        BatchFieldMetadata,
+        BatchMetadata,
+        MetadataNetworkSettings,
+        VectorizerMetadata,
+    )
+    from .plan import EpochPlan
+    from .transport import BufferStream, BufferTransport, body_buffer
+
+_LAZY = {
+    "AdminCalls": ".admin",
+    "Batch": ".batch",
+    "BatchClient": ".http",
+    "BatchDataset": ".dataset",
+    "BatchFeatureMapping": ".mapping",
+    "BatchFieldMetadata": ".metadata",
+    "BatchIterator": ".iterate",
+    "BatchMetadata": ".metadata",
+    "BufferStream": ".transport",
+    "BufferTransport": ".transport",
+    "ConfigBatchFeatureMapping": ".mapping",
+    "Endpoint": ".endpoints",
+    "EndpointState": ".http",
+    "Endpoints": ".endpoints",
+    "EpochPlan": ".plan",
+    "FieldFeatureMapping": ".mapping",
+    "ManagerFeatureMapping": ".mapping",
+    "MetadataNetworkSettings": ".metadata",
+    "TorchConfig": ".device",
+    "VectorizerMetadata": ".metadata",
+    "body_buffer": ".transport",
+    "copy_to_device": ".device",
+    "wire": ".wire",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    if module == f".{name}":  # a submodule exported as a namespace (wire)
+        value = importlib.import_module(module, __name__)
+    else:
+        value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "AdminCalls",
@@ -54,6 +114,9 @@ __all__ = [
     "ConfigBatchFeatureMapping",
     "ConflictError",
     "CorruptStoreError",
+    "Endpoint",
+    "EndpointState",
+    "Endpoints",
     "EpochPlan",
     "FieldFeatureMapping",
     "InvalidRequestError",

@@ -1,35 +1,96 @@
 """batchstash service: the batch stash engine (priming, storage) and, with the extra, the server."""
 
-from batchstash.client import (
-    Batch,
-    BatchError,
-    BatchFeatureMapping,
-    BatchFieldMetadata,
-    BatchMetadata,
-    ConfigBatchFeatureMapping,
-    FieldFeatureMapping,
-    ManagerFeatureMapping,
-    MetadataNetworkSettings,
-    TorchConfig,
-)
+# Exports resolve on first use (PEP 562): importing the package, or its errors, costs no
+# torch import (the CLI and spawned priming workers start fast); type checkers see them all.
 
-from .dataset.batch import DefaultBatch
-from .dataset.datapoint import DataPoint
-from .dataset.idset import DataPointIDSet
-from .dataset.split import CsvSplitStashContainer, MemorySplitStashContainer, SplitStashContainer
-from .dataset.vectorize import (
-    CategoryEncodableFeatureVectorizer,
-    FeatureVectorizer,
-    FeatureVectorizerManager,
-    FeatureVectorizerManagerSet,
-    OneHotEncodedFeatureVectorizer,
-    SeriesFeatureVectorizer,
-    TokenIdFeatureVectorizer,
-    TokenLengthFeatureVectorizer,
-)
-from .factory import load_factory
-from .prime.run import ProgressCallback
-from .stash import BatchStash
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batchstash.client import (
+        Batch,
+        BatchError,
+        BatchFeatureMapping,
+        BatchFieldMetadata,
+        BatchMetadata,
+        ConfigBatchFeatureMapping,
+        FieldFeatureMapping,
+        ManagerFeatureMapping,
+        MetadataNetworkSettings,
+        TorchConfig,
+    )
+
+    from .dataset.batch import DefaultBatch
+    from .dataset.datapoint import DataPoint
+    from .dataset.idset import DataPointIDSet
+    from .dataset.split import (
+        CsvSplitStashContainer,
+        MemorySplitStashContainer,
+        SplitStashContainer,
+    )
+    from .dataset.vectorize import (
+        CategoryEncodableFeatureVectorizer,
+        FeatureVectorizer,
+        FeatureVectorizerManager,
+        FeatureVectorizerManagerSet,
+        OneHotEncodedFeatureVectorizer,
+        SeriesFeatureVectorizer,
+        TokenIdFeatureVectorizer,
+        TokenLengthFeatureVectorizer,
+    )
+    from .factory import load_factory
+    from .prime.run import ProgressCallback
+    from .stash import BatchStash
+
+_LAZY = {
+    "Batch": "batchstash.client",
+    "BatchError": "batchstash.client",
+    "BatchFeatureMapping": "batchstash.client",
+    "BatchFieldMetadata": "batchstash.client",
+    "BatchMetadata": "batchstash.client",
+    "BatchStash": ".stash",
+    "CategoryEncodableFeatureVectorizer": ".dataset.vectorize",
+    "ConfigBatchFeatureMapping": "batchstash.client",
+    "CsvSplitStashContainer": ".dataset.split",
+    "DataPoint": ".dataset.datapoint",
+    "DataPointIDSet": ".dataset.idset",
+    "DefaultBatch": ".dataset.batch",
+    "FeatureVectorizer": ".dataset.vectorize",
+    "FeatureVectorizerManager": ".dataset.vectorize",
+    "FeatureVectorizerManagerSet": ".dataset.vectorize",
+    "FieldFeatureMapping": "batchstash.client",
+    "ManagerFeatureMapping": "batchstash.client",
+    "MemorySplitStashContainer": ".dataset.split",
+    "MetadataNetworkSettings": "batchstash.client",
+    "OneHotEncodedFeatureVectorizer": ".dataset.vectorize",
+    "ProgressCallback": ".prime.run",
+    "SeriesFeatureVectorizer": ".dataset.vectorize",
+    "SplitStashContainer": ".dataset.split",
+    "TokenIdFeatureVectorizer": ".dataset.vectorize",
+    "TokenLengthFeatureVectorizer": ".dataset.vectorize",
+    "TorchConfig": "batchstash.client",
+    "load_factory": ".factory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    if module == f".{name}":  # a submodule exported as a namespace (wire)
+        value = importlib.import_module(module, __name__)
+    else:
+        value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "Batch",

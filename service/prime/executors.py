@@ -21,7 +21,7 @@ from typing import Any
 from batchstash.client import BatchError, PrimeCancelledError
 from batchstash.service.dataset.idset import DataPointIDSet
 
-from . import worker
+from . import guard, worker
 
 __all__ = [
     "EXECUTORS",
@@ -141,7 +141,7 @@ class ProcessExecutor(Executor):
         pool = ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=ctx,
-            initializer=worker.init_worker,
+            initializer=guard.init_worker,
             initargs=(os.getpid(),),
         )
         task = spec.to_dict()

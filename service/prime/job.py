@@ -69,6 +69,7 @@ class PrimeJob:
         self._thread: threading.Thread | None = None
         self._last_change = 0.0
         self._last_log = 0.0
+        self._job_id: str | None = None
         self._counts: dict[str, tuple[int, int]] = {}
 
     @property
@@ -80,6 +81,11 @@ class PrimeJob:
     def running(self) -> bool:
         """Whether a prime holds the store's lease (here or in another process)."""
         return self.local or self._prime_elsewhere()
+
+    def _still_running(self) -> bool:
+        """Whether this process's job still holds the lease (not just its thread alive)."""
+        record, _ = read_job(self.backend)
+        return record is not None and record.job_id == self._job_id and record.holds_lease()
 
     def _prime_elsewhere(self) -> bool:
         record, _ = read_job(self.backend)
@@ -111,11 +117,12 @@ class PrimeJob:
         with self._lock:
             thread = self._thread
             if thread is not None and thread.is_alive():
-                if not self._cancel.is_set():
+                if not self._cancel.is_set() and self._still_running():
                     return False
+                # cancelled, or its job already ended (the thread is finishing): a new job
                 thread.join(timeout=30)  # a cancelled prime stops within a task
                 if thread.is_alive():
-                    raise ConflictError("the cancelled prime is still stopping: retry shortly")
+                    raise ConflictError("the previous prime is still stopping: retry shortly")
             primer.check_fresh()
             try:
                 lease = primer.acquire_lease("prime")
@@ -124,6 +131,7 @@ class PrimeJob:
                     return False  # another server primes this store: join its job
                 raise
             self._cancel.clear()
+            self._job_id = lease.job_id
             self._counts, self._last_log = {}, time.monotonic()
             self._thread = threading.Thread(
                 target=self._run, args=(primer, lease), name="batchstash-prime", daemon=True

@@ -216,7 +216,7 @@ def _prime(
         manifest = Manifest(info.fingerprint, info.generation, totals, beat.bytes)
         lease.heartbeat()  # still ours: a straggler past its lease writes no manifest
         write_record(backend, manifest)
-        lease.finish(JobState.DONE, progress=beat.progress, stored_bytes=beat.bytes)
+    lease.finish(JobState.DONE, progress=beat.progress, stored_bytes=beat.bytes)
     return len(todo)
 
 

@@ -2,18 +2,11 @@
 
 A worker rebuilds the dataset from its importable factory (never from pickled closures), opens
 the store by URL and writes each encoded batch itself; only byte counts go back. It dies with the
-process that started it: ``PR_SET_PDEATHSIG`` where Linux offers it, and a watchdog thread that
-notices a new parent everywhere.
+process that started it (:mod:`.guard`, its initializer).
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import signal
-import sys
-import threading
-import time
 from typing import Any
 
 import torch
@@ -25,36 +18,15 @@ from batchstash.service.factory import load_factory
 from batchstash.service.store.backend import open_backend
 from batchstash.service.store.writer import BatchWriter
 
-__all__ = ["encode_chunk", "init_worker"]
+__all__ = ["encode_chunk", "write_batch"]
 
-_PR_SET_PDEATHSIG = 1
 _contexts: dict[str, tuple[Encoder, BatchWriter]] = {}
-
-
-def _watch_parent(parent: int) -> None:
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent:
-            os._exit(1)
-
-
-def init_worker(parent: int) -> None:
-    """Bind this worker's life to ``parent`` (the priming process) and use one thread."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # the watchdog below still ends this worker
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    torch.set_num_threads(1)  # one process per core: no intra-op oversubscription
 
 
 def _context(spec: dict[str, Any]) -> tuple[Encoder, BatchWriter]:
     key = repr(sorted(spec.items()))
     if key not in _contexts:
+        torch.set_num_threads(1)  # one process per core: no intra-op oversubscription
         built = load_factory(spec["factory"])(**spec["factory_kwargs"])
         encoder = getattr(built, "encoder", built)
         if not isinstance(encoder, Encoder):
