@@ -160,6 +160,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                        f"{store['batch_bytes']:,} B batches, 2 workers",
                        f"{_f(build['rate'], 1)} batches/s ({_f(build['wall_s'], 1)} s)"))
     out.extend(_memory_rows(results["memory"]))
+    out.extend(_status_rows(results["status"]))
     out.extend(_gpu_rows(results.get("gpu", {})))
     return out
 
@@ -225,6 +226,28 @@ def _memory_rows(mem: dict[str, Any]) -> list[Row]:
                        f"{_f(entry['growth'] / MB)} MB = "
                        f"{_f(entry['ratio'], 2)} x prefetch x batch",
                        "<= 3 x", entry["ratio"] <= 3))
+    return out
+
+
+STATUS_CALLS = {"status": "GET /v1/admin/status (TestClient)",
+                "splits": "GET /v1/splits (TestClient)",
+                "status_body": "status body in process (the status route without HTTP)",
+                "split_counts": "StoreReader.split_counts() in process"}
+
+
+def _status_rows(cost: dict[str, Any]) -> list[Row]:
+    """Per call, p50/p99 on the small and the large store and the p50 ratio (target <= 1.5 x)."""
+    small, large = cost["small"], cost["large"]
+    sec = f"status cost ({small['batches']:,} vs {large['batches']:,} batch store)"
+    out = [Row(sec, f"store of {s['batches']:,} batches ({s['objects']:,} objects): build; "
+               "one walk + stat of every object (what status used to do)",
+               f"{_f(s['build_s'], 1)} s; walk {_f(s['walk_ms'], 1)} ms") for s in (small, large)]
+    for key, label in STATUS_CALLS.items():
+        ratio = cost["ratios"][key]
+        timing = "; ".join(f"{s['batches']:,}: p50 {_f(s[key]['p50_us'], 1)} us, "
+                           f"p99 {_f(s[key]['p99_us'], 1)} us" for s in (small, large))
+        out.append(Row(sec, f"{label}, {small[key]['calls']} calls: large / small p50",
+                       f"{_f(ratio, 2)} x ({timing})", "<= 1.5 x", ratio <= 1.5))
     return out
 
 

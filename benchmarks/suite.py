@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import torch
 
-from . import baselines, ceiling, gpu, memory, priming
+from . import baselines, ceiling, gpu, memory, priming, status
 from .consumers import ConsumerPool, LoadTask
 from .profiles import Profile
 from .servers import batchstash_server, child_env, free_port, prime, subprocess_server
@@ -193,6 +193,11 @@ class Suite:
                 ]
         self.results["memory"] = result
 
+    def status_cost(self) -> None:
+        sizes = status.SIZES[self.profile.name]
+        self.results["status"] = self.step(f"status cost, {sizes[0]} vs {sizes[1]} batch stores",
+                                           lambda: status.measure(self.work, sizes))
+
     def cuda(self) -> None:
         if self.device != "cuda":
             self.results["gpu"] = {"skipped": "run with --device cuda to measure"}
@@ -227,6 +232,7 @@ def run(profile: Profile, work: Path, logs: Path, device: str) -> dict[str, Any]
     suite.priming()
     suite.build("large")
     suite.build("small")
+    suite.status_cost()  # in process: before the consumer pool, whose processes would share CPUs
     with ConsumerPool(4) as pool:  # started after priming: its start-up would slow priming
 
         suite.pool = pool

@@ -15,8 +15,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("ceiling", "priming", "batchstash_large", "batchstash_small", "baselines", "naive",
-            "memory", "gpu", "targets", "machine")
-TARGETS = 9  # large: 3, small: 1, priming: 2, server memory: 1, client memory: 1 per depth (2)
+            "memory", "status", "gpu", "targets", "machine")
+TARGETS = 13  # large: 3, small: 1, priming: 2, memory: 1 + 1 per client depth (2), status: 4
 
 
 @pytest.mark.slow
@@ -50,6 +50,18 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert [c["prefetch"] for c in results["memory"]["client"]] == [1, 4]
     assert results["memory"]["server_large_store"]["store_batches"] == (
         5 * results["memory"]["server_small_store"]["store_batches"])
+    status = results["status"]
+    assert status["sizes"] == [100, 10_000]
+    for name, size in (("small", 100), ("large", 10_000)):
+        store = status[name]
+        assert store["batches"] == size and store["objects"] == 2 * size, name
+        assert store["bytes"] > 0 and store["build_s"] > 0 and store["walk_ms"] > 0, name
+        for call in ("status", "splits", "status_body", "split_counts"):
+            assert store[call]["calls"] > 0, (name, call)
+            assert store[call]["p99_us"] >= store[call]["p50_us"] > 0, (name, call)
+    ratios = status["ratios"]
+    assert set(ratios) == {"status", "splits", "status_body", "split_counts"}
+    assert all(isinstance(r, float) and r > 0 for r in ratios.values())
     assert len(results["targets"]) == TARGETS
     assert all(isinstance(t["met"], bool) for t in results["targets"])
     assert "skipped" in results["gpu"]  # --device cpu
