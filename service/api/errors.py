@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -11,11 +12,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchstash.client import BatchstashError
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = ["PRIME_HEADER", "error_response", "install_error_handlers", "prime_progress"]
 
 logger = logging.getLogger(__name__)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+
+PRIME_HEADER = "X-Batchstash-Prime"
+
+
+def prime_progress(request: Request) -> str:
+    """The store's prime job as compact JSON: ``{"state", "done", "total"}``."""
+    try:
+        body = request.app.state.batchstash.job.snapshot()
+    except Exception:  # the header is a courtesy: never turn a 503 into a 500
+        logger.debug("no prime progress for the %s header", PRIME_HEADER, exc_info=True)
+        return json.dumps({"state": "unknown", "done": 0, "total": 0})
+    splits = body.get("splits") or {}
+    done = sum(int(e["done"]) for e in splits.values())
+    total = sum(int(e["total"]) for e in splits.values())
+    state = body["state"] if body.get("kind") in ("prime", None) else "idle"
+    return json.dumps({"state": state, "done": done, "total": total}, separators=(",", ":"))
 
 
 def error_response(
@@ -35,6 +52,9 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         headers = {"Retry-After": str(retry_after_s)} if exc.status == 503 else None
         if exc.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
+        if exc.code == "not_primed" and headers is not None:
+            # what a waiting trainer needs: is a prime running, and is it getting anywhere
+            headers[PRIME_HEADER] = prime_progress(request)
         if exc.status >= 500:
             logger.warning("%s %s: %s", request.method, request.url.path, exc.message)
         return error_response(exc.status, exc.code, exc.message, headers)

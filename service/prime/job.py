@@ -202,20 +202,23 @@ class PrimeJob:
     def snapshot(self) -> dict[str, Any]:
         """The store's job: state, per-split progress, rate, ETA, error, owner."""
         record, _ = read_job(self.backend)
-        if record is not None and record.kind == "prime":
+        if record is not None and record.kind == "prime" and record.progress:
             return _prime_body(record)
-        body: dict[str, Any] = {
-            "state": JobState.RUNNING if record and record.holds_lease() else "idle",
-            "kind": None if record is None else record.kind,
-            "job_id": None if record is None else record.job_id,
-            "splits": {},
-            "rate": None,
-            "eta_s": None,
-            "error": None if record is None else record.error,
-            "started_at": None,
-            "finished_at": None,
-            "cancel_requested": False,
-        }
+        if record is not None and record.kind == "prime":  # just started: no progress yet
+            body = _prime_body(record)
+        else:
+            body = {
+                "state": JobState.RUNNING if record and record.holds_lease() else "idle",
+                "kind": None if record is None else record.kind,
+                "job_id": None if record is None else record.job_id,
+                "splits": {},
+                "rate": None,
+                "eta_s": None,
+                "error": None if record is None else record.error,
+                "started_at": None,
+                "finished_at": None,
+                "cancel_requested": False,
+            }
         try:
             counts = self.reader.split_counts()
         except (NotPrimedError, StaleStoreError):

@@ -162,7 +162,7 @@ def _prime(
     for generation in _other_generations(backend, info.generation):
         backend.delete_prefix(layout.generation_prefix(generation))
     todo, stored_bytes = [], 0
-    for id_set in id_sets:
+    for id_set in sorted(id_sets, key=_priority):
         size = writer.stored_bytes(id_set.split_name, id_set.batch_id, id_set.data_point_ids)
         if size is None:
             todo.append(id_set)
@@ -218,6 +218,14 @@ def _prime(
         write_record(backend, manifest)
     lease.finish(JobState.DONE, progress=beat.progress, stored_bytes=beat.bytes)
     return len(todo)
+
+
+def _priority(id_set: Any) -> tuple[int, str, int]:
+    """``train`` first, then the other splits, each in batch order.
+
+    A trainer waiting on a prime starts after its first batches, not after dev and test.
+    """
+    return (id_set.split_name != "train", id_set.split_name, id_set.batch_id)
 
 
 def _other_generations(backend: StoreBackend, current: str) -> set[str]:

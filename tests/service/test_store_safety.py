@@ -281,3 +281,34 @@ def test_status_and_split_counts_read_no_batch_object(tmp_path, monkeypatch) -> 
         for path in ("/v1/admin/status", "/v1/splits", "/readyz", "/v1/metadata"):
             assert client.get(path, headers=AUTH).status_code == 200
     assert touched and not [k for k in touched if k.startswith("batches/")]
+
+
+def test_a_not_primed_answer_says_how_far_the_prime_is(small) -> None:
+    idle = small.get("/v1/splits/train/batches/0")
+    assert idle.status_code == 503
+    assert json.loads(idle.headers["x-batchstash-prime"]) == {
+        "state": "idle",
+        "done": 0,
+        "total": 150,
+    }
+    assert small.post("/v1/admin/prime", headers=AUTH).status_code == 202
+    seen = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        response = small.get("/v1/splits/test/batches/29")  # the very last batch primed
+        if response.status_code == 200:
+            break
+        progress = json.loads(response.headers["x-batchstash-prime"])
+        assert progress["total"] == 150 and 0 <= progress["done"] <= 150
+        seen.add(progress["state"])
+    assert "running" in seen
+    wait_done(small)
+
+
+def test_the_train_split_is_primed_first(tmp_path: Path) -> None:
+    stash = iris(path=str(tmp_path / "data"), batch_size=10)
+    order: list[str] = []
+    initial = 3  # one progress call a split before anything is encoded
+    stash.prime(lambda split, done, total: order.append(split))
+    stored = order[initial:]
+    assert stored[: stored.count("train")] == ["train"] * 11  # all of train before dev, test
