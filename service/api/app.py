@@ -16,7 +16,7 @@ from batchstash.service.store.backend import open_backend
 from batchstash.service.store.reader import StoreReader
 
 from .errors import install_error_handlers
-from .metrics import Metrics
+from .metrics import Metrics, RequestMetrics
 from .routes import admin, batches, health
 from .state import ServerState, build_stash, object_cache
 
@@ -82,6 +82,7 @@ def create_app(settings: Settings, stash: BatchStash | None = None) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 
 

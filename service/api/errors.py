@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchstash.client import BatchstashError
 
-__all__ = ["PRIME_HEADER", "error_response", "install_error_handlers", "prime_progress"]
+__all__ = ["PRIME_HEADER", "count", "error_response", "install_error_handlers", "prime_progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,13 @@ def error_response(
     )
 
 
+def count(request: Request, code: str) -> None:
+    """Count an error response by its code (``batchstash_errors_total``)."""
+    state = getattr(request.app.state, "batchstash", None)
+    if state is not None:
+        state.metrics.errors.labels(code).inc()
+
+
 def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     """Render batchstash errors, validation errors and HTTP errors in the one JSON shape."""
 
@@ -57,20 +64,24 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
             headers[PRIME_HEADER] = prime_progress(request)
         if exc.status >= 500:
             logger.warning("%s %s: %s", request.method, request.url.path, exc.message)
+        count(request, exc.code)
         return error_response(exc.status, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        count(request, "validation_error")
         return error_response(422, "validation_error", "; ".join(parts))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
+        count(request, code)
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        count(request, "internal_error")
         return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")

@@ -1,15 +1,33 @@
-"""Prometheus metrics of one server (its own registry, so several apps can live in one process)."""
+"""Prometheus metrics of one server (its own registry, so several apps can live in one process).
+
+Requests are counted and timed per route template by a plain ASGI middleware (no per-request
+task, unlike ``BaseHTTPMiddleware``); the prime and store gauges are read from the store's
+records when ``/metrics`` is scraped, so every replica of a store reports the same job.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 
 if TYPE_CHECKING:
     from batchstash.service.prime.job import PrimeJob
+    from batchstash.service.store.reader import StoreReader
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "RequestMetrics"]
+
+_STATES = ("idle", "running", "done", "failed", "cancelled", "interrupted")
 
 
 class Metrics:
@@ -17,6 +35,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)  # cpu, memory, fds, GC: the process's own
         self.batches_served = Counter(
             "batchstash_batches_served", "Batch payloads served", ["split"], registry=self.registry
         )
@@ -28,21 +48,99 @@ class Metrics:
             "Time to read, verify and compose a batch payload",
             registry=self.registry,
         )
+        self.requests = Counter(
+            "batchstash_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "batchstash_request_seconds",
+            "HTTP request latency by route template (until the last body byte is sent)",
+            ["route"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "batchstash_errors", "Error responses", ["code"], registry=self.registry
+        )
         self.prime_done = Gauge(
             "batchstash_prime_batches_done",
-            "Batches stored by the prime",
+            "Batches stored by the store's prime job",
             ["split"],
             registry=self.registry,
         )
         self.prime_total = Gauge(
             "batchstash_prime_batches_total", "Batches planned", ["split"], registry=self.registry
         )
-        self.errors = Counter(
-            "batchstash_errors", "Error responses", ["code"], registry=self.registry
+        self.prime_state = Gauge(
+            "batchstash_prime_state",
+            "1 for the store's prime job state, 0 for the others",
+            ["state"],
+            registry=self.registry,
+        )
+        self.prime_rate = Gauge(
+            "batchstash_prime_batches_per_second", "Priming rate", registry=self.registry
+        )
+        self.prime_eta = Gauge(
+            "batchstash_prime_eta_seconds", "Seconds until the prime ends", registry=self.registry
+        )
+        self.store_bytes = Gauge(
+            "batchstash_store_bytes", "Bytes of the stored batch objects", registry=self.registry
+        )
+        self.store_primed = Gauge(
+            "batchstash_store_primed", "1 when every batch is stored", registry=self.registry
         )
 
     def observe_job(self, job: PrimeJob) -> None:
         """Update the prime gauges from a job's progress."""
-        for split, entry in job.snapshot()["splits"].items():
+        body = job.snapshot()
+        for split, entry in body["splits"].items():
             self.prime_done.labels(split).set(entry["done"])
             self.prime_total.labels(split).set(entry["total"])
+        for state in _STATES:
+            self.prime_state.labels(state).set(1 if body["state"] == state else 0)
+        self.prime_rate.set(body.get("rate") or 0)
+        self.prime_eta.set(body.get("eta_s") or 0)
+        self.store_bytes.set(body.get("bytes") or 0)
+
+    def observe_store(self, job: PrimeJob, reader: StoreReader) -> None:
+        """Refresh the job and store gauges (called when ``/metrics`` is scraped)."""
+        self.observe_job(job)
+        manifest = reader.manifest()
+        if manifest is not None:
+            self.store_bytes.set(manifest.bytes)
+        self.store_primed.set(1 if reader.is_primed else 0)
+
+
+class RequestMetrics:
+    """ASGI middleware: counts and times every HTTP request by its route template.
+
+    Args:
+        app: the ASGI app.
+        metrics: where to count.
+    """
+
+    def __init__(self, app: Callable[..., Any], metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Run the app, counting the request when its response is done."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def counted(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(template, scope["method"], str(status[0])).inc()
+            self.metrics.request_seconds.labels(template).observe(time.perf_counter() - start)

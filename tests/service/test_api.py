@@ -84,6 +84,29 @@ def test_metrics_count_served_batches(client: TestClient) -> None:
     assert 'batchstash_prime_batches_done{split="train"} 6.0' in text
 
 
+def test_metrics_cover_requests_errors_the_job_the_store_and_the_process(
+    client: TestClient,
+) -> None:
+    assert client.get("/v1/splits/train/batches/0").status_code == 503
+    assert client.get("/v1/splits/nope/batches").status_code == 404
+    prime(client)
+    for _ in range(2):
+        assert client.get("/v1/splits/dev/batches/0").status_code == 200
+    text = client.get("/metrics").text
+    route = "/v1/splits/{split}/batches/{batch_id}"
+    assert f'batchstash_requests_total{{method="GET",route="{route}",status="200"}} 2.0' in text
+    assert f'batchstash_requests_total{{method="GET",route="{route}",status="503"}} 1.0' in text
+    assert f'batchstash_request_seconds_count{{route="{route}"}} 3.0' in text
+    assert 'batchstash_errors_total{code="not_primed"} 1.0' in text
+    assert 'batchstash_errors_total{code="not_found"} 1.0' in text
+    assert 'batchstash_prime_state{state="done"} 1.0' in text
+    assert 'batchstash_prime_state{state="running"} 0.0' in text
+    assert "batchstash_store_primed 1.0" in text
+    stored = next(line for line in text.splitlines() if line.startswith("batchstash_store_bytes"))
+    assert float(stored.split()[-1]) > 0
+    assert "process_resident_memory_bytes" in text and "python_gc_objects_collected_total" in text
+
+
 def test_a_corrupt_stored_file_is_a_500_never_served(client: TestClient, tmp_path: Path) -> None:
     prime(client)
     stored = stored_object(tmp_path / "data", "train", 1, "flower_dims")

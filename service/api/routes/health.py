@@ -36,5 +36,6 @@ def readyz(state: State) -> dict[str, Any] | JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 def metrics(state: State) -> Response:
-    """Prometheus metrics."""
+    """Prometheus metrics: requests, errors, batches served, the prime job, store and process."""
+    state.metrics.observe_store(state.job, state.reader)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
