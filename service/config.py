@@ -43,7 +43,9 @@ class Settings(BaseSettings):
         dataset_options: extra keyword arguments of the dataset factory (JSON in the env).
         token: the bearer token of admin endpoints (none: admin is open, for loopback use).
         token_file: a file holding the token (a Compose secret), used when ``token`` is unset.
-        read_requires_token: also require the token to read metadata and batches.
+        read_requires_token: also require the token to read metadata, batches and /metrics
+            (and turn off /docs and /openapi.json, which cannot carry it).
+        docs: serve /openapi.json and /docs (Swagger UI, whose assets load from a CDN).
         workers: priming processes.
         executor: where priming runs: ``process`` (a local pool), ``inline`` (this process) or
             ``ray`` (a Ray cluster; the ``ray`` extra).
@@ -72,6 +74,7 @@ class Settings(BaseSettings):
     token: SecretStr | None = None
     token_file: Path | None = None
     read_requires_token: bool = False
+    docs: bool = True
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=0)
     executor: Literal["process", "inline", "ray"] = "process"
     ray_address: str = ""

@@ -71,11 +71,16 @@ def create_app(settings: Settings, stash: BatchStash | None = None) -> FastAPI:
             logger.info("shutting down: cancelling the running prime")
             state.job.wait(timeout=30)
 
+    # with read_requires_token the OpenAPI document and /docs would be the only open reads
+    docs = settings.docs and not settings.read_requires_token
     app = FastAPI(
         title="batchstash",
         version="1",
         summary="Pre-encoded PyTorch batches over HTTP",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.batchstash = state
     install_error_handlers(app, settings.retry_after_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,3 +187,36 @@ def test_frames_join_small_chunks_and_pass_big_ones_through() -> None:
     out = coalesce(chunks)
     assert b"".join(bytes(c) for c in out) == b"".join(bytes(c) for c in chunks)
     assert len(out) == 3 and out[1] is big  # the mapped file is never copied
+
+
+def test_the_api_contract_has_no_silent_gaps(client: TestClient, tmp_path: Path) -> None:
+    repeated = client.get("/v1/splits/train/payloads?ids=0&ids=1")
+    assert (
+        repeated.status_code == 400
+        and "given more than once" in repeated.json()["error"]["message"]
+    )
+    options = client.post("/v1/admin/prime", headers=AUTH, json={"splits": ["train"], "workers": 2})
+    assert options.status_code == 400
+    assert (
+        "prime takes no options (got ['splits', 'workers'])" in options.json()["error"]["message"]
+    )
+    assert client.post("/v1/admin/prime", headers=AUTH, json={}).status_code == 202
+    schema = client.get("/openapi.json").json()
+    responses = schema["paths"]["/v1/splits/{split}/batches/{batch_id}"]["get"]["responses"]
+    for code in ("400", "401", "404", "409", "503"):
+        ref = responses[code]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.endswith("/ErrorBody"), code
+    assert set(schema["components"]["schemas"]["ErrorBody"]["properties"]) == {"error"}
+    assert "detail" not in json.dumps(responses["404"])
+
+
+def test_read_requires_token_covers_metrics_and_docs(tmp_path: Path) -> None:
+    settings = build_settings(
+        data_dir=tmp_path / "data", workers=0, token=TOKEN, read_requires_token=True
+    )
+    with TestClient(create_app(settings)) as locked:
+        assert locked.get("/metrics").status_code == 401
+        assert locked.get("/metrics", headers=AUTH).status_code == 200
+        assert locked.get("/openapi.json").status_code == 404
+        assert locked.get("/docs").status_code == 404
+        assert locked.get("/healthz").status_code == 200  # liveness stays open for probes

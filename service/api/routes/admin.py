@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
+from fastapi.concurrency import run_in_threadpool
+
+from batchstash.client import InvalidRequestError
 
 from ..deps import AdminAccess, State
+from ..schemas import ERROR_RESPONSES
 
 __all__ = ["router", "status_body"]
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminAccess])
+router = APIRouter(
+    prefix="/v1/admin", tags=["admin"], dependencies=[AdminAccess], responses=ERROR_RESPONSES
+)
 
 
 def status_body(state: State) -> dict[str, Any]:
@@ -30,10 +37,24 @@ def status_body(state: State) -> dict[str, Any]:
 
 
 @router.post("/prime", status_code=status.HTTP_202_ACCEPTED)
-def prime(state: State) -> dict[str, Any]:
-    """Start priming in the background (a running prime, here or elsewhere, is joined)."""
-    started = state.job.start()
-    return {**status_body(state), "joined": not started}
+async def prime(state: State, request: Request) -> dict[str, Any]:
+    """Start priming in the background (a running prime, here or elsewhere, is joined).
+
+    It takes no options: what to prime (splits, workers, executor) is the server's settings.
+    """
+    raw = await request.body()
+    if raw.strip() not in (b"", b"{}", b"null"):
+        try:
+            given = json.loads(raw)
+        except ValueError:
+            given = raw[:80].decode("utf-8", "replace")
+        names = sorted(given) if isinstance(given, dict) else given
+        raise InvalidRequestError(
+            f"prime takes no options (got {names}): splits, workers and the executor are the "
+            "server's settings (BATCHSTASH_WORKERS, BATCHSTASH_EXECUTOR...)"
+        )
+    started = await run_in_threadpool(state.job.start)
+    return {**await run_in_threadpool(status_body, state), "joined": not started}
 
 
 @router.delete("/prime", status_code=status.HTTP_202_ACCEPTED)

@@ -7,7 +7,7 @@ import time
 from typing import Annotated, Any
 
 import xxhash
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
@@ -15,10 +15,27 @@ from batchstash.client import InvalidRequestError
 from batchstash.client.frames import FRAMES_MEDIA_TYPE, frame_prefix
 
 from ..deps import ReadAccess, State
+from ..schemas import ERROR_RESPONSES
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["batches"], dependencies=[ReadAccess])
+def single_query_values(request: Request) -> None:
+    """Refuse a query parameter given twice (``ids=0&ids=1`` would silently keep the last)."""
+    keys = [key for key, _ in request.query_params.multi_items()]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise InvalidRequestError(
+            f"query parameter {repeated[0]!r} is given more than once: "
+            "give one comma separated list (ids=0,1,2)"
+        )
+
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["batches"],
+    dependencies=[ReadAccess, Depends(single_query_values)],
+    responses=ERROR_RESPONSES,
+)
 
 PAYLOAD_MEDIA_TYPE = "application/octet-stream"
 MAX_IDS = 1024
@@ -127,7 +144,7 @@ class ChunksResponse(Response):
             "description": "For each id in order: its payload's length as an unsigned "
             "64-bit little-endian integer, then the payload",
         },
-        503: {"description": "A batch is not encoded yet; retry after Retry-After"},
+        503: {**ERROR_RESPONSES[503], "description": "A batch is not encoded yet; retry later"},
     },
 )
 async def payloads(
@@ -165,7 +182,7 @@ async def payloads(
             "description": "The batch as a safetensors payload (see client/wire.py)",
         },
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
-        503: {"description": "Not encoded yet; retry after Retry-After seconds"},
+        503: {**ERROR_RESPONSES[503], "description": "Not encoded yet; retry after Retry-After"},
     },
 )
 async def batch(

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..deps import State
+from ..deps import ReadAccess, State
 
 __all__ = ["router"]
 
@@ -34,7 +34,7 @@ def readyz(state: State) -> dict[str, Any] | JSONResponse:
     return body
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[ReadAccess])
 def metrics(state: State) -> Response:
     """Prometheus metrics: requests, errors, batches served, the prime job, store and process."""
     state.metrics.observe_store(state.job, state.reader)

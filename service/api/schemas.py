@@ -1,0 +1,38 @@
+"""Response models of the JSON error shape, for the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+__all__ = ["ERROR_RESPONSES", "ErrorBody", "ErrorDetail"]
+
+
+class ErrorDetail(BaseModel):
+    """One error: a stable code (the client maps it to its exception class) and a message."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("Malformed input (invalid_request)"),
+    401: _error("Missing or wrong bearer token (unauthorized)"),
+    404: _error("Unknown split or batch (not_found)"),
+    409: _error("Clashes with running work, or a stale store (conflict, store_stale)"),
+    422: _error("A path or query parameter of the wrong type (validation_error)"),
+    500: _error("A stored object failed verification (store_corrupt) or another server error"),
+    503: _error("Not encoded yet (not_primed; retry after Retry-After)"),
+}
+"""The error responses every route may give, in the one JSON shape."""
