@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from batchstash.client import BatchError, PrimeCancelledError
@@ -159,7 +161,7 @@ class ProcessExecutor(Executor):
                     for id_set, size in zip(futures[future], future.result(), strict=True):
                         on_done(id_set, size)
         except BrokenProcessPool as exc:
-            raise BatchError(f"a priming worker died: {exc}") from exc
+            raise BatchError(f"a priming worker died: {exc}{_main_guard_hint()}") from exc
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -168,6 +170,24 @@ def _ray(workers: int, ray_address: str = "") -> Executor:
     from .ray_executor import RayExecutor  # imported only when chosen: the ray extra
 
     return RayExecutor(workers, ray_address)
+
+
+def _main_guard_hint() -> str:
+    """Why workers die at once when a script primes at import time, if that is the case."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or getattr(main, "__spec__", None) is not None or not path:
+        return ""
+    try:
+        source = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    if "__name__" in source:
+        return ""
+    return (
+        f" (spawned workers import {Path(path).name}, which primes at import time: put the "
+        "priming under `if __name__ == \"__main__\":`)"
+    )
 
 
 EXECUTORS: dict[str, Callable[[int, str], Executor]] = {

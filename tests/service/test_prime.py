@@ -173,3 +173,18 @@ def test_a_container_ordering_ids_per_process_primes_a_readable_store(tmp_path):
     ).stdout.split(maxsplit=3)
     assert out[:3] == ["False", "True", "0"]
     assert out[3].strip() == str([list(plan[0])])
+
+
+@pytest.mark.slow
+def test_a_script_that_primes_at_import_time_gets_the_main_guard_hint(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(
+        "from batchstash.service import BatchStash\n"
+        "stash = BatchStash.from_factory('batchstash.service.examples:iris', "
+        f"path={str(tmp_path / 'store')!r}, workers=2)\n"
+        "stash.prime()\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1
+    assert 'put the priming under `if __name__ == "__main__":`' in done.stderr.splitlines()[-1]
