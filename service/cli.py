@@ -46,7 +46,18 @@ def _run(action: Callable[[], T]) -> T:
         raise _fail(f"{exc.message} ({exc.code})") from None
 
 
-@app.command()
+def _settings_epilog() -> str:
+    try:
+        from batchstash.service.config import settings_help
+    except ImportError:
+        return INSTALL_HINT
+    lines = [f"{name}: {text.replace('``', '')}" for name, text in settings_help()]
+    return "Every setting (also in a TOML file, --config / BATCHSTASH_CONFIG):\n\n" + "\n\n".join(
+        lines
+    )
+
+
+@app.command(epilog=_settings_epilog())
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (default 8000).")] = None,
@@ -127,8 +138,14 @@ def _client(url: str, token: str | None) -> Any:
     logging.getLogger("batchstash.client").setLevel(logging.ERROR)
     # an operator wants a fast answer: two quick retries, a 5 s connect timeout
     urls = [u.strip() for u in url.split(",")]
-    return BatchClient(urls if len(urls) > 1 else urls[0], token=token, timeout=5.0,
-                       retries=2, backoff=0.2, max_delay=2.0)
+    return BatchClient(
+        urls if len(urls) > 1 else urls[0],
+        token=token,
+        timeout=5.0,
+        retries=2,
+        backoff=0.2,
+        max_delay=2.0,
+    )
 
 
 def _show_status(body: dict[str, Any]) -> None:

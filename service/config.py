@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["DEFAULT_DATASET", "Settings", "build_settings"]
+__all__ = ["DEFAULT_DATASET", "Settings", "build_settings", "settings_help"]
 
 DEFAULT_DATASET = "batchstash.service.examples:iris"
 
@@ -158,3 +158,20 @@ def _build(given: dict[str, Any], path: str | Path | None) -> Settings:
             return (init_settings, env_settings, toml, file_secret_settings)
 
     return FileSettings(**given)
+
+
+def settings_help() -> list[tuple[str, str]]:
+    """Every setting as ``(BATCHSTASH_NAME, what it is)``, from :class:`Settings`' docstring."""
+    doc = Settings.__doc__ or ""
+    described: dict[str, str] = {}
+    name = None
+    for line in doc.split("Attributes:", 1)[-1].splitlines():
+        text = line.strip()
+        head, sep, rest = text.partition(":")
+        if sep and head in Settings.model_fields:
+            name, described[head] = head, rest.strip()
+        elif name and text:
+            described[name] += " " + text
+    return [
+        (f"BATCHSTASH_{field.upper()}", described.get(field, "")) for field in Settings.model_fields
+    ]

@@ -62,3 +62,16 @@ def test_invalid_settings_are_refused(bad: dict[str, object]) -> None:
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequestError, match="does not exist"):
         build_settings(tmp_path / "nope.toml")
+
+
+def test_every_setting_is_described_for_serve_help() -> None:
+    from typer.testing import CliRunner
+
+    from batchstash.service.cli import app
+    from batchstash.service.config import Settings, settings_help
+
+    described = dict(settings_help())
+    assert set(described) == {f"BATCHSTASH_{f.upper()}" for f in Settings.model_fields}
+    assert all(text for text in described.values()), [k for k, v in described.items() if not v]
+    shown = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    assert all(name in shown for name in described)
