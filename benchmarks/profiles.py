@@ -28,6 +28,8 @@ class Profile:
         memory_reads: batches read from each store in the server memory test.
         prefetch_depths: prefetch values of the client memory test.
         prime_timeout: seconds a prime may take before the run fails.
+        s3_batches: large batches primed into S3 (moto) and into a directory, then served.
+        ray_batches: large batches primed on Ray and on the process pool (2 workers each).
     """
 
     name: str
@@ -45,6 +47,8 @@ class Profile:
     memory_reads: int = 300
     prefetch_depths: tuple[int, ...] = (1, 4, 8)
     prime_timeout: float = 600.0
+    s3_batches: int = 200
+    ray_batches: int = 200
 
 
 PROFILES = {
@@ -62,5 +66,7 @@ PROFILES = {
         memory_reads=20,
         prefetch_depths=(1, 4),
         prime_timeout=120.0,
+        s3_batches=10,
+        ray_batches=8,
     ),
 }

@@ -89,6 +89,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+def _x(ratio: float | None, digits: int = 2) -> str:
+    return "n/a" if ratio is None else f"{ratio:,.{digits}f} x"
+
+
 def _rate(run: dict[str, Any]) -> str:
     return f"{_f(run['mb_s'])} MB/s, {_f(run['batches_s'])} batches/s"
 
@@ -161,6 +165,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
                        f"{_f(build['rate'], 1)} batches/s ({_f(build['wall_s'], 1)} s)"))
     out.extend(_memory_rows(results["memory"]))
     out.extend(_status_rows(results["status"]))
+    out.extend(_s3_rows(results["s3"]))
+    out.extend(_ray_rows(results["ray"]))
     out.extend(_gpu_rows(results.get("gpu", {})))
     return out
 
@@ -248,6 +254,56 @@ def _status_rows(cost: dict[str, Any]) -> list[Row]:
                            f"p99 {_f(s[key]['p99_us'], 1)} us" for s in (small, large))
         out.append(Row(sec, f"{label}, {small[key]['calls']} calls: large / small p50",
                        f"{_f(ratio, 2)} x ({timing})", "<= 1.5 x", ratio <= 1.5))
+    return out
+
+
+def _s3_rows(s3: dict[str, Any]) -> list[Row]:
+    """Priming into and serving from moto against a directory store (information, no target)."""
+    sec = f"S3 store (moto, {s3['batches']} large batches)"
+    ratios = s3["ratios"]
+    out = [Row(sec, f"prime into {where}, 2 workers: batches/s (whole job; from first stored "
+               "batch)", f"{_f(run['rate'], 1)}; {_f(run['steady_rate'], 1)}")
+           for where, run in (("a directory", s3["prime_local"]),
+                              ("S3 (moto_server on loopback, a slow Python S3 server)",
+                               s3["prime_s3"]))]
+    out.append(Row(sec, "prime into S3 vs into a directory (whole job; from first stored batch)",
+                   f"{_x(ratios['prime'], 2)}; {_x(ratios['prime_steady'], 2)}"))
+    passes = len(s3["local_2"]["passes_mb_s"])
+    out.append(Row(sec, f"serve the directory store (--role serve), 1 consumer, iter_batches "
+                   f"prefetch {s3['prefetch']}: pass 1; median of the next {passes}",
+                   f"{_rate(s3['local_1'])}; {_rate(s3['local_2'])}"))
+    cold, warm = s3["cold"], s3["warm"]
+    out.append(Row(sec, "serve S3 (--role serve), fresh cache, cold: each object fetched from "
+                   "moto once (measures moto more than batchstash) vs directory pass 1",
+                   f"{_rate(cold)}; {cold['s3_gets']} GETs of {cold['batches']} batches; "
+                   f"{_x(ratios['cold'], 2)}"))
+    out.append(Row(sec, f"serve S3, warm: the same batches again from the local cache, median "
+                   f"of {passes} passes (alternated with the directory's) vs the directory's",
+                   f"{_rate(warm)}; {warm['s3_gets']} GETs; {_x(ratios['warm'], 2)} "
+                   f"(warm vs cold {_x(ratios['warm_vs_cold'], 1)})"))
+    return out
+
+
+def _ray_rows(ray: dict[str, Any]) -> list[Row]:
+    """Priming on a local Ray against the process pool, and Ray's start-up (information)."""
+    pool, on_ray, start = ray["process"], ray["ray"], ray["startup"]
+    sec = f"priming on Ray ({ray['batches']} large batches, {pool['workers']} workers)"
+    out = [Row(sec, f"{label}: batches/s (whole job; after the first finished task); "
+               "start to first stored batch",
+               f"{_f(run['rate'], 1)}; {_f(run['steady_rate'], 1)}; "
+               f"{_f(run['first_batch_s'], 2)} s")
+           for label, run in (("process pool", pool),
+                              (f"Ray {ray['version']}, local Ray started by the executor",
+                               on_ray),
+                              ("Ray, a second prime with Ray already running", ray["ray_warm"]))]
+    out.append(Row(sec, "Ray vs process pool (whole job; after the first finished task; "
+                   "whole job with Ray already running)",
+                   f"{_x(ray['ratio'], 2)}; {_x(ray['steady_ratio'], 2)}; "
+                   f"{_x(ray['warm_ratio'], 2)}"))
+    out.append(Row(sec, "Ray start-up: ray.init alone; ray.init to first stored batch; "
+                   "import ray; ray.shutdown()",
+                   f"{_f(start['init_s'], 2)} s; {_f(start['init_to_first_batch_s'], 2)} s; "
+                   f"{_f(start['import_s'], 2)} s; {_f(start['shutdown_s'], 2)} s"))
     return out
 
 

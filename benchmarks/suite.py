@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import torch
 
-from . import baselines, ceiling, gpu, memory, priming, status
+from . import baselines, ceiling, gpu, memory, priming, ray_priming, s3, status
 from .consumers import ConsumerPool, LoadTask
 from .profiles import Profile
 from .servers import batchstash_server, child_env, free_port, prime, subprocess_server
@@ -198,6 +198,23 @@ class Suite:
         self.results["status"] = self.step(f"status cost, {sizes[0]} vs {sizes[1]} batch stores",
                                            lambda: status.measure(self.work, sizes))
 
+    def ray(self) -> None:
+        """Priming on Ray vs the process pool, in process; Ray shut down after."""
+        p = self.profile
+        self.results["ray"] = ray_priming.measure(
+            self.work, self.options("large", p.ray_batches), self.step)
+
+    def s3_store(self) -> None:
+        """Priming into and serving from moto vs a directory, with the large serving client."""
+        p = self.profile
+        prefetch = self.PREFETCH["large"]
+        options = self.options("large", p.s3_batches)
+        result = s3.measure(self.work, self.logs, options,
+                            lambda url: self.load(url, "iter", 1, prefetch), p.prime_timeout,
+                            self.step)
+        self.results["s3"] = {**result, "prefetch": prefetch,
+                              "batch_bytes": batch_bytes(options["rows"], options["dims"])}
+
     def cuda(self) -> None:
         if self.device != "cuda":
             self.results["gpu"] = {"skipped": "run with --device cuda to measure"}
@@ -233,6 +250,7 @@ def run(profile: Profile, work: Path, logs: Path, device: str) -> dict[str, Any]
     suite.build("large")
     suite.build("small")
     suite.status_cost()  # in process: before the consumer pool, whose processes would share CPUs
+    suite.ray()  # priming too: before the consumer pool
     with ConsumerPool(4) as pool:  # started after priming: its start-up would slow priming
 
         suite.pool = pool
@@ -241,5 +259,6 @@ def run(profile: Profile, work: Path, logs: Path, device: str) -> dict[str, Any]
         suite.local_baselines()
         suite.naive()
         suite.memory()
+        suite.s3_store()  # serving needs the consumers; they are idle while it primes
         suite.cuda()
     return suite.results

@@ -15,8 +15,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("ceiling", "priming", "batchstash_large", "batchstash_small", "baselines", "naive",
-            "memory", "status", "gpu", "targets", "machine")
+            "memory", "status", "s3", "ray", "gpu", "targets", "machine")
 TARGETS = 13  # large: 3, small: 1, priming: 2, memory: 1 + 1 per client depth (2), status: 4
+# (the S3 and Ray sections are information rows: no target)
 
 
 @pytest.mark.slow
@@ -62,6 +63,26 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     ratios = status["ratios"]
     assert set(ratios) == {"status", "splits", "status_body", "split_counts"}
     assert all(isinstance(r, float) and r > 0 for r in ratios.values())
+    s3 = results["s3"]
+    assert s3["batches"] == 10 and s3["batch_bytes"] == 1_050_624 and "moto" in s3["moto"]
+    for key in ("prime_local", "prime_s3"):
+        assert s3[key]["batches"] == 10 and s3[key]["rate"] > 0, key
+    for key in ("local_1", "local_2", "cold", "warm"):
+        assert s3[key]["batches"] > 0 and s3[key]["mb_s"] > 0, key
+    assert len(s3["warm"]["passes_mb_s"]) == len(s3["local_2"]["passes_mb_s"]) == 3
+    assert s3["cold"]["s3_gets"] > 0 and s3["warm"]["s3_gets"] == 0  # warm: all from the cache
+    assert s3["cache_objects"] > 0
+    for key in ("prime", "cold", "warm", "warm_vs_cold"):
+        assert s3["ratios"][key] > 0, key
+    ray = results["ray"]
+    for key in ("process", "ray", "ray_warm"):
+        run = ray[key]
+        assert run["batches"] == 8 and run["rate"] > 0 and run["first_batch_s"] > 0, key
+    startup = ray["startup"]
+    assert all(startup[k] > 0 for k in ("import_s", "init_s", "init_to_first_batch_s",
+                                        "shutdown_s"))
+    assert startup["init_to_first_batch_s"] > startup["init_s"]
+    assert ray["ratio"] > 0 and ray["warm_ratio"] > 0
     assert len(results["targets"]) == TARGETS
     assert all(isinstance(t["met"], bool) for t in results["targets"])
     assert "skipped" in results["gpu"]  # --device cpu
