@@ -83,6 +83,27 @@ class LocalBackend(StoreBackend):
         except (FileNotFoundError, NotADirectoryError):
             raise NoSuchKey(key) from None
 
+    def read_mapped_versioned(self, key: str) -> tuple[memoryview, str | None]:
+        """The mapped file and the version of what was opened (one ``fstat``, no path stat).
+
+        The bytes are those of the inode opened, so its identity is their version even if the
+        key is replaced a moment later.
+        """
+        try:
+            with open(self._path(key), "rb", buffering=0) as fh:
+                st = os.fstat(fh.fileno())
+                version = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+                if st.st_size < _MAP_AT:
+                    data = memoryview(fh.read())
+                else:
+                    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                    data = memoryview(
+                        mmap.mmap(fh.fileno(), st.st_size, flags=flags, prot=mmap.PROT_READ)
+                    )
+        except (FileNotFoundError, NotADirectoryError):
+            raise NoSuchKey(key) from None
+        return data, version
+
     def version(self, key: str) -> str | None:
         """Device, inode, size, mtime and ctime: a rename gives a new inode, a rewrite new times."""
         try:

@@ -56,6 +56,10 @@ class RecordingBackend(LocalBackend):
         self.calls.append(("read_mapped", key))
         return super().read_mapped(key)
 
+    def read_mapped_versioned(self, key):
+        self.calls.append(("read_mapped", key))
+        return super().read_mapped_versioned(key)
+
     def version(self, key):
         self.calls.append(("version", key))
         return super().version(key)
