@@ -46,6 +46,8 @@ class StoreBackend(ABC):
     url: str
     #: how long a reader trusts a record it read before checking its version again
     records_refresh_s: float = 0.0
+    #: how many objects a reader fetches at once for one request (1: one after the other)
+    concurrent_reads: int = 1
 
     @abstractmethod
     def read(self, key: str) -> bytearray:

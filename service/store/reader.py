@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from batchstash.client import (
@@ -337,15 +338,20 @@ class StoreReader:
         """
         info = self.check_fresh()
         names_given = None if attributes is None else list(attributes)
-        out = []
-        for batch_id in batch_ids:
+
+        def one(batch_id: int) -> list[bytes | memoryview]:
             wanted, sources = self.read_sources(split, batch_id, names_given, True, info)
             present = {n for _, h in sources for n in h.entries}
             names = present if wanted is None else wanted & present
             if len(sources) == 1 and names == set(sources[0][1].entries):
-                out.append([sources[0][0]])
-                continue
+                return [sources[0][0]]
             meta = sources[0][1].metadata
             identity = {k: meta[k] for k in _IDENTITY if k in meta}
-            out.append(wire.compose(sources, names, identity))
-        return out
+            return wire.compose(sources, names, identity)
+
+        reads = self.backend.concurrent_reads
+        if reads <= 1 or len(batch_ids) <= 1:
+            return [one(batch_id) for batch_id in batch_ids]
+        # a remote store: the GETs of a multi-batch request overlap (latency, not bandwidth)
+        with ThreadPoolExecutor(min(reads, len(batch_ids)), "batchstash-read") as pool:
+            return list(pool.map(one, batch_ids))

@@ -52,6 +52,7 @@ class S3Backend(StoreBackend):
     """
 
     records_refresh_s = 2.0
+    concurrent_reads = 8
 
     def __init__(self, url: str, timeout_s: float = 30.0, retry_s: float = 60.0) -> None:
         self.url = url

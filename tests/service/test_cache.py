@@ -91,3 +91,23 @@ def test_no_cache_for_a_directory_or_when_switched_off(tmp_path, s3_bucket, max_
     off = build_settings(data_dir=s3_bucket + "/x", role="serve", cache_max_bytes=max_bytes)
     with TestClient(create_app(off)) as client:
         assert client.app.state.batchstash.reader.cache is None
+
+
+def test_one_request_for_several_batches_overlaps_its_s3_reads(s3_bucket, tmp_path, monkeypatch):
+    import threading
+
+    url = s3_bucket + "/store"
+    iris(path=url).prime()
+    threads: set[str] = set()
+
+    class ThreadRecordingS3(S3Backend):
+        def read_mapped_versioned(self, key):
+            threads.add(threading.current_thread().name)
+            return super().read_mapped_versioned(key)
+
+    monkeypatch.setattr("batchstash.service.store.backend.BACKENDS", {"s3": ThreadRecordingS3})
+    settings = build_settings(data_dir=url, role="serve", cache_max_bytes=0)
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/v1/splits/train/payloads", params={"ids": "0,1,2,3,4,5"})
+    assert response.status_code == 200
+    assert len([t for t in threads if t.startswith("batchstash-read")]) >= 2
