@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         VectorizerMetadata,
     )
     from .plan import EpochPlan
+    from .ranks import resolve_rank
     from .transport import BufferStream, BufferTransport, body_buffer
 
 _LAZY = {
@@ -75,6 +76,7 @@ _LAZY = {
     "VectorizerMetadata": ".metadata",
     "body_buffer": ".transport",
     "copy_to_device": ".device",
+    "resolve_rank": ".ranks",
     "wire": ".wire",
 }
 
@@ -136,5 +138,6 @@ __all__ = [
     "body_buffer",
     "copy_to_device",
     "error_for_code",
+    "resolve_rank",
     "wire",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import torch
 
@@ -16,7 +16,9 @@ from .mapping import BatchFeatureMapping
 from .metadata import BatchMetadata, VectorizerMetadata
 from .wire import Payload
 
-__all__ = ["Batch"]
+__all__ = ["Batch", "check_batch_type"]
+
+B = TypeVar("B", bound="Batch")
 
 
 class Batch:
@@ -24,8 +26,11 @@ class Batch:
 
     A batch starts *nascent* with its data points; encoding turns each mapped field into a tensor
     and drops the data points (*encoded*); a batch read back from the store or the wire is
-    *decoded*; :meth:`to` returns a *memory copied* clone on a device; :meth:`deallocate` releases
-    everything (*deallocated*).
+    *decoded*; :meth:`to` returns a *memory copied* clone on a device (sharing the tensors that
+    are already there); :meth:`deallocate` releases everything (*deallocated*).
+
+    Subclass it to add properties or methods; pass the subclass as a client's ``batch_type``
+    (``BatchClient(url, batch_type=MyBatch)``) to get batches of it over HTTP.
 
     Attributes:
         batch_stash: the stash that made the batch (service side only; ``None`` on a client).
@@ -68,12 +73,17 @@ class Batch:
 
     @classmethod
     def from_payload(
-        cls,
+        cls: type[B],
         payload: Payload,
         metadata: BatchMetadata | None = None,
         torch_config: TorchConfig | None = None,
-    ) -> Batch:
-        """Build a *decoded* batch from a decoded wire payload."""
+    ) -> B:
+        """Build a *decoded* batch of this class from a decoded wire payload.
+
+        A client's ``batch_type`` builds its batches with this; it calls the constructor as
+        ``cls(None, id, split_name, None, metadata=..., torch_config=...)``, so a subclass with
+        another constructor overrides it.
+        """
         batch = cls(
             None,
             payload.batch_id,
@@ -167,7 +177,12 @@ class Batch:
         return [vectorizer.classes[int(i)] for i in indices.tolist()]
 
     def to(self, device: str | torch.device | None = None) -> Batch:
-        """Return a clone with every attribute tensor copied to ``device``.
+        """Return a *memory copied* clone (of the same class) with its tensors on ``device``.
+
+        Only tensors not on ``device`` yet are copied: a tensor already there is shared with
+        this batch (``batch.to("cpu")`` of a decoded batch copies nothing, and writing to a
+        tensor of either batch writes to both). Call ``.clone()`` on a tensor for a private
+        copy.
 
         Args:
             device: the target; defaults to ``torch_config.device``. CUDA copies are staged in
@@ -225,3 +240,16 @@ class Batch:
             f"{type(self).__name__}(id={self.id}, split={self.split_name!r}, "
             f"state={self.state_name!r}, attributes=[{attrs}])"
         )
+
+
+def check_batch_type(batch_type: object) -> type[Batch]:
+    """Return ``batch_type`` if it is :class:`Batch` or a subclass of it.
+
+    Raises:
+        TypeError: it is anything else (an instance, another class).
+    """
+    if not (isinstance(batch_type, type) and issubclass(batch_type, Batch)):
+        raise TypeError(
+            f"batch_type must be batchstash.client.Batch or a subclass of it, not {batch_type!r}"
+        )
+    return batch_type

@@ -159,6 +159,8 @@ class Trainer:
             epoch=epoch,
             shuffle=shuffle,
             seed=self.seed,
+            rank=0,  # one process reads whole splits (stats, accuracy), whatever the env says
+            world_size=1,
             attributes=self.attributes,
             device=self.device,
         )

@@ -6,11 +6,7 @@ requests over them round robin and fails over from one that is down to the next.
 
 from __future__ import annotations
 
-import logging
-import random
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -18,25 +14,20 @@ import torch
 
 from . import wire
 from .admin import AdminCalls
-from .batch import Batch
-from .endpoints import Endpoints, EndpointState, parse_urls
-from .errors import BatchstashError, PayloadError, PlanError, TransportError
+from .batch import Batch, check_batch_type
+from .endpoints import EndpointState
+from .errors import PayloadError, PlanError
 from .metadata import BatchMetadata
-from .responses import error_code, error_from_response, fails_over, is_retryable, retry_after
-from .transport import BufferTransport, body_buffer
+from .session import _Session
+from .transport import body_buffer
 
 if TYPE_CHECKING:
     from .iterate import BatchIterator
 
 __all__ = ["BatchClient", "EndpointState"]  # EndpointState: re-exported from .endpoints
 
-logger = logging.getLogger(__name__)
 
-_FINGERPRINT_HEADER = "X-Batchstash-Fingerprint"
-_SOURCE = "batchstash.url"  # response extension: the base URL that answered
-
-
-class BatchClient:
+class BatchClient(_Session):
     """A thread-safe client of one batchstash server, or of several replicas of one store.
 
     Requests that fail on the connection, with a 5xx (``503 not_primed`` included) or with a
@@ -59,6 +50,18 @@ class BatchClient:
     raises :class:`PlanError` (unless every URL now agrees on the new one: the store changed).
     An epoch plan is the client's, so :meth:`iter_batches` survives losing a replica mid-epoch
     without a duplicate or a missing batch.
+
+    **A store being primed.** A batch that is not encoded yet is ``503 not_primed``; the
+    server's ``X-Batchstash-Prime`` header tells whether a prime is running. While one runs and
+    makes progress (its ``done`` count grew within the last 60 s, the client only just met it,
+    or it has no batch done yet: it is starting), the request is polled after each
+    ``Retry-After`` *beyond* ``retries``, for at most ``wait_for_prime`` seconds, logging
+    ``waiting for the store to be primed: 40/150 batches`` at INFO at most every 5 s; so a
+    trainer may start while the store primes. When the header says no prime runs (none started,
+    or it failed, was cancelled or died), the request raises :class:`NotPrimedError` at once,
+    saying what to do. A prime that stalls for 60 s or outlasts ``wait_for_prime`` raises it
+    too. Without the header (an older server) ``503 not_primed`` is retried ``retries`` times
+    like any 5xx.
 
     Example::
 
@@ -84,13 +87,23 @@ class BatchClient:
         cooldown: seconds a URL that failed gets no requests (doubled each time it fails again
             before answering).
         max_cooldown: the longest cooldown.
+        wait_for_prime: the longest a request waits for a running, progressing prime, in
+            seconds (``0``: do not wait beyond ``retries``).
+        batch_type: the class of the batches read: :class:`Batch` or a subclass (its
+            properties then work on batches read over HTTP). Batches are built with
+            ``batch_type.from_payload(payload, metadata)``: a subclass whose constructor takes
+            other arguments than :class:`Batch`'s overrides that classmethod.
 
     Attributes:
         urls: the base URLs, in the order given.
         url: the first of them (the only one for a client of one server).
+        batch_type: the class of the batches read.
+        prime_wait: the ``wait_for_prime`` setting (the method :meth:`wait_for_prime` is the
+            operator's wait for a prime job to end).
 
     Raises:
         ValueError: a negative setting, no URL, an empty or a repeated one.
+        TypeError: ``batch_type`` is not :class:`Batch` or a subclass of it.
     """
 
     def __init__(
@@ -105,40 +118,28 @@ class BatchClient:
         max_delay: float = 30.0,
         cooldown: float = 1.0,
         max_cooldown: float = 30.0,
+        wait_for_prime: float = 600.0,
+        batch_type: type[Batch] = Batch,
     ) -> None:
-        if min(retries, backoff, max_delay, cooldown, max_cooldown) < 0:
-            raise ValueError(
-                "retries, backoff, max_delay, cooldown and max_cooldown must not be negative"
-            )
-        headers = {"Accept": "application/json, application/octet-stream"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self.urls = parse_urls(url)
-        self.url = self.urls[0]
-        self.retries = retries
-        self.backoff = backoff
-        self.max_delay = max_delay
-        self.cooldown = cooldown
-        self.max_cooldown = max_cooldown
-        self._pool = Endpoints(
-            self.urls,
-            lambda base: httpx.Client(
-                base_url=base,
-                headers=headers,
-                timeout=timeout,
-                transport=transport or BufferTransport(),
-            ),
-            cooldown,
-            max_cooldown,
+        check_batch_type(batch_type)
+        super().__init__(
+            url,
+            token,
+            timeout,
+            retries,
+            backoff,
+            transport,
+            max_delay=max_delay,
+            cooldown=cooldown,
+            max_cooldown=max_cooldown,
+            wait_for_prime=wait_for_prime,
         )
-        self._sleep: Callable[[float], None] = time.sleep
+        self.batch_type = batch_type
         # looked up at call time, so a replaced ``_sleep`` (tests) reaches the admin calls too
         self.admin = AdminCalls(
             lambda *a, **k: self._json(*a, **k), lambda seconds: self._sleep(seconds)
         )
-        self._lock = threading.Lock()
         self._metadata: tuple[str, BatchMetadata] | None = None
-        self._fingerprint: tuple[str, str] | None = None  # (fingerprint, the URL that told it)
 
     # -- the URLs -------------------------------------------------------------------------------
 
@@ -149,186 +150,6 @@ class BatchClient:
     def down_urls(self) -> list[str]:
         """The URLs marked down and not answering since (see :meth:`endpoints`)."""
         return [state.url for state in self.endpoints() if state.down]
-
-    # -- the store fingerprint ------------------------------------------------------------------
-
-    def _observe(self, fingerprint: str | None, url: str) -> None:
-        """Check that ``url`` serves the store the client knows; learn it on the first answer.
-
-        With one URL a new fingerprint is the store changing, and is followed. With several, a
-        new fingerprint is followed only when another URL confirms it: the URL that told the
-        old one if it answers, else the first other URL that does.
-
-        Raises:
-            PlanError: two URLs serve different stores, or no other URL answers to confirm.
-        """
-        if not fingerprint:
-            return
-        with self._lock:
-            known = self._fingerprint
-            if known is None or (known[1] == url and len(self._pool) == 1):
-                self._fingerprint = (fingerprint, url)
-                return
-            if known[0] == fingerprint:
-                return
-            others = sorted(
-                (e for e in self._pool if e.url != url),
-                key=lambda e: (e.url != known[1], e.failures > 0),
-            )
-        mine = self._probe(url) or fingerprint
-        for other in others:
-            theirs = self._probe(other.url)
-            if theirs is None:
-                continue
-            if theirs != mine:
-                raise PlanError(
-                    f"{url} serves store {mine}, but {other.url} serves {theirs}: every URL of a "
-                    "client must serve the same store (replicas of one data dir); batches of two "
-                    "stores are not mixed"
-                )
-            with self._lock:
-                self._fingerprint = (mine, url)
-            logger.info("the store changed: %s and %s now serve %s", url, other.url, mine)
-            return
-        raise PlanError(
-            f"{url} serves store {mine}, but {known[1]} served {known[0]} and no other URL "
-            "answers now to confirm that the store changed: every URL of a client must serve "
-            "the same store"
-        )
-
-    def _probe(self, url: str) -> str | None:
-        """The fingerprint ``url`` serves now (one request, no retry); ``None`` if it fails."""
-        endpoint = self._pool.get(url)
-        try:
-            response = endpoint.http.get("/v1/metadata")
-            response.raise_for_status()
-            return str(response.json()["fingerprint"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            return None
-
-    # -- plumbing -------------------------------------------------------------------------------
-
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        hinted = None if response is None else retry_after(response)
-        if hinted is not None:
-            return min(hinted, self.max_delay)
-        base = min(self.backoff * 2**attempt, self.max_delay)
-        return float(base * random.uniform(0.5, 1.5))
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        json: Any = None,
-    ) -> httpx.Response:
-        """Send a request with failover and retries; return a 2xx response or raise the error.
-
-        Each attempt tries every URL once, in :meth:`Endpoints.route` order, until one answers with
-        something other than a connection failure or a failing-over 5xx (:func:`fails_over`).
-        The body of a successful response is left unread: take it with :func:`body_buffer`
-        (the transport's own buffer, no copy) or ``response.read()``.
-        """
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            failures: list[tuple[str, str]] = []  # (url, what happened), this attempt
-            failed: httpx.Response | httpx.TransportError | None = None
-            for endpoint in self._pool.route():
-                with self._lock:
-                    endpoint.requests += 1
-                try:
-                    request = endpoint.http.build_request(method, path, params=params, json=json)
-                    response = endpoint.http.send(request, stream=True)
-                    if not response.is_success:
-                        response.read()
-                except httpx.TransportError as exc:
-                    failed, what = exc, f"{type(exc).__name__}: {exc}"
-                    failures.append((endpoint.url, what))
-                    self._pool.mark_down(endpoint, what)
-                    continue
-                if fails_over(response):
-                    failed, what = response, _describe(response)
-                    failures.append((endpoint.url, what))
-                    self._pool.mark_down(endpoint, what)
-                    continue
-                self._pool.mark_up(endpoint)
-                if response.is_success:
-                    response.extensions[_SOURCE] = endpoint.url
-                    try:
-                        self._observe(response.headers.get(_FINGERPRINT_HEADER), endpoint.url)
-                    except PlanError:
-                        response.close()
-                        raise
-                    return response
-                if last or not is_retryable(response):
-                    raise error_from_response(response)
-                delay = self._delay(attempt, response)
-                logger.info(
-                    "%s %s answered %d; retry %d/%d in %.2fs",
-                    method,
-                    path,
-                    response.status_code,
-                    attempt + 1,
-                    self.retries,
-                    delay,
-                )
-                self._sleep(delay)
-                break
-            else:  # every URL failed this attempt
-                if last:
-                    cause = failed if isinstance(failed, httpx.TransportError) else None
-                    raise self._exhausted(method, path, attempt + 1, failures, failed) from cause
-                response_failed = failed if isinstance(failed, httpx.Response) else None
-                delay = self._delay(attempt, response_failed)
-                logger.warning(
-                    "%s %s failed (%s); retry %d/%d in %.2fs",
-                    method,
-                    path,
-                    "; ".join(f"{url}: {what}" for url, what in failures),
-                    attempt + 1,
-                    self.retries,
-                    delay,
-                )
-                self._sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _exhausted(
-        self,
-        method: str,
-        path: str,
-        attempts: int,
-        failures: list[tuple[str, str]],
-        failed: httpx.Response | httpx.TransportError | None,
-    ) -> BatchstashError:
-        """The error of a request every URL failed on its last attempt."""
-        if isinstance(failed, httpx.Response) and len(self._pool) == 1:
-            return error_from_response(failed)
-        if len(self._pool) == 1:
-            url, what = failures[0]
-            error: BatchstashError = TransportError(
-                f"{method} {url}{path}: {what} (after {attempts} attempts)"
-            )
-        else:
-            tried = "; ".join(f"{url}: {what}" for url, what in failures)
-            message = f"{method} {path} failed on every URL (after {attempts} attempts): {tried}"
-            if isinstance(failed, httpx.Response):
-                error = type(error_from_response(failed))(message)
-            else:
-                error = TransportError(message)
-        return error
-
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._json_from(method, path, **kwargs)[0]
-
-    def _json_from(self, method: str, path: str, **kwargs: Any) -> tuple[Any, str]:
-        """The JSON body of a request and the base URL that answered it."""
-        response = self._request(method, path, **kwargs)
-        response.read()
-        try:
-            return response.json(), str(response.extensions.get(_SOURCE, self.url))
-        except ValueError:
-            raise PayloadError(f"{method} {path}: the response is not JSON") from None
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -411,7 +232,7 @@ class BatchClient:
         *,
         fingerprint: str | None = None,
     ) -> Batch:
-        """Fetch, verify and decode one batch.
+        """Fetch, verify and decode one batch (a :attr:`batch_type` instance).
 
         Every tensor's checksum is verified; the tensors view the received bytes without a copy.
 
@@ -419,7 +240,8 @@ class BatchClient:
             split: the split name.
             batch_id: the batch id.
             attributes: only these attributes (all the server decodes when ``None``).
-            device: copy the batch there (pinned memory and ``non_blocking`` for CUDA).
+            device: copy the batch there (pinned memory and ``non_blocking`` for CUDA; a
+                tensor already there, e.g. for ``"cpu"``, is not copied: see :meth:`Batch.to`).
             fingerprint: the store fingerprint the batch must come from (an epoch plan's).
 
         Raises:
@@ -490,7 +312,7 @@ class BatchClient:
                 f"GET {path}: the batch comes from store {payload.fingerprint}, not "
                 f"{fingerprint}; the store changed since the epoch was planned"
             )
-        batch = Batch.from_payload(payload, self._metadata_for(payload.fingerprint))
+        batch = self.batch_type.from_payload(payload, self._metadata_for(payload.fingerprint))
         return batch if device is None else batch.to(device)
 
     def _metadata_for(self, fingerprint: str) -> BatchMetadata:
@@ -506,8 +328,8 @@ class BatchClient:
         epoch: int = 0,
         shuffle: bool = True,
         seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
         prefetch: int = 4,
         attributes: Iterable[str] | None = None,
         device: str | torch.device | None = None,
@@ -525,8 +347,11 @@ class BatchClient:
             epoch: the epoch number (seeds the shuffle).
             shuffle: shuffle the batch order (deterministic for fingerprint, seed and epoch).
             seed: the shuffle seed, the same on every rank.
-            rank: this process's rank in ``[0, world_size)``.
-            world_size: the number of ranks sharing the epoch.
+            rank: this process's rank in ``[0, world_size)``; ``None``: the rank of the
+                initialized ``torch.distributed`` process group, else the ``RANK`` environment
+                variable torchrun sets, else 0 (see :func:`~batchstash.client.ranks.resolve_rank`).
+            world_size: the number of ranks sharing the epoch; ``None``: the process group's,
+                else ``WORLD_SIZE``, else 1.
             prefetch: how many batches may be fetched ahead (``0``: fetch on demand).
             attributes: only these attributes.
             device: copy each batch there (pinned memory and ``non_blocking`` for CUDA).
@@ -571,8 +396,3 @@ class BatchClient:
     def __repr__(self) -> str:
         urls = self.url if len(self.urls) == 1 else list(self.urls)
         return f"{type(self).__name__}({urls!r})"
-
-
-def _describe(response: httpx.Response) -> str:
-    """``502 Bad Gateway`` or ``500 store_corrupt``: a failed response in one phrase."""
-    return f"{response.status_code} {error_code(response) or response.reason_phrase}".rstrip()

@@ -13,6 +13,7 @@ import torch
 from .batch import Batch
 from .errors import PlanError
 from .plan import PLAN_VERSION, EpochPlan
+from .ranks import resolve_rank
 
 if TYPE_CHECKING:
     from .http import BatchClient
@@ -62,7 +63,7 @@ class BatchIterator:
     :meth:`state_dict` records how many batches it has yielded, and a new iterator resumes from
     it without repeating or skipping a batch::
 
-        it = client.iter_batches("train", epoch=epoch, rank=rank, world_size=world)
+        it = client.iter_batches("train", epoch=epoch)  # rank and world size: torchrun's
         it.load_state_dict(saved)            # or iter_batches(..., state=saved)
         for batch in it:
             ...
@@ -79,8 +80,11 @@ class BatchIterator:
         epoch: the epoch number.
         shuffle: shuffle the order.
         seed: the shuffle seed (the same on every rank).
-        rank: this rank.
-        world_size: the number of ranks.
+        rank: this rank; ``None``: detected like ``world_size``.
+        world_size: the number of ranks; ``None`` (with ``rank``): the initialized
+            ``torch.distributed`` process group's, else the ``RANK`` and ``WORLD_SIZE``
+            environment variables that ``torchrun`` sets, else rank 0 of 1 (see
+            :func:`~batchstash.client.ranks.resolve_rank`; explicit values win).
         prefetch: batches fetched ahead (``0``: on demand); at most this many are requested
             and not yet yielded (the group being yielded included), which bounds memory.
         batches_per_request: batches fetched in one request (default ``max(1, prefetch // 3)``:
@@ -93,6 +97,7 @@ class BatchIterator:
     Raises:
         PlanError: a bad rank, or a state that does not fit the store (see
             :meth:`load_state_dict`).
+        ValueError: ``RANK`` or ``WORLD_SIZE`` set without the other, or not integers.
     """
 
     def __init__(
@@ -103,8 +108,8 @@ class BatchIterator:
         epoch: int = 0,
         shuffle: bool = True,
         seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
         prefetch: int = 4,
         attributes: Iterable[str] | None = None,
         device: str | torch.device | None = None,
@@ -117,7 +122,7 @@ class BatchIterator:
             raise ValueError(f"batches_per_request must be >= 1, not {batches_per_request}")
         self.batches_per_request = batches_per_request or max(1, prefetch // 3)
         self.client = client
-        self.rank = rank
+        self.rank, world_size = resolve_rank(rank, world_size)
         self.prefetch = prefetch
         self.attributes = None if attributes is None else sorted(set(attributes))
         self.device = device
@@ -131,7 +136,7 @@ class BatchIterator:
             world_size=world_size,
             shuffle=shuffle,
         )
-        self.plan.rank_ids(rank)  # validates the rank
+        self.plan.rank_ids(self.rank)  # validates the rank
         self.position = 0
         self._stream: Generator[Batch, None, None] | None = None
         if state is not None:

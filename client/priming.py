@@ -1,0 +1,181 @@
+"""Waiting for a store being primed: the ``X-Batchstash-Prime`` header of ``503 not_primed``.
+
+A server answers a batch that is not encoded yet with ``503 not_primed``, ``Retry-After`` and
+the header ``X-Batchstash-Prime: {"state": ..., "done": <int>, "total": <int>}``: the store's
+prime job (``"idle"`` and zeros when there is none). A request that meets a *running* prime
+waits for it as long as it makes progress (see ``BatchClient(wait_for_prime=...)``); one that
+meets *no* running prime fails at once, saying what to do. A server without the header (an older
+one) gets the plain retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from .errors import NotPrimedError
+from .responses import error_code, error_from_response, retry_after
+
+__all__ = ["LOG_EVERY_S", "POLL_MAX_S", "PRIME_HEADER", "STALL_S", "prime_progress"]
+
+logger = logging.getLogger(__name__)
+
+PRIME_HEADER = "X-Batchstash-Prime"
+STALL_S = 60.0
+"""A running prime whose ``done`` has not grown for this long is stuck: stop waiting.
+
+A prime with no batch done yet is still starting: only the client's ``wait_for_prime`` bounds
+that wait."""
+LOG_EVERY_S = 5.0
+"""Log the wait at INFO at most this often (per client)."""
+POLL_MAX_S = 5.0
+"""The longest poll interval while waiting, when the server gives no ``Retry-After``."""
+
+_NOT_RUNNING = frozenset({"idle", "failed", "cancelled", "interrupted"})
+
+
+@dataclass(frozen=True)
+class _Progress:
+    """The prime job a ``503 not_primed`` describes."""
+
+    state: str
+    done: int
+    total: int
+
+    def __str__(self) -> str:
+        return f"{self.done}/{self.total} batches"
+
+
+def prime_progress(response: httpx.Response) -> _Progress | None:
+    """The prime job of a ``503 not_primed`` response's header; ``None`` when it has none.
+
+    Any other response, a missing header or one that is not the expected JSON give ``None``.
+    """
+    if response.status_code != 503 or error_code(response) != "not_primed":
+        return None
+    raw = response.headers.get(PRIME_HEADER)
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+        return _Progress(str(doc["state"]), int(doc["done"]), int(doc["total"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class _PrimeLog:
+    """The client-wide INFO line of waiting requests, at most one every ``LOG_EVERY_S``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: float | None = None
+
+    def progress(self, progress: _Progress, now: float) -> None:
+        with self._lock:
+            if self._last is not None and now - self._last < LOG_EVERY_S:
+                return
+            self._last = now
+        logger.info("waiting for the store to be primed: %s", progress)
+
+
+def _not_running(progress: _Progress, url: str) -> str:
+    """What to do about a store nothing is priming (the state is one of ``_NOT_RUNNING``)."""
+    prime = f"`batchstash prime --url {url}`"
+    if progress.state == "failed":
+        return (
+            f"the prime failed at {progress}: see `batchstash status --url {url}` for its error, "
+            f"fix it and run {prime} again"
+        )
+    if progress.state == "cancelled":
+        return f"the prime was cancelled at {progress}: run {prime} to finish it"
+    if progress.state == "interrupted":
+        return f"the priming process died at {progress}: run {prime} to resume it"
+    return f"nothing is priming this store: run {prime}"
+
+
+class _PrimeWait:
+    """One request's wait for a running prime.
+
+    Args:
+        limit: the longest wait in seconds (``0``: never wait).
+        backoff: the first poll interval without ``Retry-After`` (doubled each poll, at most
+            ``POLL_MAX_S``).
+        max_delay: the longest poll interval, whatever ``Retry-After`` says.
+        clock: the monotonic clock.
+        log: the client's log line.
+    """
+
+    def __init__(
+        self,
+        limit: float,
+        backoff: float,
+        max_delay: float,
+        clock: Callable[[], float],
+        log: _PrimeLog,
+    ) -> None:
+        self.limit = limit
+        self.backoff = backoff
+        self.max_delay = max_delay
+        self.clock = clock
+        self.log = log
+        self.polls = 0
+        self._started: float | None = None
+        self._done = -1
+        self._progressed = 0.0  # clock time ``done`` last changed
+
+    def wait(self, response: httpx.Response, url: str) -> float | None:
+        """How long to wait before asking again, beyond the client's ``retries``.
+
+        Returns:
+            The delay in seconds while the response reports a running prime that progresses
+            within the limit; ``None`` for any other response (plain retries apply).
+
+        Raises:
+            NotPrimedError: the response reports no running prime, or one that made no progress
+                for ``STALL_S``, or the wait reached ``limit``; the message says what to do.
+        """
+        progress = prime_progress(response)
+        if progress is None:
+            return None
+        if progress.state in _NOT_RUNNING:
+            raise self._error(response, _not_running(progress, url))
+        if progress.state != "running" or self.limit <= 0:
+            return None
+        now = self.clock()
+        if self._started is None:
+            self._started = self._progressed = now  # the job may have just started
+        if progress.done != self._done or progress.done == 0:
+            # it grew, a new job started over, or it is still starting (no batch done yet:
+            # spawning workers, reading the data can take a while; ``limit`` bounds that)
+            self._done, self._progressed = progress.done, now
+        if now - self._progressed >= STALL_S:
+            raise self._error(
+                response,
+                f"the prime has made no progress for {STALL_S:.0f} s (stuck at {progress}): "
+                f"see `batchstash status --url {url}`",
+            )
+        waited = now - self._started
+        if waited >= self.limit:
+            raise self._error(
+                response,
+                f"the store is still being primed after {waited:.0f} s ({progress}): wait for "
+                f"it (`batchstash prime --url {url} --wait`) or raise "
+                "BatchClient(wait_for_prime=...)",
+            )
+        self.log.progress(progress, now)
+        hinted = retry_after(response)
+        if hinted is None:
+            delay = min(self.backoff * 2.0 ** min(self.polls, 16), POLL_MAX_S)
+        else:
+            delay = hinted
+        self.polls += 1
+        return max(0.0, min(delay, self.max_delay, self.limit - waited))
+
+    @staticmethod
+    def _error(response: httpx.Response, advice: str) -> NotPrimedError:
+        return NotPrimedError(f"{error_from_response(response).message}; {advice}")
