@@ -5,8 +5,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import (
     AuthError,
@@ -27,6 +26,7 @@ from .errors import (
     VectorizerError,
     error_for_code,
 )
+from .lazy import lazy_exports
 
 if TYPE_CHECKING:
     from . import wire
@@ -81,22 +81,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    if module == f".{name}":  # a submodule exported as a namespace (wire)
-        value = importlib.import_module(module, __name__)
-    else:
-        value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
 
 __all__ = [
     "AdminCalls",
@@ -141,3 +125,5 @@ __all__ = [
     "resolve_rank",
     "wire",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

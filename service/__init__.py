@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from batchstash.client.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from batchstash.client import (
@@ -75,22 +76,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    if module == f".{name}":  # a submodule exported as a namespace (wire)
-        value = importlib.import_module(module, __name__)
-    else:
-        value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
 
 __all__ = [
     "Batch",
@@ -121,3 +106,5 @@ __all__ = [
     "TorchConfig",
     "load_factory",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
