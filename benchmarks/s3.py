@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from .servers import DATASET, HOST, Server, child_env, free_port, prime, subprocess_server
+from .servers import DATASET, HOST, Server, child_env, free_port, prime, stop, subprocess_server
 
 __all__ = ["BUCKET", "measure", "moto_server"]
 
@@ -61,13 +61,7 @@ def moto_server(log: Path, timeout: float = 60.0) -> Iterator[str]:
             time.sleep(0.1)
         yield endpoint
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop(proc)
 
 
 @contextmanager

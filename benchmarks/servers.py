@@ -22,7 +22,15 @@ import httpx
 
 from .procstat import memory
 
-__all__ = ["REPO_ROOT", "Server", "batchstash_server", "free_port", "prime", "subprocess_server"]
+__all__ = [
+    "REPO_ROOT",
+    "Server",
+    "batchstash_server",
+    "free_port",
+    "prime",
+    "stop",
+    "subprocess_server",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -86,13 +94,18 @@ def subprocess_server(
         _wait_healthy(url, proc, log, timeout)
         yield Server(url, proc.pid, log)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a process this suite started, by its PID; kill it if it does not stop."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 @contextmanager

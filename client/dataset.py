@@ -225,31 +225,27 @@ class BatchDataset(IterableDataset[Any]):
                 batch list; see :meth:`BatchIterator.load_state_dict`).
         """
         with self.client_factory() as client:
-            it = client.iter_batches(
-                self.split,
-                shuffle=self.shuffle,
-                seed=self.seed,
-                rank=self.rank,
-                world_size=self.world_size,
-                prefetch=0,
-                attributes=self.attributes,
-                state=state,
-            )
+            it = self._iterator(client, 0, state)  # a state restores its own epoch
         self.state = state
         self.epoch = it.plan.epoch
 
     def iterator(self, client: BatchClient) -> BatchIterator:
         """The rank's :class:`BatchIterator` for the current epoch, without prefetching."""
+        return self._iterator(client, self.epoch, self.state)
+
+    def _iterator(
+        self, client: BatchClient, epoch: int, state: Mapping[str, Any] | None
+    ) -> BatchIterator:
         return client.iter_batches(
             self.split,
-            epoch=self.epoch,
+            epoch=epoch,
             shuffle=self.shuffle,
             seed=self.seed,
             rank=self.rank,
             world_size=self.world_size,
             prefetch=0,
             attributes=self.attributes,
-            state=self.state,
+            state=state,
         )
 
     def state_dict(self, position: int) -> dict[str, Any]:

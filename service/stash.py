@@ -94,11 +94,8 @@ class BatchStash:
             raise BatchError("batch_size and batch_limit must be >= 1, workers and chunk_size >= 0")
         self.path = str(path)
         self.backend = open_backend(self.path)
-        self.split_stash_container = split_stash_container
         if not isinstance(vectorizer_manager_set, FeatureVectorizerManagerSet):
             vectorizer_manager_set = FeatureVectorizerManagerSet(vectorizer_manager_set)
-        self.vectorizer_manager_set = vectorizer_manager_set
-        self.batch_feature_mappings = batch_feature_mappings
         self.workers = workers
         self.chunk_size = chunk_size
         self.executor = executor
@@ -162,6 +159,9 @@ class BatchStash:
 
     # the dataset definition (the encoder's) ------------------------------------------------
 
+    split_stash_container = property(lambda self: self.encoder.split_stash_container)
+    vectorizer_manager_set = property(lambda self: self.encoder.vectorizer_manager_set)
+    batch_feature_mappings = property(lambda self: self.encoder.batch_feature_mappings)
     data_point_type = property(lambda self: self.encoder.data_point_type)
     batch_type = property(lambda self: self.encoder.batch_type)
     batch_size = property(lambda self: self.encoder.batch_size)
