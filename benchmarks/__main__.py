@@ -1,9 +1,10 @@
-"""``python -m benchmarks [--quick] [--out DIR] [--device cuda]``: run the suite, write the report.
+"""``python -m benchmarks [--quick] [--only SECTIONS] [--out DIR] [--device cuda]``: run, report.
 
 Starts real servers on 127.0.0.1 over synthetic stores in a temporary directory, measures every
-section in the same run, prints the table and writes ``results.json``, ``results.png`` and
-``results.md`` to ``--out`` (default ``benchmarks/results/<mode>``). ``--quick`` is the CI smoke
-size (under 2 minutes on 2 cores); its numbers are not meant to be compared.
+section (or those ``--only`` names, e.g. ``--only wire``: the ceiling and the serving rows) in
+the same run, prints the tables and writes ``results.json``, ``results.png`` and ``results.md``
+to ``--out`` (default ``benchmarks/results/<mode>``). ``--quick`` is the CI smoke size; its
+numbers are not meant to be compared.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from . import report
 from .profiles import PROFILES
+from .runner import ALIASES, SECTIONS, run, select
 from .servers import REPO_ROOT
-from .suite import run
 
 logger = logging.getLogger("benchmarks")
 
@@ -49,9 +50,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="cuda adds host-to-device copies and a trainer loop")
     parser.add_argument("--work-dir", type=Path,
                         help="where the stores go (default: a temporary directory, removed)")
+    parser.add_argument("--only", type=lambda text: text.split(","), metavar="SECTION[,...]",
+                        help=f"run only these sections: {', '.join([*SECTIONS, *ALIASES])} "
+                        "(wire: ceiling and serving)")
     parser.add_argument("--update-doc", action="store_true",
                         help="put the table in BENCHMARKS.md, the chart in benchmarks/chart.png")
     args = parser.parse_args(argv)
+    try:
+        select(args.only)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.update_doc and args.only:
+        parser.error("--update-doc needs every section: leave out --only")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     profile = PROFILES["quick" if args.quick else "default"]
@@ -60,14 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        results = run(profile, work, out / "logs", args.device)
+        results = run(profile, work, out / "logs", args.device, args.only)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     results.update(mode=profile.name, profile=profile.__dict__, machine=report.machine(),
                    elapsed_s=time.perf_counter() - start, created=time.strftime("%Y-%m-%d %H:%M"))
-    table = report.write(results, out)
-    print(report.markdown(table))
+    print(report.write(results, out))
     print(f"machine: {report.machine_markdown(results['machine'])}")
     print(f"wrote {out / 'results.json'}, {out / 'results.png'} in {results['elapsed_s']:.0f} s")
     if args.update_doc:  # results/ is git-ignored: the chart the doc shows is kept beside it

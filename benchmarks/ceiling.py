@@ -1,41 +1,48 @@
-"""The ceiling: raw loopback TCP between two Python processes, 1 MiB messages, ``recv_into``.
+"""The ceiling: raw loopback TCP between Python processes, 1 MiB messages, ``recv_into``.
 
-Two shapes, both receiving into one preallocated buffer:
+Run as ``python -m benchmarks.ceiling``, the sender listens on 127.0.0.1, prints its port and
+forks one sender process per connection (so N receivers get N sender/receiver pairs, all in the
+sender's process tree, whose CPU the suite accounts). A receiver (:class:`Receiver`, a consumer
+kind) opens with two bytes that choose the run:
 
-* ``stream``: the sender writes messages back to back (the most the loopback and Python give);
-* ``request``: the receiver asks for each message with one byte (one round trip per message, as
-  an HTTP client fetching a batch does).
+* buffers ``D``, distinct: the sender cycles through :data:`SEND_BUFFERS` distinct 1 MiB buffers
+  (256 MiB, more than the caches hold) and the receiver receives into :data:`RECEIVE_BUFFERS`
+  buffers in turn, as a client receives each batch into new memory. The ratios use this one.
+  ``H``, cache-hot: one buffer each side, always in cache (information only);
+* shape ``S``, stream: messages back to back; ``R``, request: the receiver asks for each message
+  with one byte (one round trip per message).
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import os
+import select
+import signal
 import socket
-import time
-from typing import Any
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, cast
+from urllib.parse import urlsplit
 
-__all__ = ["MESSAGE_BYTES", "measure"]
+from .servers import REPO_ROOT, Server, child_env, stop
+
+__all__ = ["KINDS", "MESSAGE_BYTES", "RECEIVE_BUFFERS", "RUNS", "SEND_BUFFERS", "Receiver",
+           "sender"]
 
 MESSAGE_BYTES = 1 << 20
+SEND_BUFFERS = 256
+RECEIVE_BUFFERS = 32
 HOST = "127.0.0.1"
 
+KINDS = {"tcp_distinct": (b"D", b"S"), "tcp_hot": (b"H", b"S"), "tcp_hot_request": (b"H", b"R")}
+"""Consumer kinds of the ceiling: their opening bytes (buffers, shape)."""
 
-def _sender(mode: str, size: int, ports: Any) -> None:
-    with socket.create_server((HOST, 0)) as server:
-        ports.put(server.getsockname()[1])
-        conn, _ = server.accept()
-    payload = memoryview(bytearray(b"\x5a" * size))
-    request = bytearray(1)
-    with conn:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            if mode == "stream":
-                while True:
-                    conn.sendall(payload)
-            while conn.recv_into(request) == 1:
-                conn.sendall(payload)
-        except OSError:  # the receiver hung up: the run is over
-            pass
+RUNS = {"distinct_1": ("tcp_distinct", 1), "distinct_4": ("tcp_distinct", 4),
+        "hot_stream_1": ("tcp_hot", 1), "hot_request_1": ("tcp_hot_request", 1)}
+"""The ceiling rows: consumer kind and sender/receiver pairs."""
 
 
 def _receive(sock: socket.socket, view: memoryview) -> None:
@@ -47,34 +54,106 @@ def _receive(sock: socket.socket, view: memoryview) -> None:
         got += n
 
 
-def measure(mode: str, max_messages: int, max_seconds: float) -> dict[str, Any]:
-    """Receive up to ``max_messages`` 1 MiB messages within ``max_seconds``; MB/s (10^6 B/s)."""
-    ctx = multiprocessing.get_context("spawn")
-    ports = ctx.Queue()
-    proc = ctx.Process(target=_sender, args=(mode, MESSAGE_BYTES, ports), daemon=True)
-    proc.start()
+def _send(conn: socket.socket, buffers: list[memoryview]) -> None:
+    """One connection: read the two opening bytes, then send until the receiver hangs up."""
+    opening = bytearray(2)
+    _receive(conn, memoryview(opening))
+    payloads = buffers if opening[:1] == b"D" else buffers[:1]
+    request, ask, sent = opening[1:] == b"R", bytearray(1), 0
     try:
-        port = ports.get(timeout=60)
-        buf = bytearray(MESSAGE_BYTES)
-        view = memoryview(buf)
-        with socket.create_connection((HOST, port)) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for _ in range(3):  # warm up the connection and both processes
-                if mode == "request":
-                    sock.sendall(b"\x01")
-                _receive(sock, view)
-            count, start = 0, time.perf_counter()
-            deadline = start + max_seconds
-            while count < max_messages and time.perf_counter() < deadline:
-                if mode == "request":
-                    sock.sendall(b"\x01")
-                _receive(sock, view)
-                count += 1
-            seconds = time.perf_counter() - start
+        while not request or conn.recv_into(ask) == 1:
+            conn.sendall(payloads[sent % len(payloads)])
+            sent += 1
+    except OSError:  # the receiver hung up: the run is over
+        pass
+
+
+def _serve() -> None:
+    """The sender: fill the buffers, print the port, fork a sender per connection."""
+    buffers = [memoryview(bytearray(bytes([1 + i % 255]) * MESSAGE_BYTES))
+               for i in range(SEND_BUFFERS)]
+    children: list[int] = []
+
+    def on_term(*_: Any) -> None:  # stop the senders this process forked, by pid
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    with socket.create_server((HOST, 0)) as server:
+        print(server.getsockname()[1], flush=True)
+        while True:
+            conn, _ = server.accept()
+            children[:] = [p for p in children if os.waitpid(p, os.WNOHANG) == (0, 0)]
+            pid = os.fork()
+            if pid == 0:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                server.close()
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _send(conn, buffers)
+                os._exit(0)
+            children.append(pid)
+            conn.close()
+
+
+@contextmanager
+def sender(log: Path, timeout: float = 60.0) -> Iterator[Server]:
+    """Run the sender until the block ends, then stop it (and its senders) by pid."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.ceiling"], cwd=REPO_ROOT,
+                                env=child_env(), stdout=subprocess.PIPE, stderr=err)
+    out = cast(IO[bytes], proc.stdout)  # stdout=PIPE
+    try:
+        if not select.select([out], [], [], timeout)[0]:
+            raise RuntimeError(f"the ceiling sender printed no port in {timeout}s (log: {log})")
+        port = int(out.readline() or 0)
+        if not port:
+            raise RuntimeError(f"the ceiling sender exited (log: {log})")
+        yield Server(f"http://{HOST}:{port}", proc.pid, log)
     finally:
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout=5)
-    return {"mode": mode, "messages": count, "message_bytes": MESSAGE_BYTES,
-            "seconds": seconds, "mb_s": count * MESSAGE_BYTES / seconds / 1e6}
+        stop(proc)
+        out.close()
+
+
+class Receiver:
+    """The ceiling's consumer: receive whole 1 MiB messages from the sender at ``task.url``.
+
+    Args:
+        task: the load task (its ``url`` and ``kind``, one of :data:`KINDS`).
+        rank: this consumer's rank (unused: every pair is alike).
+    """
+
+    def __init__(self, task: Any, rank: int) -> None:
+        buffers, shape = KINDS[task.kind]
+        url = urlsplit(task.url)
+        self.sock = socket.create_connection((url.hostname, url.port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.sendall(buffers + shape)
+        self.request = shape == b"R"
+        count = RECEIVE_BUFFERS if buffers == b"D" else 1
+        self.ring, self.turn = [memoryview(bytearray(MESSAGE_BYTES)) for _ in range(count)], 0
+        for _ in range(count + 2):  # warm up: the connection, both processes, every buffer
+            self.step()
+
+    def begin(self) -> None:
+        """Nothing to start: the sender is already sending (or waiting for a request)."""
+
+    def step(self) -> tuple[int, int]:
+        """Receive one message into the next buffer."""
+        if self.request:
+            self.sock.sendall(b"\x01")
+        self.turn = (self.turn + 1) % len(self.ring)
+        _receive(self.sock, self.ring[self.turn])
+        return 1, MESSAGE_BYTES
+
+    def close(self) -> None:
+        """Hang up (the sender process for this connection exits)."""
+        self.sock.close()
+
+
+if __name__ == "__main__":
+    _serve()

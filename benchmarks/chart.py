@@ -1,4 +1,4 @@
-"""The chart of a run: six matplotlib panels in one PNG."""
+"""The chart of a run: six matplotlib panels in one PNG (a section not run leaves its empty)."""
 
 from __future__ import annotations
 
@@ -9,64 +9,94 @@ __all__ = ["draw"]
 
 MB = 1e6
 
+LARGE_BARS = {
+    "ceiling distinct 1 pair": ("ceiling", "distinct_1"),
+    "ceiling distinct 4 pairs": ("ceiling", "distinct_4"),
+    "ceiling cache-hot stream": ("ceiling", "hot_stream_1"),
+    "ceiling cache-hot req/resp": ("ceiling", "hot_request_1"),
+    "floor + raw client 1c": ("batchstash_large", "floor_raw_1"),
+    "floor + BatchClient 1c": ("batchstash_large", "floor_1"),
+    "batchstash + raw client 1c": ("batchstash_large", "raw_1"),
+    "batchstash + raw, data port": ("batchstash_large", "raw_data_1"),
+    "batchstash 1c": ("batchstash_large", "iter_1"),
+    "batchstash 1c device=cpu": ("batchstash_large", "iter_cpu_1"),
+    "batchstash 4c": ("batchstash_large", "iter_4"),
+    "batchstash seq 1c": ("batchstash_large", "seq_1"),
+    "DataLoader w0": ("baselines", "dataloader_0"),
+    "DataLoader w2": ("baselines", "dataloader_2"),
+    "pickle files": ("baselines", "pickle"),
+    "naive FastAPI 1c": ("naive", "large_1"),
+    "naive FastAPI 4c": ("naive", "large_4"),
+}
+"""Bars of the large-batch panel: label to (results key, run key)."""
 
-def draw(results: dict[str, Any], path: Path) -> None:
-    """Draw the six panels of the run into ``path`` (PNG)."""
-    import matplotlib
+SMALL_BARS = {
+    "floor + raw client 1c": ("batchstash_small", "floor_raw_1"),
+    "floor + BatchClient 1c": ("batchstash_small", "floor_1"),
+    "batchstash + raw client 1c": ("batchstash_small", "raw_1"),
+    "batchstash + raw, data port": ("batchstash_small", "raw_data_1"),
+    "batchstash 1c": ("batchstash_small", "iter_1"),
+    "batchstash 4c": ("batchstash_small", "iter_4"),
+    "batchstash seq 1c": ("batchstash_small", "seq_1"),
+    "naive FastAPI 1c": ("naive", "small_1"),
+}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    large, small, base, naive = (results["batchstash_large"], results["batchstash_small"],
-                                 results["baselines"], results["naive"])
-    top = max(r["mb_s"] for r in results["ceiling"].values())
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
-    panels: list[tuple[Any, str, dict[str, float | None], str]] = [
-        (axes[0, 0], f"large batches ({large['batch_bytes']:,} B): MB/s", {
-            "raw TCP stream": results["ceiling"]["stream"]["mb_s"],
-            "raw TCP req/resp": results["ceiling"]["request"]["mb_s"],
-            "batchstash 1c": large["iter_1"]["mb_s"], "batchstash 4c": large["iter_4"]["mb_s"],
-            "batchstash seq 1c": large["seq_1"]["mb_s"],
-            "I/O floor 1c": large.get("floor_1", {}).get("mb_s"),
-            "DataLoader w0": base["dataloader_0"]["mb_s"],
-            "DataLoader w2": base["dataloader_2"]["mb_s"], "pickle files": base["pickle"]["mb_s"],
-            "naive FastAPI 1c": naive["large_1"]["mb_s"],
-            "naive FastAPI 4c": naive["large_4"]["mb_s"]}, "MB/s"),
-        (axes[0, 1], f"small batches ({small['batch_bytes']:,} B): batches/s", {
-            "batchstash 1c": small["iter_1"]["batches_s"],
-            "batchstash 4c": small["iter_4"]["batches_s"],
-            "batchstash seq 1c": small["seq_1"]["batches_s"],
-            "I/O floor 1c": small.get("floor_1", {}).get("batches_s"),
-            "naive FastAPI 1c": naive["small_1"]["batches_s"]}, "batches/s"),
-        (axes[0, 2], "priming: batches/s", {
-            "1 worker": results["priming"]["workers_1"]["rate"],
-            "2 workers": results["priming"]["workers_2"]["rate"]}, "batches/s"),
-    ]
-    for ax, title, values, unit in panels:
-        names = list(values)
-        ax.barh(names, [v or 0 for v in values.values()], color="tab:blue")
-        ax.invert_yaxis()
-        ax.set_title(title)
-        ax.set_xlabel(unit)
-    axes[0, 0].axvline(0.8 * top, color="tab:red", linestyle="--", label="0.8 x ceiling")
-    axes[0, 0].legend(loc="lower right")
-    axes[0, 1].axvline(6000, color="tab:red", linestyle="--", label="target 6,000/s")
-    axes[0, 1].legend(loc="lower right")
-    one = results["priming"]["workers_1"]["rate"]
-    if one:
-        axes[0, 2].axvline(1.8 * one, color="tab:red", linestyle="--", label="1.8 x 1 worker")
-        axes[0, 2].legend(loc="lower right")
-    ax = axes[1, 0]
-    left = None
+def _bars(results: dict[str, Any], bars: dict[str, tuple[str, str]],
+          metric: str) -> dict[str, float]:
+    """The measured bars (runs not measured or skipped are left out)."""
+    out = {}
+    for label, (section, key) in bars.items():
+        value = results.get(section, {}).get(key, {}).get(metric)
+        if value is not None:
+            out[label] = value
+    return out
+
+
+def _barh(ax: Any, title: str, values: dict[str, float], unit: str) -> None:
+    ax.barh(list(values), list(values.values()), color="tab:blue")
+    ax.invert_yaxis()
+    ax.set_title(title)
+    ax.set_xlabel(unit)
+
+
+def _line(ax: Any, x: float | None, label: str) -> None:
+    if x:
+        ax.axvline(x, color="tab:red", linestyle="--", label=label)
+        ax.legend(loc="lower right")
+
+
+def _size(results: dict[str, Any], size: str) -> str:
+    batch = results.get(f"batchstash_{size}", {}).get("batch_bytes")
+    return f"{size} batches" + (f" ({batch:,} B)" if batch else "")
+
+
+def _throughput(axes: Any, results: dict[str, Any]) -> None:
+    _barh(axes[0, 0], f"{_size(results, 'large')}: MB/s", _bars(results, LARGE_BARS, "mb_s"),
+          "MB/s")
+    top = results.get("ceiling", {}).get("distinct_1", {}).get("mb_s")
+    _line(axes[0, 0], top and 0.85 * top, "0.85 x ceiling distinct")
+    _barh(axes[0, 1], f"{_size(results, 'small')}: batches/s",
+          _bars(results, SMALL_BARS, "batches_s"), "batches/s")
+    _line(axes[0, 1], 6000, "target 6,000/s")
+
+
+def _priming(axes: Any, prime: dict[str, Any]) -> None:
+    one = prime["workers_1"]["rate"]
+    _barh(axes[0, 2], "priming: batches/s",
+          {"1 worker": one or 0, "2 workers": prime["workers_2"]["rate"] or 0}, "batches/s")
+    _line(axes[0, 2], one and 1.8 * one, "1.8 x 1 worker")
+    ax, left = axes[1, 0], None
     for step in ("data_points", "vectorize", "persist"):
-        widths = [1e3 * b["seconds"][step] / b["batches"]
-                  for b in results["priming"]["breakdown"].values()]
-        ax.barh(list(results["priming"]["breakdown"]), widths, left=left, label=step)
+        widths = [1e3 * b["seconds"][step] / b["batches"] for b in prime["breakdown"].values()]
+        ax.barh(list(prime["breakdown"]), widths, left=left, label=step)
         left = widths if left is None else [a + b for a, b in zip(left, widths, strict=True)]
     ax.set_title("priming one batch, by step (in process)")
     ax.set_xlabel("ms per batch")
     ax.legend(loc="upper right")
-    mem = results["memory"]
+
+
+def _memory(axes: Any, mem: dict[str, Any]) -> None:
     ax = axes[1, 1]
     stores = [mem["server_small_store"], mem["server_large_store"]]
     ax.bar([f"{s['store_batches']} batches" for s in stores], [s["peak"] / MB for s in stores])
@@ -81,6 +111,25 @@ def draw(results: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("prefetch")
     ax.set_ylabel("MB")
     ax.legend()
+
+
+def draw(results: dict[str, Any], path: Path) -> None:
+    """Draw the panels of the sections the run measured into ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+    _throughput(axes, results)
+    for key, panels, draw_section in (("priming", (axes[0, 2], axes[1, 0]), _priming),
+                                      ("memory", (axes[1, 1], axes[1, 2]), _memory)):
+        if key in results:
+            draw_section(axes, results[key])
+            continue
+        for ax in panels:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, f"{key}: not run", ha="center", va="center")
     fig.suptitle(f"batchstash benchmarks ({results['mode']} run)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -1,15 +1,13 @@
-"""Consumer processes: fetch batches over HTTP and decode them to tensors, timed per batch.
+"""Consumer processes: fetch batches (or the ceiling's messages) into tensors, timed per step.
 
 A :class:`ConsumerPool` keeps spawned processes alive across runs (Python and torch start once).
 Each run sets its consumers up (client, batch ids, one warm-up batch), starts them together and
-stops each at its share of ``max_batches`` or at ``max_seconds``, whichever comes first.
+stops each at its share of ``max_batches`` or at ``max_seconds``, whichever comes first. What a
+consumer does is its kind (:mod:`benchmarks.fetchers`).
 
-Kinds of consumer:
-
-* ``iter``: ``BatchClient.iter_batches`` (shuffled epoch, this consumer's rank, ``prefetch``);
-  the latency is the time blocked in ``next()`` (the trainer's data wait).
-* ``seq``: ``BatchClient.batch`` one id after another; the latency is request to tensors.
-* ``naive``: ``httpx`` GET from the minimal baseline server, then ``wire.decode`` (same checks).
+CPU: each consumer reports its own CPU seconds over its run (``getrusage``); the pool samples the
+server side's process trees (:mod:`benchmarks.cpu`) just before the start and after the last
+report, so every run carries both sides' CPU seconds per GB.
 """
 
 from __future__ import annotations
@@ -17,104 +15,15 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
+from .cpu import self_cpu_seconds, tree_cpu, tree_delta, usage
+from .fetchers import FETCHERS, LoadTask, fetch
 from .procstat import memory, reset_peak
 
 __all__ = ["ConsumerPool", "LoadTask", "summarize"]
-
-
-@dataclass(frozen=True)
-class LoadTask:
-    """One load run.
-
-    Attributes:
-        url: the server, on 127.0.0.1.
-        kind: ``iter``, ``seq`` or ``naive``.
-        consumers: concurrent consumer processes.
-        max_batches: batches fetched by all consumers together, at most.
-        max_seconds: the run stops after this long, whatever the count.
-        prefetch: batches fetched ahead (``iter``).
-        split: the split (batchstash) or the key prefix (naive server).
-        batch_ids: the naive server's batch ids (batchstash asks the server).
-    """
-
-    url: str
-    kind: str
-    consumers: int
-    max_batches: int
-    max_seconds: float
-    prefetch: int = 4
-    split: str = "train"
-    batch_ids: tuple[int, ...] = ()
-
-
-def _tensor_bytes(tensors: Any) -> int:
-    return sum(int(t.nbytes) for t in tensors.values())
-
-
-class _Fetcher:
-    """Set up for one task in a consumer process; :meth:`run` fetches until quota or deadline."""
-
-    def __init__(self, task: LoadTask, rank: int) -> None:
-        import httpx
-
-        from batchstash.client import wire
-        from batchstash.client.http import BatchClient
-
-        self.task, self.rank, self.wire = task, rank, wire
-        if task.kind == "naive":
-            self.http = httpx.Client(base_url=task.url, timeout=60.0)
-            self.ids = list(task.batch_ids)
-            self.fetch_naive(self.ids[0])
-        else:
-            self.client = BatchClient(task.url, timeout=60.0, retries=0)
-            self.ids = self.client.batch_ids(task.split)
-            self.client.batch(task.split, self.ids[0])
-
-    def fetch_naive(self, batch_id: int) -> int:
-        response = self.http.get(f"/batches/{self.task.split}/{batch_id}")
-        response.raise_for_status()
-        return _tensor_bytes(self.wire.decode(bytearray(response.content)).tensors)
-
-    def run(self, quota: int, deadline: float) -> tuple[int, int, list[float]]:
-        task, latencies, total = self.task, [], 0
-        if task.kind == "iter":
-            it = self.client.iter_batches(task.split, epoch=0, shuffle=True, rank=self.rank,
-                                          world_size=task.consumers, prefetch=task.prefetch)
-            try:
-                while len(latencies) < quota and time.perf_counter() < deadline:
-                    start = time.perf_counter()
-                    try:
-                        batch = next(it)
-                    except StopIteration:
-                        break
-                    latencies.append(time.perf_counter() - start)
-                    total += _tensor_bytes(batch.attributes)
-                    del batch
-            finally:
-                it.close()
-            return len(latencies), total, latencies
-        mine = self.ids[self.rank :: task.consumers]
-        for i in range(quota):
-            if time.perf_counter() >= deadline:
-                break
-            batch_id = mine[i % len(mine)]
-            start = time.perf_counter()
-            if task.kind == "naive":
-                size = self.fetch_naive(batch_id)
-            else:
-                size = _tensor_bytes(self.client.batch(task.split, batch_id).attributes)
-            latencies.append(time.perf_counter() - start)
-            total += size
-        return len(latencies), total, latencies
-
-    def close(self) -> None:
-        if self.task.kind == "naive":
-            self.http.close()
-        else:
-            self.client.close()
 
 
 def _consumer_main(rank: int, tasks: Any, results: Any) -> None:
@@ -124,7 +33,8 @@ def _consumer_main(rank: int, tasks: Any, results: Any) -> None:
         if task is None:
             return
         try:
-            fetcher = _Fetcher(LoadTask(**task), rank)
+            load = LoadTask(**task)
+            fetcher = FETCHERS[load.kind](load, rank)
         except Exception as exc:  # reported to the parent, which fails the run
             results.put({"rank": rank, "error": f"setup: {type(exc).__name__}: {exc}"})
             continue
@@ -132,14 +42,14 @@ def _consumer_main(rank: int, tasks: Any, results: Any) -> None:
         go = tasks.get()
         try:
             reset_peak()
-            before = memory()
+            before, cpu = memory(), self_cpu_seconds()
             start = time.perf_counter()
-            count, size, latencies = fetcher.run(go["quota"], start + go["seconds"])
+            count, size, latencies = fetch(fetcher, go["quota"], start + go["seconds"])
             end = time.perf_counter()
-            after = memory()
+            after, cpu = memory(), self_cpu_seconds() - cpu
             results.put({"rank": rank, "start": start, "end": end, "batches": count,
                          "bytes": size, "latencies": latencies, "rss_before": before["rss"],
-                         "peak": after["peak"]})
+                         "peak": after["peak"], "cpu_s": cpu})
         except Exception as exc:
             results.put({"rank": rank, "error": f"run: {type(exc).__name__}: {exc}"})
         finally:
@@ -193,17 +103,27 @@ class ConsumerPool:
             got.append(item)
         return got
 
-    def run(self, task: LoadTask) -> dict[str, Any]:
-        """Run ``task`` on its first ``task.consumers`` processes; return :func:`summarize`'s."""
+    def run(self, task: LoadTask, server_pids: Sequence[int] = ()) -> dict[str, Any]:
+        """Run ``task`` on its first ``task.consumers`` processes; return :func:`summarize`'s.
+
+        Args:
+            task: the run.
+            server_pids: the roots of the server side's process trees, whose CPU the run
+                accounts (none: the server columns are ``None``).
+        """
         if task.consumers > len(self.procs):
             raise ValueError(f"the pool has {len(self.procs)} consumers, not {task.consumers}")
         for rank in range(task.consumers):
             self.tasks[rank].put(asdict(task))
         self._collect(task.consumers, timeout=120)
         quota = max(1, task.max_batches // task.consumers)
+        before = [tree_cpu(pid) for pid in server_pids]
         for rank in range(task.consumers):
             self.tasks[rank].put({"quota": quota, "seconds": task.max_seconds})
-        return summarize(self._collect(task.consumers, timeout=task.max_seconds + 120))
+        parts = self._collect(task.consumers, timeout=task.max_seconds + 120)
+        deltas = [tree_delta(b, tree_cpu(pid)) for b, pid in zip(before, server_pids, strict=True)]
+        server = (sum(d[0] for d in deltas), sum(d[1] for d in deltas)) if deltas else None
+        return summarize(parts, server)
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -213,8 +133,18 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Join consumer reports: MB/s (10^6 bytes) and batches/s over the common wall time."""
+def summarize(parts: list[dict[str, Any]],
+              server: tuple[float, int] | None = None) -> dict[str, Any]:
+    """Join consumer reports: MB/s (10^6 bytes) and batches/s over the common wall time.
+
+    Args:
+        parts: each consumer's report.
+        server: the server side's CPU seconds over the run and its busy processes.
+
+    Returns:
+        The rates, latency percentiles, client memory and the CPU columns of
+        :func:`benchmarks.cpu.usage`.
+    """
     wall = max(p["end"] for p in parts) - min(p["start"] for p in parts)
     batches, size = sum(p["batches"] for p in parts), sum(p["bytes"] for p in parts)
     latencies = [x for p in parts for x in p["latencies"]]
@@ -231,4 +161,5 @@ def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "client_rss_before": max(p["rss_before"] for p in parts),
         "client_peak": max(p["peak"] for p in parts),
         "client_growth": max(p["peak"] - p["rss_before"] for p in parts),
+        **usage(server, (p["cpu_s"] for p in parts), len(parts), size, wall),
     }

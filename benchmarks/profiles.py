@@ -23,7 +23,7 @@ class Profile:
         breakdown_sample: batches timed step by step for the priming breakdown.
         max_batches: the most batches one load run fetches.
         max_seconds: the longest one load run lasts.
-        ceiling_messages: 1 MiB messages of the raw-socket ceiling, at most.
+        ceiling_messages: 1 MiB messages one ceiling run receives (all its pairs), at most.
         baseline_files: distinct batches written as ``torch.save`` and pickle files.
         memory_reads: batches read from each store in the server memory test.
         prefetch_depths: prefetch values of the client memory test.

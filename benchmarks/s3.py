@@ -94,7 +94,7 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ordered[len(ordered) // 2], "passes_mb_s": [r["mb_s"] for r in runs]}
 
 
-def _passes(work: Path, logs: Path, options: dict[str, Any], load: Callable[[str], Any],
+def _passes(work: Path, logs: Path, options: dict[str, Any], load: Callable[[Server], Any],
             timeout: float, step: Step, aws: dict[str, str], result: dict[str, Any]) -> None:
     """Prime both stores; serve each once (first reads), then warm passes alternated."""
     moto_log = logs / "moto.log"
@@ -109,23 +109,23 @@ def _passes(work: Path, logs: Path, options: dict[str, Any], load: Callable[[str
     env = {**aws, "BATCHSTASH_CACHE_DIR": str(cache)}
     with _server(stores["local"], "serve", logs / "s3-serve-local.log", aws, options) as local, \
             _server(stores["s3"], "serve", logs / "s3-serve.log", env, options) as remote:
-        result["local_1"] = step("serve the directory store, pass 1", lambda: load(local.url))
+        result["local_1"] = step("serve the directory store, pass 1", lambda: load(local))
         before = _batch_gets(moto_log)
-        result["cold"] = step("serve the S3 store, cold cache", lambda: load(remote.url))
+        result["cold"] = step("serve the S3 store, cold cache", lambda: load(remote))
         result["cold"]["s3_gets"] = _batch_gets(moto_log) - before
         before = _batch_gets(moto_log)
         again: dict[str, list[dict[str, Any]]] = {"local": [], "warm": []}
         for n in range(REPEATS):  # alternated: background load hits both alike
             again["local"].append(step(f"serve the directory store, pass {n + 2}",
-                                       lambda: load(local.url)))
+                                       lambda: load(local)))
             again["warm"].append(step(f"serve the S3 store, warm cache, pass {n + 1}",
-                                      lambda: load(remote.url)))
+                                      lambda: load(remote)))
         result["local_2"], result["warm"] = _median(again["local"]), _median(again["warm"])
         result["warm"]["s3_gets"] = _batch_gets(moto_log) - before
         result["cache_objects"] = sum(1 for f in cache.iterdir() if f.suffix != ".tmp")
 
 
-def measure(work: Path, logs: Path, options: dict[str, Any], load: Callable[[str], Any],
+def measure(work: Path, logs: Path, options: dict[str, Any], load: Callable[[Server], Any],
             timeout: float, step: Step) -> dict[str, Any]:
     """Prime ``options``' store into a directory and into moto, then serve both with ``load``.
 

@@ -1,4 +1,8 @@
-"""The benchmark run: builds the stores, measures every section, returns the results as data."""
+"""The measurements of one run: a :class:`Suite` method a section, results kept as data.
+
+Each section builds the stores it reads on first use (:meth:`Suite.store`); which sections run
+and in which order is :mod:`benchmarks.runner`'s.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,18 @@ from typing import Any
 import httpx
 import torch
 
-from . import baselines, ceiling, gpu, memory, priming, ray_priming, s3, status
+from . import baselines, ceiling, gpu, memory, priming, rawclient, ray_priming, s3, status
 from .consumers import ConsumerPool, LoadTask
 from .profiles import Profile
-from .servers import batchstash_server, child_env, free_port, prime, subprocess_server
+from .servers import Server, batchstash_server, child_env, free_port, prime, subprocess_server
+from .serving import BATCHSTASH_RUNS, FLOOR_RUNS, PER_REQUEST, PREFETCH, Run, floor_server
 from .synthetic import batch_bytes, factory
 
-__all__ = ["run"]
+__all__ = ["Suite"]
 
 logger = logging.getLogger(__name__)
+
+NO_DATA_PORT = {"skipped": f"the server sends no {rawclient.DATA_PORT_HEADER} header"}
 
 
 class Suite:
@@ -28,14 +35,14 @@ class Suite:
 
     def __init__(self, profile: Profile, work: Path, logs: Path, device: str) -> None:
         self.profile, self.work, self.logs, self.device = profile, work, logs, device
-        self.results: dict[str, Any] = {}
+        self.results: dict[str, Any] = {"builds": {}}
         self.pool: ConsumerPool | None = None
-        self.files: list[Path] = []
-        self.stores: dict[str, Any] = {}
+        self.files: dict[str, list[Path]] = {}
+        self.built: set[str] = set()
 
     @property
     def consumers(self) -> ConsumerPool:
-        """The consumer pool (started by :func:`run`)."""
+        """The consumer pool (started by :func:`benchmarks.runner.run`)."""
         if self.pool is None:
             raise RuntimeError("the consumer pool is not started")
         return self.pool
@@ -55,36 +62,70 @@ class Suite:
         logger.info("%s done in %.1fs", name, time.perf_counter() - start)
         return result
 
-    def load(self, url: str, kind: str, consumers: int, prefetch: int = 4,
-             split: str = "train", ids: tuple[int, ...] = ()) -> dict[str, Any]:
-        """One bounded load run on the consumer pool."""
+    def load(self, server: Server, kind: str, consumers: int, max_batches: int | None = None,
+             **options: Any) -> dict[str, Any]:
+        """One bounded load run on the consumer pool, ``server``'s process tree's CPU accounted.
+
+        ``options`` are further :class:`LoadTask` fields.
+        """
         p = self.profile
-        task = LoadTask(url, kind, consumers, p.max_batches, p.max_seconds, prefetch, split, ids)
-        return self.consumers.run(task)
+        task = LoadTask(server.url, kind, consumers, max_batches or p.max_batches, p.max_seconds,
+                        **options)
+        return self.consumers.run(task, (server.pid,))
+
+    # -- stores and files ---------------------------------------------------------------------
+
+    def store_options(self, name: str) -> dict[str, Any]:
+        """Factory arguments of a store: ``large``, ``small``, or ``prime`` (priming's)."""
+        if name == "prime":
+            return self.options("large", self.profile.prime_batches)
+        return self.options(name)
+
+    def directory(self, name: str) -> Path:
+        """Where a store lies (primed or not)."""
+        return self.work / f"{name}-store"
+
+    def store(self, name: str) -> Path:
+        """The store's directory, primed through a server with 2 workers on first use."""
+        directory = self.directory(name)
+        if name in self.built:
+            return directory
+        options = self.store_options(name)
+        with batchstash_server(directory, options, self.logs / f"build-{name}.log",
+                               workers=2) as server:
+            built = self.step(f"prime the {name} store ({options['batches']} batches)",
+                              lambda: prime(server.url, self.profile.prime_timeout))
+        self.results["builds"][name] = {
+            **built, "store_batches": options["batches"],
+            "batch_bytes": batch_bytes(options["rows"], options["dims"])}
+        self.built.add(name)
+        return directory
+
+    def torch_files(self) -> dict[str, list[Path]]:
+        """The large store's first batches as ``torch.save`` and pickle files (written once)."""
+        if not self.files:
+            stash = factory(path=str(self.store("large")), **self.options("large"))
+            self.files = self.step("write torch.save and pickle files", lambda: (
+                baselines.write_files(stash, self.work / "files", self.profile.baseline_files)))
+        return self.files
 
     # -- sections -----------------------------------------------------------------------------
 
-    def ceilings(self) -> None:
-        p = self.profile
-        self.results["ceiling"] = {
-            mode: self.step(f"ceiling {mode}",
-                            lambda m=mode: ceiling.measure(m, p.ceiling_messages, p.max_seconds))
-            for mode in ("stream", "request")
-        }
-
     def priming(self) -> None:
+        """Prime the priming store with 1 and with 2 workers; the persisting breakdown."""
         p = self.profile
-        store = self.work / "prime-store"
-        options = self.options("large", p.prime_batches)
+        directory = self.directory("prime")
+        options = self.store_options("prime")
         rates = {}
         for workers in (1, 2):
-            with batchstash_server(store, options, self.logs / f"prime-{workers}w.log",
+            with batchstash_server(directory, options, self.logs / f"prime-{workers}w.log",
                                    workers=workers) as server:
                 rates[f"workers_{workers}"] = self.step(
                     f"prime {p.prime_batches} large batches, {workers} worker(s)",
                     lambda s=server: prime(s.url, p.prime_timeout))
                 if workers == 1:  # the 2-worker prime starts from an empty store again
                     httpx.post(f"{server.url}/v1/admin/clear", timeout=60).raise_for_status()
+        self.built.add("prime")  # the memory section's small store
         breakdown = {
             vec: self.step(f"priming breakdown ({vec})", lambda v=vec: priming.breakdown(
                 self.work / f"breakdown-{v}", {**options, "vectorizer": v}, p.breakdown_sample))
@@ -92,53 +133,47 @@ class Suite:
         }
         self.results["priming"] = {"batches": p.prime_batches, **rates, "breakdown": breakdown}
 
-    def build(self, size: str) -> None:
-        """Prime the large or small store through a server with 2 workers."""
-        options = self.options(size)
-        with batchstash_server(self.work / f"{size}-store", options,
-                               self.logs / f"build-{size}.log", workers=2) as server:
-            self.stores[size] = self.step(
-                f"prime the {size} store ({options['batches']} batches)",
-                lambda: prime(server.url, self.profile.prime_timeout))
+    def ceilings(self) -> None:
+        """The raw-TCP ceiling rows (:data:`benchmarks.ceiling.RUNS`), one sender for all."""
+        with ceiling.sender(self.logs / "ceiling.log") as sender:
+            self.results["ceiling"] = {
+                name: self.step(f"ceiling {name}", lambda k=kind, c=pairs: self.load(
+                    sender, k, c, max_batches=self.profile.ceiling_messages))
+                for name, (kind, pairs) in ceiling.RUNS.items()
+            }
 
-    PREFETCH = {"large": 24, "small": 96}
-    """``iter_batches`` prefetch per batch size, chosen by measurement: with the default
-    ``batches_per_request = prefetch // 3`` one group is being yielded and two requests are in
-    flight (8 and 32 batches a request); small batches need deep requests to amortize the
-    per-request cost."""
+    def serving(self) -> None:
+        """Every serving run on the large and on the small batches."""
+        for size in ("large", "small"):
+            self.serve(size)
 
-    def serving(self, size: str) -> None:
-        options = self.options(size)
-        prefetch = self.PREFETCH[size]
-        with batchstash_server(self.work / f"{size}-store", options,
-                               self.logs / f"serve-{size}.log") as server:
-            runs = {}
-            for kind in ("iter", "seq"):
-                for consumers in (1, 4):
-                    runs[f"{kind}_{consumers}"] = self.step(
-                        f"batchstash {size}: {kind}, {consumers} consumer(s)",
-                        lambda k=kind, c=consumers: self.load(server.url, k, c, prefetch))
-            port = free_port()
-            argv = [sys.executable, "-m", "benchmarks.floor_server", "--port", str(port),
-                    "--store", str(self.work / f"{size}-store"), "--from-url", server.url]
-            with subprocess_server(argv, port, self.logs / f"floor-{size}.log",
-                                   child_env()) as floor:
-                for consumers in (1, 4):
-                    runs[f"floor_{consumers}"] = self.step(
-                        f"I/O floor server {size}: iter, {consumers} consumer(s)",
-                        lambda c=consumers: self.load(floor.url, "iter", c, prefetch))
+    def _runs(self, server: Server, table: dict[str, Run], size: str) -> dict[str, Any]:
+        sized = {"prefetch": PREFETCH[size], "per_request": PER_REQUEST[size]}
+        return {key: self.step(f"{size}: {key} ({kind}, {consumers} consumer(s))",
+                               lambda k=kind, c=consumers, e=extra: self.load(
+                                   server, k, c, **sized, **e))
+                for key, (kind, consumers, extra) in table.items()}
+
+    def serve(self, size: str) -> None:
+        """Serve one store by batchstash and by the I/O floor server, to each client."""
+        directory, options = self.store(size), self.options(size)
+        with batchstash_server(directory, options, self.logs / f"serve-{size}.log") as server:
+            advertised = rawclient.data_port(server.url, "train")
+            skipped = {} if advertised is not None else {
+                key: NO_DATA_PORT for key, r in BATCHSTASH_RUNS.items() if r[0] == "raw_data"}
+            table = {key: r for key, r in BATCHSTASH_RUNS.items() if key not in skipped}
+            runs = {**skipped, **self._runs(server, table, size)}
+            with floor_server(directory, server.url, self.logs / f"floor-{size}.log") as floor:
+                runs.update(self._runs(floor, FLOOR_RUNS, size))
         self.results[f"batchstash_{size}"] = {
-            "prefetch": prefetch,
-            "batch_bytes": batch_bytes(options["rows"], options["dims"]),
-            "store_batches": options["batches"], "prime": self.stores[size], **runs}
+            "prefetch": PREFETCH[size], "per_request": PER_REQUEST[size],
+            "data_port": advertised, "batch_bytes": batch_bytes(options["rows"], options["dims"]),
+            "store_batches": options["batches"], **runs}
 
     def local_baselines(self) -> None:
+        """A local DataLoader over torch.save files, pickled files: the same batches."""
         p = self.profile
-        stash = factory(path=str(self.work / "large-store"), **self.options("large"))
-        files = self.step("write torch.save and pickle files",
-                          lambda: baselines.write_files(stash, self.work / "files",
-                                                        p.baseline_files))
-        self.files = files["torch"]
+        files = self.torch_files()
         cycle = [files["torch"][i % len(files["torch"])] for i in range(p.max_batches)]
         pickles = [files["pickle"][i % len(files["pickle"])] for i in range(p.max_batches)]
         self.results["baselines"] = {
@@ -152,31 +187,27 @@ class Suite:
         }
 
     def naive(self) -> None:
+        """The minimal FastAPI endpoint returning payload bytes from memory."""
         p = self.profile
         port = free_port()
         limit = min(p.baseline_files, p.large_batches, p.small_batches)
         argv = [sys.executable, "-m", "benchmarks.naive_server", "--port", str(port),
-                "--limit", str(limit), "--store", f"large={self.work / 'large-store'}",
-                "--store", f"small={self.work / 'small-store'}"]
-        ids = tuple(range(limit))
+                "--limit", str(limit), "--store", f"large={self.store('large')}",
+                "--store", f"small={self.store('small')}"]
+        runs = {"large_1": ("large", 1), "large_4": ("large", 4), "small_1": ("small", 1)}
         with subprocess_server(argv, port, self.logs / "naive.log", child_env()) as server:
-            self.results["naive"] = {
-                "payloads": limit,
-                "large_1": self.step("naive FastAPI, large, 1 consumer", lambda: self.load(
-                    server.url, "naive", 1, split="large", ids=ids)),
-                "large_4": self.step("naive FastAPI, large, 4 consumers", lambda: self.load(
-                    server.url, "naive", 4, split="large", ids=ids)),
-                "small_1": self.step("naive FastAPI, small, 1 consumer", lambda: self.load(
-                    server.url, "naive", 1, split="small", ids=ids)),
-            }
+            self.results["naive"] = {"payloads": limit, **{
+                key: self.step(f"naive FastAPI, {split}, {n} consumer(s)", lambda s=split, c=n: (
+                    self.load(server, "naive", c, split=s, batch_ids=tuple(range(limit)))))
+                for key, (split, n) in runs.items()}}
 
     def memory(self) -> None:
+        """Server peak RSS on two store sizes; a fresh client's RSS growth by prefetch."""
         p = self.profile
         result: dict[str, Any] = {}
-        stores = (("small", "prime-store", p.prime_batches), ("large", "large-store", None))
-        for name, directory, count in stores:
-            options = self.options("large", count)
-            with batchstash_server(self.work / directory, options,
+        for name, store in (("small", "prime"), ("large", "large")):
+            options = self.store_options(store)
+            with batchstash_server(self.store(store), options,
                                    self.logs / f"memory-{name}.log") as server:
                 result[f"server_{name}_store"] = self.step(
                     f"server RSS, {name} store ({options['batches']} batches)",
@@ -194,6 +225,7 @@ class Suite:
         self.results["memory"] = result
 
     def status_cost(self) -> None:
+        """Status and split counts on a small and a large store, in process."""
         sizes = status.SIZES[self.profile.name]
         self.results["status"] = self.step(f"status cost, {sizes[0]} vs {sizes[1]} batch stores",
                                            lambda: status.measure(self.work, sizes))
@@ -207,15 +239,16 @@ class Suite:
     def s3_store(self) -> None:
         """Priming into and serving from moto vs a directory, with the large serving client."""
         p = self.profile
-        prefetch = self.PREFETCH["large"]
+        prefetch = PREFETCH["large"]
         options = self.options("large", p.s3_batches)
         result = s3.measure(self.work, self.logs, options,
-                            lambda url: self.load(url, "iter", 1, prefetch), p.prime_timeout,
-                            self.step)
+                            lambda server: self.load(server, "iter", 1, prefetch=prefetch),
+                            p.prime_timeout, self.step)
         self.results["s3"] = {**result, "prefetch": prefetch,
                               "batch_bytes": batch_bytes(options["rows"], options["dims"])}
 
     def cuda(self) -> None:
+        """``--device cuda``: host-to-device copies and a trainer's data wait."""
         if self.device != "cuda":
             self.results["gpu"] = {"skipped": "run with --device cuda to measure"}
             return
@@ -226,12 +259,13 @@ class Suite:
 
         p = self.profile
         options = self.options("large")
-        with batchstash_server(self.work / "large-store", options,
+        files = self.torch_files()["torch"]
+        with batchstash_server(self.store("large"), options,
                                self.logs / "gpu.log") as server, BatchClient(server.url) as client:
             it = client.iter_batches("train", prefetch=4, device="cuda")
             try:
                 wait = self.step("trainer data wait", lambda: gpu.trainer_wait(
-                    it, self.files, options["dims"], p.max_batches, p.max_seconds))
+                    it, files, options["dims"], p.max_batches, p.max_seconds))
             finally:
                 it.close()
         self.results["gpu"] = {
@@ -240,25 +274,3 @@ class Suite:
                 batch_bytes(options["rows"], options["dims"]))),
             "trainer": wait,
         }
-
-
-def run(profile: Profile, work: Path, logs: Path, device: str) -> dict[str, Any]:
-    """Measure every section; servers and consumers are stopped whatever happens."""
-    suite = Suite(profile, work, logs, device)
-    suite.ceilings()
-    suite.priming()
-    suite.build("large")
-    suite.build("small")
-    suite.status_cost()  # in process: before the consumer pool, whose processes would share CPUs
-    suite.ray()  # priming too: before the consumer pool
-    with ConsumerPool(4) as pool:  # started after priming: its start-up would slow priming
-
-        suite.pool = pool
-        suite.serving("large")
-        suite.serving("small")
-        suite.local_baselines()
-        suite.naive()
-        suite.memory()
-        suite.s3_store()  # serving needs the consumers; they are idle while it primes
-        suite.cuda()
-    return suite.results

@@ -1,7 +1,8 @@
 """Smoke test of the benchmark suite: ``python -m benchmarks --quick`` runs and writes its files.
 
-It never asserts a speed: CI machines vary. It asserts the run's shape: every section measured,
-every target judged, the chart a real PNG.
+It never asserts a speed: CI machines vary. It asserts the run's shape: every section and row
+measured (CPU columns included), every target judged, the chart a real PNG; and that a report of
+some sections only (what ``--only`` gives) judges the others' targets ``n/a``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,39 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import report
+from benchmarks.__main__ import main
+from benchmarks.runner import select
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("ceiling", "priming", "batchstash_large", "batchstash_small", "baselines", "naive",
-            "memory", "status", "s3", "ray", "gpu", "targets", "machine")
-TARGETS = 13  # large: 3, small: 1, priming: 2, memory: 1 + 1 per client depth (2), status: 4
-# (the S3 and Ray sections are information rows: no target)
+SECTIONS = ("ceiling", "priming", "builds", "batchstash_large", "batchstash_small", "baselines",
+            "naive", "memory", "status", "s3", "ray", "gpu", "targets", "table", "machine",
+            "sections")
+TARGETS = 15  # wire: 4, DataLoader: 1, small: 1, memory: 1 + 1 per client depth (2),
+# priming: 2, status: 4 (the S3 and Ray sections are information rows: no target)
+CEILINGS = {"distinct_1": 1, "distinct_4": 4, "hot_stream_1": 1, "hot_request_1": 1}
+SERVING = {"raw_1": 1, "iter_1": 1, "iter_cpu_1": 1, "iter_4": 4, "seq_1": 1, "seq_4": 4,
+           "floor_raw_1": 1, "floor_1": 1, "floor_4": 4}
+CPU_COLUMNS = ("server CPU s/GB", "client CPU s/GB", "cores: server / client", "limit")
+
+
+def _assert_cpu(run: dict, what: object) -> None:
+    """A load run's CPU columns: both sides measured (quick runs may round to 0 ticks)."""
+    assert run["client_cpu_s"] > 0 and run["client_s_gb"] > 0, what
+    assert run["server_cpu_s"] >= 0 and run["server_s_gb"] >= 0, what
+    assert run["server_cores"] >= 0 and run["client_cores"] > 0, what
+    assert run["limit"] in {"server", "client", "machine"}, what
+
+
+def test_only_names_sections_and_aliases() -> None:
+    assert select(["wire"]) == ["ceiling", "serving"]
+    assert select(["memory", "wire"]) == ["ceiling", "serving", "memory"]
+    assert select(None)[0] == "priming" and len(select(None)) == 10
+    with pytest.raises(ValueError, match="unknown section"):
+        select(["wire", "nope"])
+    with pytest.raises(SystemExit) as exc:  # refused before anything starts
+        main(["--only", "nope"])
+    assert exc.value.code == 2
 
 
 @pytest.mark.slow
@@ -26,25 +55,44 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out),
          "--work-dir", str(tmp_path / "work")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=420,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
-    assert table.count("\n| ") >= 30 and "| section | measurement |" in table
+    assert table.count("\n| ") >= 50 and "| section | measurement |" in table
+    assert "Targets" in table and "| server CPU s/GB | client CPU s/GB |" in table
     results = json.loads((out / "results.json").read_text())
     assert [s for s in SECTIONS if s not in results] == []
     assert results["mode"] == "quick"
 
+    assert results["sections"] == select(None)
     assert results["batchstash_large"]["batch_bytes"] == 1_050_624
     assert results["batchstash_small"]["batch_bytes"] == 67_584
-    for size in ("large", "small"):
-        for run in ("iter_1", "iter_4", "seq_1", "seq_4", "floor_1", "floor_4"):
-            measured = results[f"batchstash_{size}"][run]
-            assert measured["batches"] > 0 and measured["bytes"] > 0, (size, run)
-            assert measured["p99_ms"] >= measured["p50_ms"] > 0
-    assert set(results["ceiling"]) == {"stream", "request"}
+    for size, per_request in (("large", 8), ("small", 32)):
+        runs = results[f"batchstash_{size}"]
+        assert runs["per_request"] == per_request
+        data_port = {"raw_data_1": 1} if runs["data_port"] is not None else {}
+        if not data_port:
+            assert "no x-batchstash-data-port header" in runs["raw_data_1"]["skipped"]
+        for key, consumers in {**SERVING, **data_port}.items():
+            measured = runs[key]
+            assert measured["consumers"] == consumers, (size, key)
+            assert measured["batches"] > 0 and measured["bytes"] > 0, (size, key)
+            assert measured["p99_ms"] >= measured["p50_ms"] > 0, (size, key)
+            _assert_cpu(measured, (size, key))
+        raw = runs["raw_1"]
+        assert raw["bytes"] == raw["batches"] * runs["batch_bytes"]  # whole batches, parsed
+    assert set(results["builds"]) == {"large", "small"}
+    assert set(results["ceiling"]) == set(CEILINGS)
+    for key, pairs in CEILINGS.items():
+        run = results["ceiling"][key]
+        assert run["consumers"] == pairs and run["bytes"] == run["batches"] * (1 << 20), key
+        _assert_cpu(run, key)
+    rows = results["table"]
+    assert all(set(CPU_COLUMNS) <= set(row) for row in rows)
+    assert sum(1 for row in rows if row["limit"]) >= len(CEILINGS) + 2 * len(SERVING)
     assert {"dataloader_0", "dataloader_2", "pickle"} <= set(results["baselines"])
     assert set(results["naive"]) >= {"large_1", "large_4", "small_1"}
     assert {"workers_1", "workers_2", "breakdown"} <= set(results["priming"])
@@ -86,3 +134,12 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert len(results["targets"]) == TARGETS
     assert all(isinstance(t["met"], bool) for t in results["targets"])
     assert "skipped" in results["gpu"]  # --device cpu
+
+    # what --only wire reports: the wire targets judged, the others n/a; every panel drawn
+    wire = {k: results[k] for k in ("ceiling", "batchstash_large", "batchstash_small", "builds",
+                                    "mode", "machine", "elapsed_s")}
+    text = report.write({**wire, "sections": ["ceiling", "serving"]}, tmp_path / "wire")
+    verdicts = [t["met"] for t in json.loads((tmp_path / "wire" / "results.json").read_text())[
+        "targets"]]
+    assert [v is None for v in verdicts] == [False] * 4 + [True, False, True, True], text
+    assert (tmp_path / "wire" / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,57 @@
+"""The serving section's runs as data, and the I/O floor server beside the real one.
+
+Every run is ``key: (consumer kind, consumers, extra LoadTask fields)``; the same table is run for
+the large and the small batches, each kind with the prefetch and ids a request of that size.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .servers import Server, child_env, free_port, subprocess_server
+
+__all__ = ["BATCHSTASH_RUNS", "FLOOR_RUNS", "PER_REQUEST", "PREFETCH", "Run", "floor_server"]
+
+Run = tuple[str, int, dict[str, Any]]
+
+BATCHSTASH_RUNS: dict[str, Run] = {
+    "raw_1": ("raw", 1, {}),
+    "raw_data_1": ("raw_data", 1, {}),
+    "iter_1": ("iter", 1, {}),
+    "iter_cpu_1": ("iter", 1, {"device": "cpu"}),
+    "iter_4": ("iter", 4, {}),
+    "seq_1": ("seq", 1, {}),
+    "seq_4": ("seq", 4, {}),
+}
+"""Against ``batchstash serve``: the raw client (API port, data port), ``iter_batches``
+(``device`` None and ``"cpu"``), ``batch()`` one by one."""
+
+FLOOR_RUNS: dict[str, Run] = {
+    "floor_raw_1": ("raw", 1, {}),
+    "floor_1": ("iter", 1, {}),
+    "floor_4": ("iter", 4, {}),
+}
+"""Against the I/O floor server: the raw client, ``iter_batches``."""
+
+PREFETCH = {"large": 24, "small": 96}
+"""``iter_batches`` prefetch per batch size, chosen by measurement: with the default
+``batches_per_request = prefetch // 3`` one group is being yielded and two requests are in
+flight (8 and 32 batches a request, which the raw client asks for too); small batches need deep
+requests to amortize the per-request cost."""
+
+PER_REQUEST = {size: prefetch // 3 for size, prefetch in PREFETCH.items()}
+"""Batch ids a request: ``iter_batches``' default, and the raw client's."""
+
+
+@contextmanager
+def floor_server(store: Path, from_url: str, log: Path) -> Iterator[Server]:
+    """Run ``benchmarks.floor_server`` on ``store`` (JSON answers captured from ``from_url``)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "benchmarks.floor_server", "--port", str(port),
+            "--store", str(store), "--from-url", from_url]
+    with subprocess_server(argv, port, log, child_env()) as server:
+        yield server
