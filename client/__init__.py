@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from . import wire
     from .admin import AdminCalls
     from .batch import Batch
+    from .buffers import BufferPool
     from .dataset import BatchDataset
     from .device import TorchConfig, copy_to_device
     from .endpoints import Endpoint, Endpoints
@@ -63,6 +64,7 @@ _LAZY = {
     "BatchIterator": ".iterate",
     "BatchMetadata": ".metadata",
     "BufferStream": ".transport",
+    "BufferPool": ".buffers",
     "BufferTransport": ".transport",
     "ConfigBatchFeatureMapping": ".mapping",
     "Endpoint": ".endpoints",
@@ -94,6 +96,7 @@ __all__ = [
     "BatchIterator",
     "BatchMetadata",
     "BatchstashError",
+    "BufferPool",
     "BufferStream",
     "BufferTransport",
     "ChecksumError",

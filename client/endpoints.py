@@ -40,6 +40,9 @@ class EndpointState:
             every URL is cooling down each still gets tried.
         requests: requests sent to it so far (tries included).
         last_error: why it was last marked down (``None`` when it is up).
+        data_url: where its batch requests go now: the server's data listener (learned from
+            the ``X-Batchstash-Data-Port`` header); ``None``: the URL itself (no listener
+            advertised, an ``https`` URL, or the listener unreachable lately).
     """
 
     url: str
@@ -48,10 +51,15 @@ class EndpointState:
     cooldown: float
     requests: int
     last_error: str | None
+    data_url: str | None = None
 
 
 class Endpoint:
-    """One base URL: its own ``httpx`` client (keep-alive pool) and its health, under the lock."""
+    """One base URL: its own ``httpx`` client (keep-alive pool) and its health, under the lock.
+
+    Its batch requests may go to the server's data listener instead (:attr:`data_http`), a
+    second port that serves the same batch URLs at a lower cost per GB.
+    """
 
     def __init__(self, url: str, http: httpx.Client) -> None:
         self.url = url
@@ -60,8 +68,19 @@ class Endpoint:
         self.down_until = 0.0  # clock time its cooldown ends
         self.requests = 0
         self.last_error: str | None = None
+        self.data_port: int | None = None  # advertised by the server
+        self.data_http: httpx.Client | None = None  # the data listener's pool
+        self.data_down_until = 0.0  # clock time until which batches use the API port
+
+    def data_url(self, now: float) -> str | None:
+        """The data listener's base URL while it is usable (``None``: use :attr:`url`)."""
+        if self.data_http is None or self.data_down_until > now:
+            return None
+        return str(self.data_http.base_url).rstrip("/")
 
 
+DATA_COOLDOWN = 60.0
+"""Seconds a URL's batches go to its API port after its data listener failed to connect."""
 
 
 class Endpoints:
@@ -81,8 +100,10 @@ class Endpoints:
         make_http: Callable[[str], httpx.Client],
         cooldown: float,
         max_cooldown: float,
+        make_data_http: Callable[[str], httpx.Client] | None = None,
     ) -> None:
         self.items = [Endpoint(url, make_http(url)) for url in urls]
+        self.make_data_http = make_data_http
         self.cooldown = cooldown
         self.max_cooldown = max_cooldown
         self.clock: Callable[[], float] = time.monotonic
@@ -111,6 +132,7 @@ class Endpoints:
                     max(0.0, e.down_until - now),
                     e.requests,
                     e.last_error,
+                    e.data_url(now),
                 )
                 for e in self.items
             ]
@@ -153,3 +175,55 @@ class Endpoints:
             endpoint.last_error = None
         if was_down and len(self.items) > 1:
             logger.info("%s answers again", endpoint.url)
+
+    # -- the data listener of each URL ----------------------------------------------------------
+
+    def learn_data_port(self, endpoint: Endpoint, header: str | None) -> None:
+        """Take note of the data listener a response of ``endpoint`` advertises.
+
+        Only a plain ``http`` URL uses one (the listener speaks no TLS: an ``https`` client
+        keeps its batches on the encrypted API port).
+        """
+        if header is None or self.make_data_http is None:
+            return
+        try:
+            port = int(header)
+        except ValueError:
+            return
+        if port == endpoint.data_port or not 0 < port < 65536:
+            return
+        base = httpx.URL(endpoint.url)
+        if base.scheme != "http":
+            return
+        data_url = str(base.copy_with(port=port, raw_path=b"/")).rstrip("/")
+        with self._lock:
+            old, endpoint.data_port = endpoint.data_http, port
+            endpoint.data_http = self.make_data_http(data_url)
+            endpoint.data_down_until = 0.0
+        if old is not None:
+            old.close()
+        logger.info("%s: batches from its data listener %s", endpoint.url, data_url)
+
+    def data_client(self, endpoint: Endpoint) -> httpx.Client | None:
+        """The pool ``endpoint``'s batch requests go to now (``None``: its API pool)."""
+        now = self.clock()
+        with self._lock:
+            return endpoint.data_http if endpoint.data_url(now) is not None else None
+
+    def data_failed(self, endpoint: Endpoint, why: str) -> None:
+        """``endpoint``'s data listener failed: its batches use the API port for a while."""
+        with self._lock:
+            endpoint.data_down_until = self.clock() + DATA_COOLDOWN
+        logger.warning(
+            "%s: its data listener failed (%s); batches from the API port for %.0f s",
+            endpoint.url,
+            why,
+            DATA_COOLDOWN,
+        )
+
+    def close(self) -> None:
+        """Close every pool, the data listeners' included."""
+        for endpoint in self.items:
+            endpoint.http.close()
+            if endpoint.data_http is not None:
+                endpoint.data_http.close()

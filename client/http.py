@@ -89,6 +89,11 @@ class BatchClient(_Session):
         max_cooldown: the longest cooldown.
         wait_for_prime: the longest a request waits for a running, progressing prime, in
             seconds (``0``: do not wait beyond ``retries``).
+        data_listener: send batch requests to the data listener a server advertises (its
+            ``X-Batchstash-Data-Port`` header: a second port serving the same batch URLs at
+            about half the server CPU per GB); a listener that cannot be reached is skipped
+            for 60 s with a warning, and ``https`` URLs never use it (it speaks no TLS).
+            ``False``: every request goes to the URLs given.
         batch_type: the class of the batches read: :class:`Batch` or a subclass (its
             properties then work on batches read over HTTP). Batches are built with
             ``batch_type.from_payload(payload, metadata)``: a subclass whose constructor takes
@@ -119,6 +124,7 @@ class BatchClient(_Session):
         cooldown: float = 1.0,
         max_cooldown: float = 30.0,
         wait_for_prime: float = 600.0,
+        data_listener: bool = True,
         batch_type: type[Batch] = Batch,
     ) -> None:
         check_batch_type(batch_type)
@@ -133,6 +139,7 @@ class BatchClient(_Session):
             cooldown=cooldown,
             max_cooldown=max_cooldown,
             wait_for_prime=wait_for_prime,
+            data_listener=data_listener,
         )
         self.batch_type = batch_type
         # looked up at call time, so a replaced ``_sleep`` (tests) reaches the admin calls too
@@ -255,7 +262,7 @@ class BatchClient(_Session):
         wanted = None if attributes is None else sorted(set(attributes))
         params = None if wanted is None else {"attributes": ",".join(wanted)}
         path = f"/v1/splits/{split}/batches/{int(batch_id)}"
-        response = self._request("GET", path, params=params)
+        response = self._request("GET", path, params=params, data=True)
         payload = wire.decode(body_buffer(response))
         return self._checked(payload, path, split, int(batch_id), wanted, fingerprint, device)
 
@@ -282,7 +289,9 @@ class BatchClient(_Session):
         if wanted is not None:
             params["attributes"] = ",".join(wanted)
         path = f"/v1/splits/{split}/payloads"
-        frames = wire.split_frames(body_buffer(self._request("GET", path, params=params)))
+        frames = wire.split_frames(
+            body_buffer(self._request("GET", path, params=params, data=True))
+        )
         if len(frames) != len(ids):
             raise PayloadError(f"GET {path}: {len(frames)} payloads for {len(ids)} ids")
         return [
@@ -378,9 +387,8 @@ class BatchClient(_Session):
     # -- lifecycle ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection pool of every URL."""
-        for endpoint in self._pool:
-            endpoint.http.close()
+        """Close the connection pool of every URL (their data listeners' included)."""
+        self._pool.close()
 
     @property
     def closed(self) -> bool:

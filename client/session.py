@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from .endpoints import Endpoints, parse_urls
+from .endpoints import Endpoint, Endpoints, parse_urls
 from .errors import BatchstashError, PayloadError, PlanError, TransportError
 from .priming import _PrimeLog, _PrimeWait
 from .responses import error_code, error_from_response, fails_over, is_retryable, retry_after
@@ -26,6 +26,8 @@ __all__: list[str] = []  # _Session is BatchClient's base, not an API of its own
 logger = logging.getLogger("batchstash.client.http")  # what users configure for the client
 
 FINGERPRINT_HEADER = "X-Batchstash-Fingerprint"
+DATA_PORT_HEADER = "X-Batchstash-Data-Port"
+DATA_CONNECT_TIMEOUT = 2.0
 SOURCE = "batchstash.url"  # response extension: the base URL that answered
 
 
@@ -48,6 +50,7 @@ class _Session:
         cooldown: float,
         max_cooldown: float,
         wait_for_prime: float,
+        data_listener: bool = True,
     ) -> None:
         if min(retries, backoff, max_delay, cooldown, max_cooldown, wait_for_prime) < 0:
             raise ValueError(
@@ -65,16 +68,22 @@ class _Session:
         self.cooldown = cooldown
         self.max_cooldown = max_cooldown
         self.prime_wait = float(wait_for_prime)
-        self._pool = Endpoints(
-            self.urls,
-            lambda base: httpx.Client(
+
+        def make_http(base: str, connect: float = timeout) -> httpx.Client:
+            return httpx.Client(
                 base_url=base,
                 headers=headers,
-                timeout=timeout,
+                timeout=httpx.Timeout(timeout, connect=min(connect, timeout)),
                 transport=transport or BufferTransport(),
-            ),
+            )
+
+        self._pool = Endpoints(
+            self.urls,
+            make_http,
             cooldown,
             max_cooldown,
+            # a data listener that does not answer quickly is skipped, not waited for
+            (lambda base: make_http(base, connect=DATA_CONNECT_TIMEOUT)) if data_listener else None,
         )
         self._sleep: Callable[[float], None] = time.sleep
         self._clock: Callable[[], float] = time.monotonic
@@ -154,8 +163,12 @@ class _Session:
         *,
         params: Mapping[str, str] | None = None,
         json: Any = None,
+        data: bool = False,
     ) -> httpx.Response:
         """Send a request with failover and retries; return a 2xx response or raise the error.
+
+        ``data``: a batch request, sent to each URL's data listener when it has one (see
+        :meth:`_send`).
 
         Each attempt tries every URL once, in :meth:`Endpoints.route` order, until one answers with
         something other than a connection failure or a failing-over 5xx (:func:`fails_over`).
@@ -176,8 +189,7 @@ class _Session:
                 with self._lock:
                     endpoint.requests += 1
                 try:
-                    request = endpoint.http.build_request(method, path, params=params, json=json)
-                    response = endpoint.http.send(request, stream=True)
+                    response = self._send(endpoint, method, path, params, json, data)
                     if not response.is_success:
                         response.read()
                 except httpx.TransportError as exc:
@@ -236,6 +248,42 @@ class _Session:
                 self._sleep(delay)
             if not waiting:
                 attempt += 1
+
+    def _send(
+        self,
+        endpoint: Endpoint,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        json: Any,
+        data: bool,
+    ) -> httpx.Response:
+        """One try on ``endpoint``: a batch request on its data listener, else on its API pool.
+
+        A data listener that fails on the connection, or answers without a batchstash header
+        or error body (another program on that port), is skipped for a while and the request
+        goes to the API port at once; the API's answers name the listener (learned here).
+        """
+        pool = self._pool.data_client(endpoint) if data else None
+        if pool is not None:
+            try:
+                response = pool.send(
+                    pool.build_request(method, path, params=params, json=json), stream=True
+                )
+            except httpx.TransportError as exc:
+                self._pool.data_failed(endpoint, f"{type(exc).__name__}: {exc}")
+            else:
+                if FINGERPRINT_HEADER in response.headers:
+                    return response
+                response.read()
+                if error_code(response) is not None:
+                    return response
+                response.close()
+                self._pool.data_failed(endpoint, f"{_describe(response)}, not from batchstash")
+        request = endpoint.http.build_request(method, path, params=params, json=json)
+        response = endpoint.http.send(request, stream=True)
+        self._pool.learn_data_port(endpoint, response.headers.get(DATA_PORT_HEADER))
+        return response
 
     def _exhausted(
         self,

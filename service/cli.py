@@ -122,7 +122,14 @@ def serve(
     except ValidationError as exc:
         first = exc.errors()[0]
         raise _fail(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    _run(lambda: run_server(settings))
+    if settings.log_format != "json":
+        _run(lambda: run_server(settings))
+        return
+    try:
+        run_server(settings)
+    except BatchstashError as exc:  # stderr stays one JSON object a line
+        logging.getLogger(__name__).error("%s", exc.message, extra={"code": exc.code})
+        raise typer.Exit(1) from None
 
 
 def _client(url: str, token: str | None) -> Any:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-import logging.config
 import time
 from typing import Any
 
 import uvicorn
 
 from .api import create_app
+from .api.datapath import start_data_listener
+from .api.protocol import http_protocol
 from .api.state import build_stash
 from .config import Settings
+from .logs import configure_logging, log_config
 
 __all__ = ["prime_once", "serve"]
 
@@ -39,52 +41,61 @@ def prime_once(settings: Settings) -> int:
         if now - last >= PROGRESS_EVERY_S or count == total:
             last = now
             stored, planned = (sum(v[i] for v in done.values()) for i in (0, 1))
-            logger.info("primed %d/%d batches (%s %d/%d)", stored, planned, split, count, total)
+            logger.info(
+                "primed %d/%d batches (%s %d/%d)",
+                stored,
+                planned,
+                split,
+                count,
+                total,
+                extra={"stored": stored, "planned": planned, "split": split, "done": count,
+                       "total": total},
+            )
 
-    logger.info("priming %s (fingerprint %s)", stash.path, stash.config_hash[:12])
+    fingerprint = stash.config_hash[:12]
+    logger.info(
+        "priming %s (fingerprint %s)",
+        stash.path,
+        fingerprint,
+        extra={"store": stash.path, "fingerprint": fingerprint},
+    )
     encoded = stash.prime(progress=progress)
+    seconds = time.monotonic() - started
     logger.info(
         "prime done: %d batches encoded in %.1f s, the store is primed",
         encoded,
-        time.monotonic() - started,
+        seconds,
+        extra={"encoded": encoded, "seconds": round(seconds, 3)},
     )
     return encoded
-
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def log_config(level: str) -> dict[str, Any]:
-    """One format for batchstash's and uvicorn's loggers (uvicorn's ``log_config``)."""
-    handler = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": LOG_FORMAT}},
-        "handlers": {"default": handler},
-        "root": {"handlers": ["default"], "level": level.upper()},
-        "loggers": {
-            name: {"handlers": [], "level": level.upper(), "propagate": True}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
-        },
-    }
 
 
 def serve(settings: Settings) -> None:
     """Serve the app built from ``settings`` until interrupted; role ``prime``: prime once."""
     level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
-    logging.config.dictConfig(log_config(level))
+    configure_logging(level, settings.log_format)
     if settings.role == "prime":
         prime_once(settings)
         return
     app = create_app(settings)
+    listener = start_data_listener(app.state.batchstash)
+    try:
+        _run_uvicorn(app, settings, level)
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+def _run_uvicorn(app: Any, settings: Settings, level: str) -> None:
+    errors = app.state.batchstash.metrics.errors  # requests refused before the app, too
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        log_config=log_config(level),
+        log_config=log_config(level, settings.log_format),
         access_log=settings.access_log,
+        http=http_protocol(lambda code: errors.labels(code).inc()),
         proxy_headers=True,
         server_header=False,
         timeout_graceful_shutdown=30,

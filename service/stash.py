@@ -356,6 +356,7 @@ class BatchStash:
                 chunk_size=self.chunk_size,
                 progress=progress,
                 cancel=cancel,
+                demand=self.reader.demand,  # batches the server's reads found missing go first
             )
         finally:
             self.reader.refresh()  # this process wrote the records: read them again

@@ -21,6 +21,7 @@ ALLOWED = {
     "service.store": {"client"},
     "service.factory": {"client"},
     "service.config": {"client"},
+    "service.logs": set(),
     "service.encode": {"client", "service.dataset", "service.store"},
     "service.prime": {
         "client",
@@ -28,6 +29,7 @@ ALLOWED = {
         "service.encode",
         "service.store",
         "service.factory",
+        "service.logs",
     },
     "service.stash": {
         "client",
@@ -39,7 +41,7 @@ ALLOWED = {
     },
     "service.examples": {"client", "service.dataset", "service.stash"},
     "service.api": {"client", "service.config", "service.store", "service.prime", "service.stash"},
-    "service.server": {"service.api", "service.config"},
+    "service.server": {"service.api", "service.config", "service.logs"},
     "service.cli": {"client", "service.config", "service.server"},
     "service": None,  # the package __init__: re-exports
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -15,6 +16,8 @@ from batchstash.service.stash import BatchStash
 from batchstash.service.store.backend import open_backend
 from batchstash.service.store.reader import StoreReader
 
+from .datapath import advertise_data_port
+from .docs import install_docs
 from .errors import install_error_handlers
 from .metrics import Metrics, RequestMetrics
 from .routes import admin, batches, health
@@ -78,7 +81,7 @@ def create_app(settings: Settings, stash: BatchStash | None = None) -> FastAPI:
         version="1",
         summary="Pre-encoded PyTorch batches over HTTP",
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
+        docs_url=None,  # install_docs: Swagger UI from local assets, not a CDN
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
@@ -87,22 +90,43 @@ def create_app(settings: Settings, stash: BatchStash | None = None) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    if docs:
+        install_docs(app)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(advertise_data_port, state=state)
     return app
 
 
 def log_summary(state: ServerState) -> None:
-    """One start-up line: what this server serves, from where, and whether it is ready."""
+    """One start-up line: what this server serves, from where, and whether it is ready.
+
+    The same facts are the line's fields (``log_format=json``).
+    """
     settings, reader = state.settings, state.reader
     stash = state.stash
+    primed, address = reader.is_primed, f"{settings.host}:{settings.port}"
+    fields: dict[str, Any] = {
+        "address": address,
+        "data_port": state.data_port,
+        "store": reader.backend.url,
+        "role": settings.role,
+        "dataset": settings.dataset if stash is not None else None,
+        "fingerprint": (reader.fingerprint or "")[:12] or None,
+        "primed": primed,
+        "problem": None if primed else reader.problem(),
+        "token": state.token is not None,
+        "executor": settings.executor if stash is not None else None,
+        "workers": settings.workers if stash is not None else None,
+    }
     logger.info(
         "batchstash %s: store %s, role %s, dataset %s, fingerprint %s, %s, token %s%s",
-        settings.host + ":" + str(settings.port),
-        reader.backend.url,
+        address + (f" (data {state.data_port})" if state.data_port is not None else ""),
+        fields["store"],
         settings.role,
         settings.dataset if stash is not None else "(none: serving the store alone)",
-        (reader.fingerprint or "none yet")[:12],
-        "primed" if reader.is_primed else (reader.problem() or "not primed yet"),
+        fields["fingerprint"] or "none yet",
+        "primed" if primed else (fields["problem"] or "not primed yet"),
         "on" if state.token else "off (admin endpoints are open)",
         f", priming with {settings.executor} x{settings.workers}" if stash is not None else "",
+        extra=fields,
     )

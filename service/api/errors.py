@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,7 +13,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchstash.client import BatchstashError
 
-__all__ = ["PRIME_HEADER", "count", "error_response", "install_error_handlers", "prime_progress"]
+__all__ = [
+    "PRIME_HEADER",
+    "count",
+    "error_response",
+    "install_error_handlers",
+    "job_progress",
+    "prime_progress",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +31,13 @@ PRIME_HEADER = "X-Batchstash-Prime"
 
 def prime_progress(request: Request) -> str:
     """The store's prime job as compact JSON: ``{"state", "done", "total"}``."""
+    return job_progress(request.app.state.batchstash.job)
+
+
+def job_progress(job: Any) -> str:
+    """A prime job's progress as compact JSON (the :data:`PRIME_HEADER` value)."""
     try:
-        body = request.app.state.batchstash.job.snapshot()
+        body = job.snapshot()
     except Exception:  # the header is a courtesy: never turn a 503 into a 500
         logger.debug("no prime progress for the %s header", PRIME_HEADER, exc_info=True)
         return json.dumps({"state": "unknown", "done": 0, "total": 0})

@@ -31,6 +31,8 @@ class ServerState:
         metrics: the Prometheus metrics.
         token: the bearer token (``None``: admin is open).
         stash: the dataset's stash (``None`` on a read-only replica).
+        data_port: the data listener's port, advertised on every API response (``None``: no
+            data listener runs).
     """
 
     settings: Settings
@@ -39,6 +41,7 @@ class ServerState:
     metrics: Metrics
     token: str | None
     stash: BatchStash | None = None
+    data_port: int | None = None
 
 
 def build_stash(settings: Settings) -> BatchStash:

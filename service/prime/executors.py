@@ -2,7 +2,9 @@
 
 Each runs the same plain-data task (:mod:`.worker`): a chunk of id sets plus a
 :class:`WorkSpec` naming the importable dataset factory and the store, so a worker rebuilds
-everything itself and writes straight into the store. Nothing is pickled but plain data.
+everything itself and writes straight into the store. Nothing is pickled but plain data. Chunks
+are taken from their iterable only when there is room for one (a few per worker in flight), so
+the priming order can change while it runs (:class:`.schedule.WorkQueue`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -23,6 +25,7 @@ from typing import Any
 from batchstash.client import BatchError, PrimeCancelledError
 from batchstash.service.dataset.idset import DataPointIDSet
 
+from ..logs import worker_log_config
 from . import guard, worker
 
 __all__ = [
@@ -81,7 +84,7 @@ class Executor(ABC):
     @abstractmethod
     def run(
         self,
-        chunks: Sequence[Sequence[DataPointIDSet]],
+        chunks: Iterable[Sequence[DataPointIDSet]],
         spec: WorkSpec,
         local: Callable[[DataPointIDSet], int],
         on_done: OnDone,
@@ -90,7 +93,7 @@ class Executor(ABC):
         """Encode and store every chunk.
 
         Args:
-            chunks: the id sets, one list per task.
+            chunks: the id sets, one list per task, taken when there is room for a task.
             spec: the plain-data description workers rebuild from.
             local: encodes and stores one id set in this process (returns bytes written).
             on_done: called here for each stored id set.
@@ -107,7 +110,7 @@ class InlineExecutor(Executor):
 
     def run(
         self,
-        chunks: Sequence[Sequence[DataPointIDSet]],
+        chunks: Iterable[Sequence[DataPointIDSet]],
         spec: WorkSpec,
         local: Callable[[DataPointIDSet], int],
         on_done: OnDone,
@@ -126,13 +129,16 @@ class ProcessExecutor(Executor):
 
     def run(
         self,
-        chunks: Sequence[Sequence[DataPointIDSet]],
+        chunks: Iterable[Sequence[DataPointIDSet]],
         spec: WorkSpec,
         local: Callable[[DataPointIDSet], int],
         on_done: OnDone,
         cancel: threading.Event,
     ) -> None:
-        """Submit every chunk to ``workers`` spawned processes; stop at cancel or an error."""
+        """Run the chunks on ``workers`` spawned processes, at most ``2 * workers`` submitted.
+
+        Stops at cancel or the first error.
+        """
         if spec.factory is None:
             raise BatchError(
                 f"workers={self.workers} needs a stash built with "
@@ -144,21 +150,28 @@ class ProcessExecutor(Executor):
             max_workers=self.workers,
             mp_context=ctx,
             initializer=guard.init_worker,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), worker_log_config()),
         )
         task = spec.to_dict()
-        futures: dict[Future[list[int]], Sequence[DataPointIDSet]] = {
-            pool.submit(worker.encode_chunk, task, [s.to_dict() for s in chunk]): chunk
-            for chunk in chunks
-        }
-        pending = set(futures)
+        todo: Iterator[Sequence[DataPointIDSet]] = iter(chunks)
+        futures: dict[Future[list[int]], Sequence[DataPointIDSet]] = {}
         try:
-            while pending:
+            while True:
                 if cancel.is_set():
                     raise PrimeCancelledError("prime cancelled")
-                done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                # enough submitted to keep every worker busy, few enough that the next chunk
+                # is chosen late (a demanded batch waits for about one chunk a worker)
+                while len(futures) < 2 * max(self.workers, 1):
+                    chunk = next(todo, None)
+                    if chunk is None:
+                        break
+                    payload = [s.to_dict() for s in chunk]
+                    futures[pool.submit(worker.encode_chunk, task, payload)] = chunk
+                if not futures:
+                    break
+                done, _ = wait(futures, timeout=0.1, return_when=FIRST_COMPLETED)
                 for future in done:
-                    for id_set, size in zip(futures[future], future.result(), strict=True):
+                    for id_set, size in zip(futures.pop(future), future.result(), strict=True):
                         on_done(id_set, size)
         except BrokenProcessPool as exc:
             raise BatchError(f"a priming worker died: {exc}{_main_guard_hint()}") from exc

@@ -8,11 +8,13 @@ not after torch and the dataset have been imported.
 from __future__ import annotations
 
 import ctypes
+import logging.config
 import os
 import signal
 import sys
 import threading
 import time
+from typing import Any
 
 __all__ = ["init_worker"]
 
@@ -26,11 +28,12 @@ def _watch_parent(parent: int) -> None:
             os._exit(1)
 
 
-def init_worker(parent: int) -> None:
+def init_worker(parent: int, log_config: dict[str, Any] | None = None) -> None:
     """End this process when ``parent`` (the priming process) dies, however it dies.
 
     ``PR_SET_PDEATHSIG`` where Linux offers it, and a watchdog thread that notices a new parent
-    everywhere.
+    everywhere. ``log_config`` (the server's, see :mod:`batchstash.service.logs`) makes the
+    worker's log lines and warnings look like the server's.
     """
     if sys.platform.startswith("linux"):
         try:
@@ -41,3 +44,6 @@ def init_worker(parent: int) -> None:
     if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(1)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if log_config is not None:
+        logging.config.dictConfig(log_config)
+        logging.captureWarnings(True)

@@ -143,8 +143,12 @@ class PrimeJob:
         try:
             encoded = primer.prime(progress=self._progress, cancel=self._cancel, lease=lease)
             stored = sum(c[0] for c in self._counts.values())
-            logger.info("prime done: %d batches encoded, %d stored: the store is primed",
-                        encoded, stored)
+            logger.info(
+                "prime done: %d batches encoded, %d stored: the store is primed",
+                encoded,
+                stored,
+                extra={"encoded": encoded, "stored": stored},
+            )
         except BatchstashError as exc:
             logger.log(
                 logging.INFO if exc.code == "prime_cancelled" else logging.ERROR,
@@ -163,7 +167,13 @@ class PrimeJob:
         if now - self._last_log >= PROGRESS_LOG_S:
             self._last_log = now
             stored, planned = (sum(c[i] for c in self._counts.values()) for i in (0, 1))
-            logger.info("priming: %d/%d batches stored", stored, planned)
+            splits = {s: {"done": c[0], "total": c[1]} for s, c in self._counts.items()}
+            logger.info(
+                "priming: %d/%d batches stored",
+                stored,
+                planned,
+                extra={"done": stored, "total": planned, "splits": splits},
+            )
         if self._on_change and (done == total or now - self._last_change > 0.2):
             self._last_change = now
             self._on_change(self)

@@ -118,6 +118,7 @@ def clear_store(backend: StoreBackend) -> None:
         backend.delete(layout.MANIFEST)
         backend.delete(layout.STORE_INFO)
         backend.delete(layout.PLAN)
+        backend.delete(layout.DEMAND)
         backend.delete_prefix(layout.BATCHES)
         backend.sweep_temporaries()
     except BaseException as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from batchstash.client import BatchError, BatchstashError, PrimeCancelledError
@@ -78,7 +78,7 @@ class RayExecutor(Executor):
 
     def run(
         self,
-        chunks: Sequence[Sequence[DataPointIDSet]],
+        chunks: Iterable[Sequence[DataPointIDSet]],
         spec: WorkSpec,
         local: Callable[[DataPointIDSet], int],
         on_done: OnDone,
@@ -94,15 +94,19 @@ class RayExecutor(Executor):
         self._connect(ray)
         task = ray.remote(encode_chunk_task).options(num_cpus=1, max_retries=TASK_RETRIES)
         plain = spec.to_dict()
-        todo = list(reversed(chunks))
+        todo = iter(chunks)  # taken when a task slot frees: the order may change meanwhile
         flight: dict[Any, Sequence[DataPointIDSet]] = {}
         try:
-            while todo or flight:
+            while True:
                 if cancel.is_set():
                     raise PrimeCancelledError("prime cancelled")
-                while todo and len(flight) < 2 * max(self.workers, 1):
-                    chunk = todo.pop()
+                while len(flight) < 2 * max(self.workers, 1):
+                    chunk = next(todo, None)
+                    if chunk is None:
+                        break
                     flight[task.remote(plain, [s.to_dict() for s in chunk])] = chunk
+                if not flight:
+                    break
                 ready, _ = ray.wait(list(flight), num_returns=1, timeout=0.1)
                 for ref in ready:
                     chunk = flight.pop(ref)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from typing import Any
 
 from batchstash.client import BatchstashError, PrimeCancelledError, StoreError
@@ -12,11 +13,13 @@ from batchstash.client import BatchstashError, PrimeCancelledError, StoreError
 from ..encode import Encoder
 from ..store import layout
 from ..store.backend import StoreBackend
+from ..store.demand import Demand
 from ..store.lease import JobLease, JobState, LeaseLostError
 from ..store.records import Manifest, write_record
 from ..store.writer import BatchWriter
 from .executors import Executor, WorkSpec
 from .plan import ensure_plan
+from .schedule import WorkQueue
 from .worker import write_batch
 
 __all__ = ["MAX_AUTO_CHUNK", "ProgressCallback", "auto_chunk_size", "chunked", "prime_store"]
@@ -45,10 +48,20 @@ def chunked(items: list[Any], size: int) -> list[list[Any]]:
 
 
 class _Heartbeat:
-    """Renews the lease with the job's progress; a cancel request or a lost lease sets cancel."""
+    """Renews the lease with the job's progress; a cancel request or a lost lease sets cancel.
 
-    def __init__(self, lease: JobLease, cancel: threading.Event) -> None:
+    With a demand, it also collects the batches other processes' readers were asked for.
+    """
+
+    def __init__(
+        self,
+        lease: JobLease,
+        cancel: threading.Event,
+        demand: Demand | None = None,
+        generation: str = "",
+    ) -> None:
         self.lease, self.cancel = lease, cancel
+        self.demand, self.generation = demand, generation
         self.progress: dict[str, list[int]] = {}
         self.bytes = 0
         self.lost: LeaseLostError | None = None
@@ -76,6 +89,11 @@ class _Heartbeat:
             return
         if record.cancel_requested:
             self.cancel.set()
+        if self.demand is not None:
+            try:
+                self.demand.collect(self.lease.backend, self.generation)
+            except Exception as exc:  # a hint: never stop renewing the lease over it
+                logger.debug("cannot read the store's demand record: %s", exc)
 
     def _run(self) -> None:
         interval = min(HEARTBEAT_S, self.lease.record.lease_s / 5)
@@ -97,6 +115,7 @@ def prime_store(
     chunk_size: int = 0,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    demand: Demand | None = None,
 ) -> int:
     """Encode and store every planned batch not stored yet, then write the manifest.
 
@@ -110,6 +129,8 @@ def prime_store(
         chunk_size: id sets per task (``0``: :func:`auto_chunk_size`).
         progress: called once per split at the start, then after every stored batch.
         cancel: set it to stop (raises :class:`PrimeCancelledError`).
+        demand: batches readers were asked for: each goes into the next chunk handed out
+            (also those published in the store by other processes' readers).
 
     Returns:
         The number of batches encoded.
@@ -126,6 +147,7 @@ def prime_store(
             chunk_size,
             progress,
             cancel,
+            demand,
         )
     except LeaseLostError:
         raise  # another job owns the record now: write nothing
@@ -152,6 +174,7 @@ def _prime(
     chunk_size: int,
     progress: ProgressCallback | None,
     cancel: threading.Event,
+    demand: Demand | None,
 ) -> int:
     swept = backend.sweep_temporaries()
     if swept:
@@ -162,7 +185,7 @@ def _prime(
     for generation in _other_generations(backend, info.generation):
         backend.delete_prefix(layout.generation_prefix(generation))
     todo, stored_bytes = [], 0
-    for id_set in sorted(id_sets, key=_priority):
+    for id_set in id_sets:
         size = writer.stored_bytes(id_set.split_name, id_set.batch_id, id_set.data_point_ids)
         if size is None:
             todo.append(id_set)
@@ -173,9 +196,13 @@ def _prime(
     for id_set in todo:
         done[id_set.split_name] -= 1
     logger.info(
-        "priming %d of %d batches with %s", len(todo), len(id_sets), type(executor).__name__
+        "priming %d of %d batches with %s",
+        len(todo),
+        len(id_sets),
+        type(executor).__name__,
+        extra={"todo": len(todo), "planned": len(id_sets), "workers": executor.workers},
     )
-    with _Heartbeat(lease, cancel) as beat:
+    with _Heartbeat(lease, cancel, demand, info.generation) as beat:
         beat.progress = {s: [done[s], totals[s]] for s in totals}
         beat.bytes = stored_bytes
         lease.heartbeat(
@@ -201,10 +228,10 @@ def _prime(
             [sorted(g) for g in encoder.groups],
         )
         size = chunk_size or auto_chunk_size(len(todo), executor.workers)
+        queue = WorkQueue(todo, size, demand)
         try:
-            executor.run(
-                chunked(todo, size), job, lambda s: write_batch(encoder, writer, s), on_done, cancel
-            )
+            with demand.consuming() if demand is not None else nullcontext():
+                executor.run(queue, job, lambda s: write_batch(encoder, writer, s), on_done, cancel)
         except PrimeCancelledError:
             if beat.lost is not None:
                 raise beat.lost from None
@@ -216,16 +243,15 @@ def _prime(
         manifest = Manifest(info.fingerprint, info.generation, totals, beat.bytes)
         lease.heartbeat()  # still ours: a straggler past its lease writes no manifest
         write_record(backend, manifest)
+        backend.delete(layout.DEMAND)
+    if queue.demanded:
+        logger.info(
+            "encoded %d batches early because readers asked for them",
+            queue.demanded,
+            extra={"demanded": queue.demanded},
+        )
     lease.finish(JobState.DONE, progress=beat.progress, stored_bytes=beat.bytes)
     return len(todo)
-
-
-def _priority(id_set: Any) -> tuple[int, str, int]:
-    """``train`` first, then the other splits, each in batch order.
-
-    A trainer waiting on a prime starts after its first batches, not after dev and test.
-    """
-    return (id_set.split_name != "train", id_set.split_name, id_set.batch_id)
 
 
 def _other_generations(backend: StoreBackend, current: str) -> set[str]:

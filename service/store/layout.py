@@ -5,6 +5,7 @@ store.json                    StoreInfo: fingerprint, generation, groups, split 
 plan.json                     Plan: every split's data point id sets (read back, never recomputed)
 manifest.json                 Manifest: written last, once a listing confirms every batch object
 job.json                      JobRecord: the one prime or clear at a time (lease), its progress
+demand.json                   batches trainers wait for, for the prime to do first (a hint)
 batches/<generation>/<split>/<batch id>/<group>.safetensors
 ```
 
@@ -24,6 +25,7 @@ from batchstash.client import BatchError, InvalidRequestError
 
 __all__ = [
     "BATCHES",
+    "DEMAND",
     "JOB",
     "MANIFEST",
     "PLAN",
@@ -41,6 +43,7 @@ STORE_INFO = "store.json"
 PLAN = "plan.json"
 MANIFEST = "manifest.json"
 JOB = "job.json"
+DEMAND = "demand.json"
 BATCHES = "batches/"
 SUFFIX = ".safetensors"
 

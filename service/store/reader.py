@@ -27,6 +27,7 @@ from batchstash.client import (
 from . import layout
 from .backend import NoSuchKey, StoreBackend
 from .cache import ObjectCache
+from .demand import Demand
 from .lease import read_job
 from .records import KEYS, Manifest, StoreInfo, decode_record
 from .verified import VerifiedObjects
@@ -55,6 +56,9 @@ class StoreReader:
             (``None``: the backend's default, 0 for a directory, a few seconds for S3).
         verified_capacity: objects whose checksums are remembered as verified.
         cache: a local cache of verified objects (serving a remote store from disk).
+
+    Attributes:
+        demand: the batches reads found not stored yet, for a prime to encode first.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class StoreReader:
         self.refresh_s = backend.records_refresh_s if refresh_s is None else refresh_s
         self.cache = cache
         self.verified = VerifiedObjects(verified_capacity)
+        self.demand = Demand()
         self._cache: dict[str, tuple[str | None, float, Any]] = {}
         self._derived: dict[str, tuple[StoreInfo, Any]] = {}
         self._lock = threading.Lock()
@@ -295,7 +300,11 @@ class StoreReader:
         sources: list[Source] = []
         ids: str | None = None
         for key, group in self._locate(info, split, batch_id, wanted):
-            buf, trusted, version = self._read(key, split, batch_id, mapped)
+            try:
+                buf, trusted, version = self._read(key, split, batch_id, mapped)
+            except NotPrimedError:
+                self.demand.add(split, [batch_id])
+                raise
             header = check_object(key, buf, group, expect, tensors=not trusted)
             if mapped and not trusted:  # verified just now
                 self.verified.add(key, version)
@@ -350,8 +359,17 @@ class StoreReader:
             return wire.compose(sources, names, identity)
 
         reads = self.backend.concurrent_reads
-        if reads <= 1 or len(batch_ids) <= 1:
-            return [one(batch_id) for batch_id in batch_ids]
-        # a remote store: the GETs of a multi-batch request overlap (latency, not bandwidth)
-        with ThreadPoolExecutor(min(reads, len(batch_ids)), "batchstash-read") as pool:
-            return list(pool.map(one, batch_ids))
+        try:
+            if reads <= 1 or len(batch_ids) <= 1:
+                return [one(batch_id) for batch_id in batch_ids]
+            # a remote store: the GETs of a multi-batch request overlap (latency, not bandwidth)
+            with ThreadPoolExecutor(min(reads, len(batch_ids)), "batchstash-read") as pool:
+                return list(pool.map(one, batch_ids))
+        except NotPrimedError:
+            self._wanted(info, split, batch_ids)  # the request's other batches are wanted too
+            raise
+
+    def _wanted(self, info: StoreInfo, split: str, batch_ids: Sequence[int]) -> None:
+        """Record batches a read wanted before they were stored (see :attr:`demand`)."""
+        self.demand.add(split, batch_ids)
+        self.demand.publish(self.backend, info.generation)  # for a prime in another process

@@ -52,9 +52,9 @@ class Server:
 
 
 def start_server(data_dir: Path, log: Path, *args: str, env: dict[str, str] | None = None,
-                 timeout: float = 60.0) -> Server:
-    """Start ``batchstash serve`` and wait until ``/healthz`` answers."""
-    port = free_port()
+                 timeout: float = 60.0, port: int | None = None) -> Server:
+    """Start ``batchstash serve`` (on ``port``, else a free one); wait for ``/healthz``."""
+    port = port or free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSTASH_")}
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                           environ.get("PYTHONPATH")]))

@@ -50,3 +50,27 @@ def iris_from_csv(path: str, csv_path: str, **kwargs: Any) -> BatchStash:
                                        id_column="id")
     return BatchStash(path, container, stash.vectorizer_manager_set,
                       stash.batch_feature_mappings, stash.data_point_type)
+
+
+@dataclass
+class WarningSeriesVectorizer(SeriesFeatureVectorizer):
+    """A series vectorizer that emits a Python warning (in the priming worker that runs it)."""
+
+    DESCRIPTION: ClassVar[str] = "numeric vector that warns"
+
+    def encode(self, value: Any) -> torch.Tensor:
+        import warnings
+
+        warnings.warn("flower dims look odd", UserWarning, stacklevel=1)
+        return super().encode(value)
+
+
+def warning_iris(path: str, **kwargs: Any) -> BatchStash:
+    """The iris stash whose ``flower_dims`` vectorizer warns (what a dataset's code may do)."""
+    stash = iris(path=path, **kwargs)
+    manager = FeatureVectorizerManager("iris_vectorizer_manager", [
+        CategoryEncodableFeatureVectorizer("ilabel", categories=IRIS_CLASSES),
+        WarningSeriesVectorizer("iseries", dims=4),
+    ])
+    return BatchStash(path, stash.split_stash_container, [manager], stash.batch_feature_mappings,
+                      stash.data_point_type, batch_size=stash.batch_size, seed=stash.seed)

@@ -46,6 +46,16 @@ def stored_files(root: str | Path) -> dict[str, bytes]:
     }
 
 
+def stored_order(root: str) -> list[tuple[str, int]]:
+    """The batches of a store directory in the order they were stored (their last object)."""
+    stored: dict[tuple[str, int], int] = {}
+    for path in (Path(root) / "batches").rglob("*.safetensors"):
+        split, batch_id = path.parts[-3], int(path.parts[-2])
+        mtime = path.stat().st_mtime_ns
+        stored[(split, batch_id)] = max(mtime, stored.get((split, batch_id), mtime))
+    return sorted(stored, key=stored.__getitem__)
+
+
 def stored_object(root: str | Path, split: str, batch_id: int, group: str) -> Path:
     """The file of one stored group object (in the store's one generation)."""
     found = list((Path(root) / "batches").glob(f"*/{split}/{batch_id}/{group}.safetensors"))

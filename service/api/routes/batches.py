@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Annotated, Any
 
-import xxhash
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from batchstash.client import InvalidRequestError
-from batchstash.client.frames import FRAMES_MEDIA_TYPE, frame_prefix
+from batchstash.client.frames import FRAMES_MEDIA_TYPE
 
 from ..deps import ReadAccess, State
+from ..reads import (
+    FINGERPRINT_HEADER,
+    batch_etag,
+    check_single_values,
+    etag_matches,
+    frames,
+    parse_attributes,
+    parse_ids,
+)
 from ..schemas import ERROR_RESPONSES
 
 __all__ = ["router"]
 
+
 def single_query_values(request: Request) -> None:
-    """Refuse a query parameter given twice (``ids=0&ids=1`` would silently keep the last)."""
-    keys = [key for key, _ in request.query_params.multi_items()]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:
-        raise InvalidRequestError(
-            f"query parameter {repeated[0]!r} is given more than once: "
-            "give one comma separated list (ids=0,1,2)"
-        )
+    """Refuse a query parameter given twice (see :func:`check_single_values`)."""
+    check_single_values(key for key, _ in request.query_params.multi_items())
 
 
 router = APIRouter(
@@ -38,8 +39,6 @@ router = APIRouter(
 )
 
 PAYLOAD_MEDIA_TYPE = "application/octet-stream"
-MAX_IDS = 1024
-_ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 @router.get("/metadata")
@@ -62,27 +61,6 @@ def batch_ids(state: State, split: str) -> dict[str, Any]:
     """The batch ids of a split."""
     reader = state.reader
     return {"split": split, "fingerprint": reader.fingerprint, "batch_ids": reader.keys(split)}
-
-
-def parse_attributes(raw: str | None) -> list[str] | None:
-    """Parse ``?attributes=a,b`` into names (``None`` when absent)."""
-    if raw is None:
-        return None
-    names = [n.strip() for n in raw.split(",")]
-    if not names or any(not _ATTR.match(n) for n in names):
-        raise InvalidRequestError(f"attributes must be a comma separated list of names: {raw!r}")
-    return sorted(set(names))
-
-
-def parse_ids(raw: str) -> list[int]:
-    """Parse ``?ids=0,1,2`` into batch ids (at most :data:`MAX_IDS`)."""
-    try:
-        ids = [int(i) for i in raw.split(",")]
-    except ValueError:
-        raise InvalidRequestError(f"ids must be comma separated integers: {raw[:80]!r}") from None
-    if not ids or len(ids) > MAX_IDS or min(ids) < 0:
-        raise InvalidRequestError(f"give 1 to {MAX_IDS} non-negative batch ids")
-    return ids
 
 
 COALESCE = 1 << 20
@@ -157,19 +135,12 @@ async def payloads(
     reader, names, wanted = state.reader, parse_attributes(attributes), parse_ids(ids)
     start = time.perf_counter()
 
-    def read() -> list[memoryview | bytes]:
-        chunks: list[memoryview | bytes] = []
-        for parts in reader.payloads(split, wanted, names):
-            chunks.append(frame_prefix(sum(memoryview(p).nbytes for p in parts)))
-            chunks.extend(parts)
-        return coalesce(chunks)
-
-    chunks = await run_in_threadpool(read)
+    chunks = coalesce(await run_in_threadpool(frames, reader, split, wanted, names))
     size = sum(memoryview(c).nbytes for c in chunks)
     state.metrics.batch_seconds.observe(time.perf_counter() - start)
     state.metrics.batches_served.labels(split).inc(len(wanted))
     state.metrics.bytes_served.inc(size)
-    headers = {"Content-Length": str(size), "X-Batchstash-Fingerprint": reader.fingerprint or ""}
+    headers = {"Content-Length": str(size), FINGERPRINT_HEADER: reader.fingerprint or ""}
     return ChunksResponse(chunks, media_type=FRAMES_MEDIA_TYPE, headers=headers)
 
 
@@ -195,11 +166,9 @@ async def batch(
     """One batch as a binary safetensors payload (only the requested or decoded attributes)."""
     reader, names = state.reader, parse_attributes(attributes)
     info = reader.check_fresh()
-    key = ",".join(names) if names is not None else "*"
-    digest = xxhash.xxh3_64_hexdigest(f"{info.generation}/{split}/{batch_id}/{key}".encode())
-    etag = f'"{info.fingerprint[:16]}-{digest}"'
-    headers = {"ETag": etag, "X-Batchstash-Fingerprint": info.fingerprint}
-    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+    etag = batch_etag(info, split, batch_id, names)
+    headers = {"ETag": etag, FINGERPRINT_HEADER: info.fingerprint}
+    if etag_matches(etag, if_none_match):
         # only a batch that exists and is stored is "not modified": else its 404 or 503
         if await run_in_threadpool(reader.exists, split, batch_id, names):
             return Response(status_code=304, headers=headers)

@@ -1,0 +1,494 @@
+"""The data listener: batch bytes on their own port, one blocking thread per connection.
+
+uvicorn's write path is non-blocking: what the socket does not take at once is copied into the
+transport's buffer and written on later wake-ups, chunk by chunk, on the one event-loop thread.
+For megabytes of mapped batch bytes a request that is a copy and several wake-ups per batch, which
+measured 2.5 x the CPU per GB of a plain ``sendall``. This listener answers the two batch routes,
+
+* ``GET /v1/splits/{split}/payloads?ids=...&attributes=...``
+* ``GET /v1/splits/{split}/batches/{batch_id}?attributes=...`` (``If-None-Match`` too)
+
+plus ``GET /healthz``, with the API's bytes, headers, bearer-token check, JSON errors and
+metrics, from the same :class:`StoreReader`: each connection is a thread that parses requests
+with h11 (the sans-I/O HTTP/1.1 parser uvicorn itself uses) and hands the mapped store bytes to
+the kernel with ``sendmsg`` (one system call for many chunks, no copy in Python, the GIL released
+while the kernel copies). Everything else stays on FastAPI; the API port keeps serving the batch
+routes too, so a client that cannot reach this port loses speed, not function.
+
+The API advertises the port in the ``X-Batchstash-Data-Port`` header; clients send their batch
+requests there (see :class:`batchstash.client.endpoints.Endpoint`).
+
+Measured alternatives (2-core VM, 1 MiB objects in the page cache, 8 a request): ``os.sendfile``
+cost twice the CPU of ``sendall`` from the mapping (the kernel splices 16 pages at a time on
+loopback) and gave 0.52 x the throughput, so the mapping is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import h11
+
+from batchstash.client import AuthError, BatchstashError, InvalidRequestError, NotFoundError
+from batchstash.client.frames import FRAMES_MEDIA_TYPE
+
+from .errors import PRIME_HEADER, job_progress
+from .reads import (
+    DATA_PORT_HEADER,
+    FINGERPRINT_HEADER,
+    batch_etag,
+    check_single_values,
+    etag_matches,
+    frames,
+    parse_attributes,
+    parse_ids,
+)
+from .state import ServerState
+
+__all__ = ["DataListener", "advertise_data_port", "start_data_listener"]
+
+logger = logging.getLogger(__name__)
+
+PAYLOAD_MEDIA_TYPE = "application/octet-stream"
+MAX_HEAD = 64 * 1024
+"""The longest request head (a request line with 1,024 ids is about 7 KB)."""
+MAX_BODY = 64 * 1024
+"""A batch request has no body; a client sending more than this is cut off."""
+IOV_MAX = 512
+"""Buffers per ``sendmsg`` call (Linux allows 1,024)."""
+RECV_BYTES = 65536
+
+PAYLOADS_ROUTE = "/v1/splits/{split}/payloads"
+BATCH_ROUTE = "/v1/splits/{split}/batches/{batch_id}"
+HEALTH_ROUTE = "/healthz"
+
+
+class _ValidationError(BatchstashError):
+    """A path parameter of the wrong type: FastAPI's 422 ``validation_error`` on the API port."""
+
+    code = "validation_error"
+    status = 422
+
+
+class _Reply:
+    """One response: status, headers, and the body as chunks (mapped store bytes included)."""
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        chunks: Sequence[bytes | memoryview] = (),
+    ) -> None:
+        self.status, self.headers, self.chunks = status, headers, chunks
+
+    @classmethod
+    def json(cls, status: int, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> _Reply:
+        """A JSON response."""
+        return cls(status, [("Content-Type", "application/json"), *headers], [body])
+
+
+def _error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def _closing_head(reply: _Reply) -> bytes:
+    """The head of a last response on a connection whose h11 state cannot send one."""
+    size = sum(memoryview(c).nbytes for c in reply.chunks)
+    lines = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}"]
+    lines += [f"{k}: {v}" for k, v in (*reply.headers, ("Content-Length", str(size)))]
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _check_head(request: h11.Request) -> None:
+    """Refuse a head over :data:`MAX_HEAD` (h11 bounds only a head that is still incomplete)."""
+    if len(request.target) > MAX_HEAD:
+        raise h11.RemoteProtocolError("request target too long", error_status_hint=414)
+    size = sum(len(k) + len(v) + 4 for k, v in request.headers.raw_items())
+    if size > MAX_HEAD:
+        raise h11.RemoteProtocolError("request headers too large", error_status_hint=431)
+
+
+def _drain(conn: socket.socket) -> None:
+    """Half-close, then read what the client still sends (briefly), so closing sends no reset.
+
+    A socket closed with unread bytes resets the connection, and the client may lose the
+    error response it has not read yet.
+    """
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(0.5)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and conn.recv(RECV_BYTES):
+        pass
+
+
+def _send_all(sock: socket.socket, buffers: list[Any]) -> None:
+    """Write every buffer in order with as few ``sendmsg`` calls as the socket allows."""
+    views = [memoryview(b).cast("B") for b in buffers if memoryview(b).nbytes]
+    while views:
+        sent = sock.sendmsg(views[:IOV_MAX])
+        while sent and views:
+            head = views[0]
+            if sent >= head.nbytes:
+                sent -= head.nbytes
+                views.pop(0)
+            else:
+                views[0] = head[sent:]
+                sent = 0
+
+
+class DataListener:
+    """Serves the batch routes on ``host:port`` in threads until :meth:`close`.
+
+    Args:
+        state: the server's state (reader, settings, token, metrics, job).
+        host: the address to bind.
+        port: the TCP port (``0``: any free one; see :attr:`port`).
+        max_connections: connections served at once; more are answered ``503`` and closed.
+        idle_timeout: seconds an idle keep-alive connection is kept.
+        send_timeout: seconds a response may wait for a client that does not read.
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+
+    def __init__(
+        self,
+        state: ServerState,
+        host: str,
+        port: int,
+        *,
+        max_connections: int = 256,
+        idle_timeout: float = 60.0,
+        send_timeout: float = 60.0,
+    ) -> None:
+        self.state = state
+        self.idle_timeout, self.send_timeout = idle_timeout, send_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._sock = socket.create_server((host, port), backlog=128, reuse_port=False)
+        self._sock.settimeout(0.25)  # the accept loop looks at the stop flag this often
+        self.host, self.port = host, int(self._sock.getsockname()[1])
+        self._stop = threading.Event()
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, name="batchstash-data", daemon=True)
+
+    def start(self) -> DataListener:
+        """Start accepting connections (in a daemon thread)."""
+        self._thread.start()
+        logger.info("data listener on %s:%d (batch payloads)", self.host, self.port)
+        return self
+
+    def close(self) -> None:
+        """Stop accepting, cut open connections and wait for the accept thread."""
+        self._stop.set()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+    def __enter__(self) -> DataListener:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connections ----------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        count = 0
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                logger.warning("data listener: accept failed", exc_info=True)
+                time.sleep(0.1)
+                continue
+            count += 1
+            if not self._slots.acquire(blocking=False):
+                self._refuse(conn)
+                continue
+            with self._lock:
+                self._conns.add(conn)
+            threading.Thread(
+                target=self._connection, args=(conn,), name=f"batchstash-data-{count}", daemon=True
+            ).start()
+
+    def _refuse(self, conn: socket.socket) -> None:
+        body = _error_body("unavailable", "too many connections to the data listener; retry")
+        reply = _Reply.json(503, body, [("Retry-After", "1"), ("Connection", "close")])
+        try:
+            conn.settimeout(1.0)
+            _send_all(conn, [_closing_head(reply), body])
+            _drain(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _connection(self, conn: socket.socket) -> None:
+        http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while not self._stop.is_set():
+                request = self._next_request(conn, http)
+                if request is None:
+                    return
+                self._respond(conn, http, self._handle(request))
+                if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+                    return
+                http.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            self._protocol_error(conn, http, exc)
+        except (OSError, h11.LocalProtocolError):
+            pass  # the client went away or timed out: nothing to answer
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            self._slots.release()
+            conn.close()
+
+    def _next_request(self, conn: socket.socket, http: h11.Connection) -> h11.Request | None:
+        """The next request, its (empty) body read; ``None`` when the client closed or idled."""
+        request: h11.Request | None = None
+        body = 0
+        conn.settimeout(self.idle_timeout)
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = conn.recv(RECV_BYTES)
+                except TimeoutError:
+                    return None
+                http.receive_data(data)
+            elif isinstance(event, h11.Request):
+                _check_head(event)
+                request = event
+            elif isinstance(event, h11.Data):
+                body += len(event.data)
+                if body > MAX_BODY:
+                    raise h11.RemoteProtocolError("request body too large", error_status_hint=413)
+            elif isinstance(event, h11.EndOfMessage):
+                return request
+            else:  # ConnectionClosed, or PAUSED after a request the client pipelines
+                return None
+
+    def _protocol_error(
+        self, conn: socket.socket, http: h11.Connection, exc: h11.RemoteProtocolError
+    ) -> None:
+        status, message = exc.error_status_hint, str(exc)
+        self.state.metrics.errors.labels("invalid_request").inc()
+        if http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = _error_body("invalid_request", f"malformed HTTP request: {message}")
+        try:
+            conn.settimeout(self.send_timeout)
+            _send_all(conn, [_closing_head(_Reply.json(status, body)), body])
+            _drain(conn)
+        except OSError:
+            pass
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _handle(self, request: h11.Request) -> _Reply:
+        start = time.perf_counter()
+        route, reply = "unmatched", None
+        method = request.method.decode("ascii", "replace")
+        try:
+            target = urlsplit(request.target.decode("ascii"))
+            route, call = self._route(unquote(target.path))
+            if method != "GET":
+                reply = self._error(405, "method_not_allowed", f"{method} is not allowed here")
+            else:
+                headers = {
+                    k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers
+                }
+                if route != HEALTH_ROUTE:
+                    self._authorize(headers.get("authorization"))
+                query = parse_qsl(target.query, keep_blank_values=True)
+                check_single_values(key for key, _ in query)
+                reply = call(dict(query), headers)
+        except BatchstashError as exc:
+            reply = self._batchstash_error(exc, request)
+        except UnicodeDecodeError:
+            reply = self._error(400, "invalid_request", "the request target is not ASCII")
+        except Exception as exc:  # a bug: logged, answered 500 like the API's handler
+            logger.exception("unhandled error on %s %r", method, request.target[:200])
+            reply = self._error(500, "internal_error", f"internal error: {type(exc).__name__}")
+        metrics = self.state.metrics
+        metrics.requests.labels(route, method, str(reply.status)).inc()
+        metrics.request_seconds.labels(route).observe(time.perf_counter() - start)
+        return reply
+
+    def _route(self, path: str) -> tuple[str, Callable[[dict[str, str], dict[str, str]], _Reply]]:
+        parts = path.split("/")
+        if path == HEALTH_ROUTE:
+            return HEALTH_ROUTE, lambda query, headers: _Reply.json(200, b'{"status":"ok"}')
+        if len(parts) >= 5 and parts[:3] == ["", "v1", "splits"] and parts[3]:
+            split = parts[3]
+            if len(parts) == 5 and parts[4] == "payloads":
+                return PAYLOADS_ROUTE, lambda q, h: self._payloads(split, q)
+            if len(parts) == 6 and parts[4] == "batches":
+                return BATCH_ROUTE, lambda q, h: self._batch(split, parts[5], q, h)
+        raise NotFoundError(
+            f"no such route on the data listener: {path[:200]} (it serves batch payloads; "
+            "everything else is on the API port)"
+        )
+
+    def _authorize(self, header: str | None) -> None:
+        state = self.state
+        if state.token is None or not state.settings.read_requires_token:
+            return
+        scheme, _, given = (header or "").partition(" ")
+        if scheme.lower() != "bearer":
+            given = ""
+        # constant-time comparison: response time must not reveal how much of the token matched
+        if not secrets.compare_digest(given.strip().encode(), state.token.encode()):
+            raise AuthError("missing or wrong bearer token")
+
+    def _payloads(self, split: str, query: dict[str, str]) -> _Reply:
+        if "ids" not in query:
+            raise _ValidationError("query.ids: Field required")
+        reader, metrics = self.state.reader, self.state.metrics
+        names, wanted = parse_attributes(query.get("attributes")), parse_ids(query["ids"])
+        start = time.perf_counter()
+        chunks = frames(reader, split, wanted, names)
+        metrics.batch_seconds.observe(time.perf_counter() - start)
+        metrics.batches_served.labels(split).inc(len(wanted))
+        metrics.bytes_served.inc(sum(memoryview(c).nbytes for c in chunks))
+        headers = [
+            ("Content-Type", FRAMES_MEDIA_TYPE),
+            (FINGERPRINT_HEADER, reader.fingerprint or ""),
+        ]
+        return _Reply(200, headers, chunks)
+
+    def _batch(
+        self, split: str, raw_id: str, query: dict[str, str], headers: dict[str, str]
+    ) -> _Reply:
+        if not raw_id.isdigit() or int(raw_id) > 2**62:
+            raise _ValidationError(f"path.batch_id: an integer in [0, 2**62], not {raw_id[:40]!r}")
+        batch_id = int(raw_id)
+        reader, names = self.state.reader, parse_attributes(query.get("attributes"))
+        info = reader.check_fresh()
+        etag = batch_etag(info, split, batch_id, names)
+        out = [("ETag", etag), (FINGERPRINT_HEADER, info.fingerprint)]
+        if etag_matches(etag, headers.get("if-none-match")) and reader.exists(
+            split, batch_id, names
+        ):
+            return _Reply(304, out)
+        start = time.perf_counter()
+        chunks = reader.payloads(split, [batch_id], names)[0]
+        metrics = self.state.metrics
+        metrics.batch_seconds.observe(time.perf_counter() - start)
+        metrics.batches_served.labels(split).inc()
+        metrics.bytes_served.inc(sum(memoryview(c).nbytes for c in chunks))
+        return _Reply(200, [("Content-Type", PAYLOAD_MEDIA_TYPE), *out], chunks)
+
+    def _batchstash_error(self, exc: BatchstashError, request: h11.Request) -> _Reply:
+        headers: list[tuple[str, str]] = []
+        if exc.status == 503:
+            headers.append(("Retry-After", str(self.state.settings.retry_after_s)))
+            if exc.code == "not_primed":
+                headers.append((PRIME_HEADER, job_progress(self.state.job)))
+        if exc.status == 401:
+            headers.append(("WWW-Authenticate", "Bearer"))
+        if exc.status >= 500:
+            logger.warning("%s %r: %s", request.method.decode(), request.target[:200], exc.message)
+        return self._error(exc.status, exc.code, exc.message, headers)
+
+    def _error(
+        self, status: int, code: str, message: str, headers: Sequence[tuple[str, str]] = ()
+    ) -> _Reply:
+        self.state.metrics.errors.labels(code).inc()
+        return _Reply.json(status, _error_body(code, message), headers)
+
+    # -- responses ------------------------------------------------------------------------------
+
+    def _respond(self, conn: socket.socket, http: h11.Connection, reply: _Reply) -> None:
+        size = sum(memoryview(c).nbytes for c in reply.chunks)
+        head = h11.Response(
+            status_code=reply.status,
+            headers=[*reply.headers, ("Content-Length", str(size))],
+            reason=HTTPStatus(reply.status).phrase,
+        )
+        buffers: list[Any] = [http.send(head)]
+        for chunk in reply.chunks:
+            # passthrough: h11 counts the bytes and hands the chunk back as it is (no copy)
+            data = h11.Data(data=chunk)  # type: ignore[arg-type]
+            buffers.extend(http.send_with_data_passthrough(data) or ())
+        buffers.extend(http.send_with_data_passthrough(h11.EndOfMessage()) or ())
+        conn.settimeout(self.send_timeout)
+        _send_all(conn, buffers)
+
+
+def advertise_data_port(app: Callable[..., Any], state: ServerState) -> Callable[..., Any]:
+    """ASGI middleware: every API response names the data listener's port (when it runs)."""
+
+    async def middleware(scope: Any, receive: Any, send: Any) -> None:
+        port = state.data_port
+        if scope["type"] != "http" or port is None:
+            await app(scope, receive, send)
+            return
+        header = (DATA_PORT_HEADER.lower().encode(), str(port).encode())
+
+        async def advertised(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        await app(scope, receive, advertised)
+
+    return middleware
+
+
+def start_data_listener(state: ServerState) -> DataListener | None:
+    """Start the data listener the settings ask for and advertise it; ``None`` if there is none.
+
+    The default port (``port + 1``) being taken costs speed only: the listener is left out with a
+    warning. A ``data_port`` that was asked for and cannot be bound is an error.
+
+    Raises:
+        InvalidRequestError: the configured ``data_port`` cannot be bound.
+    """
+    settings = state.settings
+    if not settings.data_listener:
+        return None
+    default = settings.data_port is None
+    port = settings.data_port if settings.data_port is not None else settings.port + 1
+    if default and settings.port == 0:
+        port = 0  # an API port picked by the system: pick the data port the same way
+    try:
+        listener = DataListener(state, settings.host, port).start()
+    except OSError as exc:
+        if not default:
+            raise InvalidRequestError(
+                f"data_port {port}: cannot listen on {settings.host}:{port}: {exc.strerror}"
+            ) from None
+        logger.warning(
+            "no data listener: %s:%d is taken (%s); batches are served on the API port only "
+            "(set BATCHSTASH_DATA_PORT to another port)",
+            settings.host,
+            port,
+            exc.strerror,
+        )
+        return None
+    state.data_port = settings.data_advertise_port or listener.port
+    return listener
