@@ -91,6 +91,11 @@ def image_cmd() -> list[str]:
     return list(json.loads(cmd))
 
 
+def exposed() -> list[str]:
+    """The runtime stage's EXPOSE ports, in order (one instruction or several)."""
+    return [port for args in runtime("EXPOSE") for port in args.split()]
+
+
 def image_healthcheck() -> list[str]:
     """The runtime stage's HEALTHCHECK command (exec form, after ``CMD``)."""
     (check,) = runtime("HEALTHCHECK")
@@ -237,16 +242,43 @@ def test_image_installs_the_project_with_the_extras_build_arg() -> None:
     assert torch_layer < extras_arg < install[0]
 
 
-def test_image_listens_on_all_interfaces_on_the_exposed_port() -> None:
+def settings_of(env: dict[str, str]) -> Any:
+    """``Settings`` from the ``BATCHSTASH_*`` variables of ``env``, as the server reads them."""
     from batchstash.service.config import Settings
 
-    env = image_env()
-    settings = Settings(**{k.removeprefix("BATCHSTASH_").lower(): v
-                           for k, v in env.items() if k.startswith("BATCHSTASH_")})
+    return Settings(**{k.removeprefix("BATCHSTASH_").lower(): v
+                       for k, v in env.items() if k.startswith("BATCHSTASH_")})
+
+
+def data_port(settings: Any) -> int:
+    """The port the server's data listener binds (``start_data_listener``: unset is port + 1)."""
+    assert settings.data_listener
+    return int(settings.port + 1 if settings.data_port is None else settings.data_port)
+
+
+def test_image_listens_on_all_interfaces_on_the_exposed_ports() -> None:
+    settings = settings_of(image_env())
     assert settings.host == "0.0.0.0"
-    assert runtime("EXPOSE") == [str(settings.port)] == ["8000"]
-    assert service("stash")["ports"] == [f"{settings.port}:{settings.port}"]
+    # the API, then the data listener (the image names it, so the file documents it)
+    assert exposed() == [str(settings.port), str(data_port(settings))] == ["8000", "8001"]
+    assert image_env()["BATCHSTASH_DATA_PORT"] == "8001"
+    assert service("stash")["ports"][0] == f"{settings.port}:{settings.port}"
     assert service("stash")["environment"]["BATCHSTASH_PORT"] == str(settings.port)
+
+
+def test_published_data_port_is_the_servers_data_port() -> None:
+    """The container's data listener is published, on the port its API tells clients."""
+    settings = settings_of({**image_env(), **service("stash")["environment"]})
+    assert service("stash")["environment"]["BATCHSTASH_DATA_PORT"] == str(data_port(settings))
+    mappings = dict(reversed(m.split(":")) for m in service("stash")["ports"])
+    assert list(mappings) == [str(settings.port), str(data_port(settings))] == exposed()
+    # what the API advertises (data_advertise_port, else data_port) is the host's side, so a
+    # client on the host that reached the API on localhost:8000 finds the listener
+    advertised = settings.data_advertise_port or data_port(settings)
+    assert mappings[str(data_port(settings))] == str(advertised) == "8001"
+    # the trainer and the prime job, inside the network, use stash:8000: the client derives
+    # stash:<advertised> from it, the container's own port, which is the published one
+    assert int(mappings[str(settings.port)]) == settings.port
 
 
 def test_data_volume_is_the_servers_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -381,12 +413,12 @@ def test_container_command_serves_and_passes_its_healthcheck(tmp_path: Path) -> 
     """CMD with the container's environment; only the data dir, port and secret path differ."""
     token = TOKEN_EXAMPLE.read_text().strip()
     (tmp_path / "secret").write_text(token + "\n")
-    port = free_port()
+    port, data = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSTASH_")}
     env.update({k: v for k, v in image_env().items() if k != "PATH"})
     env.update(service("stash")["environment"])
     env.update(BATCHSTASH_DATA_DIR=str(tmp_path / "data"), BATCHSTASH_PORT=str(port),
-               BATCHSTASH_TOKEN_FILE=str(tmp_path / "secret"),
+               BATCHSTASH_DATA_PORT=str(data), BATCHSTASH_TOKEN_FILE=str(tmp_path / "secret"),
                PATH=os.pathsep.join([VENV_BIN, env.get("PATH", "")]))
     cmd = image_cmd()
     argv = [shutil.which(cmd[0], path=env["PATH"]) or cmd[0], *cmd[1:]]
@@ -403,7 +435,18 @@ def test_container_command_serves_and_passes_its_healthcheck(tmp_path: Path) -> 
         admin = f"http://127.0.0.1:{port}/v1/admin/status"
         assert httpx.get(admin, timeout=5).status_code == 401  # the secret file was read
         auth = {"Authorization": f"Bearer {token}"}
-        assert httpx.get(admin, headers=auth, timeout=5).status_code == 200
+        answer = httpx.get(admin, headers=auth, timeout=5)
+        assert answer.status_code == 200
+        # the data listener runs too, and the API advertises it; the client derives its URL
+        assert answer.headers["X-Batchstash-Data-Port"] == str(data)
+        health = httpx.get(f"http://127.0.0.1:{data}/healthz", timeout=5)
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        from batchstash.client import BatchClient
+
+        with BatchClient(f"http://127.0.0.1:{port}", token=token, retries=0) as client:
+            assert client.status()
+            (state,) = client.endpoints()
+            assert state.data_url == f"http://127.0.0.1:{data}"
     finally:
         proc.terminate()  # what `docker stop` sends
         try:

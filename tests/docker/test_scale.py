@@ -7,6 +7,7 @@ roles, commands, secrets, start order, healthchecks and CPU limits are checked a
 against Ray's own CLI, constants and token loader (the ray extra); each ``sh -c`` entrypoint runs
 under dash and bash with stub programs; nginx.conf's upstream is checked against the replicas,
 and where an ``nginx`` binary exists the config is loaded and proxies to stub replicas on loopback.
+nginx has two servers, one policy: 8000 for the replicas' API, 8001 for their data listeners.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -40,12 +42,15 @@ from .test_deploy import (
     ENV_NAME,
     GPU_OVERRIDE,
     REPO,
+    data_port,
     dockerfile_stages,
+    exposed,
     image_cmd,
     image_healthcheck,
     parse_cli,
     runtime,
     setting_env_names,
+    settings_of,
 )
 
 if sys.version_info >= (3, 11):
@@ -66,6 +71,9 @@ RAY_SECRET = "ray_token"
 HEAD = "prime"  # the prime job is the Ray head: its driver joins the local head (`auto`)
 SCALE_SERVICES = ["bucket", "lb", "prime", "ray-worker", "seaweedfs", "stash"]
 MAX_CPUS = 2.0  # the hosts this runs on have 2 cores
+API_PORT, DATA_PORT = 8000, 8001  # a replica's API and data listener; nginx listens on both
+# the setting of each replica port (the replicas' environment names both)
+PORT_SETTING = {API_PORT: "BATCHSTASH_PORT", DATA_PORT: "BATCHSTASH_DATA_PORT"}
 
 
 # --- the file as written, with compose's interpolation --------------------------------------
@@ -252,8 +260,8 @@ def test_compose_v2_resolves_the_scale_out_as_written() -> None:
                 assert service["environment"][key] == svc(name)["environment"][key]
     published = {n: s["ports"] for n, s in services.items() if s.get("ports")}
     assert list(published) == ["lb"]
-    (port,) = published["lb"]
-    assert (port["target"], port["published"]) == (8000, "8000")
+    ports = [(p["target"], p["published"]) for p in published["lb"]]
+    assert ports == [(API_PORT, "8000"), (DATA_PORT, "8001")]
     for secret in model["secrets"].values():
         assert Path(secret["file"]).parent == REPO / "docker" / "secrets"
 
@@ -261,7 +269,8 @@ def test_compose_v2_resolves_the_scale_out_as_written() -> None:
 def test_real_bucket_variables_reach_every_store_client() -> None:
     model = v2_model(STASH_S3_URL="s3://my-bucket/team/iris",
                      STASH_S3_ENDPOINT="https://s3.eu-west-1.amazonaws.com",
-                     STASH_S3_REGION="eu-west-1", STASH_LB_PORT="9000")
+                     STASH_S3_REGION="eu-west-1", STASH_LB_PORT="9000",
+                     STASH_LB_DATA_PORT="9001")
     clients = [n for n, s in model["services"].items()
                if "BATCHSTASH_DATA_DIR" in (s.get("environment") or {})]
     assert sorted(clients) == ["bucket", "prime", "stash"]
@@ -276,7 +285,7 @@ def test_real_bucket_variables_reach_every_store_client() -> None:
         env = model["services"][name]["environment"]
         assert env["AWS_ENDPOINT_URL"] == "https://s3.eu-west-1.amazonaws.com"
         assert env["AWS_REGION"] == "eu-west-1"
-    assert model["services"]["lb"]["ports"][0]["published"] == "9000"
+    assert [p["published"] for p in model["services"]["lb"]["ports"]] == ["9000", "9001"]
 
 
 # --- the scale-out file against the code -----------------------------------------------------
@@ -563,7 +572,9 @@ def test_healthchecks_of_the_long_running_services() -> None:
     assert "/healthz" in weed and f":{urlport(svc('stash')['environment']['AWS_ENDPOINT_URL'])}/" \
         in weed
     lb = svc("lb")["healthcheck"]["test"]
-    assert lb[0] == "CMD" and lb[-1] == f"http://127.0.0.1:{nginx_listen()}/healthz"
+    # the API's server (a data port that does not answer costs speed only: clients fall back)
+    assert API_PORT in nginx_servers()
+    assert lb[0] == "CMD" and lb[-1] == f"http://127.0.0.1:{API_PORT}/healthz"
     for name in ("seaweedfs", "stash", "lb"):
         assert "disable" not in svc(name)["healthcheck"], name
 
@@ -586,8 +597,8 @@ def test_no_resource_limit_above_two_cpus(path: Path) -> None:
 
 def test_only_the_balancer_publishes_a_port() -> None:
     assert [n for n, s in scale()["services"].items() if s.get("ports")] == ["lb"]
-    (mapping,) = svc("lb")["ports"]
-    assert mapping.rsplit(":", 1)[1] == str(nginx_listen())
+    targets = [int(m.rsplit(":", 1)[1]) for m in svc("lb")["ports"]]
+    assert targets == sorted(nginx_servers()) == [API_PORT, DATA_PORT]
     assert "./docker/nginx.conf:/etc/nginx/nginx.conf:ro" in svc("lb")["volumes"]
 
 
@@ -780,26 +791,57 @@ def nginx() -> list[Directive]:
     return parse_nginx(NGINX_CONF.read_text())
 
 
-def nginx_listen() -> int:
-    (server,) = find(nginx(), "http", "server")
-    return int(args_of(server[2], "listen")[0])
+def nginx_servers() -> dict[int, list[Directive]]:
+    """nginx's server blocks by the port each listens on."""
+    servers = find(nginx(), "http", "server")
+    by_port = {int(args_of(s[2], "listen")[0]): s[2] for s in servers}
+    assert len(by_port) == len(servers)
+    return by_port
 
 
-def proxied() -> list[Directive]:
-    (location,) = [loc for loc in find(nginx(), "http", "server", "location")
-                   if loc[1] == ["/"]]
+def proxied(listen: int = API_PORT) -> list[Directive]:
+    """The ``location /`` of the server on ``listen``."""
+    (location,) = [loc for loc in find(nginx_servers()[listen], "location") if loc[1] == ["/"]]
     return location[2]
 
 
-def test_nginx_upstream_is_every_replica_on_its_port() -> None:
-    (upstream,) = find(nginx(), "http", "upstream")
-    name = upstream[1][0]
-    assert args_of(proxied(), "proxy_pass") == [f"http://{name}"]
+def upstream_of(listen: int = API_PORT) -> Directive:
+    """The upstream the server on ``listen`` proxies to."""
+    (target,) = args_of(proxied(listen), "proxy_pass")
+    (upstream,) = [u for u in find(nginx(), "http", "upstream")
+                   if [f"http://{u[1][0]}"] == [target]]
+    return upstream
+
+
+def nginx_seconds(value: str) -> float:
+    """An nginx time (``4s``, ``500ms``, ``1m``, ``30``) in seconds."""
+    match = re.fullmatch(r"(\d+)(ms|s|m)?", value)
+    assert match is not None, value
+    return int(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[match.group(2) or "s"]
+
+
+def replica_idle_timeout(port: int) -> float:
+    """How long a replica keeps an idle keep-alive connection on ``port`` (its default)."""
+    if port == API_PORT:
+        import uvicorn
+
+        # the server does not change uvicorn's timeout_keep_alive
+        assert "timeout_keep_alive" not in (REPO / "service" / "server.py").read_text()
+        return float(uvicorn.Config(app=None).timeout_keep_alive)
+    from batchstash.service.api.datapath import DataListener, start_data_listener
+
+    assert "idle_timeout" not in inspect.getsource(start_data_listener)  # the default is used
+    return float(inspect.signature(DataListener).parameters["idle_timeout"].default)
+
+
+@pytest.mark.parametrize("listen", [API_PORT, DATA_PORT], ids=["api", "data"])
+def test_nginx_upstream_is_every_replica_on_its_port(listen: int) -> None:
+    upstream = upstream_of(listen)
     servers = [d[1] for d in upstream[2] if d[0] == "server"]
     hosts = {tuple(s[0].split(":")) for s in servers}
-    ports = {s["environment"]["BATCHSTASH_PORT"] for s in replicas().values()}
-    assert ports == {"8000"} and runtime("EXPOSE") == ["8000"]
-    assert hosts == {(n, "8000") for n in replicas()}
+    ports = {s["environment"][PORT_SETTING[listen]] for s in replicas().values()}
+    assert ports == {str(listen)} and str(listen) in exposed()
+    assert hosts == {(n, str(listen)) for n in replicas()}
     http_block = find(nginx(), "http")[0][2]
     if any("resolve" in s for s in servers):  # follows replicas by DNS: Docker's resolver
         assert args_of(upstream[2], "zone")
@@ -809,19 +851,16 @@ def test_nginx_upstream_is_every_replica_on_its_port() -> None:
     assert names.index("least_conn") < names.index("keepalive")
 
 
-def test_nginx_proxies_as_the_api_needs() -> None:
-    import uvicorn
-
-    location = proxied()
+@pytest.mark.parametrize("listen", [API_PORT, DATA_PORT], ids=["api", "data"])
+def test_nginx_proxies_as_the_api_needs(listen: int) -> None:
+    location = proxied(listen)
     # keep-alive to the replicas: HTTP/1.1, no "Connection: close", idle ones dropped before
-    # uvicorn drops them (the server does not change uvicorn's timeout_keep_alive)
+    # the replica drops them (uvicorn after 5 s, a data listener after 60 s)
     assert args_of(location, "proxy_http_version") == ["1.1"]
     headers = {d[1][0].lower(): d[1][1] for d in location if d[0] == "proxy_set_header"}
     assert headers["connection"] in ('""', "''")
-    (upstream,) = find(nginx(), "http", "upstream")
-    idle = args_of(upstream[2], "keepalive_timeout")[0]
-    assert int(idle.removesuffix("s")) < uvicorn.Config(app=None).timeout_keep_alive
-    assert "timeout_keep_alive" not in (REPO / "service" / "server.py").read_text()
+    idle = nginx_seconds(args_of(upstream_of(listen)[2], "keepalive_timeout")[0])
+    assert idle < replica_idle_timeout(listen)
     # the bearer token and the conditional GET headers reach the replica
     assert not {"authorization", "if-none-match"} & set(headers)
     assert not [d for d in location if d[0] in ("proxy_pass_request_headers", "proxy_hide_header")]
@@ -829,6 +868,59 @@ def test_nginx_proxies_as_the_api_needs() -> None:
     # another replica only when this one did not answer; a 503 is the store's real answer
     retry = args_of(location, "proxy_next_upstream")
     assert set(retry) <= {"error", "timeout"} and "non_idempotent" not in retry
+
+
+def test_nginx_data_server_has_the_api_servers_policy() -> None:
+    """One policy written twice: only the replica port, the names and the idle timeout differ."""
+
+    def policy(listen: int) -> list[tuple[str, list[str]]]:
+        out = []
+        for name, args, _ in upstream_of(listen)[2]:
+            if name == "keepalive_timeout":  # below each replica server's own idle timeout
+                continue
+            if name == "zone":  # one shared memory zone each
+                args = args[1:]
+            if name == "server":
+                assert args[0] == f"stash:{listen}"
+                args = args[1:]
+            out.append((name, args))
+        return out
+
+    assert policy(API_PORT) == policy(DATA_PORT)
+    api, data = upstream_of(API_PORT), upstream_of(DATA_PORT)
+    assert api[1] != data[1]
+    assert args_of(api[2], "zone")[0] != args_of(data[2], "zone")[0]
+    assert args_of(upstream_of(DATA_PORT)[2], "keepalive") == args_of(api[2], "keepalive")
+    # the same headers, buffering, timeouts and retries, in the same order
+    same = [[d for d in proxied(p) if d[0] != "proxy_pass"] for p in (API_PORT, DATA_PORT)]
+    assert same[0] == same[1]
+
+
+def published_ports(ports: list[Any]) -> dict[int, str]:
+    """Port mappings as container port -> host port (v2's long form, or the file's short one)."""
+    out: dict[int, str] = {}
+    for port in ports:
+        if isinstance(port, dict):
+            out[int(port["target"])] = str(port["published"])
+        else:
+            host, _, target = str(port).rpartition(":")
+            out[int(target)] = host
+    return out
+
+
+@pytest.mark.parametrize("published", [None, "9001"], ids=["default", "remapped"])
+def test_replicas_advertise_the_data_port_lb_publishes(published: str | None) -> None:
+    """Clients go to the advertised port on the host they reached lb by: lb's published one."""
+    env = {"STASH_LB_DATA_PORT": published} if published else {}
+    as_written = interpolate(yaml.safe_load(SCALE.read_text()), env)
+    for model in (v2_model(**env), as_written):  # compose's reading and this file's
+        lb = published_ports(model["services"]["lb"]["ports"])
+        assert lb[DATA_PORT] == (published or "8001")
+        for name in replicas():
+            settings = settings_of(model["services"][name]["environment"])
+            assert settings.data_advertise_port == int(lb[DATA_PORT])
+            # the listener binds the port nginx's data upstream connects to
+            assert (settings.port, data_port(settings)) == (API_PORT, DATA_PORT)
 
 
 def free_port() -> int:
@@ -883,22 +975,29 @@ def nginx_binary() -> str | None:
 
 
 @pytest.fixture
-def balancer(tmp_path: Path) -> Iterator[tuple[str, list[Replica], int]]:
-    """docker/nginx.conf run by a local nginx over two stub replicas and a dead address."""
+def balancer(tmp_path: Path) -> Iterator[tuple[dict[int, str], list[Replica], int]]:
+    """docker/nginx.conf run by a local nginx over two stub replicas and a dead address.
+
+    Both upstreams (the API's and the data listeners') go to the same stubs; the URL of each
+    server is under the port it listens on in the file.
+    """
     binary = nginx_binary()
     if binary is None:
         pytest.skip("nginx is not installed (it runs in its image; here only if a host has it)")
     stubs = [Replica(), Replica()]
     dead = free_port()  # nothing listens: connection refused, as a stopped replica
-    listen = free_port()
     text = NGINX_CONF.read_text()
-    line = re.search(r"^\s*server\s+stash:8000\s+([^;]*);", text, re.M)
-    assert line is not None
-    params = " ".join(p for p in line.group(1).split() if p != "resolve")  # IPs need no DNS
-    upstreams = "\n".join(f"        server 127.0.0.1:{p} {params};"
-                          for p in (dead, *(s.port for s in stubs)))
-    text = text.replace(line.group(0), upstreams)
-    text = re.sub(r"listen 8000;", f"listen 127.0.0.1:{listen};", text)
+    lines = list(re.finditer(r"^\s*server\s+stash:\d+\s+([^;]*);", text, re.M))
+    assert len(lines) == 2
+    for line in lines:
+        params = " ".join(p for p in line.group(1).split() if p != "resolve")  # IPs need no DNS
+        upstreams = "\n".join(f"        server 127.0.0.1:{p} {params};"
+                              for p in (dead, *(s.port for s in stubs)))
+        text = text.replace(line.group(0), upstreams)
+    listens = {int(port): free_port() for port in re.findall(r"listen (\d+);", text)}
+    assert sorted(listens) == [API_PORT, DATA_PORT]
+    for port, local in listens.items():
+        text = text.replace(f"listen {port};", f"listen 127.0.0.1:{local};")
     temp = "".join(f"    {kind}_temp_path {tmp_path / kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     text = text.replace("http {\n", "http {\n" + temp, 1)
@@ -915,12 +1014,14 @@ def balancer(tmp_path: Path) -> Iterator[tuple[str, list[Replica], int]]:
         while True:
             assert proc.poll() is None, (tmp_path / "nginx.log").read_text()
             try:
-                socket.create_connection(("127.0.0.1", listen), timeout=1).close()
+                for local in listens.values():
+                    socket.create_connection(("127.0.0.1", local), timeout=1).close()
                 break
             except OSError:
                 assert time.monotonic() < deadline, "nginx did not listen"
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{listen}", stubs, dead
+        yield ({port: f"http://127.0.0.1:{local}" for port, local in listens.items()}, stubs,
+               dead)
     finally:
         proc.send_signal(signal.SIGQUIT)  # graceful, as `docker stop` for the nginx image
         try:
@@ -935,10 +1036,12 @@ def balancer(tmp_path: Path) -> Iterator[tuple[str, list[Replica], int]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("listen", [API_PORT, DATA_PORT], ids=["api", "data"])
 def test_nginx_balances_streams_and_retries_only_a_dead_replica(
-    balancer: tuple[str, list[Replica], int],
+    balancer: tuple[dict[int, str], list[Replica], int], listen: int,
 ) -> None:
-    url, stubs, _ = balancer
+    urls, stubs, _ = balancer
+    url = urls[listen]
     auth = {"Authorization": "Bearer tok-123", "If-None-Match": '"abc-1"'}
     with httpx.Client(base_url=url, timeout=20) as client:
         for i in range(12):  # the dead replica costs a retry, never a failed request
