@@ -305,9 +305,10 @@ class StoreReader:
             except NotPrimedError:
                 self.demand.add(split, [batch_id])
                 raise
-            header = check_object(key, buf, group, expect, tensors=not trusted)
+            known = self.verified.header(key, version) if trusted else None
+            header = check_object(key, buf, group, expect, tensors=not trusted, header=known)
             if mapped and not trusted:  # verified just now
-                self.verified.add(key, version)
+                self.verified.add(key, version, header)
                 if self.cache is not None:
                     self.cache.put(key, buf)
             own = header.metadata.get(wire.KEY_DATA_POINT_IDS)

@@ -29,7 +29,12 @@ def identity_metadata(
 
 
 def check_object(
-    key: str, buf: Any, group: frozenset[str], expect: Mapping[str, str], tensors: bool
+    key: str,
+    buf: Any,
+    group: frozenset[str],
+    expect: Mapping[str, str],
+    tensors: bool,
+    header: wire.Header | None = None,
 ) -> wire.Header:
     """Parse one stored group object and check what it claims to be.
 
@@ -39,13 +44,16 @@ def check_object(
         group: the attributes it may hold.
         expect: identity metadata it must carry (a subset of its keys).
         tensors: also verify every tensor's checksum.
+        header: its header as parsed and verified before, from these very bytes (the same
+            object version): not parsed again; what it claims is still checked.
 
     Raises:
         CorruptStoreError: malformed, mislabelled, or a checksum fails.
     """
     try:
-        header = wire.parse_header(buf)
-        wire.verify_identity(header.metadata)
+        if header is None:
+            header = wire.parse_header(buf)
+            wire.verify_identity(header.metadata)
         if tensors:
             wire.verify(buf, header)
     except PayloadError as exc:

@@ -422,6 +422,31 @@ def test_an_object_changed_in_place_is_verified_again(reader, primed):
     assert len(reader.verified) == 0  # forgotten
 
 
+def test_a_trusted_object_is_served_from_its_kept_header(reader, primed, monkeypatch):
+    parsed = []
+    real = wire.parse_header
+    monkeypatch.setattr(wire, "parse_header", lambda buf: parsed.append(1) or real(buf))
+    for _ in range(3):
+        _, sources = reader.read_sources("train", 0, ["label"], mapped=True)
+    assert len(parsed) == 1  # the first (verifying) read only
+    assert sources[0][1].metadata[wire.KEY_BATCH_ID] == "0"
+    with pytest.raises(CorruptStoreError, match="batchstash.batch_id is '0', expected '1'"):
+        monkeypatch.setattr(reader.verified, "is_verified", lambda key, version: True)
+        reader.verified.header = lambda key, version: sources[0][1]  # a header of batch 0
+        reader.read_sources("train", 1, ["label"], mapped=True)  # what it claims is checked
+
+
+def test_no_header_capacity_parses_every_read(primed, monkeypatch):
+    reader = StoreReader(primed)
+    reader.verified.header_capacity = 0
+    parsed = []
+    real = wire.parse_header
+    monkeypatch.setattr(wire, "parse_header", lambda buf: parsed.append(1) or real(buf))
+    for _ in range(3):
+        reader.read_sources("train", 0, ["label"], mapped=True)
+    assert len(parsed) == 3
+
+
 def test_the_identity_is_checked_on_every_serving_read(reader, primed, monkeypatch):
     monkeypatch.setattr(reader.verified, "is_verified", lambda key, version: True)
     key = _key("train", 0, GROUPS[0])

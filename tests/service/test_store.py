@@ -486,6 +486,15 @@ def test_verified_objects_are_bounded_and_forget_changed_objects():
     known.clear()
     assert len(known) == 0 and not known.is_verified("k3", "v-k3")
 
+    headers = VerifiedObjects(capacity=8, header_capacity=2)
+    marks = {key: object() for key in ["h0", "h1", "h2"]}
+    for key, mark in marks.items():
+        headers.add(key, f"v-{key}", mark)  # type: ignore[arg-type]
+    assert headers.header("h0", "v-h0") is None  # least recent: its header dropped...
+    assert headers.is_verified("h0", "v-h0")  # ...but it is still known as verified
+    assert headers.header("h2", "v-h2") is marks["h2"]
+    assert headers.header("h2", "v-changed") is None and headers.header("h1", None) is None
+
     never = VerifiedObjects(capacity=0)
     never.add("k", "v")
     assert len(never) == 0 and not never.is_verified("k", "v")
