@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .dataset import BatchDataset
     from .device import TorchConfig, copy_to_device
     from .endpoints import Endpoint, Endpoints
+    from .framecheck import FrameChecker
     from .http import BatchClient, EndpointState
     from .iterate import BatchIterator
     from .mapping import (
@@ -65,6 +66,7 @@ _LAZY = {
     "BatchMetadata": ".metadata",
     "BufferStream": ".transport",
     "BufferPool": ".buffers",
+    "FrameChecker": ".framecheck",
     "BufferTransport": ".transport",
     "ConfigBatchFeatureMapping": ".mapping",
     "Endpoint": ".endpoints",
@@ -108,6 +110,7 @@ __all__ = [
     "Endpoints",
     "EpochPlan",
     "FieldFeatureMapping",
+    "FrameChecker",
     "InvalidRequestError",
     "ManagerFeatureMapping",
     "MetadataNetworkSettings",

@@ -17,6 +17,7 @@ from .admin import AdminCalls
 from .batch import Batch, check_batch_type
 from .endpoints import EndpointState
 from .errors import PayloadError, PlanError
+from .framecheck import FrameChecker
 from .metadata import BatchMetadata
 from .session import _Session
 from .transport import body_buffer
@@ -279,7 +280,8 @@ class BatchClient(_Session):
 
         The server answers ``GET /v1/splits/{split}/payloads?ids=...`` with one length-prefixed
         payload frame per id (see :func:`wire.split_frames`); each is verified and decoded in
-        place like :meth:`batch`. Raises what :meth:`batch` raises.
+        place like :meth:`batch`, its checksums checked as soon as its bytes have landed (see
+        :class:`~batchstash.client.framecheck.FrameChecker`). Raises what :meth:`batch` raises.
         """
         ids = [int(i) for i in batch_ids]
         if not ids:
@@ -289,14 +291,23 @@ class BatchClient(_Session):
         if wanted is not None:
             params["attributes"] = ",".join(wanted)
         path = f"/v1/splits/{split}/payloads"
-        frames = wire.split_frames(
-            body_buffer(self._request("GET", path, params=params, data=True))
-        )
+        checker = FrameChecker()  # verifies each frame as it lands, while it is in cache
+        body = body_buffer(self._request("GET", path, params=params, data=True, on_body=checker))
+        frames = wire.split_frames(body)
         if len(frames) != len(ids):
             raise PayloadError(f"GET {path}: {len(frames)} payloads for {len(ids)} ids")
+        verified = checker.covers(body)
         return [
-            self._checked(wire.decode(frame), path, split, batch_id, wanted, fingerprint, device)
-            for frame, batch_id in zip(frames, ids, strict=True)
+            self._checked(
+                wire.decode(frame, verify=i >= verified),
+                path,
+                split,
+                batch_id,
+                wanted,
+                fingerprint,
+                device,
+            )
+            for i, (frame, batch_id) in enumerate(zip(frames, ids, strict=True))
         ]
 
     def _checked(

@@ -19,7 +19,7 @@ from .endpoints import Endpoint, Endpoints, parse_urls
 from .errors import BatchstashError, PayloadError, PlanError, TransportError
 from .priming import _PrimeLog, _PrimeWait
 from .responses import error_code, error_from_response, fails_over, is_retryable, retry_after
-from .transport import BufferTransport
+from .transport import BODY_HOOK, BufferTransport
 
 __all__: list[str] = []  # _Session is BatchClient's base, not an API of its own
 
@@ -164,11 +164,13 @@ class _Session:
         params: Mapping[str, str] | None = None,
         json: Any = None,
         data: bool = False,
+        on_body: Callable[[memoryview, int], None] | None = None,
     ) -> httpx.Response:
         """Send a request with failover and retries; return a 2xx response or raise the error.
 
         ``data``: a batch request, sent to each URL's data listener when it has one (see
-        :meth:`_send`).
+        :meth:`_send`). ``on_body``: called as the body arrives (see
+        :data:`~batchstash.client.transport.BODY_HOOK`).
 
         Each attempt tries every URL once, in :meth:`Endpoints.route` order, until one answers with
         something other than a connection failure or a failing-over 5xx (:func:`fails_over`).
@@ -189,7 +191,7 @@ class _Session:
                 with self._lock:
                     endpoint.requests += 1
                 try:
-                    response = self._send(endpoint, method, path, params, json, data)
+                    response = self._send(endpoint, method, path, params, json, data, on_body)
                     if not response.is_success:
                         response.read()
                 except httpx.TransportError as exc:
@@ -257,6 +259,7 @@ class _Session:
         params: Mapping[str, str] | None,
         json: Any,
         data: bool,
+        on_body: Callable[[memoryview, int], None] | None = None,
     ) -> httpx.Response:
         """One try on ``endpoint``: a batch request on its data listener, else on its API pool.
 
@@ -264,12 +267,14 @@ class _Session:
         or error body (another program on that port), is skipped for a while and the request
         goes to the API port at once; the API's answers name the listener (learned here).
         """
+        extensions = {BODY_HOOK: on_body} if on_body is not None else None
         pool = self._pool.data_client(endpoint) if data else None
         if pool is not None:
             try:
-                response = pool.send(
-                    pool.build_request(method, path, params=params, json=json), stream=True
+                request = pool.build_request(
+                    method, path, params=params, json=json, extensions=extensions
                 )
+                response = pool.send(request, stream=True)
             except httpx.TransportError as exc:
                 self._pool.data_failed(endpoint, f"{type(exc).__name__}: {exc}")
             else:
@@ -280,7 +285,9 @@ class _Session:
                     return response
                 response.close()
                 self._pool.data_failed(endpoint, f"{_describe(response)}, not from batchstash")
-        request = endpoint.http.build_request(method, path, params=params, json=json)
+        request = endpoint.http.build_request(
+            method, path, params=params, json=json, extensions=extensions
+        )
         response = endpoint.http.send(request, stream=True)
         self._pool.learn_data_port(endpoint, response.headers.get(DATA_PORT_HEADER))
         return response

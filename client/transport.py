@@ -17,7 +17,7 @@ from __future__ import annotations
 import http.client
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -46,6 +46,11 @@ class BufferStream(httpx.SyncByteStream):
 
 
 BUFFER_EXTENSION = "batchstash.buffer"
+BODY_HOOK = "batchstash.on_body"
+"""Request extension: ``hook(view, received)`` is called each time more of the body has landed
+in its buffer (about every :data:`BODY_STEP` bytes), so a caller can check what has arrived
+while it is still in the CPU cache. A hook must not raise."""
+BODY_STEP = 1 << 20
 
 
 def body_buffer(response: httpx.Response) -> bytearray | memoryview:
@@ -123,11 +128,12 @@ class BufferTransport(httpx.BaseTransport):
         body = request.read()
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
         target = url.raw_path.decode("ascii")
+        hook = request.extensions.get(BODY_HOOK)
         while True:
             conn, reused = self._connection(key, connect_timeout)
             try:
                 return self._exchange(
-                    key, conn, request.method, target, body, headers, read_timeout
+                    key, conn, request.method, target, body, headers, read_timeout, hook
                 )
             except _RETRY_ON_REUSE as exc:
                 conn.close()
@@ -156,6 +162,7 @@ class BufferTransport(httpx.BaseTransport):
         body: bytes,
         headers: list[tuple[str, str]],
         read_timeout: float | None,
+        hook: Callable[[memoryview, int], None] | None = None,
     ) -> httpx.Response:
         conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
         for name, value in headers:
@@ -166,7 +173,7 @@ class BufferTransport(httpx.BaseTransport):
         if conn.sock is not None:
             conn.sock.settimeout(read_timeout)
         response = conn.getresponse()
-        buffer = _read_body(response, self.buffers)
+        buffer = _read_body(response, self.buffers, hook)
         if response.will_close:
             conn.close()
         else:
@@ -192,15 +199,22 @@ class BufferTransport(httpx.BaseTransport):
                 conn.close()
 
 
-def _read_body(response: http.client.HTTPResponse, buffers: BufferPool) -> Any:
+def _read_body(
+    response: http.client.HTTPResponse,
+    buffers: BufferPool,
+    hook: Callable[[memoryview, int], None] | None = None,
+) -> Any:
     length = response.length  # None when chunked or read to close
     if length is None:
         return bytearray(response.read())
     buffer: Any = buffers.get(length)  # uninitialised: the socket writes every byte of it
     view, got = memoryview(buffer), 0
+    step = BODY_STEP if hook is not None else length
     while got < length:
-        n = response.readinto(view[got:])
+        n = response.readinto(view[got : min(length, got + step)])
         if not n:
             raise http.client.IncompleteRead(bytes(view[:got]), length - got)
         got += n
+        if hook is not None:
+            hook(view, got)
     return buffer

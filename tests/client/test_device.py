@@ -44,8 +44,8 @@ def test_client_device_cpu_keeps_the_received_tensors(
     decoded: list[wire.Payload] = []
     decode = wire.decode
 
-    def spy(buffer: object) -> wire.Payload:
-        payload = decode(buffer)  # type: ignore[arg-type]
+    def spy(buffer: object, **kwargs: object) -> wire.Payload:
+        payload = decode(buffer, **kwargs)  # type: ignore[arg-type]
         decoded.append(payload)
         return payload
 
