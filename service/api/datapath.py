@@ -12,8 +12,10 @@ plus ``GET /healthz``, with the API's bytes, headers, bearer-token check, JSON e
 metrics, from the same :class:`StoreReader`: each connection is a thread that parses requests
 with h11 (the sans-I/O HTTP/1.1 parser uvicorn itself uses) and hands the mapped store bytes to
 the kernel with ``sendmsg`` (one system call for many chunks, no copy in Python, the GIL released
-while the kernel copies). Everything else stays on FastAPI; the API port keeps serving the batch
-routes too, so a client that cannot reach this port loses speed, not function.
+while the kernel copies). This module is the sockets, threads and HTTP framing; what a request
+is answered is :class:`~.dataroutes.DataRoutes`'. Everything else stays on FastAPI; the API port
+keeps serving the batch routes too, so a client that cannot reach this port loses speed, not
+function.
 
 The API advertises the port in the ``X-Batchstash-Data-Port`` header; clients send their batch
 requests there (see :class:`batchstash.client.endpoints.Endpoint`).
@@ -25,40 +27,26 @@ loopback) and gave 0.52 x the throughput, so the mapping is sent.
 
 from __future__ import annotations
 
-import json
 import logging
-import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 
-from batchstash.client import AuthError, BatchstashError, InvalidRequestError, NotFoundError
-from batchstash.client.frames import FRAMES_MEDIA_TYPE
+from batchstash.client import InvalidRequestError
 
-from .errors import PRIME_HEADER, job_progress
-from .reads import (
-    DATA_PORT_HEADER,
-    FINGERPRINT_HEADER,
-    batch_etag,
-    check_single_values,
-    etag_matches,
-    frames,
-    parse_attributes,
-    parse_ids,
-)
+from .dataroutes import DataRoutes, Reply, error_reply
+from .reads import DATA_PORT_HEADER
 from .state import ServerState
 
 __all__ = ["DataListener", "advertise_data_port", "start_data_listener"]
 
 logger = logging.getLogger(__name__)
 
-PAYLOAD_MEDIA_TYPE = "application/octet-stream"
 MAX_HEAD = 64 * 1024
 """The longest request head (a request line with 1,024 ids is about 7 KB)."""
 MAX_BODY = 64 * 1024
@@ -67,40 +55,8 @@ IOV_MAX = 512
 """Buffers per ``sendmsg`` call (Linux allows 1,024)."""
 RECV_BYTES = 65536
 
-PAYLOADS_ROUTE = "/v1/splits/{split}/payloads"
-BATCH_ROUTE = "/v1/splits/{split}/batches/{batch_id}"
-HEALTH_ROUTE = "/healthz"
 
-
-class _ValidationError(BatchstashError):
-    """A path parameter of the wrong type: FastAPI's 422 ``validation_error`` on the API port."""
-
-    code = "validation_error"
-    status = 422
-
-
-class _Reply:
-    """One response: status, headers, and the body as chunks (mapped store bytes included)."""
-
-    def __init__(
-        self,
-        status: int,
-        headers: list[tuple[str, str]],
-        chunks: Sequence[bytes | memoryview] = (),
-    ) -> None:
-        self.status, self.headers, self.chunks = status, headers, chunks
-
-    @classmethod
-    def json(cls, status: int, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> _Reply:
-        """A JSON response."""
-        return cls(status, [("Content-Type", "application/json"), *headers], [body])
-
-
-def _error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
-
-
-def _closing_head(reply: _Reply) -> bytes:
+def _closing_head(reply: Reply) -> bytes:
     """The head of a last response on a connection whose h11 state cannot send one."""
     size = sum(memoryview(c).nbytes for c in reply.chunks)
     lines = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}"]
@@ -128,6 +84,16 @@ def _drain(conn: socket.socket) -> None:
     conn.settimeout(0.5)
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline and conn.recv(RECV_BYTES):
+        pass
+
+
+def _send_last(conn: socket.socket, reply: Reply, timeout: float) -> None:
+    """Send the last response of a connection (``Connection: close``); errors are ignored."""
+    try:
+        conn.settimeout(timeout)
+        _send_all(conn, [_closing_head(reply), *reply.chunks])
+        _drain(conn)
+    except OSError:
         pass
 
 
@@ -172,6 +138,7 @@ class DataListener:
         send_timeout: float = 60.0,
     ) -> None:
         self.state = state
+        self.routes = DataRoutes(state)
         self.idle_timeout, self.send_timeout = idle_timeout, send_timeout
         self._slots = threading.BoundedSemaphore(max_connections)
         self._sock = socket.create_server((host, port), backlog=128, reuse_port=False)
@@ -233,14 +200,15 @@ class DataListener:
             ).start()
 
     def _refuse(self, conn: socket.socket) -> None:
-        body = _error_body("unavailable", "too many connections to the data listener; retry")
-        reply = _Reply.json(503, body, [("Retry-After", "1"), ("Connection", "close")])
+        reply = error_reply(
+            self.state,
+            503,
+            "unavailable",
+            "too many connections to the data listener; retry",
+            [("Retry-After", "1")],
+        )
         try:
-            conn.settimeout(1.0)
-            _send_all(conn, [_closing_head(reply), body])
-            _drain(conn)
-        except OSError:
-            pass
+            _send_last(conn, reply, timeout=1.0)
         finally:
             conn.close()
 
@@ -252,7 +220,10 @@ class DataListener:
                 request = self._next_request(conn, http)
                 if request is None:
                     return
-                self._respond(conn, http, self._handle(request))
+                reply = self.routes.handle(
+                    request.method.decode("ascii", "replace"), request.target, request.headers
+                )
+                self._respond(conn, http, reply)
                 if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
                     return
                 http.start_next_cycle()
@@ -294,135 +265,14 @@ class DataListener:
     def _protocol_error(
         self, conn: socket.socket, http: h11.Connection, exc: h11.RemoteProtocolError
     ) -> None:
-        status, message = exc.error_status_hint, str(exc)
-        self.state.metrics.errors.labels("invalid_request").inc()
-        if http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        body = _error_body("invalid_request", f"malformed HTTP request: {message}")
-        try:
-            conn.settimeout(self.send_timeout)
-            _send_all(conn, [_closing_head(_Reply.json(status, body)), body])
-            _drain(conn)
-        except OSError:
-            pass
-
-    # -- requests -------------------------------------------------------------------------------
-
-    def _handle(self, request: h11.Request) -> _Reply:
-        start = time.perf_counter()
-        route, reply = "unmatched", None
-        method = request.method.decode("ascii", "replace")
-        try:
-            target = urlsplit(request.target.decode("ascii"))
-            route, call = self._route(unquote(target.path))
-            if method != "GET":
-                reply = self._error(405, "method_not_allowed", f"{method} is not allowed here")
-            else:
-                headers = {
-                    k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers
-                }
-                if route != HEALTH_ROUTE:
-                    self._authorize(headers.get("authorization"))
-                query = parse_qsl(target.query, keep_blank_values=True)
-                check_single_values(key for key, _ in query)
-                reply = call(dict(query), headers)
-        except BatchstashError as exc:
-            reply = self._batchstash_error(exc, request)
-        except UnicodeDecodeError:
-            reply = self._error(400, "invalid_request", "the request target is not ASCII")
-        except Exception as exc:  # a bug: logged, answered 500 like the API's handler
-            logger.exception("unhandled error on %s %r", method, request.target[:200])
-            reply = self._error(500, "internal_error", f"internal error: {type(exc).__name__}")
-        metrics = self.state.metrics
-        metrics.requests.labels(route, method, str(reply.status)).inc()
-        metrics.request_seconds.labels(route).observe(time.perf_counter() - start)
-        return reply
-
-    def _route(self, path: str) -> tuple[str, Callable[[dict[str, str], dict[str, str]], _Reply]]:
-        parts = path.split("/")
-        if path == HEALTH_ROUTE:
-            return HEALTH_ROUTE, lambda query, headers: _Reply.json(200, b'{"status":"ok"}')
-        if len(parts) >= 5 and parts[:3] == ["", "v1", "splits"] and parts[3]:
-            split = parts[3]
-            if len(parts) == 5 and parts[4] == "payloads":
-                return PAYLOADS_ROUTE, lambda q, h: self._payloads(split, q)
-            if len(parts) == 6 and parts[4] == "batches":
-                return BATCH_ROUTE, lambda q, h: self._batch(split, parts[5], q, h)
-        raise NotFoundError(
-            f"no such route on the data listener: {path[:200]} (it serves batch payloads; "
-            "everything else is on the API port)"
-        )
-
-    def _authorize(self, header: str | None) -> None:
-        state = self.state
-        if state.token is None or not state.settings.read_requires_token:
-            return
-        scheme, _, given = (header or "").partition(" ")
-        if scheme.lower() != "bearer":
-            given = ""
-        # constant-time comparison: response time must not reveal how much of the token matched
-        if not secrets.compare_digest(given.strip().encode(), state.token.encode()):
-            raise AuthError("missing or wrong bearer token")
-
-    def _payloads(self, split: str, query: dict[str, str]) -> _Reply:
-        if "ids" not in query:
-            raise _ValidationError("query.ids: Field required")
-        reader, metrics = self.state.reader, self.state.metrics
-        names, wanted = parse_attributes(query.get("attributes")), parse_ids(query["ids"])
-        start = time.perf_counter()
-        chunks = frames(reader, split, wanted, names)
-        metrics.batch_seconds.observe(time.perf_counter() - start)
-        metrics.batches_served.labels(split).inc(len(wanted))
-        metrics.bytes_served.inc(sum(memoryview(c).nbytes for c in chunks))
-        headers = [
-            ("Content-Type", FRAMES_MEDIA_TYPE),
-            (FINGERPRINT_HEADER, reader.fingerprint or ""),
-        ]
-        return _Reply(200, headers, chunks)
-
-    def _batch(
-        self, split: str, raw_id: str, query: dict[str, str], headers: dict[str, str]
-    ) -> _Reply:
-        if not raw_id.isdigit() or int(raw_id) > 2**62:
-            raise _ValidationError(f"path.batch_id: an integer in [0, 2**62], not {raw_id[:40]!r}")
-        batch_id = int(raw_id)
-        reader, names = self.state.reader, parse_attributes(query.get("attributes"))
-        info = reader.check_fresh()
-        etag = batch_etag(info, split, batch_id, names)
-        out = [("ETag", etag), (FINGERPRINT_HEADER, info.fingerprint)]
-        if etag_matches(etag, headers.get("if-none-match")) and reader.exists(
-            split, batch_id, names
-        ):
-            return _Reply(304, out)
-        start = time.perf_counter()
-        chunks = reader.payloads(split, [batch_id], names)[0]
-        metrics = self.state.metrics
-        metrics.batch_seconds.observe(time.perf_counter() - start)
-        metrics.batches_served.labels(split).inc()
-        metrics.bytes_served.inc(sum(memoryview(c).nbytes for c in chunks))
-        return _Reply(200, [("Content-Type", PAYLOAD_MEDIA_TYPE), *out], chunks)
-
-    def _batchstash_error(self, exc: BatchstashError, request: h11.Request) -> _Reply:
-        headers: list[tuple[str, str]] = []
-        if exc.status == 503:
-            headers.append(("Retry-After", str(self.state.settings.retry_after_s)))
-            if exc.code == "not_primed":
-                headers.append((PRIME_HEADER, job_progress(self.state.job)))
-        if exc.status == 401:
-            headers.append(("WWW-Authenticate", "Bearer"))
-        if exc.status >= 500:
-            logger.warning("%s %r: %s", request.method.decode(), request.target[:200], exc.message)
-        return self._error(exc.status, exc.code, exc.message, headers)
-
-    def _error(
-        self, status: int, code: str, message: str, headers: Sequence[tuple[str, str]] = ()
-    ) -> _Reply:
-        self.state.metrics.errors.labels(code).inc()
-        return _Reply.json(status, _error_body(code, message), headers)
+        message = f"malformed HTTP request: {exc}"
+        reply = error_reply(self.state, exc.error_status_hint, "invalid_request", message)
+        if http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            _send_last(conn, reply, timeout=self.send_timeout)
 
     # -- responses ------------------------------------------------------------------------------
 
-    def _respond(self, conn: socket.socket, http: h11.Connection, reply: _Reply) -> None:
+    def _respond(self, conn: socket.socket, http: h11.Connection, reply: Reply) -> None:
         size = sum(memoryview(c).nbytes for c in reply.chunks)
         head = h11.Response(
             status_code=reply.status,

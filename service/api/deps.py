@@ -12,7 +12,7 @@ from batchstash.client import AuthError
 
 from .state import ServerState
 
-__all__ = ["AdminAccess", "ReadAccess", "State"]
+__all__ = ["AdminAccess", "ReadAccess", "State", "check_read_token", "check_token"]
 
 _bearer = HTTPBearer(auto_error=False, description="The server's token (BATCHSTASH_TOKEN)")
 
@@ -27,13 +27,27 @@ State = Annotated[ServerState, Depends(get_state)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def _check(state: ServerState, credentials: HTTPAuthorizationCredentials | None) -> None:
+def check_token(state: ServerState, given: str) -> None:
+    """Refuse ``given`` unless it is the configured token (anything passes without one).
+
+    Raises:
+        AuthError: missing or wrong.
+    """
     if state.token is None:
         return
-    given = "" if credentials is None else credentials.credentials
     # constant-time comparison: response time must not reveal how much of the token matched
     if not secrets.compare_digest(given.encode(), state.token.encode()):
         raise AuthError("missing or wrong bearer token")
+
+
+def check_read_token(state: ServerState, given: str) -> None:
+    """Reads need the token only when ``read_requires_token`` is set (see :func:`check_token`)."""
+    if state.settings.read_requires_token:
+        check_token(state, given)
+
+
+def _check(state: ServerState, credentials: HTTPAuthorizationCredentials | None) -> None:
+    check_token(state, "" if credentials is None else credentials.credentials)
 
 
 def require_admin(state: State, credentials: Credentials) -> None:
@@ -43,8 +57,7 @@ def require_admin(state: State, credentials: Credentials) -> None:
 
 def require_read(state: State, credentials: Credentials) -> None:
     """Reads need the token only when ``read_requires_token`` is set."""
-    if state.settings.read_requires_token:
-        _check(state, credentials)
+    check_read_token(state, "" if credentials is None else credentials.credentials)
 
 
 AdminAccess = Depends(require_admin)

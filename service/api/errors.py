@@ -16,6 +16,8 @@ from batchstash.client import BatchstashError
 __all__ = [
     "PRIME_HEADER",
     "count",
+    "error_body",
+    "error_headers",
     "error_response",
     "install_error_handlers",
     "job_progress",
@@ -31,7 +33,11 @@ PRIME_HEADER = "X-Batchstash-Prime"
 
 def prime_progress(request: Request) -> str:
     """The store's prime job as compact JSON: ``{"state", "done", "total"}``."""
-    return job_progress(request.app.state.batchstash.job)
+    return job_progress(_job(request))
+
+
+def _job(request: Request) -> Any:
+    return getattr(getattr(request.app.state, "batchstash", None), "job", None)
 
 
 def job_progress(job: Any) -> str:
@@ -48,13 +54,29 @@ def job_progress(job: Any) -> str:
     return json.dumps({"state": state, "done": done, "total": total}, separators=(",", ":"))
 
 
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The one error shape: ``{"error": {"code", "message"}}``."""
+    return {"error": {"code": code, "message": message}}
+
+
+def error_headers(exc: BatchstashError, retry_after_s: int, job: Any) -> dict[str, str]:
+    """An error's headers: ``Retry-After`` and the prime's progress (503), a challenge (401)."""
+    headers: dict[str, str] = {}
+    if exc.status == 503:
+        headers["Retry-After"] = str(retry_after_s)
+        if exc.code == "not_primed":
+            # what a waiting trainer needs: is a prime running, and is it getting anywhere
+            headers[PRIME_HEADER] = job_progress(job)
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return headers
+
+
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """A JSON error response."""
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
-    )
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
 def count(request: Request, code: str) -> None:
@@ -69,12 +91,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(BatchstashError)
     async def _batchstash(request: Request, exc: BatchstashError) -> JSONResponse:
-        headers = {"Retry-After": str(retry_after_s)} if exc.status == 503 else None
-        if exc.status == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
-        if exc.code == "not_primed" and headers is not None:
-            # what a waiting trainer needs: is a prime running, and is it getting anywhere
-            headers[PRIME_HEADER] = prime_progress(request)
+        headers = error_headers(exc, retry_after_s, _job(request)) or None
         if exc.status >= 500:
             logger.warning("%s %s: %s", request.method, request.url.path, exc.message)
         count(request, exc.code)

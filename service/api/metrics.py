@@ -91,6 +91,12 @@ class Metrics:
             "batchstash_store_primed", "1 when every batch is stored", registry=self.registry
         )
 
+    def observe_served(self, split: str, batches: int, size: int, seconds: float) -> None:
+        """Count ``batches`` payloads of ``size`` bytes served, read in ``seconds``."""
+        self.batch_seconds.observe(seconds)
+        self.batches_served.labels(split).inc(batches)
+        self.bytes_served.inc(size)
+
     def observe_job(self, job: PrimeJob) -> None:
         """Update the prime gauges from a job's progress."""
         body = job.snapshot()

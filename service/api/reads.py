@@ -15,6 +15,7 @@ import xxhash
 
 from batchstash.client import InvalidRequestError
 from batchstash.client.frames import frame_prefix
+from batchstash.client.session import DATA_PORT_HEADER, FINGERPRINT_HEADER
 from batchstash.service.store.reader import StoreReader
 from batchstash.service.store.records import StoreInfo
 
@@ -22,6 +23,7 @@ __all__ = [
     "DATA_PORT_HEADER",
     "FINGERPRINT_HEADER",
     "MAX_IDS",
+    "PAYLOAD_MEDIA_TYPE",
     "batch_etag",
     "check_single_values",
     "etag_matches",
@@ -31,9 +33,7 @@ __all__ = [
 ]
 
 MAX_IDS = 1024
-FINGERPRINT_HEADER = "X-Batchstash-Fingerprint"
-DATA_PORT_HEADER = "X-Batchstash-Data-Port"
-"""Sent on every API response when the server runs a data listener: its TCP port."""
+PAYLOAD_MEDIA_TYPE = "application/octet-stream"
 
 _ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 

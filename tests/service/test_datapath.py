@@ -16,12 +16,8 @@ from fastapi.testclient import TestClient
 from batchstash.client import InvalidRequestError, wire
 from batchstash.client.frames import split_frames
 from batchstash.service.api import create_app
-from batchstash.service.api.datapath import (
-    BATCH_ROUTE,
-    PAYLOADS_ROUTE,
-    DataListener,
-    start_data_listener,
-)
+from batchstash.service.api.datapath import DataListener, start_data_listener
+from batchstash.service.api.dataroutes import BATCH_ROUTE, PAYLOADS_ROUTE
 from batchstash.service.api.reads import DATA_PORT_HEADER
 from batchstash.service.config import build_settings
 

@@ -14,6 +14,7 @@ from batchstash.client.frames import FRAMES_MEDIA_TYPE
 from ..deps import ReadAccess, State
 from ..reads import (
     FINGERPRINT_HEADER,
+    PAYLOAD_MEDIA_TYPE,
     batch_etag,
     check_single_values,
     etag_matches,
@@ -37,8 +38,6 @@ router = APIRouter(
     dependencies=[ReadAccess, Depends(single_query_values)],
     responses=ERROR_RESPONSES,
 )
-
-PAYLOAD_MEDIA_TYPE = "application/octet-stream"
 
 
 @router.get("/metadata")
@@ -137,9 +136,7 @@ async def payloads(
 
     chunks = coalesce(await run_in_threadpool(frames, reader, split, wanted, names))
     size = sum(memoryview(c).nbytes for c in chunks)
-    state.metrics.batch_seconds.observe(time.perf_counter() - start)
-    state.metrics.batches_served.labels(split).inc(len(wanted))
-    state.metrics.bytes_served.inc(size)
+    state.metrics.observe_served(split, len(wanted), size, time.perf_counter() - start)
     headers = {"Content-Length": str(size), FINGERPRINT_HEADER: reader.fingerprint or ""}
     return ChunksResponse(chunks, media_type=FRAMES_MEDIA_TYPE, headers=headers)
 
@@ -175,7 +172,6 @@ async def batch(
     start = time.perf_counter()
     chunks = (await run_in_threadpool(reader.payloads, split, [batch_id], names))[0]
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    state.metrics.batch_seconds.observe(time.perf_counter() - start)
-    state.metrics.batches_served.labels(split).inc()
-    state.metrics.bytes_served.inc(memoryview(body).nbytes)
+    size = memoryview(body).nbytes
+    state.metrics.observe_served(split, 1, size, time.perf_counter() - start)
     return Response(body, media_type=PAYLOAD_MEDIA_TYPE, headers=headers)
