@@ -45,6 +45,7 @@ class LoadTask:
         device: ``iter_batches``' ``device`` (``None``: the decoded tensors as they are).
         per_request: batch ids a request (``raw``).
         token: the bearer token, if the server needs one.
+        pipelined: ``iter_batches``' ``pipelined`` (``False``: a prefetch thread a request).
     """
 
     url: str
@@ -58,6 +59,7 @@ class LoadTask:
     device: str | None = None
     per_request: int = 8
     token: str | None = None
+    pipelined: bool = True
 
 
 class Fetcher(Protocol):
@@ -130,7 +132,7 @@ class _Iter(_ClientFetcher):
         t = self.task
         return self.client.iter_batches(t.split, epoch=epoch, shuffle=True, rank=self.rank,
                                         world_size=t.consumers, prefetch=t.prefetch,
-                                        device=t.device)
+                                        device=t.device, pipelined=t.pipelined)
 
     def begin(self) -> None:
         """Create the iterator (its prefetching starts with the clock)."""

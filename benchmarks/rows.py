@@ -30,6 +30,8 @@ SERVING = {
     "raw_data_1": "batchstash + raw client (no checksums), data port, 1 consumer",
     "iter_1": "batchstash + BatchClient.iter_batches prefetch {prefetch}, device=None, "
               "1 consumer",
+    "iter_threads_1": "batchstash + BatchClient.iter_batches prefetch {prefetch}, device=None, "
+                      "pipelined=False (a thread a request), 1 consumer",
     "iter_cpu_1": "batchstash + BatchClient.iter_batches prefetch {prefetch}, device='cpu', "
                   "1 consumer",
     "iter_4": "batchstash + BatchClient.iter_batches prefetch {prefetch}, device=None, "

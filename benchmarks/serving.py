@@ -22,13 +22,14 @@ BATCHSTASH_RUNS: dict[str, Run] = {
     "raw_1": ("raw", 1, {}),
     "raw_data_1": ("raw_data", 1, {}),
     "iter_1": ("iter", 1, {}),
+    "iter_threads_1": ("iter", 1, {"pipelined": False}),
     "iter_cpu_1": ("iter", 1, {"device": "cpu"}),
     "iter_4": ("iter", 4, {}),
     "seq_1": ("seq", 1, {}),
     "seq_4": ("seq", 4, {}),
 }
 """Against ``batchstash serve``: the raw client (API port, data port), ``iter_batches``
-(``device`` None and ``"cpu"``), ``batch()`` one by one."""
+(``device`` None and ``"cpu"``; pipelined, and a thread a request), ``batch()`` one by one."""
 
 FLOOR_RUNS: dict[str, Run] = {
     "floor_raw_1": ("raw", 1, {}),
@@ -38,13 +39,15 @@ FLOOR_RUNS: dict[str, Run] = {
 """Against the I/O floor server: the raw client, ``iter_batches``."""
 
 PREFETCH = {"large": 24, "small": 96}
-"""``iter_batches`` prefetch per batch size, chosen by measurement: with the default
-``batches_per_request = prefetch // 3`` one group is being yielded and two requests are in
-flight (8 and 32 batches a request, which the raw client asks for too); small batches need deep
-requests to amortize the per-request cost."""
+"""``iter_batches`` prefetch per batch size, chosen by measurement. Pipelined (the default, on
+the data listener) it asks for ``prefetch // 6`` batches a request with five requests in flight
+(4 and 16); with threads (``pipelined=False``, and against the floor server, which has no data
+listener) ``prefetch // 3`` with two in flight (8 and 32). Small batches need deep requests to
+amortize the per-request cost."""
 
 PER_REQUEST = {size: prefetch // 3 for size, prefetch in PREFETCH.items()}
-"""Batch ids a request: ``iter_batches``' default, and the raw client's."""
+"""Batch ids a request of the raw client: ``iter_batches``' threaded default (one request at a
+time, so the deeper request is its best)."""
 
 
 @contextmanager

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         MetadataNetworkSettings,
         VectorizerMetadata,
     )
+    from .pipeline import PipelinedReader
     from .plan import EpochPlan
     from .ranks import resolve_rank
     from .transport import BufferStream, BufferTransport, body_buffer
@@ -73,6 +74,7 @@ _LAZY = {
     "EndpointState": ".http",
     "Endpoints": ".endpoints",
     "EpochPlan": ".plan",
+    "PipelinedReader": ".pipeline",
     "FieldFeatureMapping": ".mapping",
     "ManagerFeatureMapping": ".mapping",
     "MetadataNetworkSettings": ".metadata",
@@ -83,7 +85,6 @@ _LAZY = {
     "resolve_rank": ".ranks",
     "wire": ".wire",
 }
-
 
 
 __all__ = [
@@ -117,6 +118,7 @@ __all__ = [
     "NotFoundError",
     "NotPrimedError",
     "PayloadError",
+    "PipelinedReader",
     "PlanError",
     "PrimeCancelledError",
     "StaleStoreError",

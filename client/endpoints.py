@@ -137,11 +137,11 @@ class Endpoints:
                 for e in self.items
             ]
 
-    def route(self) -> list[Endpoint]:
+    def route(self, first: Endpoint | None = None) -> list[Endpoint]:
         """Every URL, in the order one request tries them.
 
-        The URLs not cooling down come first, starting round robin; then those cooling down,
-        the soonest back first.
+        The URLs not cooling down come first, starting round robin (or with ``first`` when it
+        is one of them); then those cooling down, the soonest back first.
         """
         now = self.clock()
         with self._lock:
@@ -149,10 +149,12 @@ class Endpoints:
             cooling = sorted(
                 (e for e in self.items if e.down_until > now), key=lambda e: e.down_until
             )
-            if ready:
-                first = self._cursor % len(ready)
+            if first in ready:
+                ready = [first, *(e for e in ready if e is not first)]
+            elif ready:
+                start = self._cursor % len(ready)
                 self._cursor += 1
-                ready = ready[first:] + ready[:first]
+                ready = ready[start:] + ready[:start]
         return ready + cooling
 
     def mark_down(self, endpoint: Endpoint, why: str) -> None:

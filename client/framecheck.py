@@ -27,6 +27,7 @@ class FrameChecker:
 
     Attributes:
         verified: how many frames from the start of the current body verified.
+        headers: the parsed header of each of them (decoding reuses them).
     """
 
     def __init__(self) -> None:
@@ -36,12 +37,13 @@ class FrameChecker:
         self._pos = 0
         self._stopped = False
         self.verified = 0
+        self.headers: list[wire.Header] = []
 
     def __call__(self, view: memoryview, received: int) -> None:
         """The body hook: ``received`` bytes of the body in ``view`` have landed."""
         if not self._holds(view.obj):  # a new body (a retry, another URL): start over
             self._source, self._pos = weakref.ref(view.obj), 0
-            self._stopped, self.verified = False, 0
+            self._stopped, self.verified, self.headers = False, 0, []
         while not self._stopped and self._pos + 8 <= received:
             (size,) = _PREFIX.unpack_from(view, self._pos)
             end = self._pos + 8 + size
@@ -50,10 +52,11 @@ class FrameChecker:
             if self._stopped or end > received:
                 return
             try:
-                wire.verify(view[self._pos + 8 : end])
+                header = wire.verify(view[self._pos + 8 : end])
             except PayloadError:  # ChecksumError included: decoding raises it again
                 self._stopped = True
                 return
+            self.headers.append(header)
             self.verified += 1
             self._pos = end
 

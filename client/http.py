@@ -15,7 +15,7 @@ import torch
 from . import wire
 from .admin import AdminCalls
 from .batch import Batch, check_batch_type
-from .endpoints import EndpointState
+from .endpoints import Endpoint, EndpointState
 from .errors import PayloadError, PlanError
 from .framecheck import FrameChecker
 from .metadata import BatchMetadata
@@ -283,6 +283,19 @@ class BatchClient(_Session):
         place like :meth:`batch`, its checksums checked as soon as its bytes have landed (see
         :class:`~batchstash.client.framecheck.FrameChecker`). Raises what :meth:`batch` raises.
         """
+        return self._batches(split, batch_ids, attributes, device, fingerprint=fingerprint)
+
+    def _batches(
+        self,
+        split: str,
+        batch_ids: Sequence[int],
+        attributes: Iterable[str] | None = None,
+        device: str | torch.device | None = None,
+        *,
+        fingerprint: str | None = None,
+        first: Endpoint | None = None,
+    ) -> list[Batch]:
+        """:meth:`batches`, trying ``first`` first (see :meth:`_request`)."""
         ids = [int(i) for i in batch_ids]
         if not ids:
             return []
@@ -292,14 +305,34 @@ class BatchClient(_Session):
             params["attributes"] = ",".join(wanted)
         path = f"/v1/splits/{split}/payloads"
         checker = FrameChecker()  # verifies each frame as it lands, while it is in cache
-        body = body_buffer(self._request("GET", path, params=params, data=True, on_body=checker))
+        response = self._request(
+            "GET", path, params=params, data=True, on_body=checker, first=first
+        )
+        body = body_buffer(response)
+        return self._decode_frames(body, checker, path, split, ids, wanted, fingerprint, device)
+
+    def _decode_frames(
+        self,
+        body: Any,
+        checker: FrameChecker,
+        path: str,
+        split: str,
+        ids: list[int],
+        wanted: list[str] | None,
+        fingerprint: str | None,
+        device: str | torch.device | None,
+    ) -> list[Batch]:
+        """The batches of a frames body, one per id; the frames ``checker`` saw land verified."""
         frames = wire.split_frames(body)
         if len(frames) != len(ids):
             raise PayloadError(f"GET {path}: {len(frames)} payloads for {len(ids)} ids")
         verified = checker.covers(body)
+        headers = checker.headers
         return [
             self._checked(
-                wire.decode(frame, verify=i >= verified),
+                wire.decode(frame, verify=False, header=headers[i])
+                if i < verified
+                else wire.decode(frame),
                 path,
                 split,
                 batch_id,
@@ -335,6 +368,12 @@ class BatchClient(_Session):
         batch = self.batch_type.from_payload(payload, self._metadata_for(payload.fingerprint))
         return batch if device is None else batch.to(device)
 
+    def _can_pipeline(self) -> bool:
+        """Whether batch requests may be pipelined: own transports and a usable data listener."""
+        if self._body_buffers is None:
+            return False
+        return any(self._pool.data_client(endpoint) is not None for endpoint in self._pool)
+
     def _metadata_for(self, fingerprint: str) -> BatchMetadata:
         with self._lock:
             cached = self._metadata
@@ -355,6 +394,7 @@ class BatchClient(_Session):
         device: str | torch.device | None = None,
         state: Mapping[str, Any] | None = None,
         batches_per_request: int | None = None,
+        pipelined: bool = True,
     ) -> BatchIterator:
         """Iterate over this rank's share of one epoch of ``split``, prefetching in threads.
 
@@ -376,7 +416,10 @@ class BatchClient(_Session):
             attributes: only these attributes.
             device: copy each batch there (pinned memory and ``non_blocking`` for CUDA).
             state: a :meth:`BatchIterator.state_dict` to resume from.
-            batches_per_request: batches fetched in one request (default ``prefetch // 3``).
+            batches_per_request: batches fetched in one request (default ``prefetch // 6``
+                pipelined, else ``prefetch // 3``; see :class:`BatchIterator`).
+            pipelined: pipeline the requests on one connection to the data listener, read by
+                one thread (``False``: a thread per request); see :class:`BatchIterator`.
         """
         from .iterate import BatchIterator
 
@@ -393,6 +436,7 @@ class BatchClient(_Session):
             device=device,
             state=state,
             batches_per_request=batches_per_request,
+            pipelined=pipelined,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------

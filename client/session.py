@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from .buffers import BufferPool
 from .endpoints import Endpoint, Endpoints, parse_urls
 from .errors import BatchstashError, PayloadError, PlanError, TransportError
 from .priming import _PrimeLog, _PrimeWait
@@ -68,13 +69,17 @@ class _Session:
         self.cooldown = cooldown
         self.max_cooldown = max_cooldown
         self.prime_wait = float(wait_for_prime)
+        self.timeout = float(timeout)
+        # one pool for every URL's transport (and the pipelined reader); ``None``: a caller's
+        # own transport, which the pipelined reader does not bypass
+        self._body_buffers = BufferPool() if transport is None else None
 
         def make_http(base: str, connect: float = timeout) -> httpx.Client:
             return httpx.Client(
                 base_url=base,
                 headers=headers,
                 timeout=httpx.Timeout(timeout, connect=min(connect, timeout)),
-                transport=transport or BufferTransport(),
+                transport=transport or BufferTransport(buffers=self._body_buffers),
             )
 
         self._pool = Endpoints(
@@ -165,12 +170,14 @@ class _Session:
         json: Any = None,
         data: bool = False,
         on_body: Callable[[memoryview, int], None] | None = None,
+        first: Endpoint | None = None,
     ) -> httpx.Response:
         """Send a request with failover and retries; return a 2xx response or raise the error.
 
         ``data``: a batch request, sent to each URL's data listener when it has one (see
         :meth:`_send`). ``on_body``: called as the body arrives (see
-        :data:`~batchstash.client.transport.BODY_HOOK`).
+        :data:`~batchstash.client.transport.BODY_HOOK`). ``first``: the URL to try first
+        (when it is not cooling down), e.g. the one whose pipelined connection just broke.
 
         Each attempt tries every URL once, in :meth:`Endpoints.route` order, until one answers with
         something other than a connection failure or a failing-over 5xx (:func:`fails_over`).
@@ -187,7 +194,7 @@ class _Session:
             last, waiting = attempt >= self.retries, False
             failures: list[tuple[str, str]] = []  # (url, what happened), this attempt
             failed: httpx.Response | httpx.TransportError | None = None
-            for endpoint in self._pool.route():
+            for endpoint in self._pool.route(first if attempt == 0 else None):
                 with self._lock:
                     endpoint.requests += 1
                 try:

@@ -268,24 +268,32 @@ def encode_parts(
     return [header, *(p[3] for p in parts)]
 
 
+_ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))
+
+
 def _entry(name: str, spec: Any) -> TensorEntry:
-    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+    # every header of every batch passes here: plain type checks, one loop (no sets, no genexps)
+    if type(spec) is not dict or spec.keys() != _ENTRY_KEYS:
         raise PayloadError(f"tensor {name!r}: header entry is malformed")
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-    if dtype not in _DTYPES:
+    torch_dtype = _DTYPES.get(dtype) if type(dtype) is str else None
+    if torch_dtype is None:
         raise PayloadError(f"tensor {name!r}: unsupported dtype {dtype!r}")
-    ints = isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
-    if not ints or not all(type(v) is int and v >= 0 for v in [*shape, *offsets]):
+    if type(shape) is not list or type(offsets) is not list or len(offsets) != 2:
         raise PayloadError(f"tensor {name!r}: shape or data_offsets are not non-negative ints")
     numel, bound = 1, 1
+    for dim in (*shape, *offsets):
+        if type(dim) is not int or dim < 0:
+            raise PayloadError(f"tensor {name!r}: shape or data_offsets are not non-negative ints")
     for dim in shape:
         numel *= dim
-        bound *= max(dim, 1)
+        bound *= dim or 1
     if bound >= 2**63:  # torch cannot even describe an empty tensor this large
         raise PayloadError(f"tensor {name!r}: shape {shape} overflows 64-bit sizes")
-    if offsets[1] - offsets[0] != numel * _DTYPES[dtype].itemsize:
+    begin, end = offsets
+    if end - begin != numel * torch_dtype.itemsize:
         raise PayloadError(f"tensor {name!r}: data_offsets do not match dtype and shape")
-    return TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
+    return TensorEntry(name, dtype, tuple(shape), begin, end)
 
 
 def parse_header(buf: Any) -> Header:
@@ -310,9 +318,8 @@ def parse_header(buf: Any) -> Header:
     if not isinstance(doc, dict):
         raise PayloadError("header is not a JSON object")
     metadata = doc.pop("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
+    # JSON object keys are always strings: only the values need a look
+    if type(metadata) is not dict or not all(type(v) is str for v in metadata.values()):
         raise PayloadError("__metadata__ is not a map of strings")
     entries = {name: _entry(name, spec) for name, spec in doc.items()}
     offset = 0
@@ -359,7 +366,12 @@ def verify(buf: Any, header: Header | None = None) -> Header:
     return header
 
 
-def decode(buf: Any, names: Iterable[str] | None = None, verify: bool = True) -> Payload:
+def decode(
+    buf: Any,
+    names: Iterable[str] | None = None,
+    verify: bool = True,
+    header: Header | None = None,
+) -> Payload:
     """Decode a payload into tensors that share its memory (no copy when ``buf`` is writable).
 
     Args:
@@ -367,12 +379,14 @@ def decode(buf: Any, names: Iterable[str] | None = None, verify: bool = True) ->
             (``bytes``) is copied once.
         names: only decode these tensors (all when ``None``).
         verify: check the identity and every decoded tensor's checksum.
+        header: its header as :func:`parse_header` (or :func:`verify`) returned it for these
+            very bytes (parsed here when ``None``).
 
     Raises:
         PayloadError: malformed bytes, a missing tensor or a missing checksum.
         ChecksumError: a tensor's bytes or the identity do not match their checksums.
     """
-    header = parse_header(buf)
+    header = header or parse_header(buf)
     if header.metadata.get(KEY_FORMAT) != FORMAT_VERSION:
         raise PayloadError(f"unsupported payload format {header.metadata.get(KEY_FORMAT)!r}")
     if verify:

@@ -25,8 +25,8 @@ SECTIONS = ("ceiling", "priming", "builds", "batchstash_large", "batchstash_smal
 TARGETS = 15  # wire: 4, DataLoader: 1, small: 1, memory: 1 + 1 per client depth (2),
 # priming: 2, status: 4 (the S3 and Ray sections are information rows: no target)
 CEILINGS = {"distinct_1": 1, "distinct_4": 4, "hot_stream_1": 1, "hot_request_1": 1}
-SERVING = {"raw_1": 1, "iter_1": 1, "iter_cpu_1": 1, "iter_4": 4, "seq_1": 1, "seq_4": 4,
-           "floor_raw_1": 1, "floor_1": 1, "floor_4": 4}
+SERVING = {"raw_1": 1, "iter_1": 1, "iter_threads_1": 1, "iter_cpu_1": 1, "iter_4": 4,
+           "seq_1": 1, "seq_4": 4, "floor_raw_1": 1, "floor_1": 1, "floor_4": 4}
 CPU_COLUMNS = ("server CPU s/GB", "client CPU s/GB", "cores: server / client", "limit")
 
 

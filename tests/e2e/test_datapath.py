@@ -26,8 +26,12 @@ def test_the_client_reads_through_the_listener_byte_for_byte(
     port = int(httpx.get(f"{server.url}/healthz").headers["x-batchstash-data-port"])
     assert port != int(server.url.rsplit(":", 1)[1])
     with BatchClient(server.url) as client, BatchClient(server.url, data_listener=False) as api:
-        fast = list(client.iter_batches("train", shuffle=False, prefetch=3))
+        pipelined = client.iter_batches("train", shuffle=False, prefetch=3)
+        fast = list(pipelined)
         slow = list(api.iter_batches("train", shuffle=False, prefetch=3))
+        # one group a request, all six pipelined on the listener, none by the request path
+        assert pipelined.reader is not None
+        assert (pipelined.reader.pipelined, pipelined.reader.fallbacks) == (6, 0)
         assert client.endpoints()[0].data_url == f"http://127.0.0.1:{port}"
         assert api.endpoints()[0].data_url is None
     assert [b.id for b in fast] == [b.id for b in slow] == list(range(6))
