@@ -32,6 +32,10 @@ SERVING = {
               "1 consumer",
     "iter_threads_1": "batchstash + BatchClient.iter_batches prefetch {prefetch}, device=None, "
                       "pipelined=False (a thread a request), 1 consumer",
+    "raw_data_mmap_1": "batchstash data_sendfile=false + raw client (no checksums), data port, "
+                       "1 consumer",
+    "iter_mmap_1": "batchstash data_sendfile=false + BatchClient.iter_batches prefetch "
+                   "{prefetch}, device=None, 1 consumer",
     "iter_cpu_1": "batchstash + BatchClient.iter_batches prefetch {prefetch}, device='cpu', "
                   "1 consumer",
     "iter_4": "batchstash + BatchClient.iter_batches prefetch {prefetch}, device=None, "

@@ -110,15 +110,18 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def batchstash_server(
-    data_dir: Path, options: dict[str, Any], log: Path, workers: int = 1
+    data_dir: Path, options: dict[str, Any], log: Path, workers: int = 1, **env_extra: str
 ) -> Iterator[Server]:
-    """Serve the synthetic dataset (factory keyword arguments ``options``) from ``data_dir``."""
+    """Serve the synthetic dataset (factory keyword arguments ``options``) from ``data_dir``.
+
+    ``env_extra``: more environment variables (settings such as ``BATCHSTASH_DATA_SENDFILE``).
+    """
     port = free_port()
     argv = [sys.executable, "-c", "from batchstash.service.cli import main; main()", "serve",
             "--host", HOST, "--port", str(port), "--data-dir", str(data_dir),
             "--dataset", DATASET, "--workers", str(workers), "--no-prime"]
     env = child_env(BATCHSTASH_DATASET_OPTIONS=json.dumps(options),
-                    BATCHSTASH_LOG_LEVEL="warning")
+                    BATCHSTASH_LOG_LEVEL="warning", **env_extra)
     with subprocess_server(argv, port, log, env) as server:
         yield server
 

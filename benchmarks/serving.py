@@ -14,7 +14,8 @@ from typing import Any
 
 from .servers import Server, child_env, free_port, subprocess_server
 
-__all__ = ["BATCHSTASH_RUNS", "FLOOR_RUNS", "PER_REQUEST", "PREFETCH", "Run", "floor_server"]
+__all__ = ["BATCHSTASH_RUNS", "FLOOR_RUNS", "MMAP_RUNS", "PER_REQUEST", "PREFETCH", "Run",
+           "floor_server"]
 
 Run = tuple[str, int, dict[str, Any]]
 
@@ -30,6 +31,13 @@ BATCHSTASH_RUNS: dict[str, Run] = {
 }
 """Against ``batchstash serve``: the raw client (API port, data port), ``iter_batches``
 (``device`` None and ``"cpu"``; pipelined, and a thread a request), ``batch()`` one by one."""
+
+MMAP_RUNS: dict[str, Run] = {
+    "raw_data_mmap_1": ("raw_data", 1, {}),
+    "iter_mmap_1": ("iter", 1, {}),
+}
+"""Against ``batchstash serve`` with ``data_sendfile=false`` (the data listener sends the mapped
+pages with ``sendmsg`` instead of the files with ``sendfile``): the A/B of that setting."""
 
 FLOOR_RUNS: dict[str, Run] = {
     "floor_raw_1": ("raw", 1, {}),

@@ -20,7 +20,15 @@ from . import baselines, ceiling, gpu, memory, priming, rawclient, ray_priming, 
 from .consumers import ConsumerPool, LoadTask
 from .profiles import Profile
 from .servers import Server, batchstash_server, child_env, free_port, prime, subprocess_server
-from .serving import BATCHSTASH_RUNS, FLOOR_RUNS, PER_REQUEST, PREFETCH, Run, floor_server
+from .serving import (
+    BATCHSTASH_RUNS,
+    FLOOR_RUNS,
+    MMAP_RUNS,
+    PER_REQUEST,
+    PREFETCH,
+    Run,
+    floor_server,
+)
 from .synthetic import batch_bytes, factory
 
 __all__ = ["Suite"]
@@ -165,6 +173,12 @@ class Suite:
             runs = {**skipped, **self._runs(server, table, size)}
             with floor_server(directory, server.url, self.logs / f"floor-{size}.log") as floor:
                 runs.update(self._runs(floor, FLOOR_RUNS, size))
+        with batchstash_server(directory, options, self.logs / f"serve-{size}-mmap.log",
+                               BATCHSTASH_DATA_SENDFILE="false") as server:
+            mmap_table = {k: r for k, r in MMAP_RUNS.items() if advertised is not None
+                          or r[0] != "raw_data"}
+            runs.update({k: NO_DATA_PORT for k in MMAP_RUNS if k not in mmap_table})
+            runs.update(self._runs(server, mmap_table, size))
         self.results[f"batchstash_{size}"] = {
             "prefetch": PREFETCH[size], "per_request": PER_REQUEST[size],
             "data_port": advertised, "batch_bytes": batch_bytes(options["rows"], options["dims"]),

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
             warning, if that one is taken; ``0``: any free port).
         data_advertise_port: the port clients are told to use (unset: ``data_port``); set it
             when a proxy or a container port mapping puts the data listener elsewhere.
+        data_sendfile: the data listener sends each whole stored file with ``sendfile`` (the
+            kernel reads the page cache itself) rather than its mapped pages with ``sendmsg``.
     """
 
     model_config = SettingsConfigDict(env_prefix="BATCHSTASH_", extra="forbid")
@@ -100,6 +102,7 @@ class Settings(BaseSettings):
     data_listener: bool = True
     data_port: int | None = Field(None, ge=0, le=65535)
     data_advertise_port: int | None = Field(None, ge=1, le=65535)
+    data_sendfile: bool = True
 
     @field_validator("data_dir", mode="before")
     @classmethod
