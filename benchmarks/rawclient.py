@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import torch
 
-__all__ = ["DATA_PORT_HEADER", "RawClient", "connect", "data_port", "frames", "tensors"]
+__all__ = ["DATA_PORT_HEADER", "RawClient", "connect", "data_port", "frames", "tensors", "warm"]
 
 DATA_PORT_HEADER = "x-batchstash-data-port"
 _LENGTH = struct.Struct("<Q")
@@ -111,6 +111,22 @@ class RawClient:
     def close(self) -> None:
         """Close the socket."""
         self.sock.close()
+
+
+def warm(url: str, split: str, per_request: int, token: str | None = None) -> int:
+    """Read every batch of ``split`` once (on the API port); return how many.
+
+    A server verifies each stored object's checksums the first time it serves it, and keeps
+    its header after: a load run that meets objects for the first time measures that
+    verification, not serving.
+    """
+    client, ids = connect(url, split, token)
+    try:
+        for i in range(0, len(ids), per_request):
+            client.payloads(split, ids[i : i + per_request])
+    finally:
+        client.close()
+    return len(ids)
 
 
 def data_port(url: str, split: str, token: str | None = None) -> int | None:

@@ -128,11 +128,11 @@ class Suite:
         for workers in (1, 2):
             with batchstash_server(directory, options, self.logs / f"prime-{workers}w.log",
                                    workers=workers) as server:
+                # each prime starts from an empty store (a kept --work-dir holds a primed one)
+                httpx.post(f"{server.url}/v1/admin/clear", timeout=60).raise_for_status()
                 rates[f"workers_{workers}"] = self.step(
                     f"prime {p.prime_batches} large batches, {workers} worker(s)",
                     lambda s=server: prime(s.url, p.prime_timeout))
-                if workers == 1:  # the 2-worker prime starts from an empty store again
-                    httpx.post(f"{server.url}/v1/admin/clear", timeout=60).raise_for_status()
         self.built.add("prime")  # the memory section's small store
         breakdown = {
             vec: self.step(f"priming breakdown ({vec})", lambda v=vec: priming.breakdown(
@@ -162,10 +162,20 @@ class Suite:
                                    server, k, c, **sized, **e))
                 for key, (kind, consumers, extra) in table.items()}
 
+    def warm(self, server: Server, size: str) -> None:
+        """Serve every batch once, untimed.
+
+        Each row then measures a server that has verified its objects, as one that has served
+        an epoch has.
+        """
+        self.step(f"{size}: warm-up read of every batch", lambda: rawclient.warm(
+            server.url, "train", PER_REQUEST[size]))
+
     def serve(self, size: str) -> None:
         """Serve one store by batchstash and by the I/O floor server, to each client."""
         directory, options = self.store(size), self.options(size)
         with batchstash_server(directory, options, self.logs / f"serve-{size}.log") as server:
+            self.warm(server, size)
             advertised = rawclient.data_port(server.url, "train")
             skipped = {} if advertised is not None else {
                 key: NO_DATA_PORT for key, r in BATCHSTASH_RUNS.items() if r[0] == "raw_data"}
@@ -175,6 +185,7 @@ class Suite:
                 runs.update(self._runs(floor, FLOOR_RUNS, size))
         with batchstash_server(directory, options, self.logs / f"serve-{size}-mmap.log",
                                BATCHSTASH_DATA_SENDFILE="false") as server:
+            self.warm(server, size)
             mmap_table = {k: r for k, r in MMAP_RUNS.items() if advertised is not None
                           or r[0] != "raw_data"}
             runs.update({k: NO_DATA_PORT for k in MMAP_RUNS if k not in mmap_table})
