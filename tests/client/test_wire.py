@@ -318,10 +318,21 @@ def test_flipped_data_byte_is_a_checksum_error(sample_payload):
             "unsupported payload format",
         ),
         (lambda b: b.replace(b'"dtype":"I64"', b'"dtype":"C64"'), "unsupported dtype"),
+        (lambda b: b.replace(b'"dtype":"I64"', b'"dtype":["I64"]'), "unsupported dtype"),
         (lambda b: b.replace(b"batchstash.checksum.m", b"batchstash.checksum.q"), "no checksum"),
         (lambda b: b.replace(b'"shape":[3]', b'"shape":[4]'), "do not match dtype and shape"),
     ],
-    ids=["short", "truncated", "trailing", "huge-header", "format", "dtype", "checksum", "shape"],
+    ids=[
+        "short",
+        "truncated",
+        "trailing",
+        "huge-header",
+        "format",
+        "dtype",
+        "list-dtype",
+        "checksum",
+        "shape",
+    ],
 )
 def test_malformed_payload_messages(sample_payload, mutate, message):
     with pytest.raises(PayloadError, match=message):
