@@ -15,12 +15,13 @@ from batchstash.client import InvalidRequestError, StoreError
 
 from .backend import NoSuchKey, StoreBackend
 
-__all__ = ["LocalBackend", "MappedFile"]
+__all__ = ["LocalBackend", "MappedFile", "file_version"]
 
 _MAP_AT = 512 * 1024
 
 
-def _version(st: os.stat_result) -> str:
+def file_version(st: os.stat_result) -> str:
+    """A stored file's version: device, inode, size, mtime and ctime (see ``version``)."""
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
@@ -38,6 +39,8 @@ class MappedFile(mmap.mmap):
 
     path: str
     version: str
+
+
 _LOCK = ".lock"
 
 
@@ -118,7 +121,7 @@ class LocalBackend(StoreBackend):
         try:
             with open(path, "rb", buffering=0) as fh:
                 st = os.fstat(fh.fileno())
-                version = _version(st)
+                version = file_version(st)
                 if st.st_size < _MAP_AT:
                     data = memoryview(fh.read())
                 else:
@@ -138,7 +141,7 @@ class LocalBackend(StoreBackend):
             st = os.stat(self._file(key))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return _version(st)
+        return file_version(st)
 
     def _temp(self, path: Path, chunks: Iterable[bytes | memoryview]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from batchstash.client import BatchClient, ChecksumError, NotFoundError
-from batchstash.client.pipeline import _ProtocolError, read_body, read_head
+from batchstash.client.socketio import _ProtocolError, read_body, read_head
 
 from .fakeserver import FakeServer, SocketServer, error, make_client, make_tensors
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batchstash.service.api.datapath import send_chunks
+from batchstash.service.api.sending import send_chunks
 from batchstash.service.store.local import LocalBackend, MappedFile
 
 SIZE = 3 * 1024 * 1024 + 17  # above the mapping threshold, not a multiple of a page
