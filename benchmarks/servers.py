@@ -120,8 +120,13 @@ def batchstash_server(
     argv = [sys.executable, "-c", "from batchstash.service.cli import main; main()", "serve",
             "--host", HOST, "--port", str(port), "--data-dir", str(data_dir),
             "--dataset", DATASET, "--workers", str(workers), "--no-prime"]
+    # a free data port of its own: ``port + 1`` (the default) may be a client's ephemeral port
+    data_port = free_port()
+    while data_port == port:
+        data_port = free_port()
     env = child_env(BATCHSTASH_DATASET_OPTIONS=json.dumps(options),
-                    BATCHSTASH_LOG_LEVEL="warning", **env_extra)
+                    BATCHSTASH_LOG_LEVEL="warning", BATCHSTASH_DATA_PORT=str(data_port),
+                    **env_extra)
     with subprocess_server(argv, port, log, env) as server:
         yield server
 

@@ -33,6 +33,7 @@ about 1.1 x its CPU. An earlier session on a 2-core AMD VM measured the opposite
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 import threading
 import time
@@ -46,7 +47,7 @@ from batchstash.client import InvalidRequestError
 
 from .dataroutes import DataRoutes, Reply, error_reply
 from .reads import DATA_PORT_HEADER
-from .sending import send_all, send_chunks
+from .sending import chunk_size, close_files, send_all, send_chunks
 from .state import ServerState
 
 __all__ = ["DataListener", "advertise_data_port", "start_data_listener"]
@@ -58,6 +59,10 @@ MAX_HEAD = 64 * 1024
 MAX_BODY = 64 * 1024
 """A batch request has no body; a client sending more than this is cut off."""
 RECV_BYTES = 65536
+OPEN_FILES = 65536
+"""The open-files soft limit the data listener asks for (see :func:`raise_open_files_limit`)."""
+OPEN_FILES_LOW = 4096
+"""Below this many open files allowed, the data listener warns at start."""
 
 
 def _closing_head(reply: Reply) -> bytes:
@@ -266,7 +271,13 @@ class DataListener:
     # -- responses ------------------------------------------------------------------------------
 
     def _respond(self, conn: socket.socket, http: h11.Connection, reply: Reply) -> None:
-        size = sum(memoryview(c).nbytes for c in reply.chunks)
+        try:
+            self._send_reply(conn, http, reply)
+        finally:
+            close_files(reply.chunks)  # the stored files it held open, sent or not
+
+    def _send_reply(self, conn: socket.socket, http: h11.Connection, reply: Reply) -> None:
+        size = sum(map(chunk_size, reply.chunks))
         head = h11.Response(
             status_code=reply.status,
             headers=[*reply.headers, ("Content-Length", str(size))],
@@ -302,6 +313,32 @@ def advertise_data_port(app: Callable[..., Any], state: ServerState) -> Callable
     return middleware
 
 
+def raise_open_files_limit(want: int = OPEN_FILES, low: int = OPEN_FILES_LOW) -> int:
+    """Raise this process's soft limit on open files towards ``want`` (within the hard limit).
+
+    A reply holds each verified stored file open until it is sent (``sendfile`` from that
+    descriptor), so one request of 1,024 ids holds 1,024 descriptors or more: the usual soft
+    limit of 1,024 is too low for a few of them at once. A limit still under ``low`` is
+    logged as a warning. Returns the soft limit now.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            logger.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
+    if soft != resource.RLIM_INFINITY and soft < min(low, want):
+        logger.warning(
+            "open-files limit %d (hard limit %d): large multi-batch requests to the data "
+            "listener may fail with 'too many open files'; raise it (ulimit -n, compose ulimits)",
+            soft,
+            hard,
+        )
+    return soft
+
+
 def start_data_listener(state: ServerState) -> DataListener | None:
     """Start the data listener the settings ask for and advertise it; ``None`` if there is none.
 
@@ -314,6 +351,7 @@ def start_data_listener(state: ServerState) -> DataListener | None:
     settings = state.settings
     if not settings.data_listener:
         return None
+    raise_open_files_limit()
     default = settings.data_port is None
     port = settings.data_port if settings.data_port is not None else settings.port + 1
     if default and settings.port == 0:

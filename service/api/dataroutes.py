@@ -29,6 +29,7 @@ from .reads import (
     parse_attributes,
     parse_ids,
 )
+from .sending import chunk_size
 from .state import ServerState
 
 __all__ = [
@@ -149,8 +150,8 @@ class DataRoutes:
         reader, metrics = self.state.reader, self.state.metrics
         names, wanted = parse_attributes(query.get("attributes")), parse_ids(query["ids"])
         start = time.perf_counter()
-        chunks = frames(reader, split, wanted, names)
-        size = sum(memoryview(c).nbytes for c in chunks)
+        chunks = frames(reader, split, wanted, names, files=True)
+        size = sum(map(chunk_size, chunks))
         metrics.observe_served(split, len(wanted), size, time.perf_counter() - start)
         headers = [
             ("Content-Type", FRAMES_MEDIA_TYPE),
@@ -173,8 +174,8 @@ class DataRoutes:
         ):
             return Reply(304, out)
         start = time.perf_counter()
-        chunks = reader.payloads(split, [batch_id], names)[0]
-        size = sum(memoryview(c).nbytes for c in chunks)
+        chunks = reader.payloads(split, [batch_id], names, files=True)[0]
+        size = sum(map(chunk_size, chunks))
         self.state.metrics.observe_served(split, 1, size, time.perf_counter() - start)
         return Reply(200, [("Content-Type", PAYLOAD_MEDIA_TYPE), *out], chunks)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import xxhash
 
@@ -18,6 +19,8 @@ from batchstash.client.frames import frame_prefix
 from batchstash.client.session import DATA_PORT_HEADER, FINGERPRINT_HEADER
 from batchstash.service.store.reader import StoreReader
 from batchstash.service.store.records import StoreInfo
+
+from .sending import chunk_size
 
 __all__ = [
     "DATA_PORT_HEADER",
@@ -86,14 +89,20 @@ def etag_matches(etag: str, if_none_match: str | None) -> bool:
 
 
 def frames(
-    reader: StoreReader, split: str, ids: Sequence[int], names: list[str] | None
-) -> list[memoryview | bytes]:
+    reader: StoreReader,
+    split: str,
+    ids: Sequence[int],
+    names: list[str] | None,
+    files: bool = False,
+) -> list[Any]:
     """The body of ``GET /v1/splits/{split}/payloads``: each payload after its length prefix.
 
     The chunks view the stored (mapped) bytes; only the prefixes and composed headers are new.
+    With ``files`` a whole stored object may be its held-open file (see
+    :meth:`StoreReader.payloads`; the data listener sends it with ``sendfile``).
     """
-    chunks: list[memoryview | bytes] = []
-    for parts in reader.payloads(split, ids, names):
-        chunks.append(frame_prefix(sum(memoryview(p).nbytes for p in parts)))
+    chunks: list[Any] = []
+    for parts in reader.payloads(split, ids, names, files):
+        chunks.append(frame_prefix(sum(map(chunk_size, parts))))
         chunks.extend(parts)
     return chunks

@@ -1,9 +1,10 @@
 """Writing a reply's bytes to a socket: memory with ``sendmsg``, stored files with ``sendfile``.
 
-Used by the data listener (:mod:`.datapath`) for every response. A whole stored file (a
-:class:`~batchstash.service.store.local.MappedFile` viewed entire) goes out with
-``os.sendfile`` once its path is checked to still hold the version the reader verified; any
-other chunk, and such a file when ``sendfile`` is off or the file changed, is sent as memory.
+Used by the data listener (:mod:`.datapath`) for every response. A stored object that verified
+before reaches it unread, as the :class:`~batchstash.service.store.local.StoredFile` the reader
+holds open at that version; it goes out with ``os.sendfile`` from that descriptor, so the bytes
+sent are the inode's that verified even if the key was replaced since. Any other chunk, and
+such a file when ``sendfile`` is off, is sent as memory.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import select
 import socket
 from typing import Any
 
-from ..store.local import MappedFile, file_version
+from ..store.local import StoredFile
 
-__all__ = ["send_all", "send_chunks"]
+__all__ = ["chunk_size", "close_files", "send_all", "send_chunks"]
 
 IOV_MAX = 512
 """Buffers per ``sendmsg`` call (Linux allows 1,024)."""
@@ -36,64 +37,55 @@ def send_all(sock: socket.socket, buffers: list[Any], flags: int = 0) -> None:
                 sent = 0
 
 
-def _whole_file(chunk: Any) -> MappedFile | None:
-    """The stored file ``chunk`` maps whole, if it does (a slice of one is sent as memory)."""
-    view = memoryview(chunk)
-    mapped = view.obj
-    if isinstance(mapped, MappedFile) and view.nbytes == len(mapped):
-        return mapped
-    return None
+def chunk_size(chunk: Any) -> int:
+    """The bytes a reply chunk (a buffer or a held-open stored file) puts on the wire."""
+    return len(chunk) if isinstance(chunk, StoredFile) else memoryview(chunk).nbytes
 
 
-def _sendfile(sock: socket.socket, mapped: MappedFile) -> bool:
-    """Send the file ``mapped`` maps with ``os.sendfile``; ``False``: it changed, send the map.
+def close_files(chunks: list[Any]) -> None:
+    """Close the stored files among a reply's chunks (sent or not)."""
+    for chunk in chunks:
+        if isinstance(chunk, StoredFile):
+            chunk.close()
 
-    The path is opened again and its version compared with the mapping's, so the bytes sent
-    are the ones the reader checked (a store replaces a file by renaming a new one over it).
-    """
-    try:
-        fh = open(mapped.path, "rb", buffering=0)  # noqa: SIM115 - closed below
-    except OSError:
-        return False
-    with fh:
-        if file_version(os.fstat(fh.fileno())) != mapped.version:
-            return False
-        size, offset, timeout = len(mapped), 0, sock.gettimeout()
-        out, src = sock.fileno(), fh.fileno()
-        poller: select.poll | None = None
-        while offset < size:
-            try:
-                sent = os.sendfile(out, src, offset, size - offset)
-            except BlockingIOError:  # the socket has a timeout, so it is non-blocking
-                if poller is None:
-                    poller = select.poll()
-                    poller.register(out, select.POLLOUT)
-                if not poller.poll(None if timeout is None else timeout * 1000):
-                    raise TimeoutError("the client does not read") from None
-                continue
-            if not sent:  # the framing is broken now: the connection must end
-                raise ConnectionError(f"{mapped.path} shrank while it was sent")
-            offset += sent
-        return True
+
+def _sendfile(sock: socket.socket, stored: StoredFile) -> None:
+    """Send the whole held-open file with ``os.sendfile`` (its inode, whatever the path holds)."""
+    size, offset, timeout = stored.size, 0, sock.gettimeout()
+    out = sock.fileno()
+    poller: select.poll | None = None
+    while offset < size:
+        try:
+            sent = os.sendfile(out, stored.fd, offset, size - offset)
+        except BlockingIOError:  # the socket has a timeout, so it is non-blocking
+            if poller is None:
+                poller = select.poll()
+                poller.register(out, select.POLLOUT)
+            if not poller.poll(None if timeout is None else timeout * 1000):
+                raise TimeoutError("the client does not read") from None
+            continue
+        if not sent:  # truncated in place: the framing is broken now, the connection must end
+            raise ConnectionError(f"a stored file shrank while it was sent ({offset} of {size})")
+        offset += sent
 
 
 def send_chunks(sock: socket.socket, buffers: list[Any], sendfile: bool = True) -> None:
-    """Write the buffers in order: memory with ``sendmsg``, whole stored files with ``sendfile``.
+    """Write the chunks in order: memory with ``sendmsg``, stored files with ``sendfile``.
 
     The memory before a file goes out with ``MSG_MORE``, so a response head and a frame prefix
-    share the file's first segment. With ``sendfile`` false (or a file that changed since it was
-    mapped) the mapped pages are sent as memory.
+    share the file's first segment. With ``sendfile`` false a stored file's bytes are read (or
+    mapped) and sent as memory.
     """
     pending: list[Any] = []
     for chunk in buffers:
-        mapped = _whole_file(chunk) if sendfile else None
-        if mapped is None:
+        if not isinstance(chunk, StoredFile):
             pending.append(chunk)
-            continue
-        if pending:
-            send_all(sock, pending, socket.MSG_MORE)
-            pending = []
-        if not _sendfile(sock, mapped):
-            pending.append(chunk)
+        elif not sendfile:
+            pending.append(chunk.view())
+        else:
+            if pending:
+                send_all(sock, pending, socket.MSG_MORE)
+                pending = []
+            _sendfile(sock, chunk)
     if pending:
         send_all(sock, pending)

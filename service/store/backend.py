@@ -8,6 +8,7 @@ same few operations; nothing outside ``store/`` sees a path or a bucket:
 | :meth:`~StoreBackend.read` | the whole object as a writable buffer, or :class:`NoSuchKey` |
 | :meth:`~StoreBackend.read_mapped` | the same, possibly mapped read-only (serving) |
 | :meth:`~StoreBackend.read_mapped_versioned` | and the version read, for the verified cache |
+| :meth:`~StoreBackend.open_versioned` | held open unread, with its version (local files only) |
 | :meth:`~StoreBackend.version` | a token that changes whenever the object is replaced |
 | :meth:`~StoreBackend.write` | all or nothing: readers see the old object or the new one |
 | :meth:`~StoreBackend.create` | write only if the key is absent (the lease's first claim) |
@@ -74,6 +75,18 @@ class StoreBackend(ABC):
         before = self.version(key)
         data = self.read_mapped(key)
         return data, before if before is not None and self.version(key) == before else None
+
+    def open_versioned(self, key: str) -> Any | None:
+        """The object held open without reading it, with its version, where it is a local file.
+
+        A :class:`~batchstash.service.store.local.StoredFile` the data listener can send with
+        ``sendfile`` once the reader knows that version verified; ``None`` (the default): this
+        backend's objects are not local files, read them with :meth:`read_mapped_versioned`.
+
+        Raises:
+            NoSuchKey: the object does not exist.
+        """
+        return None
 
     @abstractmethod
     def version(self, key: str) -> str | None:

@@ -15,7 +15,7 @@ from batchstash.client import InvalidRequestError, StoreError
 
 from .backend import NoSuchKey, StoreBackend
 
-__all__ = ["LocalBackend", "MappedFile", "file_version"]
+__all__ = ["LocalBackend", "StoredFile", "file_version"]
 
 _MAP_AT = 512 * 1024
 
@@ -25,20 +25,58 @@ def file_version(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
-class MappedFile(mmap.mmap):
-    """A read-only mapping of a stored file that remembers which file version it maps.
+class StoredFile:
+    """A stored file held open at the version it was opened, for serving without reading it.
 
-    A sender may then hand the kernel the file itself (``os.sendfile``) instead of the mapped
-    pages, after checking that the path still holds that version (see
-    :func:`batchstash.service.api.datapath.send_chunks`).
+    The data listener hands the kernel the file itself (``os.sendfile`` from :attr:`fd`) once
+    the reader knows this version verified: the bytes sent are those of the inode opened, so a
+    store replacing the key meanwhile (a rename over it) or removing it changes nothing. Where
+    bytes are needed (a first verification, a payload composed from several objects, the API
+    port, ``data_sendfile`` off) :meth:`view` maps or reads them.
+
+    The descriptor is closed by :meth:`close`, or when the object is dropped.
 
     Attributes:
-        path: the file mapped.
-        version: its version when mapped (:meth:`LocalBackend.version`'s format).
+        fd: the open file.
+        size: its size in bytes (``len()`` too).
+        version: its version when opened (:meth:`LocalBackend.version`'s format).
     """
 
-    path: str
-    version: str
+    __slots__ = ("fd", "size", "version", "_view")
+
+    def __init__(self, fd: int, size: int, version: str) -> None:
+        self.fd, self.size, self.version = fd, size, version
+        self._view: memoryview | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def view(self) -> memoryview:
+        """The bytes: read under 512 KiB (cheaper than a mapping), else mapped, not pre-faulted.
+
+        Not pre-faulted: a served object is mostly read by the kernel's send, and
+        ``MAP_POPULATE`` made mapping + sending a 1 MiB object 1.27 x slower (363 vs 285 us,
+        page cache, loopback); a verifying read faults as it goes.
+        """
+        if self._view is None:
+            if self.fd < 0:
+                raise ValueError("the stored file is closed")
+            if self.size < _MAP_AT:
+                buf = bytearray(self.size)
+                got = os.preadv(self.fd, [buf], 0) if self.size else 0
+                self._view = memoryview(buf if got == self.size else buf[:got])
+            else:
+                self._view = memoryview(mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ))
+        return self._view
+
+    def close(self) -> None:
+        """Close the descriptor (a view taken stays valid: a mapping holds its own)."""
+        fd, self.fd, self._view = self.fd, -1, None
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 _LOCK = ".lock"
@@ -111,29 +149,30 @@ class LocalBackend(StoreBackend):
         except (FileNotFoundError, NotADirectoryError):
             raise NoSuchKey(key) from None
 
+    def open_versioned(self, key: str) -> StoredFile:
+        """The file held open with the version of what was opened (one ``fstat``, no read)."""
+        try:
+            fd = os.open(self._file(key), os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NoSuchKey(key) from None
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return StoredFile(fd, st.st_size, file_version(st))
+
     def read_mapped_versioned(self, key: str) -> tuple[memoryview, str | None]:
-        """The mapped file (not pre-faulted) and the version of what was opened (one ``fstat``).
+        """The file's bytes (mapped from 512 KiB, not pre-faulted) and the version opened.
 
         The bytes are those of the inode opened, so its identity is their version even if the
         key is replaced a moment later.
         """
-        path = self._file(key)
+        opened = self.open_versioned(key)
         try:
-            with open(path, "rb", buffering=0) as fh:
-                st = os.fstat(fh.fileno())
-                version = file_version(st)
-                if st.st_size < _MAP_AT:
-                    data = memoryview(fh.read())
-                else:
-                    # not pre-faulted: a served object is mostly read by the kernel's send, and
-                    # MAP_POPULATE made mapping + sending a 1 MiB object 1.27 x slower
-                    # (363 vs 285 us, page cache, loopback); a verifying read faults as it goes
-                    mapped = MappedFile(fh.fileno(), st.st_size, prot=mmap.PROT_READ)
-                    mapped.path, mapped.version = path, version
-                    data = memoryview(mapped)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NoSuchKey(key) from None
-        return data, version
+            return opened.view(), opened.version
+        finally:
+            opened.close()
 
     def version(self, key: str) -> str | None:
         """Device, inode, size, mtime and ctime: a rename gives a new inode, a rewrite new times."""

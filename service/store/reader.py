@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from typing import Any
 
 from batchstash.client import (
@@ -29,6 +30,7 @@ from .backend import NoSuchKey, StoreBackend
 from .cache import ObjectCache
 from .demand import Demand
 from .lease import read_job
+from .local import StoredFile
 from .records import KEYS, Manifest, StoreInfo, decode_record
 from .verified import VerifiedObjects
 from .writer import check_object
@@ -273,6 +275,7 @@ class StoreReader:
         attributes: Iterable[str] | None = None,
         mapped: bool = False,
         info: StoreInfo | None = None,
+        files: bool = False,
     ) -> tuple[set[str] | None, list[Source]]:
         """Read and verify the group objects holding ``attributes`` of one batch.
 
@@ -280,6 +283,9 @@ class StoreReader:
         against its identity checksum and the request, and the objects of one batch must agree
         on their data point ids. Serving (``mapped``) skips the tensor checksums of objects that
         verified before and have not changed since; everything else verifies every tensor.
+        With ``files`` (serving too) such an object of a local store is not read at all: its
+        source is the :class:`~batchstash.service.store.local.StoredFile` held open at the
+        version that verified (its header known), for the data listener to ``sendfile``.
 
         Returns:
             The resolved attribute names (``None``: all) and the verified sources.
@@ -301,11 +307,13 @@ class StoreReader:
         ids: str | None = None
         for key, group in self._locate(info, split, batch_id, wanted):
             try:
-                buf, trusted, version = self._read(key, split, batch_id, mapped)
+                buf, trusted, version = self._read(key, split, batch_id, mapped, files)
             except NotPrimedError:
                 self.demand.add(split, [batch_id])
                 raise
             known = self.verified.header(key, version) if trusted else None
+            if known is None and isinstance(buf, StoredFile):  # its header is no longer kept
+                buf = buf.view()
             header = check_object(key, buf, group, expect, tensors=not trusted, header=known)
             if mapped and not trusted:  # verified just now
                 self.verified.add(key, version, header)
@@ -321,9 +329,9 @@ class StoreReader:
         return wanted, sources
 
     def _read(
-        self, key: str, split: str, batch_id: int, mapped: bool
+        self, key: str, split: str, batch_id: int, mapped: bool, files: bool = False
     ) -> tuple[Any, bool, str | None]:
-        """An object's bytes, whether it verified before (serving only), the version read."""
+        """An object's bytes (or open file), whether it verified before (serving only), version."""
         if mapped and self.cache is not None:
             cached = self.cache.get(key)
             if cached is not None:
@@ -331,30 +339,49 @@ class StoreReader:
         try:
             if not mapped:
                 return self.backend.read(key), False, None
+            opened = self.backend.open_versioned(key) if files else None
+            if opened is not None:
+                if self.verified.is_verified(key, opened.version):
+                    return opened, True, opened.version
+                with closing(opened):  # not verified yet: its bytes are checked now
+                    return opened.view(), False, opened.version
             buf, version = self.backend.read_mapped_versioned(key)
         except NoSuchKey:
             raise NotPrimedError(f"batch {split}/{batch_id} is not encoded yet") from None
         return buf, self.verified.is_verified(key, version), version
 
     def payloads(
-        self, split: str, batch_ids: Sequence[int], attributes: Iterable[str] | None = None
-    ) -> list[list[bytes | memoryview]]:
+        self,
+        split: str,
+        batch_ids: Sequence[int],
+        attributes: Iterable[str] | None = None,
+        files: bool = False,
+    ) -> list[list[Any]]:
         """Batches as wire payload chunks, from stored bytes without decoding them.
 
         When the wanted attributes are exactly one stored group object, that object is the
         payload, byte for byte (mapped, never copied); otherwise the tensors of the needed
         objects are joined with :func:`wire.compose`, identity taken from the objects themselves
         (their checksums travel along, no re-hashing).
+
+        Args:
+            split: the split.
+            batch_ids: the batches, in the order of the result.
+            attributes: the attributes wanted (``None``: the default ones).
+            files: such a whole object of a local store that verified before may be its
+                :class:`~batchstash.service.store.local.StoredFile` (open, unread) instead of
+                its bytes; without, every chunk is a buffer.
         """
         info = self.check_fresh()
         names_given = None if attributes is None else list(attributes)
 
-        def one(batch_id: int) -> list[bytes | memoryview]:
-            wanted, sources = self.read_sources(split, batch_id, names_given, True, info)
+        def one(batch_id: int) -> list[Any]:
+            wanted, sources = self.read_sources(split, batch_id, names_given, True, info, files)
             present = {n for _, h in sources for n in h.entries}
             names = present if wanted is None else wanted & present
             if len(sources) == 1 and names == set(sources[0][1].entries):
                 return [sources[0][0]]
+            sources = [(_bytes(buf), header) for buf, header in sources]
             meta = sources[0][1].metadata
             identity = {k: meta[k] for k in _IDENTITY if k in meta}
             return wire.compose(sources, names, identity)
@@ -374,3 +401,11 @@ class StoreReader:
         """Record batches a read wanted before they were stored (see :attr:`demand`)."""
         self.demand.add(split, batch_ids)
         self.demand.publish(self.backend, info.generation)  # for a prime in another process
+
+
+def _bytes(source: Any) -> Any:
+    """A source's bytes (a held-open file is read or mapped, then closed)."""
+    if isinstance(source, StoredFile):
+        with closing(source):
+            return source.view()
+    return source

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,11 @@ from fastapi.testclient import TestClient
 from batchstash.client import InvalidRequestError, wire
 from batchstash.client.frames import split_frames
 from batchstash.service.api import create_app
-from batchstash.service.api.datapath import DataListener, start_data_listener
+from batchstash.service.api.datapath import (
+    DataListener,
+    raise_open_files_limit,
+    start_data_listener,
+)
 from batchstash.service.api.dataroutes import BATCH_ROUTE, PAYLOADS_ROUTE
 from batchstash.service.api.reads import DATA_PORT_HEADER
 from batchstash.service.config import build_settings
@@ -294,3 +300,41 @@ def test_no_listener_when_switched_off(tmp_path: Path) -> None:
         assert start_data_listener(api.app.state.batchstash) is None  # type: ignore[attr-defined]
     finally:
         api.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("sendfile", [True, False])
+def test_verified_files_are_sent_again_identically_and_closed(
+    api: TestClient, sendfile: bool
+) -> None:
+    """The first read verifies the bytes; later ones send the file held open, then close it."""
+    state = api.app.state.batchstash  # type: ignore[attr-defined]
+    query = {"ids": "0,1,2,3,4,5"}
+    expected = api.get("/v1/splits/train/payloads", params=query).content
+    with DataListener(state, "127.0.0.1", 0, sendfile=sendfile) as listener:
+        with httpx.Client(base_url=f"http://127.0.0.1:{listener.port}", timeout=10) as http:
+            http.get("/healthz")  # the connection and its thread exist before counting
+            before = len(os.listdir("/proc/self/fd"))
+            for _ in range(3):
+                got = http.get("/v1/splits/train/payloads", params=query)
+                assert got.status_code == 200 and got.content == expected
+                single = http.get("/v1/splits/train/batches/4")
+                assert single.content == api.get("/v1/splits/train/batches/4").content
+            assert len(os.listdir("/proc/self/fd")) == before  # no descriptor left open
+
+
+def test_the_open_files_limit_is_raised_within_the_hard_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        want = 512 if hard == resource.RLIM_INFINITY else min(512, hard)
+        assert raise_open_files_limit(want) == want
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == want
+        if hard != resource.RLIM_INFINITY:
+            with caplog.at_level(logging.WARNING):
+                # as far as allowed, then a word when that is still low
+                assert raise_open_files_limit(hard + 1, low=hard + 1) == hard
+            assert "open-files limit" in caplog.text
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -18,8 +18,9 @@ from batchstash.client import (
     wire,
 )
 from batchstash.service.store import layout
+from batchstash.service.store.backend import StoreBackend
 from batchstash.service.store.lease import JobLease, JobState
-from batchstash.service.store.local import LocalBackend
+from batchstash.service.store.local import LocalBackend, StoredFile
 from batchstash.service.store.reader import StoreReader
 from batchstash.service.store.records import Manifest, StoreInfo, write_record
 from batchstash.service.store.writer import BatchWriter
@@ -400,6 +401,64 @@ def test_serving_reads_skip_checksums_of_objects_verified_and_unchanged(
     reader.payloads("train", [0, 0], ["label", "x"])  # a new object (ids+x) once, then trusted
     assert len(verify_calls) == 4
     assert primed.keys("read_mapped").count(_key("train", 0, GROUPS[1])) == 2
+
+
+def _payload_bytes(chunks):
+    return b"".join(bytes(c.view() if isinstance(c, StoredFile) else c) for c in chunks)
+
+
+def test_serving_files_sends_verified_objects_unread(reader, primed, verify_calls):
+    (first,) = reader.payloads("train", [1], ["label"], files=True)
+    assert not any(isinstance(c, StoredFile) for c in first)  # verified now: from its bytes
+    assert len(verify_calls) == 1
+    primed.calls.clear()
+    (again,) = reader.payloads("train", [1], ["label"], files=True)
+    assert len(again) == 1 and isinstance(again[0], StoredFile)  # held open, not read
+    assert primed.keys("read_mapped") == [] and len(verify_calls) == 1
+    assert _payload_bytes(again) == _payload_bytes(first)
+    assert _payload_bytes(again) == b"".join(reader.payloads("train", [1], ["label"])[0])
+    again[0].close()
+
+
+def test_serving_files_composes_from_bytes(reader):
+    reader.payloads("train", [0], ["label", "x"], files=True)  # both objects verified
+    (chunks,) = reader.payloads("train", [0], ["label", "x"], files=True)
+    assert not any(isinstance(c, StoredFile) for c in chunks)
+    payload = wire.decode(bytearray(b"".join(chunks)))
+    assert sorted(payload.tensors) == ["label", "x"]
+    assert torch.equal(payload.tensors["x"], TENSORS["train", 0]["x"])
+
+
+def test_serving_files_parses_a_header_no_longer_kept(primed, verify_calls):
+    reader = StoreReader(primed)
+    reader.verified.header_capacity = 0  # more objects than parsed headers kept
+    reader.payloads("test", [0], ["label"], files=True)
+    (chunks,) = reader.payloads("test", [0], ["label"], files=True)  # trusted, header re-read
+    assert len(verify_calls) == 1
+    payload = wire.decode(bytearray(b"".join(chunks)))
+    assert torch.equal(payload.tensors["label"], TENSORS["test", 0]["label"])
+
+
+class NoFilesBackend(RecordingBackend):
+    """As the S3 backend: no local files to hold open."""
+
+    def open_versioned(self, key):
+        return None
+
+    def read_mapped_versioned(self, key):
+        return StoreBackend.read_mapped_versioned(self, key)
+
+
+def test_serving_files_from_a_backend_without_files_reads_bytes(tmp_path, verify_calls):
+    backend = NoFilesBackend(tmp_path / "store")
+    BatchWriter(backend, GROUPS, "fp", "g1").write("test", 0, IDS["test", 0], TENSORS["test", 0])
+    write_record(backend, _info())
+    write_record(backend, Manifest("fp", "g1", {"train": 2, "test": 1}, 0))
+    reader = StoreReader(backend)
+    for _ in range(2):
+        (chunks,) = reader.payloads("test", [0], ["label"], files=True)
+        assert not any(isinstance(c, StoredFile) for c in chunks)
+    assert len(verify_calls) == 1
 
 
 def test_no_verified_capacity_verifies_every_read(primed, verify_calls):
