@@ -51,6 +51,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import torch
 import xxhash
 
@@ -312,16 +313,25 @@ def parse_header(buf: Any) -> Header:
     if size > min(MAX_HEADER, view.nbytes - 8):
         raise PayloadError(f"header length {size} exceeds the payload ({view.nbytes} bytes)")
     try:
-        doc = json.loads(bytes(view[8 : 8 + size]).decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        raise PayloadError(f"header is not valid JSON: {exc}") from None
+        # orjson parses the header in place, 2 x faster than json (a header a batch, ~2 KB)
+        doc = orjson.loads(view[8 : 8 + size])
+    except orjson.JSONDecodeError:
+        doc = _strict_json(view[8 : 8 + size])  # what orjson refuses: json's word for it
     if not isinstance(doc, dict):
         raise PayloadError("header is not a JSON object")
     metadata = doc.pop("__metadata__", {})
     # JSON object keys are always strings: only the values need a look
     if type(metadata) is not dict or not all(type(v) is str for v in metadata.values()):
         raise PayloadError("__metadata__ is not a map of strings")
-    entries = {name: _entry(name, spec) for name, spec in doc.items()}
+    try:
+        entries = {name: _entry(name, spec) for name, spec in doc.items()}
+    except PayloadError:
+        # orjson reads integers beyond 64 bits as floats: json's ints say what is wrong exactly
+        strict = _strict_json(view[8 : 8 + size])
+        strict.pop("__metadata__", None)
+        for name, spec in strict.items():
+            _entry(name, spec)
+        raise
     offset = 0
     for entry in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
         if entry.begin != offset:
@@ -333,6 +343,18 @@ def parse_header(buf: Any) -> Header:
             f"payload is {view.nbytes} bytes but its header describes {data_start + offset}"
         )
     return Header(entries, metadata, data_start)
+
+
+def _strict_json(raw: memoryview) -> Any:
+    """Parse with :mod:`json`: for a precise error where orjson refused or changed a value.
+
+    json keeps integers beyond 64 bits as integers (orjson refuses them, or reads them as
+    floats), so an oversized shape is reported as such by the entry checks.
+    """
+    try:
+        return json.loads(bytes(raw).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(f"header is not valid JSON: {exc}") from None
 
 
 def _verify(entry: TensorEntry, data: memoryview, metadata: Mapping[str, str]) -> None:
@@ -400,8 +422,8 @@ def decode(
         entry = header.entries.get(name)
         if entry is None:
             raise PayloadError(f"payload has no tensor {name!r}")
-        data = view[header.data_start + entry.begin : header.data_start + entry.end]
         if verify:
+            data = view[header.data_start + entry.begin : header.data_start + entry.end]
             _verify(entry, data, header.metadata)
         tensors[name] = _view_tensor(entry, view, header.data_start)
     return Payload(tensors, dict(header.metadata))
