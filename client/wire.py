@@ -46,6 +46,7 @@ Nothing here does I/O. Any malformed input raises :class:`PayloadError` and noth
 from __future__ import annotations
 
 import json
+import operator
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -172,15 +173,14 @@ def tensor_checksum(name: str, dtype: str, shape: Iterable[int], data: Any) -> s
         shape: the tensor's dimensions.
         data: a buffer with the tensor's bytes.
     """
-    digest = xxhash.xxh3_128()
-    digest.update(f"{name}\0{dtype}\0{','.join(map(str, shape))}\0".encode())
+    digest = xxhash.xxh3_128(f"{name}\0{dtype}\0{','.join(map(str, shape))}\0".encode())
     digest.update(data)
     return str(digest.hexdigest())
 
 
 def identity_checksum(metadata: Mapping[str, str]) -> str:
     """Return the checksum of a batch's identity metadata (see the module docstring)."""
-    text = "\0".join(metadata.get(key, "") for key in IDENTITY_KEYS)
+    text = "\0".join([metadata.get(key, "") for key in IDENTITY_KEYS])
     return str(xxhash.xxh3_128_hexdigest(text.encode()))
 
 
@@ -270,6 +270,8 @@ def encode_parts(
 
 
 _ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))
+_STR_TYPE = frozenset((str,))
+_BY_OFFSETS = operator.attrgetter("begin", "end")
 
 
 def _entry(name: str, spec: Any) -> TensorEntry:
@@ -321,7 +323,7 @@ def parse_header(buf: Any) -> Header:
         raise PayloadError("header is not a JSON object")
     metadata = doc.pop("__metadata__", {})
     # JSON object keys are always strings: only the values need a look
-    if type(metadata) is not dict or not all(type(v) is str for v in metadata.values()):
+    if type(metadata) is not dict or not {*map(type, metadata.values())} <= _STR_TYPE:
         raise PayloadError("__metadata__ is not a map of strings")
     try:
         entries = {name: _entry(name, spec) for name, spec in doc.items()}
@@ -333,7 +335,7 @@ def parse_header(buf: Any) -> Header:
             _entry(name, spec)
         raise
     offset = 0
-    for entry in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
+    for entry in sorted(entries.values(), key=_BY_OFFSETS):
         if entry.begin != offset:
             raise PayloadError(f"tensor {entry.name!r}: data region has a hole or an overlap")
         offset = entry.end

@@ -288,7 +288,7 @@ class DataListener:
         buffers: list[Any] = [http.send(head)]
         for chunk in reply.chunks:
             # passthrough: h11 counts the bytes and hands the chunk back as it is (no copy)
-            data = h11.Data(data=chunk)  # type: ignore[arg-type]
+            data = h11.Data(data=chunk)
             buffers.extend(http.send_with_data_passthrough(data) or ())
         buffers.extend(http.send_with_data_passthrough(h11.EndOfMessage()) or ())
         conn.settimeout(self.send_timeout)

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from batchstash.client import BatchstashError, NotFoundError
@@ -57,13 +58,17 @@ class ValidationError(BatchstashError):
 
 
 class Reply:
-    """One response: status, headers, and the body as chunks (mapped store bytes included)."""
+    """One response: status, headers, and the body as chunks.
+
+    A chunk is a buffer (mapped store bytes included) or a stored file held open
+    (:class:`~batchstash.service.store.local.StoredFile`, sent with ``sendfile``).
+    """
 
     def __init__(
         self,
         status: int,
         headers: list[tuple[str, str]],
-        chunks: Sequence[bytes | memoryview] = (),
+        chunks: Sequence[Any] = (),
     ) -> None:
         self.status, self.headers, self.chunks = status, headers, chunks
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 from ..store.local import StoredFile
@@ -42,7 +43,7 @@ def chunk_size(chunk: Any) -> int:
     return len(chunk) if isinstance(chunk, StoredFile) else memoryview(chunk).nbytes
 
 
-def close_files(chunks: list[Any]) -> None:
+def close_files(chunks: Iterable[Any]) -> None:
     """Close the stored files among a reply's chunks (sent or not)."""
     for chunk in chunks:
         if isinstance(chunk, StoredFile):
