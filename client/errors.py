@@ -10,6 +10,7 @@ BatchstashError                      code / HTTP status
 ├── StoreError                       store_error / 500: the on-disk store cannot serve the request
 │   ├── StaleStoreError              store_stale / 409: the store was built by another configuration
 │   ├── NotPrimedError               not_primed / 503: the batch is not encoded yet (retry later)
+│   ├── StoreBusyError               store_busy / 503: no file descriptor left to open the batch
 │   └── CorruptStoreError            store_corrupt / 500: a stored file failed verification
 ├── ConflictError                    conflict / 409: the request clashes with running work
 ├── NotFoundError                    not_found / 404: unknown split, batch or resource
@@ -40,6 +41,7 @@ __all__ = [
     "PlanError",
     "PrimeCancelledError",
     "StaleStoreError",
+    "StoreBusyError",
     "StoreError",
     "TransportError",
     "VectorizerError",
@@ -108,6 +110,13 @@ class NotPrimedError(StoreError):
     """The batch exists in the plan but is not encoded yet; retrying later can succeed."""
 
     code = "not_primed"
+    status = 503
+
+
+class StoreBusyError(StoreError):
+    """The server has no file descriptor left to open a stored object (retry later)."""
+
+    code = "store_busy"
     status = 503
 
 

@@ -7,6 +7,7 @@ A :class:`StoreReader` needs no dataset code: ``store.json`` says what the batch
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from batchstash.client import (
     NotFoundError,
     NotPrimedError,
     StaleStoreError,
+    StoreBusyError,
     wire,
 )
 
@@ -36,6 +38,8 @@ from .verified import VerifiedObjects
 from .writer import check_object
 
 __all__ = ["Source", "StoreReader"]
+
+_NO_DESCRIPTOR = (errno.EMFILE, errno.ENFILE)
 
 logger = logging.getLogger(__name__)
 
@@ -348,6 +352,14 @@ class StoreReader:
             buf, version = self.backend.read_mapped_versioned(key)
         except NoSuchKey:
             raise NotPrimedError(f"batch {split}/{batch_id} is not encoded yet") from None
+        except OSError as exc:
+            if exc.errno not in _NO_DESCRIPTOR:
+                raise
+            # replies hold their stored files open until sent: a transient limit, not a bug
+            raise StoreBusyError(
+                f"batch {split}/{batch_id}: the server has no file descriptor left "
+                f"({exc.strerror}); retry"
+            ) from None
         return buf, self.verified.is_verified(key, version), version
 
     def payloads(

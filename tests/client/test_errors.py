@@ -20,6 +20,7 @@ TABLE = [
     (bc.StoreError, "store_error", 500, bc.BatchstashError),
     (bc.StaleStoreError, "store_stale", 409, bc.StoreError),
     (bc.NotPrimedError, "not_primed", 503, bc.StoreError),
+    (bc.StoreBusyError, "store_busy", 503, bc.StoreError),
     (bc.CorruptStoreError, "store_corrupt", 500, bc.StoreError),
     (bc.ConflictError, "conflict", 409, bc.BatchstashError),
     (bc.NotFoundError, "not_found", 404, bc.BatchstashError),

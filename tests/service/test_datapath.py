@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -338,3 +339,19 @@ def test_the_open_files_limit_is_raised_within_the_hard_limit(
             assert "open-files limit" in caplog.text
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_no_descriptor_left_is_a_503_with_retry_after(
+    api: TestClient, data: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = api.app.state.batchstash.reader.backend  # type: ignore[attr-defined]
+
+    def no_fds(key: str) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(backend, "open_versioned", no_fds)
+    got = data.get("/v1/splits/train/payloads", params={"ids": "0,1"})
+    assert got.status_code == 503 and "retry-after" in got.headers
+    assert got.json()["error"]["code"] == "store_busy"
+    monkeypatch.undo()
+    assert data.get("/v1/splits/train/payloads", params={"ids": "0,1"}).status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 
@@ -15,6 +16,7 @@ from batchstash.client import (
     NotFoundError,
     NotPrimedError,
     StaleStoreError,
+    StoreBusyError,
     wire,
 )
 from batchstash.service.store import layout
@@ -554,3 +556,21 @@ def test_a_payload_of_every_attribute(reader):
     assert sorted(payload.tensors) == ["ids", "label", "x"]
     for name, tensor in TENSORS["test", 0].items():
         assert torch.equal(payload.tensors[name], tensor)
+
+
+def test_no_descriptor_left_is_a_busy_store_not_a_bug(reader, primed, monkeypatch):
+    def no_fds(key):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(primed, "open_versioned", no_fds)
+    monkeypatch.setattr(primed, "read_mapped_versioned", no_fds)
+    with pytest.raises(StoreBusyError, match="no file descriptor left") as caught:
+        reader.payloads("train", [0], ["label"], files=True)
+    assert caught.value.status == 503 and caught.value.code == "store_busy"
+
+    def other(key):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(primed, "open_versioned", other)
+    with pytest.raises(OSError, match="Input/output"):  # anything else is not hidden
+        reader.payloads("train", [0], ["label"], files=True)
