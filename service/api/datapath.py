@@ -46,10 +46,11 @@ from typing import Any
 import h11
 
 from batchstash.client import InvalidRequestError
+from batchstash.service.store.local import nbytes
 
 from .dataroutes import DataRoutes, Reply, error_reply
 from .reads import DATA_PORT_HEADER
-from .sending import chunk_size, close_files, send_all, send_chunks
+from .sending import close_files, send_all, send_chunks
 from .state import ServerState
 
 __all__ = ["DataListener", "advertise_data_port", "start_data_listener"]
@@ -279,7 +280,7 @@ class DataListener:
             close_files(reply.chunks)  # the stored files it held open, sent or not
 
     def _send_reply(self, conn: socket.socket, http: h11.Connection, reply: Reply) -> None:
-        size = sum(map(chunk_size, reply.chunks))
+        size = sum(map(nbytes, reply.chunks))
         head = h11.Response(
             status_code=reply.status,
             headers=[*reply.headers, ("Content-Length", str(size))],

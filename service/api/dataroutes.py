@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from batchstash.client import BatchstashError, NotFoundError
 from batchstash.client.frames import FRAMES_MEDIA_TYPE
+from batchstash.service.store.local import nbytes
 
 from .deps import check_read_token
 from .errors import error_body, error_headers
@@ -30,7 +31,6 @@ from .reads import (
     parse_attributes,
     parse_ids,
 )
-from .sending import chunk_size
 from .state import ServerState
 
 __all__ = [
@@ -156,7 +156,7 @@ class DataRoutes:
         names, wanted = parse_attributes(query.get("attributes")), parse_ids(query["ids"])
         start = time.perf_counter()
         chunks = frames(reader, split, wanted, names, files=True)
-        size = sum(map(chunk_size, chunks))
+        size = sum(map(nbytes, chunks))
         metrics.observe_served(split, len(wanted), size, time.perf_counter() - start)
         headers = [
             ("Content-Type", FRAMES_MEDIA_TYPE),
@@ -180,7 +180,7 @@ class DataRoutes:
             return Reply(304, out)
         start = time.perf_counter()
         chunks = reader.payloads(split, [batch_id], names, files=True)[0]
-        size = sum(map(chunk_size, chunks))
+        size = sum(map(nbytes, chunks))
         self.state.metrics.observe_served(split, 1, size, time.perf_counter() - start)
         return Reply(200, [("Content-Type", PAYLOAD_MEDIA_TYPE), *out], chunks)
 

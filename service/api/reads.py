@@ -17,10 +17,9 @@ import xxhash
 from batchstash.client import InvalidRequestError
 from batchstash.client.frames import frame_prefix
 from batchstash.client.session import DATA_PORT_HEADER, FINGERPRINT_HEADER
+from batchstash.service.store.local import nbytes
 from batchstash.service.store.reader import StoreReader
 from batchstash.service.store.records import StoreInfo
-
-from .sending import chunk_size
 
 __all__ = [
     "DATA_PORT_HEADER",
@@ -103,6 +102,6 @@ def frames(
     """
     chunks: list[Any] = []
     for parts in reader.payloads(split, ids, names, files):
-        chunks.append(frame_prefix(sum(map(chunk_size, parts))))
+        chunks.append(frame_prefix(sum(map(nbytes, parts))))
         chunks.extend(parts)
     return chunks

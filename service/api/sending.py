@@ -17,7 +17,7 @@ from typing import Any
 
 from ..store.local import StoredFile
 
-__all__ = ["chunk_size", "close_files", "send_all", "send_chunks"]
+__all__ = ["close_files", "send_all", "send_chunks"]
 
 IOV_MAX = 512
 """Buffers per ``sendmsg`` call (Linux allows 1,024)."""
@@ -36,11 +36,6 @@ def send_all(sock: socket.socket, buffers: list[Any], flags: int = 0) -> None:
             else:
                 views[0] = head[sent:]
                 sent = 0
-
-
-def chunk_size(chunk: Any) -> int:
-    """The bytes a reply chunk (a buffer or a held-open stored file) puts on the wire."""
-    return len(chunk) if isinstance(chunk, StoredFile) else memoryview(chunk).nbytes
 
 
 def close_files(chunks: Iterable[Any]) -> None:

@@ -9,13 +9,14 @@ import secrets
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from batchstash.client import InvalidRequestError, StoreError
 
 from .backend import NoSuchKey, StoreBackend
 
-__all__ = ["LocalBackend", "StoredFile", "file_version"]
+__all__ = ["LocalBackend", "StoredFile", "file_version", "nbytes"]
 
 _MAP_AT = 512 * 1024
 
@@ -77,6 +78,11 @@ class StoredFile:
 
     def __del__(self) -> None:
         self.close()
+
+
+def nbytes(chunk: Any) -> int:
+    """The bytes of a payload chunk: a buffer, or a :class:`StoredFile` held open unread."""
+    return chunk.size if isinstance(chunk, StoredFile) else memoryview(chunk).nbytes
 
 
 _LOCK = ".lock"
