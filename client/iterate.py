@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,7 +40,12 @@ def prefetched(fn: Callable[[T], R], items: Iterable[T], prefetch: int) -> Gener
         return
     pending: deque[Future[R]] = deque()
     source = iter(items)
-    pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="batchstash-prefetch")
+    workers: set[threading.Thread] = set()
+    pool = ThreadPoolExecutor(
+        max_workers=prefetch,
+        thread_name_prefix="batchstash-prefetch",
+        initializer=lambda: workers.add(threading.current_thread()),
+    )
     try:
         for item in source:
             pending.append(pool.submit(fn, item))
@@ -54,7 +60,9 @@ def prefetched(fn: Callable[[T], R], items: Iterable[T], prefetch: int) -> Gener
     finally:
         for future in pending:
             future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        # a generator dropped mid-way may be finalized by the garbage collector in one of its
+        # own workers, which cannot wait for itself: the others stop once their item is done
+        pool.shutdown(wait=threading.current_thread() not in workers, cancel_futures=True)
 
 
 class BatchIterator:

@@ -119,7 +119,10 @@ class PipelinedReader:
             self._stop.set()
             self._credits.release()  # wakes a reader waiting for a credit
             self._abort_socket()
-            thread.join(timeout=max(1.0, self.client.timeout))
+            # an iterator dropped mid-epoch may be finalized by the garbage collector in any
+            # thread, this reader's own included: it stops by itself then, it cannot join itself
+            if threading.current_thread() is not thread:
+                thread.join(timeout=max(1.0, self.client.timeout))
 
     def _abort_socket(self) -> None:
         with self._sock_lock:

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Generator
 
 import pytest
 
@@ -159,6 +160,27 @@ def test_prefetched_zero_is_synchronous_and_errors_surface_in_place() -> None:
     assert [next(gen), next(gen)] == [0, 1]
     with pytest.raises(ValueError, match="boom at 2"):
         next(gen)
+
+
+def test_prefetched_finalized_in_one_of_its_workers_does_not_wait_for_itself() -> None:
+    # the garbage collector may finalize a dropped generator in one of its own pool's threads
+    taken, errors, done = threading.Event(), [], threading.Event()
+    gen: Generator[int, None, None]
+
+    def work(i: int) -> int:
+        if i == 3 and taken.wait(timeout=5):
+            try:
+                gen.close()  # in a worker, as a finalizer there would
+            except BaseException as exc:
+                errors.append(exc)
+            done.set()
+        return i
+
+    gen = prefetched(work, range(10), prefetch=4)
+    assert next(gen) == 0
+    taken.set()
+    assert done.wait(timeout=5)
+    assert errors == []
 
 
 def test_iterator_prefetch_is_bounded() -> None:

@@ -244,6 +244,35 @@ def test_closing_mid_epoch_stops_the_reader(stack: Callable[..., Stack]) -> None
     assert len(s.listener.requests) <= 6
 
 
+def test_an_iterator_finalized_in_its_own_reader_thread_stops_cleanly(
+    stack: Callable[..., Stack],
+) -> None:
+    # a loop left by ``break`` drops the iterator; the garbage collector may finalize it in any
+    # thread, the reader's own included (seen as "cannot join current thread" from the finalizer)
+    s = stack(60)
+    with s.client() as client:
+        it = client.iter_batches("train", shuffle=False, prefetch=6)
+        taken, errors = threading.Event(), []
+        decode = client._decode_frames
+
+        def decode_then_close(*args: object, **kwargs: object) -> object:
+            if taken.wait(timeout=5) and it._stream is not None:
+                try:
+                    it._stream.close()  # runs in the reader thread, as a finalizer there would
+                except BaseException as exc:
+                    errors.append(exc)
+            return decode(*args, **kwargs)  # type: ignore[arg-type]
+
+        first = next(it)
+        client._decode_frames = decode_then_close  # type: ignore[method-assign]
+        taken.set()
+        assert it.reader is not None and it.reader.thread is not None
+        it.reader.thread.join(timeout=5)
+        assert not it.reader.thread.is_alive()
+        assert errors == []
+        assert first.id == 0
+
+
 def test_pipelined_false_and_own_transports_use_threads(stack: Callable[..., Stack]) -> None:
     s = stack(6)
     with s.client() as client:
