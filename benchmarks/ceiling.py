@@ -9,12 +9,19 @@ kind) opens with two bytes that choose the run:
   (256 MiB, more than the caches hold) and the receiver receives into :data:`RECEIVE_BUFFERS`
   buffers in turn, as a client receives each batch into new memory. The ratios use this one.
   ``H``, cache-hot: one buffer each side, always in cache (information only);
+  ``F``, stored files by ``sendfile``: with ``--files DIR`` the sender sends the first 1 MiB of
+  each stored batch file under ``DIR`` in turn, opening it for each message and handing it to
+  ``os.sendfile`` (the data listener's default way, without HTTP or Python around it); ``M``,
+  stored files mapped: the same files mapped for each message and sent with ``sendall`` (the
+  way of ``data_sendfile=false``). Information: what the kernel charges each way on this machine;
 * shape ``S``, stream: messages back to back; ``R``, request: the receiver asks for each message
   with one byte (one round trip per message).
 """
 
 from __future__ import annotations
 
+import argparse
+import mmap
 import os
 import select
 import signal
@@ -29,20 +36,25 @@ from urllib.parse import urlsplit
 
 from .servers import REPO_ROOT, Server, child_env, stop
 
-__all__ = ["KINDS", "MESSAGE_BYTES", "RECEIVE_BUFFERS", "RUNS", "SEND_BUFFERS", "Receiver",
-           "sender"]
+__all__ = ["FILE_RUNS", "KINDS", "MESSAGE_BYTES", "RECEIVE_BUFFERS", "RUNS", "SEND_BUFFERS",
+           "Receiver", "sender"]
 
 MESSAGE_BYTES = 1 << 20
 SEND_BUFFERS = 256
 RECEIVE_BUFFERS = 32
 HOST = "127.0.0.1"
 
-KINDS = {"tcp_distinct": (b"D", b"S"), "tcp_hot": (b"H", b"S"), "tcp_hot_request": (b"H", b"R")}
+KINDS = {"tcp_distinct": (b"D", b"S"), "tcp_hot": (b"H", b"S"), "tcp_hot_request": (b"H", b"R"),
+         "tcp_files_sendfile": (b"F", b"S"), "tcp_files_mapped": (b"M", b"S")}
 """Consumer kinds of the ceiling: their opening bytes (buffers, shape)."""
 
 RUNS = {"distinct_1": ("tcp_distinct", 1), "distinct_4": ("tcp_distinct", 4),
         "hot_stream_1": ("tcp_hot", 1), "hot_request_1": ("tcp_hot_request", 1)}
 """The ceiling rows: consumer kind and sender/receiver pairs."""
+
+FILE_RUNS = {"files_sendfile_1": ("tcp_files_sendfile", 1),
+             "files_mapped_1": ("tcp_files_mapped", 1)}
+"""The stored-file rows (a sender given ``--files``): consumer kind and pairs."""
 
 
 def _receive(sock: socket.socket, view: memoryview) -> None:
@@ -54,22 +66,61 @@ def _receive(sock: socket.socket, view: memoryview) -> None:
         got += n
 
 
-def _send(conn: socket.socket, buffers: list[memoryview]) -> None:
+def _send_file(conn: socket.socket, path: str, mapped: bool) -> None:
+    """Send the first :data:`MESSAGE_BYTES` of a stored file, opened (and closed) for it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if mapped:
+            with mmap.mmap(fd, MESSAGE_BYTES, prot=mmap.PROT_READ) as mapping:
+                conn.sendall(mapping)
+            return
+        offset = 0
+        while offset < MESSAGE_BYTES:
+            sent = os.sendfile(conn.fileno(), fd, offset, MESSAGE_BYTES - offset)
+            if not sent:
+                raise ConnectionError(f"{path} is shorter than a message")
+            offset += sent
+    finally:
+        os.close(fd)
+
+
+def _send(conn: socket.socket, buffers: list[memoryview], files: list[str]) -> None:
     """One connection: read the two opening bytes, then send until the receiver hangs up."""
     opening = bytearray(2)
     _receive(conn, memoryview(opening))
     payloads = buffers if opening[:1] == b"D" else buffers[:1]
     request, ask, sent = opening[1:] == b"R", bytearray(1), 0
+    if opening[:1] in (b"F", b"M") and not files:
+        return  # no files to send (no --files): the receiver sees the connection close
     try:
         while not request or conn.recv_into(ask) == 1:
-            conn.sendall(payloads[sent % len(payloads)])
+            if opening[:1] in (b"F", b"M"):
+                _send_file(conn, files[sent % len(files)], mapped=opening[:1] == b"M")
+            else:
+                conn.sendall(payloads[sent % len(payloads)])
             sent += 1
     except OSError:  # the receiver hung up: the run is over
         pass
 
 
-def _serve() -> None:
+def _stored_files(directory: str | None) -> list[str]:
+    """The files of at least one message under ``directory``, read once (into the page cache)."""
+    if directory is None:
+        return []
+    found, scratch = [], bytearray(MESSAGE_BYTES)
+    for root, _, names in sorted(os.walk(directory)):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            if not name.startswith(".") and os.path.getsize(path) >= MESSAGE_BYTES:
+                with open(path, "rb", buffering=0) as fh:
+                    fh.readinto(scratch)
+                found.append(path)
+    return found
+
+
+def _serve(files_dir: str | None = None) -> None:
     """The sender: fill the buffers, print the port, fork a sender per connection."""
+    files = _stored_files(files_dir)
     buffers = [memoryview(bytearray(bytes([1 + i % 255]) * MESSAGE_BYTES))
                for i in range(SEND_BUFFERS)]
     children: list[int] = []
@@ -93,19 +144,25 @@ def _serve() -> None:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 server.close()
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                _send(conn, buffers)
+                _send(conn, buffers, files)
                 os._exit(0)
             children.append(pid)
             conn.close()
 
 
 @contextmanager
-def sender(log: Path, timeout: float = 60.0) -> Iterator[Server]:
-    """Run the sender until the block ends, then stop it (and its senders) by pid."""
+def sender(log: Path, files: Path | None = None, timeout: float = 300.0) -> Iterator[Server]:
+    """Run the sender until the block ends, then stop it (and its senders) by pid.
+
+    ``files``: a store directory whose batch files the ``F`` and ``M`` kinds send.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "benchmarks.ceiling"]
+    if files is not None:
+        argv += ["--files", str(files)]
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.ceiling"], cwd=REPO_ROOT,
-                                env=child_env(), stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE,
+                                stderr=err)
     out = cast(IO[bytes], proc.stdout)  # stdout=PIPE
     try:
         if not select.select([out], [], [], timeout)[0]:
@@ -134,7 +191,7 @@ class Receiver:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.sendall(buffers + shape)
         self.request = shape == b"R"
-        count = RECEIVE_BUFFERS if buffers == b"D" else 1
+        count = 1 if buffers == b"H" else RECEIVE_BUFFERS
         self.ring, self.turn = [memoryview(bytearray(MESSAGE_BYTES)) for _ in range(count)], 0
         for _ in range(count + 2):  # warm up: the connection, both processes, every buffer
             self.step()
@@ -156,4 +213,6 @@ class Receiver:
 
 
 if __name__ == "__main__":
-    _serve()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ceiling")
+    parser.add_argument("--files", help="a store directory: the F and M kinds send its files")
+    _serve(parser.parse_args().files)

@@ -18,6 +18,10 @@ CEILINGS = {
     "distinct_4": "the same, 4 sender/receiver pairs at once",
     "hot_stream_1": "raw TCP, cache-hot: one buffer each side, back to back, 1 pair (info)",
     "hot_request_1": "raw TCP, cache-hot, one 1-byte request per message, 1 pair (info)",
+    "files_sendfile_1": "raw TCP, the large store's files (1 MiB of each, opened for each "
+                        "message) by os.sendfile, 1 pair (info: the data listener's default way)",
+    "files_mapped_1": "the same files mapped and sent with sendall, 1 pair (info: the way of "
+                      "data_sendfile=false)",
 }
 
 SERVING = {
@@ -36,6 +40,10 @@ SERVING = {
                        "1 consumer",
     "iter_mmap_1": "batchstash data_sendfile=false + BatchClient.iter_batches prefetch "
                    "{prefetch}, device=None, 1 consumer",
+    "raw_data_sendfile_1": "batchstash data_sendfile=true + raw client (no checksums), data "
+                           "port, 1 consumer",
+    "iter_sendfile_1": "batchstash data_sendfile=true + BatchClient.iter_batches prefetch "
+                       "{prefetch}, device=None, 1 consumer",
     "iter_cpu_1": "batchstash + BatchClient.iter_batches prefetch {prefetch}, device='cpu', "
                   "1 consumer",
     "iter_4": "batchstash + BatchClient.iter_batches prefetch {prefetch}, device=None, "
@@ -45,7 +53,14 @@ SERVING = {
 }
 """Serving rows by run key."""
 
+FLOORS = {"raw_data_sendfile_1": "files_sendfile_1", "iter_sendfile_1": "files_sendfile_1",
+          "raw_data_mmap_1": "files_mapped_1", "iter_mmap_1": "files_mapped_1"}
+"""Data-port rows and the bare loop that sends the stored files their way (a ceiling row)."""
+
 LATENCY = {"seq_1", "seq_4"}
+
+AUTO = {"raw_data_1", "iter_1"}
+"""Rows against the default server, which say how ``data_sendfile=auto`` sends to them."""
 """Serving rows that show their latency: one ``batch()`` call, request to tensors."""
 
 
@@ -70,6 +85,11 @@ def _serving_row(results: dict[str, Any], size: str, key: str) -> Row:
     top = ceiling_run(results, run["consumers"]) if size == "large" else None
     if top is not None:
         result += f"; {times(div(run['mb_s'], top['mb_s']))} ceiling distinct"
+        floor = results.get("ceiling", {}).get(FLOORS.get(key, ""))
+        if floor and "mb_s" in floor:
+            result += f", {times(div(run['mb_s'], floor['mb_s']))} its way's bare loop"
+    if key in AUTO and "auto_way" in runs:
+        result += f"; data_sendfile=auto chose {runs['auto_way']}"
     if key in LATENCY:
         result += f"; {latency(run)}"
     return Row(sec, label, result, run=run)

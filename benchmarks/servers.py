@@ -131,6 +131,16 @@ def batchstash_server(
         yield server
 
 
+def auto_way(url: str) -> str:
+    """How a server under ``data_sendfile=auto`` sends stored files now."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith('batchstash_data_sendfile{setting="auto"}'):
+            return {1: "sendfile", 0: "mapped pages"}.get(int(float(line.split()[-1])),
+                                                          "still measuring")
+    return "no choice (data_sendfile is not auto)"
+
+
 def prime(url: str, timeout: float) -> dict[str, Any]:
     """Prime through ``POST /v1/admin/prime`` and poll the status until the job ends.
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from .servers import Server, child_env, free_port, subprocess_server
 
-__all__ = ["BATCHSTASH_RUNS", "FLOOR_RUNS", "MMAP_RUNS", "PER_REQUEST", "PREFETCH", "Run",
-           "floor_server"]
+__all__ = ["BATCHSTASH_RUNS", "FLOOR_RUNS", "FORCED_RUNS", "MMAP_RUNS", "PER_REQUEST", "PREFETCH",
+           "SENDFILE_RUNS", "Run", "floor_server"]
 
 Run = tuple[str, int, dict[str, Any]]
 
@@ -38,6 +38,19 @@ MMAP_RUNS: dict[str, Run] = {
 }
 """Against ``batchstash serve`` with ``data_sendfile=false`` (the data listener sends the mapped
 pages with ``sendmsg`` instead of the files with ``sendfile``): the A/B of that setting."""
+
+SENDFILE_RUNS: dict[str, Run] = {
+    "raw_data_sendfile_1": ("raw_data", 1, {}),
+    "iter_sendfile_1": ("iter", 1, {}),
+}
+"""Against ``batchstash serve`` with ``data_sendfile=true``: the other side of that A/B (the
+default, ``auto``, measures both ways and keeps the cheaper)."""
+
+FORCED_RUNS: dict[str, tuple[str, dict[str, Run]]] = {
+    "mmap": ("false", MMAP_RUNS),
+    "sendfile": ("true", SENDFILE_RUNS),
+}
+"""The servers with ``data_sendfile`` forced: log name -> (setting, their runs)."""
 
 FLOOR_RUNS: dict[str, Run] = {
     "floor_raw_1": ("raw", 1, {}),

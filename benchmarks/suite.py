@@ -19,11 +19,19 @@ import torch
 from . import baselines, ceiling, gpu, memory, priming, rawclient, ray_priming, s3, status
 from .consumers import ConsumerPool, LoadTask
 from .profiles import Profile
-from .servers import Server, batchstash_server, child_env, free_port, prime, subprocess_server
+from .servers import (
+    Server,
+    auto_way,
+    batchstash_server,
+    child_env,
+    free_port,
+    prime,
+    subprocess_server,
+)
 from .serving import (
     BATCHSTASH_RUNS,
     FLOOR_RUNS,
-    MMAP_RUNS,
+    FORCED_RUNS,
     PER_REQUEST,
     PREFETCH,
     Run,
@@ -143,11 +151,12 @@ class Suite:
 
     def ceilings(self) -> None:
         """The raw-TCP ceiling rows (:data:`benchmarks.ceiling.RUNS`), one sender for all."""
-        with ceiling.sender(self.logs / "ceiling.log") as sender:
+        runs = {**ceiling.RUNS, **ceiling.FILE_RUNS}
+        with ceiling.sender(self.logs / "ceiling.log", files=self.store("large")) as sender:
             self.results["ceiling"] = {
                 name: self.step(f"ceiling {name}", lambda k=kind, c=pairs: self.load(
                     sender, k, c, max_batches=self.profile.ceiling_messages))
-                for name, (kind, pairs) in ceiling.RUNS.items()
+                for name, (kind, pairs) in runs.items()
             }
 
     def serving(self) -> None:
@@ -181,19 +190,21 @@ class Suite:
                 key: NO_DATA_PORT for key, r in BATCHSTASH_RUNS.items() if r[0] == "raw_data"}
             table = {key: r for key, r in BATCHSTASH_RUNS.items() if key not in skipped}
             runs = {**skipped, **self._runs(server, table, size)}
+            way = auto_way(server.url)
             with floor_server(directory, server.url, self.logs / f"floor-{size}.log") as floor:
                 runs.update(self._runs(floor, FLOOR_RUNS, size))
-        with batchstash_server(directory, options, self.logs / f"serve-{size}-mmap.log",
-                               BATCHSTASH_DATA_SENDFILE="false") as server:
-            self.warm(server, size)
-            mmap_table = {k: r for k, r in MMAP_RUNS.items() if advertised is not None
-                          or r[0] != "raw_data"}
-            runs.update({k: NO_DATA_PORT for k in MMAP_RUNS if k not in mmap_table})
-            runs.update(self._runs(server, mmap_table, size))
+        for name, (setting, forced) in FORCED_RUNS.items():
+            with batchstash_server(directory, options, self.logs / f"serve-{size}-{name}.log",
+                                   BATCHSTASH_DATA_SENDFILE=setting) as server:
+                self.warm(server, size)
+                table = {k: r for k, r in forced.items() if advertised is not None
+                         or r[0] != "raw_data"}
+                runs.update({k: NO_DATA_PORT for k in forced if k not in table})
+                runs.update(self._runs(server, table, size))
         self.results[f"batchstash_{size}"] = {
             "prefetch": PREFETCH[size], "per_request": PER_REQUEST[size],
             "data_port": advertised, "batch_bytes": batch_bytes(options["rows"], options["dims"]),
-            "store_batches": options["batches"], **runs}
+            "store_batches": options["batches"], "auto_way": way, **runs}
 
     def local_baselines(self) -> None:
         """A local DataLoader over torch.save files, pickled files: the same batches."""

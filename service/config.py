@@ -71,8 +71,11 @@ class Settings(BaseSettings):
             warning, if that one is taken; ``0``: any free port).
         data_advertise_port: the port clients are told to use (unset: ``data_port``); set it
             when a proxy or a container port mapping puts the data listener elsewhere.
-        data_sendfile: the data listener sends each whole stored file with ``sendfile`` (the
-            kernel reads the page cache itself) rather than its mapped pages with ``sendmsg``.
+        data_sendfile: how the data listener sends a whole stored file: ``true``, with
+            ``sendfile`` (the kernel reads the page cache itself); ``false``, its mapped pages
+            with ``sendmsg``; ``auto`` (default), both in turn at first, then the one that
+            cost this process less CPU per byte (which wins depends on the machine: see the
+            README).
     """
 
     model_config = SettingsConfigDict(env_prefix="BATCHSTASH_", extra="forbid")
@@ -102,7 +105,21 @@ class Settings(BaseSettings):
     data_listener: bool = True
     data_port: int | None = Field(None, ge=0, le=65535)
     data_advertise_port: int | None = Field(None, ge=1, le=65535)
-    data_sendfile: bool = True
+    data_sendfile: bool | Literal["auto"] = "auto"
+
+    @field_validator("data_sendfile", mode="before")
+    @classmethod
+    def _sendfile_mode(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true, false or auto, not {value!r}")
 
     @field_validator("data_dir", mode="before")
     @classmethod

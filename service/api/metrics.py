@@ -90,6 +90,17 @@ class Metrics:
         self.store_primed = Gauge(
             "batchstash_store_primed", "1 when every batch is stored", registry=self.registry
         )
+        self.data_sendfile = Gauge(
+            "batchstash_data_sendfile",
+            "How the data listener sends stored files, by its data_sendfile setting: "
+            "1 sendfile, 0 mapped pages, -1 while auto measures both",
+            ["setting"],
+            registry=self.registry,
+        )
+
+    def observe_send_way(self, setting: str, sendfile: bool | None) -> None:
+        """Record how the data listener sends (``None``: ``auto`` is measuring)."""
+        self.data_sendfile.labels(setting).set(-1 if sendfile is None else int(sendfile))
 
     def observe_served(self, split: str, batches: int, size: int, seconds: float) -> None:
         """Count ``batches`` payloads of ``size`` bytes served, read in ``seconds``."""

@@ -24,8 +24,10 @@ SECTIONS = ("ceiling", "priming", "builds", "batchstash_large", "batchstash_smal
             "sections")
 TARGETS = 15  # wire: 4, DataLoader: 1, small: 1, memory: 1 + 1 per client depth (2),
 # priming: 2, status: 4 (the S3 and Ray sections are information rows: no target)
-CEILINGS = {"distinct_1": 1, "distinct_4": 4, "hot_stream_1": 1, "hot_request_1": 1}
-SERVING = {"raw_1": 1, "iter_1": 1, "iter_threads_1": 1, "iter_mmap_1": 1, "iter_cpu_1": 1,
+CEILINGS = {"distinct_1": 1, "distinct_4": 4, "hot_stream_1": 1, "hot_request_1": 1,
+            "files_sendfile_1": 1, "files_mapped_1": 1}
+SERVING = {"raw_1": 1, "iter_1": 1, "iter_threads_1": 1, "iter_mmap_1": 1, "iter_sendfile_1": 1,
+           "iter_cpu_1": 1,
            "iter_4": 4, "seq_1": 1, "seq_4": 4, "floor_raw_1": 1, "floor_1": 1, "floor_4": 4}
 CPU_COLUMNS = ("server CPU s/GB", "client CPU s/GB", "cores: server / client", "limit")
 
@@ -73,7 +75,8 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     for size, per_request in (("large", 8), ("small", 32)):
         runs = results[f"batchstash_{size}"]
         assert runs["per_request"] == per_request
-        data_port = ({"raw_data_1": 1, "raw_data_mmap_1": 1} if runs["data_port"] is not None
+        data_port = ({"raw_data_1": 1, "raw_data_mmap_1": 1, "raw_data_sendfile_1": 1}
+                     if runs["data_port"] is not None
                      else {})
         if not data_port:
             assert "no x-batchstash-data-port header" in runs["raw_data_1"]["skipped"]

@@ -172,3 +172,4 @@ def test_fetcher_kinds_cover_the_raw_and_ceiling_rows() -> None:
 
     assert {"iter", "seq", "raw", "raw_data", "naive", *ceiling.KINDS} == set(fetchers.FETCHERS)
     assert {kind for kind, _ in ceiling.RUNS.values()} <= set(ceiling.KINDS)
+    assert {kind for kind, _ in ceiling.FILE_RUNS.values()} <= set(ceiling.KINDS)

@@ -303,13 +303,14 @@ def test_no_listener_when_switched_off(tmp_path: Path) -> None:
         api.__exit__(None, None, None)
 
 
-@pytest.mark.parametrize("sendfile", [True, False])
+@pytest.mark.parametrize("sendfile", [True, False, "auto"])
 def test_verified_files_are_sent_again_identically_and_closed(
-    api: TestClient, sendfile: bool
+    api: TestClient, sendfile: bool | str
 ) -> None:
     """The first read verifies the bytes; later ones send the file held open, then close it."""
     state = api.app.state.batchstash  # type: ignore[attr-defined]
-    query = {"ids": "0,1,2,3,4,5"}
+    # one stored group a batch: each payload is its stored file (several are composed)
+    query = {"ids": "0,1,2,3,4,5", "attributes": "flower_dims"}
     expected = api.get("/v1/splits/train/payloads", params=query).content
     with DataListener(state, "127.0.0.1", 0, sendfile=sendfile) as listener:
         with httpx.Client(base_url=f"http://127.0.0.1:{listener.port}", timeout=10) as http:
