@@ -22,14 +22,14 @@ requests there (see :class:`batchstash.client.endpoints.Endpoint`).
 
 A stored object that verified before reaches the listener unread: the reader holds the file
 open at the version that verified (:class:`~batchstash.service.store.local.StoredFile`) and it
-goes out with ``os.sendfile`` from that descriptor, so the kernel sends from the page cache with
-no mapping, no read and no copy in Python (``data_sendfile``, default on); the memory before it
-(head, frame prefix) goes with ``MSG_MORE``, and the descriptor is closed once the reply is sent.
-Measured on loopback (2-core AMD VM, 1 MiB objects in the page cache, the raw client): 0.47 s/GB
-of server CPU against 0.66 for the mapped pages sent with ``sendmsg``, and 0.77 for the earlier
-``sendfile`` path that mapped every file and opened it again to check its version; a 67 KB
-object costs 38 us against 69 us for read + ``sendall``. A reply holds a descriptor per object,
-so :func:`start_data_listener` raises the open-files soft limit.
+goes out from that descriptor, either with ``os.sendfile`` (the kernel sends from the page cache,
+no mapping, no read, no copy in Python; the memory before it, head and frame prefix, goes with
+``MSG_MORE``) or mapped and sent with ``sendmsg``; the descriptor is closed once the reply is
+sent. Which way costs less depends on the machine (on loopback ``sendfile`` cost 0.7 x the server
+CPU per GB of the mapped pages on a 2-core AMD VM, 1.3-1.4 x on a 2-core Intel VM), so by default
+(``data_sendfile=auto``) :class:`~.sending.SendWays` tries both while it serves and keeps the
+cheaper. A reply holds a descriptor per object, so :func:`start_data_listener` raises the
+open-files soft limit.
 """
 
 from __future__ import annotations
