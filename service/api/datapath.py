@@ -50,7 +50,7 @@ from batchstash.service.store.local import StoredFile, nbytes
 
 from .dataroutes import DataRoutes, Reply, error_reply
 from .reads import DATA_PORT_HEADER
-from .sending import SendWays, close_files, send_all, send_chunks
+from .sending import BodySize, SendWays, close_files, send_all, send_chunks
 from .state import ServerState
 
 __all__ = ["DataListener", "advertise_data_port", "start_data_listener"]
@@ -296,10 +296,12 @@ class DataListener:
             reason=HTTPStatus(reply.status).phrase,
         )
         buffers: list[Any] = [http.send(head)]
-        for chunk in reply.chunks:
-            # passthrough: h11 counts the bytes and hands the chunk back as it is (no copy)
-            data = h11.Data(data=chunk)
-            buffers.extend(http.send_with_data_passthrough(data) or ())
+        if size:
+            # h11 counts a body by len() alone (its documented way for sendfile): one stand-in
+            # for the whole body keeps its framing checks at one event a reply, not two a
+            # batch (3.4 us each), and the chunks go out as they are
+            http.send_with_data_passthrough(h11.Data(data=BodySize(size)))  # type: ignore[arg-type]
+            buffers.extend(reply.chunks)
         buffers.extend(http.send_with_data_passthrough(h11.EndOfMessage()) or ())
         conn.settimeout(self.send_timeout)
         ways = self.ways
