@@ -93,7 +93,8 @@ class Metrics:
         self.data_sendfile = Gauge(
             "batchstash_data_sendfile",
             "How the data listener sends stored files, by its data_sendfile setting: "
-            "1 sendfile, 0 mapped pages, -1 while auto measures both",
+            "1 sendfile, 0 mapped pages, -1 while auto measures both (or has had no stored "
+            "file to send: an S3 store's objects go out as bytes)",
             ["setting"],
             registry=self.registry,
         )
