@@ -121,8 +121,9 @@ class SendWays:
     (measured: 0.23-0.37 s/GB on the thread against 0.50 for the process). Then the way whose
     median window cost less is kept, ``sendfile`` unless the mapped pages cost ``margin`` times
     as much or less; after ``retrial_bytes`` more the trial runs again, so a change of load or
-    peers is followed. Other work of the process (API requests) adds to whichever window it
-    falls in: the median of several windows keeps one burst from deciding. Thread safe.
+    peers is followed (the choice is logged when it changes). Other work of the process (API
+    requests) adds to whichever window it falls in: the median of several windows keeps one
+    burst from deciding. Thread safe.
 
     Args:
         window_bytes: bytes sent in one window.
@@ -138,7 +139,7 @@ class SendWays:
         window_bytes: int = 64 * 1024**2,
         windows: int = 3,
         margin: float = 0.9,
-        retrial_bytes: int = 16 * 1024**3,
+        retrial_bytes: int = 64 * 1024**3,
         on_choice: Callable[[bool], None] | None = None,
         clock: Callable[[], int] = time.process_time_ns,
     ) -> None:
@@ -146,6 +147,7 @@ class SendWays:
         self.margin, self.retrial_bytes = margin, retrial_bytes
         self.on_choice, self.clock = on_choice, clock
         self._lock = threading.Lock()
+        self._last: bool | None = None  # the previous trial's choice
         self._trial()
 
     def _trial(self) -> None:
@@ -168,7 +170,7 @@ class SendWays:
 
     def record(self, sendfile: bool, nbytes: int) -> None:
         """A reply of ``nbytes`` went out that way."""
-        decided: tuple[float, float, bool] | None = None
+        decided: tuple[float, float, bool, bool] | None = None
         with self._lock:
             if self._chosen is not None:
                 self._sent += nbytes
@@ -189,10 +191,13 @@ class SendWays:
                 by_sendfile = statistics.median(self._costs[True])
                 by_mapped = statistics.median(self._costs[False])
                 chosen = not by_mapped <= self.margin * by_sendfile
+                changed, self._last = chosen is not self._last, chosen
                 self._chosen, self._sent = chosen, 0
-                decided = (by_sendfile, by_mapped, chosen)
+                decided = (by_sendfile, by_mapped, chosen, changed)
         if decided is not None:
-            logger.info(
+            # a choice that stands is news once: later trials that confirm it log at debug
+            logger.log(
+                logging.INFO if decided[3] else logging.DEBUG,
                 "data listener: stored files go out by %s (%.3f s/GB of this process's CPU by "
                 "sendfile, %.3f by mapped pages; the medians of %d windows each)",
                 "sendfile" if decided[2] else "mapped pages",

@@ -105,6 +105,20 @@ def test_the_choice_is_logged_with_both_costs(caplog: pytest.LogCaptureFixture) 
     assert "0.400 s/GB" in caplog.text and "0.250 by mapped pages" in caplog.text
 
 
+def test_a_choice_is_logged_once_until_it_changes(caplog: pytest.LogCaptureFixture) -> None:
+    process = Process(sendfile_ns=0.5, mapped_ns=0.2)
+    ways = make(process, retrial_bytes=MIB)
+    with caplog.at_level(logging.INFO, logger="batchstash.service.api.sending"):
+        for _ in range(3):  # three trials, the same choice
+            process.trial(ways)
+            process.reply(ways)
+        process.cost = {True: 0.2, False: 0.5}
+        process.trial(ways)
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(lines) == 2, lines
+    assert "by mapped pages (" in lines[0] and "by sendfile (" in lines[1]
+
+
 def test_concurrent_connections_record_safely() -> None:
     ways = SendWays(window_bytes=16 * MIB, windows=3)
 
