@@ -88,14 +88,16 @@ def _send(conn: socket.socket, buffers: list[memoryview], files: list[str]) -> N
     """One connection: read the two opening bytes, then send until the receiver hangs up."""
     opening = bytearray(2)
     _receive(conn, memoryview(opening))
-    payloads = buffers if opening[:1] == b"D" else buffers[:1]
+    kind = bytes(opening[:1])
+    payloads = buffers if kind == b"D" else buffers[:1]
     request, ask, sent = opening[1:] == b"R", bytearray(1), 0
-    if opening[:1] in (b"F", b"M") and not files:
+    stored = kind in (b"F", b"M")
+    if stored and not files:
         return  # no files to send (no --files): the receiver sees the connection close
     try:
         while not request or conn.recv_into(ask) == 1:
-            if opening[:1] in (b"F", b"M"):
-                _send_file(conn, files[sent % len(files)], mapped=opening[:1] == b"M")
+            if stored:
+                _send_file(conn, files[sent % len(files)], mapped=kind == b"M")
             else:
                 conn.sendall(payloads[sent % len(payloads)])
             sent += 1

@@ -58,10 +58,10 @@ FLOORS = {"raw_data_sendfile_1": "files_sendfile_1", "iter_sendfile_1": "files_s
 """Data-port rows and the bare loop that sends the stored files their way (a ceiling row)."""
 
 LATENCY = {"seq_1", "seq_4"}
+"""Serving rows that show their latency: one ``batch()`` call, request to tensors."""
 
 AUTO = {"raw_data_1", "iter_1"}
 """Rows against the default server, which say how ``data_sendfile=auto`` sends to them."""
-"""Serving rows that show their latency: one ``batch()`` call, request to tensors."""
 
 
 def ceiling_run(results: dict[str, Any], consumers: int) -> dict[str, Any] | None:

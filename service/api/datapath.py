@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 import h11
 
@@ -136,18 +136,17 @@ class DataListener:
         max_connections: int = 256,
         idle_timeout: float = 60.0,
         send_timeout: float = 60.0,
-        sendfile: bool | str = True,
+        sendfile: bool | Literal["auto"] = True,
     ) -> None:
         self.state = state
-        self.sendfile = sendfile is not False
-        setting = "auto" if sendfile == "auto" else str(self.sendfile).lower()
         metrics = state.metrics
-        metrics.observe_send_way(setting, None if setting == "auto" else self.sendfile)
-        self.ways = (
-            SendWays(on_choice=lambda way: metrics.observe_send_way("auto", way))
-            if setting == "auto"
-            else None
-        )
+        self.ways: SendWays | None = None
+        if sendfile == "auto":
+            self.ways = SendWays(on_choice=lambda way: metrics.observe_send_way("auto", way))
+            metrics.observe_send_way("auto", None)
+        else:
+            metrics.observe_send_way(str(sendfile).lower(), sendfile)
+        self.sendfile = bool(sendfile)  # without a choice to make (no stored file), as if on
         self.routes = DataRoutes(state)
         self.idle_timeout, self.send_timeout = idle_timeout, send_timeout
         self._slots = threading.BoundedSemaphore(max_connections)

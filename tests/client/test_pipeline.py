@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from batchstash.client import BatchClient, ChecksumError, NotFoundError
+from batchstash.client import BatchClient, BatchIterator, ChecksumError, NotFoundError
 from batchstash.client.socketio import _ProtocolError, read_body, read_head
 
 from .fakeserver import FakeServer, SocketServer, error, make_client, make_tensors
@@ -232,15 +232,19 @@ def test_attributes_are_asked_for_on_pipelined_requests(stack: Callable[..., Sta
     assert {r.url.params["attributes"] for r in s.listener.requests} == {"x"}
 
 
+def _assert_reader_stops(it: BatchIterator) -> None:
+    assert it.reader is not None and it.reader.thread is not None
+    it.reader.thread.join(timeout=5)
+    assert not it.reader.thread.is_alive()
+
+
 def test_closing_mid_epoch_stops_the_reader(stack: Callable[..., Stack]) -> None:
     s = stack(60)
     with s.client() as client:
         it = client.iter_batches("train", shuffle=False, prefetch=6)
         next(it)
         it.close()
-        assert it.reader is not None and it.reader.thread is not None
-        it.reader.thread.join(timeout=5)
-        assert not it.reader.thread.is_alive()
+        _assert_reader_stops(it)
     assert len(s.listener.requests) <= 6
 
 
@@ -266,9 +270,7 @@ def test_an_iterator_finalized_in_its_own_reader_thread_stops_cleanly(
         first = next(it)
         client._decode_frames = decode_then_close  # type: ignore[method-assign]
         taken.set()
-        assert it.reader is not None and it.reader.thread is not None
-        it.reader.thread.join(timeout=5)
-        assert not it.reader.thread.is_alive()
+        _assert_reader_stops(it)
         assert errors == []
         assert first.id == 0
 
