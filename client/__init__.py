@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from .pipeline import PipelinedReader
     from .plan import EpochPlan
     from .ranks import resolve_rank
+    from .staging import DeviceStage
     from .transport import BufferStream, BufferTransport, body_buffer
 
 _LAZY = {
@@ -68,6 +69,7 @@ _LAZY = {
     "BatchMetadata": ".metadata",
     "BufferStream": ".transport",
     "BufferPool": ".buffers",
+    "DeviceStage": ".staging",
     "FrameChecker": ".framecheck",
     "BufferTransport": ".transport",
     "ConfigBatchFeatureMapping": ".mapping",
@@ -107,6 +109,7 @@ __all__ = [
     "ConfigBatchFeatureMapping",
     "ConflictError",
     "CorruptStoreError",
+    "DeviceStage",
     "Endpoint",
     "EndpointState",
     "Endpoints",

@@ -414,7 +414,8 @@ class BatchClient(_Session):
                 else ``WORLD_SIZE``, else 1.
             prefetch: how many batches may be fetched ahead (``0``: fetch on demand).
             attributes: only these attributes.
-            device: copy each batch there (pinned memory and ``non_blocking`` for CUDA).
+            device: copy each batch there (for CUDA on a side stream of the iterator, from
+                pinned receive buffers; see :class:`~batchstash.client.staging.DeviceStage`).
             state: a :meth:`BatchIterator.state_dict` to resume from.
             batches_per_request: batches fetched in one request (default ``prefetch // 6``
                 pipelined, else ``prefetch // 3``; see :class:`BatchIterator`).

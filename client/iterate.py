@@ -16,6 +16,7 @@ from .errors import PlanError
 from .pipeline import PipelinedReader
 from .plan import PLAN_VERSION, EpochPlan
 from .ranks import resolve_rank
+from .staging import DeviceStage
 
 if TYPE_CHECKING:
     from .http import BatchClient
@@ -101,7 +102,11 @@ class BatchIterator:
             ``max(1, prefetch // 3)``: two in flight); several a request save a round trip
             each.
         attributes: only these attributes.
-        device: copy each batch there (pinned memory and ``non_blocking`` for CUDA).
+        device: copy each batch there. For CUDA the copies run in the background thread on a
+            stream of the iteration's own, from the pinned buffers the bodies were received
+            into, and overlap the trainer's compute; a batch is ready to use on the current
+            stream of the thread that takes it from ``next()`` (see
+            :class:`~batchstash.client.staging.DeviceStage`).
         state: a :meth:`state_dict` to resume from.
         pipelined: with ``prefetch`` and a server's data listener (see
             :class:`BatchClient`'s ``data_listener``), send the requests ahead on one
@@ -147,6 +152,7 @@ class BatchIterator:
         self.prefetch = prefetch
         self.attributes = None if attributes is None else sorted(set(attributes))
         self.device = device
+        self._stage: DeviceStage | None = None  # made when iteration starts (a CUDA stream)
         self.pipelined = pipelined
         self.reader: PipelinedReader | None = None
         fingerprint, self._batch_ids = client.split_batch_ids(split)  # learns the data listener
@@ -204,6 +210,15 @@ class BatchIterator:
             fingerprint=self.plan.fingerprint,
         )
 
+    def _fetch_group(self, batch_ids: list[int]) -> list[Batch]:
+        """A group of the iteration, copied by its stage (handed over in :meth:`__next__`)."""
+        if self._stage is None:
+            return self.fetch_many(batch_ids)
+        batches = self.client.batches(
+            self.plan.split, batch_ids, self.attributes, fingerprint=self.plan.fingerprint
+        )
+        return self._stage.copy(batches)
+
     def _batches(self) -> Generator[Batch, None, None]:
         ids, size = self.remaining_ids(), self.batches_per_request
         groups = [ids[i : i + size] for i in range(0, len(ids), size)]
@@ -211,18 +226,20 @@ class BatchIterator:
         # requested and not yet yielded (at least one request ahead)
         in_flight = 0 if self.prefetch == 0 else max(1, self.prefetch // size - 1)
         stream: Generator[list[Batch], None, None]
+        if self.device is not None:
+            self._stage = DeviceStage(self.device, self.client._body_buffers)
         if in_flight and self.pipelined and self.client._can_pipeline():
             self.reader = PipelinedReader(
                 self.client,
                 self.plan.split,
                 self.attributes,
-                self.device,
+                self._stage,
                 self.plan.fingerprint,
                 in_flight,
             )
             stream = self.reader.groups(groups)
         else:
-            stream = prefetched(self.fetch_many, groups, in_flight)
+            stream = prefetched(self._fetch_group, groups, in_flight)
         try:
             for group in stream:
                 yield from group
@@ -234,7 +251,7 @@ class BatchIterator:
             self._stream = self._batches()
         batch = next(self._stream)
         self.position += 1
-        return batch
+        return batch if self._stage is None else self._stage.hand_over(batch)
 
     def close(self) -> None:
         """Stop prefetching and release the worker threads."""

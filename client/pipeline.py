@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .batch import Batch
     from .endpoints import Endpoint
     from .http import BatchClient
+    from .staging import DeviceStage
 
 __all__ = ["PipelinedReader"]
 
@@ -58,7 +59,8 @@ class PipelinedReader:
         client: the client (its URLs, token, timeouts, fingerprint checks and fallback).
         split: the split.
         wanted: the attributes asked for (sorted), or ``None`` for all.
-        device: where batches are copied.
+        stage: where batches are copied (in the reader thread), and into what buffers bodies
+            are read (pinned for CUDA); ``None``: they stay where they were decoded.
         fingerprint: the epoch plan's store fingerprint.
         window: groups requested ahead.
 
@@ -75,14 +77,14 @@ class PipelinedReader:
         client: BatchClient,
         split: str,
         wanted: list[str] | None,
-        device: Any,
+        stage: DeviceStage | None,
         fingerprint: str,
         window: int,
     ) -> None:
         self.client = client
         self.split = split
         self.wanted = wanted
-        self.device = device
+        self.stage = stage
         self.fingerprint = fingerprint
         self.window = max(1, window)
         self.path = f"/v1/splits/{quote(split, safe='')}/payloads"
@@ -169,14 +171,15 @@ class PipelinedReader:
         So a replica that is down gets marked down there, as a failing request marks it.
         """
         try:
-            return self.client._batches(
+            batches = self.client._batches(
                 self.split,
                 group,
                 self.wanted,
-                self.device,
+                None,
                 fingerprint=self.fingerprint,
                 first=endpoint,
             )
+            return batches if self.stage is None else self.stage.copy(batches)
         except Exception as exc:
             return exc
 
@@ -296,7 +299,7 @@ class PipelinedReader:
                 "%s: pipelined answer %d, the request path takes over", endpoint.url, head.status
             )
             return None, True
-        buffer = self._buffers.get(length)
+        buffer = self._buffers.get(length, pinned=self.stage is not None and self.stage.pinned)
         checker = FrameChecker()
         read_body(sock, pending, buffer, checker)
         self.client._pool.mark_up(endpoint)
@@ -310,8 +313,10 @@ class PipelinedReader:
                 group,
                 self.wanted,
                 self.fingerprint,
-                self.device,
+                None,
             )
+            if self.stage is not None:
+                batches = self.stage.copy(batches)
         except Exception as exc:
             return exc, head.closes
         return batches, head.closes

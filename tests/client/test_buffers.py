@@ -75,3 +75,68 @@ def test_an_epoch_reuses_the_buffers_of_the_batches_it_dropped() -> None:
     assert pool.reused > pool.allocated  # most bodies landed in a buffer used before
     # requests in flight, the group being yielded and the JSON answers: not the 24 batches
     assert len(pool) <= 8
+
+
+class Fence:
+    """A stand-in for the CUDA event recorded after the copies that read a buffer."""
+
+    def __init__(self) -> None:
+        self.passed = False
+        self.waited = 0
+
+    def query(self) -> bool:
+        return self.passed
+
+    def synchronize(self) -> None:
+        self.waited += 1
+        self.passed = True
+
+
+def test_a_fenced_buffer_waits_for_its_copies_even_with_nothing_viewing_it() -> None:
+    pool = BufferPool()
+    buffer = pool.get(MIB)
+    fence = Fence()
+    assert pool.fence([view(buffer)[16:32]], fence) == 1  # a tensor inside the buffer
+    del buffer
+    gc.collect()
+    pool.get(MIB)  # the copies may still read it: a new one
+    assert (pool.allocated, pool.reused) == (2, 0)
+    fence.passed = True
+    pool.get(MIB)
+    assert (pool.allocated, pool.reused) == (2, 1)
+
+
+def test_fence_leaves_tensors_outside_the_pool_alone() -> None:
+    pool = BufferPool()
+    kept = pool.get(MIB)
+    fence = Fence()
+    assert pool.fence([torch.zeros(8), torch.zeros(2, device="meta")], fence) == 0
+    del kept
+    pool.get(MIB)
+    assert pool.reused == 1
+
+
+def test_a_later_fence_replaces_an_earlier_one() -> None:
+    pool = BufferPool()
+    buffer = pool.get(MIB)
+    first, second = Fence(), Fence()
+    pool.fence([view(buffer)], first)
+    pool.fence([view(buffer)], second)
+    del buffer
+    first.passed = True
+    pool.get(MIB)
+    assert pool.reused == 0  # the second copy is still pending
+    second.passed = True
+    pool.get(MIB)
+    assert pool.reused == 1
+
+
+def test_clear_waits_for_pending_copies() -> None:
+    pool = BufferPool()
+    buffer = pool.get(MIB)
+    fence = Fence()
+    pool.fence([view(buffer)], fence)
+    pool.clear()
+    assert fence.waited == 1 and len(pool) == 0
+    del buffer
+    assert pool.get(MIB) is not None and pool.allocated == 2
