@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from .baselines import TorchFileDataset
 
-__all__ = ["copy_bandwidth", "trainer_wait"]
+__all__ = ["copy_bandwidth", "delivered", "trainer_wait"]
 
 
 def copy_bandwidth(nbytes: int, repeats: int = 20) -> dict[str, Any]:
@@ -29,6 +29,34 @@ def copy_bandwidth(nbytes: int, repeats: int = 20) -> dict[str, Any]:
             target.copy_(host, non_blocking=True)
         torch.cuda.synchronize()
         result[f"{name}_gb_s"] = repeats * numel * 4 / (time.perf_counter() - start) / 1e9
+    return result
+
+
+def delivered(make_iter: Any, batch_bytes: int, max_batches: int,
+              max_seconds: float) -> dict[str, Any]:
+    """MB/s of an iteration drained with no trainer, ending when its last copy has landed.
+
+    Args:
+        make_iter: ``device -> iter_batches(..., device=device)``; run for ``"cuda"`` (pinned
+            receive, side-stream copies) and for ``None`` (no copy: what the wire gives).
+        batch_bytes: bytes a batch.
+        max_batches: batches at most, each run.
+        max_seconds: seconds at most, each run.
+    """
+    result: dict[str, Any] = {}
+    for name, device in (("cuda", "cuda"), ("none", None)):
+        it = make_iter(device)
+        try:
+            count, start = 0, time.perf_counter()
+            for _batch in it:
+                count += 1
+                if count >= max_batches or time.perf_counter() - start > max_seconds:
+                    break
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+        finally:
+            it.close()
+        result[name] = {"batches": count, "mb_s": count * batch_bytes / wall / 1e6}
     return result
 
 

@@ -257,6 +257,12 @@ def _gpu_rows(gpu: dict[str, Any]) -> list[Row]:
         out.append(Row("gpu", f"trainer data-wait share of step time, {label}",
                        f"{fmt(None if share is None else 100 * share, 1)} % "
                        f"(step {fmt(run['step_ms'], 2)} ms)"))
+    rate = gpu.get("delivered")
+    if rate:
+        cuda, none = rate["cuda"]["mb_s"], rate["none"]["mb_s"]
+        out.append(Row("gpu", "iter_batches prefetch 24 drained, no trainer: device='cuda' "
+                       "(pinned receive, side-stream copies) vs device=None",
+                       f"{fmt(cuda, 0)} vs {fmt(none, 0)} MB/s ({fmt(div(cuda, none), 2)} x)"))
     return out
 
 

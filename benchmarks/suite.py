@@ -304,9 +304,13 @@ class Suite:
                     it, files, options["dims"], p.max_batches, p.max_seconds))
             finally:
                 it.close()
+            rate = self.step("delivered to the GPU", lambda: gpu.delivered(
+                lambda device: client.iter_batches("train", prefetch=24, device=device),
+                batch_bytes(options["rows"], options["dims"]), p.max_batches, p.max_seconds))
         self.results["gpu"] = {
             "device": torch.cuda.get_device_name(0),
             "copy": self.step("host-to-device copies", lambda: gpu.copy_bandwidth(
                 batch_bytes(options["rows"], options["dims"]))),
             "trainer": wait,
+            "delivered": rate,
         }
