@@ -10,12 +10,12 @@ measured 2.5 x the CPU per GB of a plain ``sendall``. This listener answers the 
 
 plus ``GET /healthz``, with the API's bytes, headers, bearer-token check, JSON errors and
 metrics, from the same :class:`StoreReader`: each connection is a thread that parses requests
-with h11 (the sans-I/O HTTP/1.1 parser uvicorn itself uses) and hands the store bytes to the
-kernel with ``sendfile`` and ``sendmsg`` (few system calls, no copy in Python, the GIL released
-while the kernel copies). This module is the sockets, threads and HTTP framing; what a request
-is answered is :class:`~.dataroutes.DataRoutes`'. Everything else stays on FastAPI; the API port
-keeps serving the batch routes too, so a client that cannot reach this port loses speed, not
-function.
+with httptools (the C HTTP/1.1 parser uvicorn itself runs on; see :mod:`.http1`) and hands the
+store bytes to the kernel with ``sendfile`` and ``sendmsg`` (few system calls, no copy in
+Python, the GIL released while the kernel copies). This module is the sockets and threads; what
+a request is answered is :class:`~.dataroutes.DataRoutes`'. Everything else stays on FastAPI;
+the API port keeps serving the batch routes too, so a client that cannot reach this port loses
+speed, not function.
 
 The API advertises the port in the ``X-Batchstash-Data-Port`` header; clients send their batch
 requests there (see :class:`batchstash.client.endpoints.Endpoint`).
@@ -40,17 +40,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any, Literal
-
-import h11
 
 from batchstash.client import InvalidRequestError
 from batchstash.service.store.local import StoredFile, nbytes
 
 from .dataroutes import DataRoutes, Reply, error_reply
+from .http1 import ProtocolError, Request, RequestParser, response_head
 from .reads import DATA_PORT_HEADER
-from .sending import BodySize, SendWays, close_files, send_all, send_chunks
+from .sending import SendWays, close_files, send_all, send_chunks
 from .state import ServerState
 
 __all__ = ["DataListener", "advertise_data_port", "start_data_listener"]
@@ -66,24 +64,6 @@ OPEN_FILES = 65536
 """The open-files soft limit the data listener asks for (see :func:`raise_open_files_limit`)."""
 OPEN_FILES_LOW = 4096
 """Below this many open files allowed, the data listener warns at start."""
-
-
-def _closing_head(reply: Reply) -> bytes:
-    """The head of a last response on a connection whose h11 state cannot send one."""
-    size = sum(memoryview(c).nbytes for c in reply.chunks)
-    lines = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}"]
-    lines += [f"{k}: {v}" for k, v in (*reply.headers, ("Content-Length", str(size)))]
-    lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def _check_head(request: h11.Request) -> None:
-    """Refuse a head over :data:`MAX_HEAD` (h11 bounds only a head that is still incomplete)."""
-    if len(request.target) > MAX_HEAD:
-        raise h11.RemoteProtocolError("request target too long", error_status_hint=414)
-    size = sum(len(k) + len(v) + 4 for k, v in request.headers.raw_items())
-    if size > MAX_HEAD:
-        raise h11.RemoteProtocolError("request headers too large", error_status_hint=431)
 
 
 def _drain(conn: socket.socket) -> None:
@@ -103,7 +83,9 @@ def _send_last(conn: socket.socket, reply: Reply, timeout: float) -> None:
     """Send the last response of a connection (``Connection: close``); errors are ignored."""
     try:
         conn.settimeout(timeout)
-        send_all(conn, [_closing_head(reply), *reply.chunks])
+        size = sum(map(nbytes, reply.chunks))
+        head = response_head(reply.status, reply.headers, size, close=True)
+        send_all(conn, [head, *reply.chunks])
         _drain(conn)
     except OSError:
         pass
@@ -222,23 +204,22 @@ class DataListener:
             conn.close()
 
     def _connection(self, conn: socket.socket) -> None:
-        http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        parser = RequestParser(MAX_HEAD, MAX_BODY)
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             while not self._stop.is_set():
-                request = self._next_request(conn, http)
+                request = self._next_request(conn, parser)
                 if request is None:
                     return
-                reply = self.routes.handle(
-                    request.method.decode("ascii", "replace"), request.target, request.headers
-                )
-                self._respond(conn, http, reply)
-                if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+                reply = self.routes.handle(request.method, request.target, request.headers)
+                last = not request.keep_alive or (parser.upgraded and not parser.ready)
+                self._respond(conn, reply, close=last)
+                if last:
+                    _drain(conn)
                     return
-                http.start_next_cycle()
-        except h11.RemoteProtocolError as exc:
-            self._protocol_error(conn, http, exc)
-        except (OSError, h11.LocalProtocolError):
+        except ProtocolError as exc:
+            self._protocol_error(conn, exc)
+        except OSError:
             pass  # the client went away or timed out: nothing to answer
         finally:
             with self._lock:
@@ -246,62 +227,42 @@ class DataListener:
             self._slots.release()
             conn.close()
 
-    def _next_request(self, conn: socket.socket, http: h11.Connection) -> h11.Request | None:
-        """The next request, its (empty) body read; ``None`` when the client closed or idled."""
-        request: h11.Request | None = None
-        body = 0
-        conn.settimeout(self.idle_timeout)
-        while True:
-            event = http.next_event()
-            if event is h11.NEED_DATA:
-                try:
-                    data = conn.recv(RECV_BYTES)
-                except TimeoutError:
-                    return None
-                http.receive_data(data)
-            elif isinstance(event, h11.Request):
-                _check_head(event)
-                request = event
-            elif isinstance(event, h11.Data):
-                body += len(event.data)
-                if body > MAX_BODY:
-                    raise h11.RemoteProtocolError("request body too large", error_status_hint=413)
-            elif isinstance(event, h11.EndOfMessage):
-                return request
-            else:  # ConnectionClosed, or PAUSED after a request the client pipelines
-                return None
+    def _next_request(self, conn: socket.socket, parser: RequestParser) -> Request | None:
+        """The next complete request; ``None`` when the client closed or idled.
 
-    def _protocol_error(
-        self, conn: socket.socket, http: h11.Connection, exc: h11.RemoteProtocolError
-    ) -> None:
+        Requests a client pipelined are answered in order before an error that came after
+        them is (:class:`ProtocolError`, raised once the queue is empty).
+        """
+        conn.settimeout(self.idle_timeout)
+        while (request := parser.next()) is None:
+            if parser.upgraded:
+                return None
+            try:
+                data = conn.recv(RECV_BYTES)
+            except TimeoutError:
+                return None
+            if not data:
+                return None
+            parser.feed(data)
+        return request
+
+    def _protocol_error(self, conn: socket.socket, exc: ProtocolError) -> None:
         message = f"malformed HTTP request: {exc}"
-        reply = error_reply(self.state, exc.error_status_hint, "invalid_request", message)
-        if http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            _send_last(conn, reply, timeout=self.send_timeout)
+        reply = error_reply(self.state, exc.status, "invalid_request", message)
+        _send_last(conn, reply, timeout=self.send_timeout)
 
     # -- responses ------------------------------------------------------------------------------
 
-    def _respond(self, conn: socket.socket, http: h11.Connection, reply: Reply) -> None:
+    def _respond(self, conn: socket.socket, reply: Reply, close: bool) -> None:
         try:
-            self._send_reply(conn, http, reply)
+            self._send_reply(conn, reply, close)
         finally:
             close_files(reply.chunks)  # the stored files it held open, sent or not
 
-    def _send_reply(self, conn: socket.socket, http: h11.Connection, reply: Reply) -> None:
+    def _send_reply(self, conn: socket.socket, reply: Reply, close: bool) -> None:
         size = sum(map(nbytes, reply.chunks))
-        head = h11.Response(
-            status_code=reply.status,
-            headers=[*reply.headers, ("Content-Length", str(size))],
-            reason=HTTPStatus(reply.status).phrase,
-        )
-        buffers: list[Any] = [http.send(head)]
-        if size:
-            # h11 counts a body by len() alone (its documented way for sendfile): one stand-in
-            # for the whole body keeps its framing checks at one event a reply, not two a
-            # batch (3.4 us each), and the chunks go out as they are
-            http.send_with_data_passthrough(h11.Data(data=BodySize(size)))  # type: ignore[arg-type]
-            buffers.extend(reply.chunks)
-        buffers.extend(http.send_with_data_passthrough(h11.EndOfMessage()) or ())
+        buffers: list[Any] = [response_head(reply.status, reply.headers, size, close)]
+        buffers.extend(reply.chunks)
         conn.settimeout(self.send_timeout)
         ways = self.ways
         if ways is None or not any(isinstance(c, StoredFile) for c in reply.chunks):

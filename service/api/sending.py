@@ -26,7 +26,7 @@ from typing import Any
 
 from ..store.local import StoredFile
 
-__all__ = ["BodySize", "SendWays", "close_files", "send_all", "send_chunks"]
+__all__ = ["SendWays", "close_files", "send_all", "send_chunks"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +47,6 @@ def send_all(sock: socket.socket, buffers: list[Any], flags: int = 0) -> None:
             else:
                 views[0] = head[sent:]
                 sent = 0
-
-
-class BodySize:
-    """A reply body's size, standing in for its chunks where only ``len()`` is needed (h11)."""
-
-    __slots__ = ("size",)
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
 
 
 def close_files(chunks: Iterable[Any]) -> None:
