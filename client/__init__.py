@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .framecheck import FrameChecker
     from .http import BatchClient, EndpointState
     from .iterate import BatchIterator
+    from .lowwater import LowWater
     from .mapping import (
         BatchFeatureMapping,
         ConfigBatchFeatureMapping,
@@ -71,6 +72,7 @@ _LAZY = {
     "BufferPool": ".buffers",
     "DeviceStage": ".staging",
     "FrameChecker": ".framecheck",
+    "LowWater": ".lowwater",
     "BufferTransport": ".transport",
     "ConfigBatchFeatureMapping": ".mapping",
     "Endpoint": ".endpoints",
@@ -117,6 +119,7 @@ __all__ = [
     "FieldFeatureMapping",
     "FrameChecker",
     "InvalidRequestError",
+    "LowWater",
     "ManagerFeatureMapping",
     "MetadataNetworkSettings",
     "NotFoundError",

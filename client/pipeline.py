@@ -28,6 +28,7 @@ from urllib.parse import quote, urlencode
 
 from .buffers import BufferPool
 from .framecheck import FrameChecker
+from .lowwater import LowWater
 from .session import DATA_CONNECT_TIMEOUT, FINGERPRINT_HEADER
 from .socketio import read_body, read_head
 
@@ -239,7 +240,7 @@ class PipelinedReader:
         with self._sock_lock:
             self._sock = sock
         self.url = endpoint.url
-        sent, pending = done, bytearray()
+        sent, pending, low = done, bytearray(), LowWater(sock)
         try:
             while done < len(groups):
                 # keep the window full: wait for a credit only when nothing is in flight
@@ -252,7 +253,7 @@ class PipelinedReader:
                     sent += 1
                     with self.client._lock:
                         endpoint.requests += 1
-                batches, closes = self._read_group(sock, pending, endpoint, groups[done])
+                batches, closes = self._read_group(sock, pending, low, endpoint, groups[done])
                 if batches is None:
                     return done, True
                 results.put(batches)
@@ -284,6 +285,7 @@ class PipelinedReader:
         self,
         sock: socket.socket,
         pending: bytearray,
+        low: LowWater,
         endpoint: Endpoint,
         group: list[int],
     ) -> tuple[list[Batch] | BaseException | None, bool]:
@@ -292,7 +294,7 @@ class PipelinedReader:
         The answer is its batches (or the error decoding raised), or ``None`` when it is not a
         plain ``200`` from batchstash (then the fallback fetches the group).
         """
-        head = read_head(sock, pending)
+        head = read_head(sock, pending, low)
         length = head.length
         if head.status != 200 or length is None or FINGERPRINT_HEADER.lower() not in head.headers:
             logger.debug(
@@ -301,7 +303,7 @@ class PipelinedReader:
             return None, True
         buffer = self._buffers.get(length, pinned=self.stage is not None and self.stage.pinned)
         checker = FrameChecker()
-        read_body(sock, pending, buffer, checker)
+        read_body(sock, pending, buffer, checker, low)
         self.client._pool.mark_up(endpoint)
         try:
             self.client._observe(head.headers[FINGERPRINT_HEADER.lower()], endpoint.url)

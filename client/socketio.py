@@ -15,14 +15,13 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from .lowwater import LowWater
 from .transport import BODY_STEP
 
 __all__ = ["read_body", "read_head"]
 
 HEAD_RECV = 16 * 1024  # bytes asked for while a response head is read (the body's start may come)
 MAX_HEAD = 64 * 1024
-
-
 class _ProtocolError(OSError):
     """A response that is not well-formed HTTP/1.1 (treated like a broken connection)."""
 
@@ -45,15 +44,18 @@ class _Head:
         return self.headers.get("connection", "").lower() == "close"
 
 
-def read_head(sock: socket.socket, pending: bytearray) -> _Head:
+def read_head(sock: socket.socket, pending: bytearray, low: LowWater | None = None) -> _Head:
     """Read one response head from ``sock``; ``pending`` holds bytes already received.
 
     On return ``pending`` holds what followed the head (the start of the body, perhaps more).
+    ``low``: the connection's low-water mark (woken at the first byte while a head is read).
 
     Raises:
         _ProtocolError: a malformed or oversized head, or the connection closed before one.
     """
     start = 0
+    if low is not None:
+        low.due(0)
     while (end := pending.find(b"\r\n\r\n", start)) < 0:
         if len(pending) > MAX_HEAD:
             raise _ProtocolError("response head too large")
@@ -81,11 +83,13 @@ def read_body(
     pending: bytearray,
     buffer: Any,
     hook: Callable[[memoryview, int], None] | None = None,
+    low: LowWater | None = None,
 ) -> None:
     """Fill ``buffer`` with the body: first from ``pending`` (consumed), then from ``sock``.
 
     ``hook(view, received)`` is called as bytes land (see
-    :data:`~batchstash.client.transport.BODY_HOOK`).
+    :data:`~batchstash.client.transport.BODY_HOOK`). ``low``: the connection's low-water mark,
+    raised while much of the body is still due (fewer wake-ups, fewer ``recv`` calls).
 
     Raises:
         _ProtocolError: the connection closed before the whole body came.
@@ -98,6 +102,8 @@ def read_body(
     if hook is not None and got:
         hook(view, got)
     while got < length:
+        if low is not None:
+            low.due(length - got)
         n = sock.recv_into(view[got : min(length, got + BODY_STEP)])
         if not n:
             raise _ProtocolError(f"the server closed the connection {length - got} bytes short")

@@ -204,6 +204,12 @@ def _read_body(
     buffers: BufferPool,
     hook: Callable[[memoryview, int], None] | None = None,
 ) -> Any:
+    """The body in a pooled buffer.
+
+    No receive low-water mark here (see :mod:`.lowwater`): one ``readinto`` of http.client's
+    buffered reader makes several ``recv`` calls, so a mark could not follow what is still due
+    and the last of them would wait for bytes that never come.
+    """
     length = response.length  # None when chunked or read to close
     if length is None:
         return bytearray(response.read())
