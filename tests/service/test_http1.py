@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchstash.service.api.http1 import ProtocolError, RequestParser, response_head
 
@@ -104,3 +106,24 @@ def test_response_heads() -> None:
     assert closing.endswith(b"Content-Length: 0\r\nConnection: close\r\n\r\n")
     with pytest.raises(ValueError, match="line break"):
         response_head(200, [("X-Evil", "a\r\nSet-Cookie: b")], 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=64),
+            st.sampled_from([GET, b"\r\n", b"GET ", b" HTTP/1.1\r\n", b"Content-Length: 3\r\n"]),
+        ),
+        max_size=12,
+    )
+)
+def test_any_bytes_give_requests_or_a_protocol_error(pieces: list[bytes]) -> None:
+    parser = RequestParser(256, 64)
+    try:
+        for piece in pieces:
+            parser.feed(piece)
+            while (request := parser.next()) is not None:
+                assert isinstance(request.target, bytes) and request.method
+    except ProtocolError as exc:
+        assert 400 <= exc.status < 500
