@@ -32,9 +32,15 @@ _GRAIN = 64 * 1024
 
 
 class _Fence(Protocol):
-    """What a fence is to the pool: ``torch.cuda.Event`` (``query()``: it has passed)."""
+    """What a fence is to the pool: a ``torch.cuda.Event`` recorded after the copies."""
 
-    def query(self) -> bool: ...
+    def query(self) -> bool:
+        """Whether the copies are done."""
+        ...
+
+    def synchronize(self) -> None:
+        """Wait until the copies are done."""
+        ...
 
 
 class BufferPool:
@@ -138,9 +144,7 @@ class BufferPool:
         """
         with self._lock:
             for fence in self._fences.values():
-                synchronize = getattr(fence, "synchronize", None)
-                if synchronize is not None:
-                    synchronize()
+                fence.synchronize()
             self._buffers.clear()
             self._pinned.clear()
             self._fences.clear()

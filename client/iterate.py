@@ -212,12 +212,10 @@ class BatchIterator:
 
     def _fetch_group(self, batch_ids: list[int]) -> list[Batch]:
         """A group of the iteration, copied by its stage (handed over in :meth:`__next__`)."""
-        if self._stage is None:
-            return self.fetch_many(batch_ids)
         batches = self.client.batches(
             self.plan.split, batch_ids, self.attributes, fingerprint=self.plan.fingerprint
         )
-        return self._stage.copy(batches)
+        return batches if self._stage is None else self._stage.copy(batches)
 
     def _batches(self) -> Generator[Batch, None, None]:
         ids, size = self.remaining_ids(), self.batches_per_request

@@ -22,6 +22,8 @@ __all__ = ["read_body", "read_head"]
 
 HEAD_RECV = 16 * 1024  # bytes asked for while a response head is read (the body's start may come)
 MAX_HEAD = 64 * 1024
+
+
 class _ProtocolError(OSError):
     """A response that is not well-formed HTTP/1.1 (treated like a broken connection)."""
 

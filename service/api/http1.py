@@ -54,7 +54,6 @@ class RequestParser:
         self.ready: deque[Request] = deque()
         self.upgraded = False  # an upgrade request: nothing after it is HTTP to this listener
         self.failed: ProtocolError | None = None  # raised once the requests before it are taken
-        self._completed = 0
         self._unfinished = 0  # bytes of the reads since the last complete request
         self._parser = httptools.HttpRequestParser(self)
         self._begin()
@@ -97,7 +96,7 @@ class RequestParser:
                 raise
 
     def _feed(self, data: bytes) -> None:
-        before = self._completed
+        before = len(self.ready)  # nothing takes from it while feeding
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -112,7 +111,7 @@ class RequestParser:
             raise ProtocolError(str(exc) or type(exc).__name__) from None
         # a head the parser still buffers is bounded too: the bytes of reads that completed no
         # request (complete lines were checked in the callbacks, exactly)
-        self._unfinished = 0 if self._completed != before else self._unfinished + len(data)
+        self._unfinished = 0 if len(self.ready) != before else self._unfinished + len(data)
         if self._unfinished > self.max_head:
             if not self._headers and self._url_bytes > self.max_head // 2:
                 raise ProtocolError("request target too long", 414)
@@ -155,7 +154,6 @@ class RequestParser:
                 bool(parser.should_keep_alive()),
             )
         )
-        self._completed += 1
 
 
 def response_head(
