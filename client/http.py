@@ -395,8 +395,14 @@ class BatchClient(_Session):
         state: Mapping[str, Any] | None = None,
         batches_per_request: int | None = None,
         pipelined: bool = True,
+        pad_ranks: bool = True,
     ) -> BatchIterator:
         """Iterate over this rank's share of one epoch of ``split``, prefetching in threads.
+
+        **Batch composition is fixed when the store is primed**: which examples share a batch
+        never changes between epochs; ``shuffle`` reorders whole batches (a new order each
+        epoch). Shuffle the examples across batches by priming again with another
+        ``BatchStash(seed=...)``.
 
         See :class:`~batchstash.client.iterate.BatchIterator` and
         :class:`~batchstash.client.plan.EpochPlan` for the order, the dealing to ranks and
@@ -421,6 +427,10 @@ class BatchClient(_Session):
                 pipelined, else ``prefetch // 3``; see :class:`BatchIterator`).
             pipelined: pipeline the requests on one connection to the data listener, read by
                 one thread (``False``: a thread per request); see :class:`BatchIterator`.
+            pad_ranks: equal-length rank lists, repeating the first batches of the order where
+                the count does not divide (default; what DDP training needs); ``False``: every
+                batch exactly once, ranks uneven by at most one batch (exact evaluation; gather
+                results after the loop, not with per-step collectives).
         """
         from .iterate import BatchIterator
 
@@ -438,6 +448,7 @@ class BatchClient(_Session):
             state=state,
             batches_per_request=batches_per_request,
             pipelined=pipelined,
+            pad_ranks=pad_ranks,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------

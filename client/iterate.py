@@ -115,6 +115,10 @@ class BatchIterator:
             :class:`~batchstash.client.pipeline.PipelinedReader`); anything but a good answer
             is fetched by the request path, with its retries and failover. ``False``, or no
             listener: one request per prefetch thread.
+        pad_ranks: give every rank the same number of batches by reading the first batches of
+            the order again (the default, what DDP training needs: no rank waits on a step
+            the others never take); ``False``: every batch exactly once, ranks uneven by at
+            most one (exact evaluation; see :class:`EpochPlan`).
 
     Attributes:
         reader: the pipelined reader once iteration started on one (``None``: threads); its
@@ -142,6 +146,7 @@ class BatchIterator:
         state: Mapping[str, Any] | None = None,
         batches_per_request: int | None = None,
         pipelined: bool = True,
+        pad_ranks: bool = True,
     ) -> None:
         if prefetch < 0:
             raise ValueError(f"prefetch must not be negative, not {prefetch}")
@@ -168,6 +173,7 @@ class BatchIterator:
             epoch=epoch,
             world_size=world_size,
             shuffle=shuffle,
+            pad=pad_ranks,
         )
         self.plan.rank_ids(self.rank)  # validates the rank
         self.position = 0
@@ -260,9 +266,10 @@ class BatchIterator:
         """Return the JSON-able resume state.
 
         Keys: ``version``, ``plan_hash``, ``fingerprint``, ``split``, ``seed``, ``epoch``,
-        ``shuffle``, ``world_size``, ``rank``, ``position`` (batches this rank has yielded),
-        ``per_rank`` (batches of each rank in this plan), ``resumed_from`` (earlier
-        ``[world_size, position]`` segments of this epoch) and ``batches`` (batches in the split).
+        ``shuffle``, ``pad_ranks``, ``world_size``, ``rank``, ``position`` (batches this rank
+        has yielded), ``per_rank`` (batches of each rank in this plan), ``resumed_from``
+        (earlier ``[world_size, position]`` segments of this epoch) and ``batches`` (batches
+        in the split).
         """
         plan = self.plan
         return {
@@ -273,6 +280,7 @@ class BatchIterator:
             "seed": plan.seed,
             "epoch": plan.epoch,
             "shuffle": plan.shuffle,
+            "pad_ranks": plan.pad,
             "world_size": plan.world_size,
             "rank": self.rank,
             "position": self.position,
@@ -297,6 +305,7 @@ class BatchIterator:
             saved_size, position = int(state["world_size"]), int(state["position"])
             segments = [(int(w), int(p)) for w, p in state.get("resumed_from", [])]
             seed, epoch, shuffle = int(state["seed"]), int(state["epoch"]), bool(state["shuffle"])
+            pad = bool(state.get("pad_ranks", True))
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"not a batch iterator state: {exc!r}") from None
         if version != PLAN_VERSION:
@@ -318,6 +327,7 @@ class BatchIterator:
             world_size=saved_size,
             shuffle=shuffle,
             resumed_from=segments,
+            pad=pad,
         )
         if saved.hash != saved_hash:
             raise PlanError(

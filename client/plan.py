@@ -54,6 +54,12 @@ class EpochPlan:
     at most ``world_size - len(order) % world_size`` batches are read twice (the first ones of
     the order, so which ones rotates with the shuffle each epoch). Nothing is ever skipped.
 
+    **Without padding** (``pad=False``, for exact evaluation): :attr:`slots` is :attr:`order`,
+    so every batch is read exactly once and the first ``len(order) % world_size`` ranks read one
+    batch more than the others. Collectives that expect the same number of steps on every rank
+    (DDP's gradient all-reduce, a per-step ``all_gather``) then need care: gather the results
+    once after the loop instead. A resume state of rank 0 (which reads the most) is exact.
+
     **Resume:** :meth:`replan` deals the batches the ranks have not read yet to a new world size
     with the same rule; ``resumed_from`` records each earlier ``(world_size, position)`` segment
     of the epoch, so the plan can be rebuilt from a saved state.
@@ -67,6 +73,7 @@ class EpochPlan:
         world_size: the number of ranks.
         shuffle: whether the order is shuffled.
         resumed_from: earlier ``(world_size, position)`` segments of this epoch, oldest first.
+        pad: pad the ranks' lists to equal length (the remainder rule); ``False``: no repeats.
     """
 
     fingerprint: str
@@ -77,6 +84,7 @@ class EpochPlan:
     world_size: int = 1
     shuffle: bool = True
     resumed_from: tuple[tuple[int, int], ...] = ()
+    pad: bool = True
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -96,6 +104,7 @@ class EpochPlan:
         world_size: int = 1,
         shuffle: bool = True,
         resumed_from: Iterable[tuple[int, int]] = (),
+        pad: bool = True,
     ) -> EpochPlan:
         """Plan an epoch of ``batch_ids``, replaying the ``resumed_from`` segments if any.
 
@@ -108,12 +117,13 @@ class EpochPlan:
             world_size: the number of ranks of the (last) segment.
             shuffle: shuffle the order; otherwise batch ids ascend.
             resumed_from: ``(world_size, position)`` of each earlier segment of this epoch.
+            pad: pad the ranks to equal length (see the remainder rule); ``False``: no repeats.
         """
         ids = sorted(int(i) for i in batch_ids)
         order = shuffled(ids, fingerprint, split, seed, epoch) if shuffle else ids
         segments = [(int(w), int(p)) for w, p in resumed_from]
         first_size = segments[0][0] if segments else world_size
-        plan = cls(fingerprint, split, tuple(order), seed, epoch, first_size, shuffle)
+        plan = cls(fingerprint, split, tuple(order), seed, epoch, first_size, shuffle, pad=pad)
         for i, (_, position) in enumerate(segments):
             next_size = segments[i + 1][0] if i + 1 < len(segments) else world_size
             plan = plan.replan(position, next_size)
@@ -121,17 +131,20 @@ class EpochPlan:
 
     @cached_property
     def slots(self) -> tuple[int, ...]:
-        """:attr:`order` padded (remainder rule) to a multiple of :attr:`world_size`."""
-        if not self.order:
-            return ()
+        """:attr:`order` padded (remainder rule) to a multiple of :attr:`world_size`.
+
+        Without :attr:`pad`, :attr:`order` itself.
+        """
+        if not self.order or not self.pad:
+            return self.order
         pad = -len(self.order) % self.world_size
         cycles = -(-pad // len(self.order))
         return self.order + (self.order * cycles)[:pad]
 
     @property
     def per_rank(self) -> int:
-        """How many batches each rank reads."""
-        return len(self.slots) // self.world_size
+        """How many batches each rank reads (without :attr:`pad`: the most any rank reads)."""
+        return -(-len(self.slots) // self.world_size)
 
     def rank_ids(self, rank: int) -> list[int]:
         """The batch ids ``rank`` reads, in order.
@@ -146,8 +159,11 @@ class EpochPlan:
     @cached_property
     def hash(self) -> str:
         """A stable hex digest of the plan (everything that decides who reads what)."""
+        # ``pad_ranks`` appears only when off, so states saved before it existed still match
+        unpadded = {} if self.pad else {"pad_ranks": False}
         return _digest(
             {
+                **unpadded,
                 "version": PLAN_VERSION,
                 "fingerprint": self.fingerprint,
                 "split": self.split,
@@ -186,4 +202,5 @@ class EpochPlan:
             world_size,
             self.shuffle,
             (*self.resumed_from, (self.world_size, position)),
+            self.pad,
         )

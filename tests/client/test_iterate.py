@@ -272,6 +272,39 @@ def test_two_ranks_non_divisible_count(client: BatchClient) -> None:
     assert Counter(per_rank[0] + per_rank[1]) == Counter([*range(7), order[0]])
 
 
+@pytest.mark.parametrize(("n", "world_size"), [(7, 2), (7, 3), (2, 3), (9, 3), (1, 4)])
+def test_unpadded_ranks_count_every_batch_exactly_once(n: int, world_size: int) -> None:
+    client = make_client(FakeServer({"dev": range(n)}))
+    per_rank = [
+        [b.id for b in client.iter_batches("dev", rank=r, world_size=world_size, pad_ranks=False)]
+        for r in range(world_size)
+    ]
+    assert sorted(b for ids in per_rank for b in ids) == list(range(n))  # no repeats
+    assert max(map(len, per_rank)) - min(map(len, per_rank)) <= 1
+    assert len(per_rank[0]) == max(map(len, per_rank))  # rank 0 reads the most
+    padded = [
+        len(client.iter_batches("dev", rank=r, world_size=world_size))
+        for r in range(world_size)
+    ]
+    assert padded == [-(-n // world_size)] * world_size  # the default still pads
+
+
+def test_unpadded_state_resumes_without_repeats() -> None:
+    client = make_client(FakeServer({"dev": range(7)}))
+    its = [client.iter_batches("dev", rank=r, world_size=2, pad_ranks=False) for r in range(2)]
+    read = [next(it).id for _ in range(2) for it in its]
+    state = its[0].state_dict()
+    assert state["pad_ranks"] is False
+    padded_plan = client.iter_batches("dev", rank=0, world_size=2).plan
+    assert state["plan_hash"] != padded_plan.hash
+    rest = [
+        b.id
+        for r in range(3)
+        for b in client.iter_batches("dev", rank=r, world_size=3, state=state)
+    ]
+    assert sorted(read + rest) == list(range(7))
+
+
 def test_state_dict_is_json_and_complete(client: BatchClient) -> None:
     it = client.iter_batches("train", epoch=2, seed=9, rank=1, world_size=2)
     next(it)
@@ -283,6 +316,7 @@ def test_state_dict_is_json_and_complete(client: BatchClient) -> None:
         "split": "train",
         "seed": 9,
         "epoch": 2,
+        "pad_ranks": True,
         "shuffle": True,
         "world_size": 2,
         "rank": 1,
