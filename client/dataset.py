@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
+import multiprocessing.context
+import os
+import random
+import sys
+import tempfile
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -14,7 +22,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .batch import Batch, check_batch_type
 from .http import BatchClient
 from .iterate import BatchIterator, prefetched
-from .ranks import resolve_rank
+from .ranks import Ranks, detect_rank
 
 __all__ = ["BatchDataset", "worker_shard"]
 
@@ -35,36 +43,107 @@ def worker_shard(ids: list[int], worker_id: int, num_workers: int) -> list[int]:
 _STATE_BYTES = 64 * 1024
 """Room for a resume state in shared memory (a state is a few hundred bytes)."""
 
+_PASSES = 16
+"""Passes remembered: a DataLoader worker starting late still finds the epoch of its own pass."""
+
+_MAX_WORKERS = 1024
+"""DataLoader workers a dataset can serve (one claim byte each per remembered pass)."""
+
+# shared int64 head: epoch set by set_epoch (flag, value), epoch of the newest pass, state size,
+# passes started; then one row per remembered pass: its key (loader, pass), epoch, number
+_HEAD = 5
+_ROW = 4
+_PENDING_SET, _PENDING, _CURRENT, _STATE_SIZE, _STARTED = range(_HEAD)
+
 
 class _Cursor:
-    """A dataset's epoch and resume state in shared memory, read by every DataLoader worker.
+    """A dataset's epochs, passes and resume state in shared memory, read by every worker.
 
     A DataLoader pickles the dataset into each worker once; a persistent worker keeps that copy
     for every epoch. The cursor is one small tensor in shared memory (``share_memory_()``), and
     the pickled copies keep sharing it (fork inherits the mapping; spawn passes it with
     torch's multiprocessing pickler), so what the training process sets here is what a worker
     reads at its next ``__iter__``.
+
+    **Passes.** Each pass over the dataset is the next epoch unless :meth:`set` named one.
+    Every worker of one DataLoader pass must agree on that epoch without the training process
+    telling them (it is never called between passes), so a pass is named by a key every one of
+    its workers computes alike: the DataLoader iterator's base seed (``worker seed - worker
+    id``, new for each non-persistent pass) and how many passes this copy of the dataset
+    started (counting up in a persistent worker). The first worker with a new key starts the
+    pass and takes the next epoch; the others find the key and claim its epoch. A worker that
+    claimed a pass already and sees its key again (a loader re-seeded with the same
+    generator) starts a new one. Claims are made under an ``flock`` on a small lock file.
     """
 
     def __init__(self, epoch: int, state: Mapping[str, Any] | None) -> None:
-        shared = torch.zeros(16 + _STATE_BYTES, dtype=torch.uint8)
+        words = _HEAD + _PASSES * _ROW
+        shared = torch.zeros(8 * words + _PASSES * _MAX_WORKERS + _STATE_BYTES, dtype=torch.uint8)
         shared.share_memory_()  # type: ignore[no-untyped-call]
-        self._head = shared[:16].view(torch.int64)  # the epoch, the state's size in bytes
-        self._blob = shared[16:]  # the state's JSON
-        self.epoch = epoch
+        self._head = shared[: 8 * _HEAD].view(torch.int64)
+        self._rows = shared[8 * _HEAD : 8 * words].view(torch.int64).view(_PASSES, _ROW)
+        claims_end = 8 * words + _PASSES * _MAX_WORKERS
+        self._claims = shared[8 * words : claims_end].view(_PASSES, _MAX_WORKERS)
+        self._blob = shared[claims_end:]  # the state's JSON
+        fd, self._lock_path = tempfile.mkstemp(prefix="batchstash-epochs-", suffix=".lock")
+        os.close(fd)
+        weakref.finalize(self, _unlink_from, os.getpid(), self._lock_path)
+        self._head[_CURRENT] = -1
+        self.set_next(epoch)
         self.state = state
 
-    @property
-    def epoch(self) -> int:
-        return int(self._head[0])
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self._lock_path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield  # the lock goes with the file's close
 
-    @epoch.setter
-    def epoch(self, epoch: int) -> None:
-        self._head[0] = int(epoch)
+    @property
+    def next_epoch(self) -> int:
+        """The epoch the next pass reads."""
+        head = self._head
+        return int(head[_PENDING]) if int(head[_PENDING_SET]) else int(head[_CURRENT]) + 1
+
+    @property
+    def current_epoch(self) -> int:
+        """The epoch of the newest pass started (before any: the next pass's)."""
+        current = int(self._head[_CURRENT])
+        return self.next_epoch if current < 0 else current
+
+    def set_next(self, epoch: int) -> None:
+        """Make the next pass read ``epoch`` (passes after it count on from there)."""
+        if epoch < 0:
+            raise ValueError(f"an epoch is not negative, not {epoch}")
+        self._head[_PENDING] = int(epoch)
+        self._head[_PENDING_SET] = 1
+
+    def start_pass(self, key: tuple[int, int], worker_id: int) -> int:
+        """The epoch of the pass named ``key``, claimed by ``worker_id`` (a new pass if needed)."""
+        if not 0 <= worker_id < _MAX_WORKERS:
+            raise ValueError(f"BatchDataset serves at most {_MAX_WORKERS} DataLoader workers")
+        with self._locked():
+            rows, head = self._rows, self._head
+            newest = -1
+            for slot in range(_PASSES):
+                number = int(rows[slot, 3])
+                if number and (int(rows[slot, 0]), int(rows[slot, 1])) == key:
+                    if newest < 0 or number > int(rows[newest, 3]):
+                        newest = slot
+            if newest >= 0 and not int(self._claims[newest, worker_id]):
+                self._claims[newest, worker_id] = 1
+                return int(rows[newest, 2])
+            epoch = self.next_epoch
+            head[_PENDING_SET], head[_CURRENT] = 0, epoch
+            head[_STARTED] += 1
+            slot = int(head[_STARTED]) % _PASSES
+            rows[slot] = torch.tensor([key[0], key[1], epoch, int(head[_STARTED])])
+            self._claims[slot].zero_()
+            self._claims[slot, worker_id] = 1
+            return epoch
 
     @property
     def state(self) -> dict[str, Any] | None:
-        size = int(self._head[1])
+        size = int(self._head[_STATE_SIZE])
         if size == 0:
             return None
         return dict(json.loads(self._blob[:size].numpy().tobytes()))
@@ -72,14 +151,21 @@ class _Cursor:
     @state.setter
     def state(self, state: Mapping[str, Any] | None) -> None:
         if state is None:
-            self._head[1] = 0
+            self._head[_STATE_SIZE] = 0
             return
         raw = json.dumps(dict(state), separators=(",", ":")).encode()
         if not 0 < len(raw) <= _STATE_BYTES:
             raise ValueError(f"a resume state of {len(raw)} bytes does not fit {_STATE_BYTES}")
-        self._head[1] = 0  # a worker starting now sees no half-written state
+        self._head[_STATE_SIZE] = 0  # a worker starting now sees no half-written state
         self._blob[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-        self._head[1] = len(raw)
+        self._head[_STATE_SIZE] = len(raw)
+
+
+def _unlink_from(pid: int, path: str) -> None:
+    """Remove the lock file, from the process that made it only (not a forked worker)."""
+    if os.getpid() == pid:
+        with suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 class BatchDataset(IterableDataset[Any]):
@@ -95,33 +181,48 @@ class BatchDataset(IterableDataset[Any]):
         if checkpoint:
             dataset.load_state_dict(checkpoint["data"])  # resume mid-epoch
         for epoch in range(start_epoch, epochs):
-            dataset.set_epoch(epoch)
+            dataset.set_epoch(epoch)  # optional: each pass is the next epoch anyway
             for step, batch in enumerate(loader, 1):
                 ...
                 checkpoint = {"data": dataset.state_dict(step), ...}
 
-    **Epochs and resuming reach every worker**, persistent ones included: the epoch and the
-    resume state live in a small shared-memory tensor the workers read each time they start an
-    epoch (at ``__iter__``), so :meth:`set_epoch` and :meth:`load_state_dict` called between two
-    epochs of one ``DataLoader(persistent_workers=True)`` apply to its next epoch.
+    **Each pass is a new epoch.** Iterating the dataset again (a new ``for`` over the
+    DataLoader, as Lightning, accelerate and plain loops do) reads the next epoch, so the order
+    is reshuffled without a ``set_epoch`` call; :meth:`set_epoch` names the epoch of the next
+    pass (the passes after it count on from there). This reaches every DataLoader worker,
+    persistent ones included: the epochs, passes and the resume state live in a small
+    shared-memory tensor the workers read each time they start a pass.
+
+    **Batch composition is fixed when the store is primed**: which examples share a batch never
+    changes between epochs; shuffling reorders whole batches.
+
+    **Ranks** are resolved when a pass starts (or :func:`len` is taken), in the training
+    process, not when the dataset is built: a dataset made at module level before the process
+    group exists (Lightning's launcher, ``mp.spawn``) still reads its own rank's share.
 
     **Resuming:** :meth:`state_dict` gives the state after the training loop has taken some
-    batches this epoch; :meth:`load_state_dict` (or the constructor's ``state``) makes the next
-    epoch iterated yield exactly the batches that state had not reached yet. With another world
-    size than the state's, the batches no rank has read are re-dealt to the new ranks (see
-    :class:`BatchIterator`). The state stays until :meth:`set_epoch` moves to another epoch
-    than the state's (``set_epoch`` of the state's own epoch keeps it, so the loop above resumes).
+    batches of the current pass; :meth:`load_state_dict` (or the constructor's ``state``)
+    makes the next pass read that state's epoch and yield exactly the batches it had not
+    reached yet. With another world size than the state's, the batches no rank has read are
+    re-dealt to the new ranks (see :class:`BatchIterator`). The state stays until
+    :meth:`set_epoch` moves to another epoch than the state's (``set_epoch`` of the state's own
+    epoch keeps it, so the loop above resumes); a pass of another epoch ignores it.
+
+    **HF accelerate:** do not pass the DataLoader to ``accelerator.prepare`` (it would make
+    process 0 read its own rank's share and dispatch it to every process, training on part of
+    the epoch): the dataset already gives each process its share. Move batches with
+    ``batch.to(accelerator.device)``. A prepared loader is refused with an error saying so.
 
     Args:
         url: the server's base URL, or several replicas' (a sequence or one comma separated
             string; see :class:`BatchClient`): each worker's client spreads its requests over
             them and fails over from one that is down.
         split: the split name.
-        epoch: the epoch number (see :meth:`set_epoch`; ``state`` sets its own).
+        epoch: the epoch of the first pass (see :meth:`set_epoch`; ``state`` sets its own).
         shuffle: shuffle the order.
         seed: the shuffle seed (the same on every rank).
-        rank: this rank; ``None``: detected when the dataset is built, in the training
-            process, from the initialized ``torch.distributed`` process group, else the
+        rank: this rank; ``None``: detected when a pass starts, in the training process,
+            from the initialized ``torch.distributed`` process group, else the
             ``RANK``/``WORLD_SIZE`` environment torchrun sets, else 0 (see
             :func:`~batchstash.client.ranks.resolve_rank`).
         world_size: the number of ranks; ``None``: detected like ``rank`` (else 1).
@@ -135,10 +236,13 @@ class BatchDataset(IterableDataset[Any]):
             batch_type=batch_type)``); it must be picklable when workers are spawned.
         batch_type: the :class:`Batch` subclass the default client builds (with a
             ``client_factory``, give it to the client the factory builds).
+        pad_ranks: equal-length rank lists (the default, for training; see
+            :meth:`BatchClient.iter_batches`); ``False``: every batch exactly once, ranks
+            uneven by at most one batch (exact evaluation).
 
     Raises:
-        ValueError: ``RANK``/``WORLD_SIZE`` set without the other or not integers, or both
-            ``client_factory`` and ``batch_type``.
+        ValueError: both ``client_factory`` and ``batch_type``; when a pass starts,
+            ``RANK``/``WORLD_SIZE`` set without the other or not integers.
         TypeError: ``batch_type`` is not a :class:`Batch` subclass.
     """
 
@@ -159,6 +263,7 @@ class BatchDataset(IterableDataset[Any]):
         state: Mapping[str, Any] | None = None,
         client_factory: Callable[[], BatchClient] | None = None,
         batch_type: type[Batch] | None = None,
+        pad_ranks: bool = True,
     ) -> None:
         super().__init__()
         if client_factory is not None and batch_type is not None:
@@ -169,29 +274,71 @@ class BatchDataset(IterableDataset[Any]):
         self.split = split
         self.shuffle = shuffle
         self.seed = seed
-        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self._given_ranks = (rank, world_size)
+        self._resolved_ranks: tuple[int, int] | None = None  # set in a spawned worker's copy
+        self._logged_ranks: Ranks | None = None
+        self._prepared_by_accelerate = False  # set in a spawned worker's copy
         self.prefetch = prefetch
         self.attributes = None if attributes is None else sorted(set(attributes))
         self.as_dict = as_dict
+        self.pad_ranks = pad_ranks
         state_epoch = _state_epoch(state)
         self._cursor = _Cursor(epoch if state_epoch is None else state_epoch, state)
+        self._passes = 0  # passes this copy started (a persistent worker's copy counts on)
+        self._main_key = random.getrandbits(62)  # names this copy's passes in the main process
         chosen = check_batch_type(Batch if batch_type is None else batch_type)
         self.client_factory = client_factory or functools.partial(
             BatchClient, url, token, batch_type=chosen
         )
 
     @property
+    def rank(self) -> int:
+        """This process's rank (given, else detected now; see the class's ``rank``)."""
+        return self._ranks()[0]
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks (given, else detected now)."""
+        return self._ranks()[1]
+
+    def _ranks(self) -> tuple[int, int]:
+        if self._resolved_ranks is not None:
+            return self._resolved_ranks
+        found = detect_rank(*self._given_ranks)
+        if found != self._logged_ranks:  # one line a change, not one a pass
+            found.log()
+        self._logged_ranks = found
+        return found.as_tuple()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if multiprocessing.context.get_spawning_popen() is not None:
+            # pickled for a process being spawned (a DataLoader worker) by the training
+            # process, which has the process group and the launcher's environment: the worker
+            # reads with these ranks (a copy made any other way resolves its own when used)
+            state["_resolved_ranks"] = self._ranks()
+            state["_prepared_by_accelerate"] = self._prepared_by_accelerate or _accelerate_wraps(
+                self
+            )
+        return state
+
+    @property
     def epoch(self) -> int:
-        """The epoch the next iteration reads (shared with the DataLoader workers)."""
-        return self._cursor.epoch
+        """The epoch the next pass reads (shared with the DataLoader workers)."""
+        return self._cursor.next_epoch
 
     @epoch.setter
     def epoch(self, epoch: int) -> None:
-        self._cursor.epoch = epoch
+        self._cursor.set_next(epoch)
+
+    @property
+    def current_epoch(self) -> int:
+        """The epoch of the pass in progress, or of the last one (before any: the next)."""
+        return self._cursor.current_epoch
 
     @property
     def state(self) -> dict[str, Any] | None:
-        """The resume state the next iteration starts from (``None``: the epoch's start)."""
+        """The resume state the next pass of its epoch starts from (``None``: the start)."""
         return self._cursor.state
 
     @state.setter
@@ -199,22 +346,26 @@ class BatchDataset(IterableDataset[Any]):
         self._cursor.state = state
 
     def set_epoch(self, epoch: int) -> None:
-        """Read epoch ``epoch`` next (call before each epoch, like ``DistributedSampler``).
+        """Read epoch ``epoch`` in the next pass (optional: each pass is the next epoch).
 
         Reaches persistent DataLoader workers too. Drops a resume state of another epoch; keeps
         one of ``epoch`` (so ``load_state_dict`` then ``set_epoch`` of its epoch resumes).
+
+        Raises:
+            RuntimeError: the DataLoader was prepared by HF accelerate (see the class).
         """
+        self._refuse_accelerate()
         state = self.state
         if state is not None and _state_epoch(state) != int(epoch):
             self.state = None
         self.epoch = epoch
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from a :meth:`state_dict`: the next epoch iterated yields what it had left.
+        """Resume from a :meth:`state_dict`: the next pass yields what it had left.
 
-        Sets the epoch to the state's. Works with persistent DataLoader workers (call it
-        between two epochs, not while one is being iterated) and with any world size: with
-        the state's, each rank continues its list; with another, the batches left are
+        Sets the next pass's epoch to the state's. Works with persistent DataLoader workers
+        (call it between two passes, not while one is being iterated) and with any world size:
+        with the state's, each rank continues its list; with another, the batches left are
         re-dealt. The state is checked against the server now (one request).
 
         Args:
@@ -229,31 +380,38 @@ class BatchDataset(IterableDataset[Any]):
         self.state = state
         self.epoch = it.plan.epoch
 
-    def iterator(self, client: BatchClient) -> BatchIterator:
-        """The rank's :class:`BatchIterator` for the current epoch, without prefetching."""
-        return self._iterator(client, self.epoch, self.state)
+    def iterator(self, client: BatchClient, epoch: int | None = None) -> BatchIterator:
+        """The rank's :class:`BatchIterator` of ``epoch`` (default: the current pass's).
+
+        It starts from the resume state where that is of the same epoch; no prefetching.
+        """
+        epoch = self.current_epoch if epoch is None else epoch
+        state = self.state
+        return self._iterator(client, epoch, state if _state_epoch(state) == epoch else None)
 
     def _iterator(
         self, client: BatchClient, epoch: int, state: Mapping[str, Any] | None
     ) -> BatchIterator:
+        rank, world_size = self._ranks()
         return client.iter_batches(
             self.split,
             epoch=epoch,
             shuffle=self.shuffle,
             seed=self.seed,
-            rank=self.rank,
-            world_size=self.world_size,
+            rank=rank,
+            world_size=world_size,
             prefetch=0,
             attributes=self.attributes,
             state=state,
+            pad_ranks=self.pad_ranks,
         )
 
     def state_dict(self, position: int) -> dict[str, Any]:
-        """The resume state after the training loop has taken ``position`` batches this epoch.
+        """The resume state after the training loop has taken ``position`` batches this pass.
 
         Args:
-            position: batches taken from the DataLoader in this pass over the epoch (all
-                workers together; after a resume, since the resume).
+            position: batches taken from the DataLoader in the current pass (all workers
+                together; after a resume, since the resume).
 
         Raises:
             ValueError: ``position`` is more than this pass yields.
@@ -268,17 +426,42 @@ class BatchDataset(IterableDataset[Any]):
     def _item(self, batch: Batch) -> Batch | dict[str, torch.Tensor]:
         return dict(batch.attributes) if self.as_dict else batch
 
+    def _refuse_accelerate(self) -> None:
+        if self._prepared_by_accelerate or _accelerate_wraps(self):
+            raise RuntimeError(
+                "this BatchDataset's DataLoader was passed to accelerator.prepare(), which "
+                "would train on part of each epoch (process 0 reads its own rank's share and "
+                "dispatches it to every process). BatchDataset already gives each process its "
+                "share: keep the DataLoader out of prepare() and move batches with "
+                "batch.to(accelerator.device)"
+            )
+
     def __iter__(self) -> Iterator[Batch | dict[str, torch.Tensor]]:
+        # not a generator: the pass is claimed when the DataLoader makes its fetcher, before
+        # any batch is asked for, so every worker of a pass claims it while the pass is on
+        self._refuse_accelerate()
+        self._ranks()  # a launcher's half-set environment fails here, not at the first batch
         info = get_worker_info()
-        worker_id, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if info is None:
+            worker_id, num_workers, key = 0, 1, (self._main_key, self._passes)
+        else:
+            worker_id, num_workers = info.id, info.num_workers
+            key = ((info.seed - info.id) % 2**62, self._passes)
+        self._passes += 1
+        epoch = self._cursor.start_pass(key, worker_id)
+        return self._pass(epoch, worker_id, num_workers)
+
+    def _pass(
+        self, epoch: int, worker_id: int, num_workers: int
+    ) -> Iterator[Batch | dict[str, torch.Tensor]]:
         with self.client_factory() as client:
-            it = self.iterator(client)
+            it = self.iterator(client, epoch)
             ids = worker_shard(it.remaining_ids(), worker_id, num_workers)
             logger.debug(
                 "worker %d/%d of rank %d reads %d batches of %s epoch %d",
                 worker_id,
                 num_workers,
-                self.rank,
+                it.rank,
                 len(ids),
                 self.split,
                 it.plan.epoch,
@@ -287,9 +470,33 @@ class BatchDataset(IterableDataset[Any]):
                 yield self._item(batch)
 
     def __len__(self) -> int:
-        """Batches this rank reads this epoch (what a ``batch_size=None`` DataLoader yields)."""
+        """Batches this rank reads in the next pass (what a ``batch_size=None`` loader yields)."""
         with self.client_factory() as client:
-            return len(self.iterator(client))
+            return len(self.iterator(client, self.epoch))
+
+
+def _accelerate_wraps(dataset: BatchDataset) -> bool:
+    """Whether HF accelerate is iterating a DataLoader it prepared over ``dataset``.
+
+    accelerate's ``GradientState`` names the prepared DataLoader being iterated
+    (``active_dataloader``); a prepared loader holds the dataset as ``dataset``, or wraps it
+    once more (``IterableDatasetShard.dataset``, ``base_dataloader``).
+    """
+    state_module = sys.modules.get("accelerate.state")
+    if state_module is None:
+        return False
+    try:
+        active = state_module.GradientState().active_dataloader
+    except Exception:  # an accelerate without this attribute: nothing to tell
+        return False
+    seen, todo = 0, [active]
+    while todo and seen < 8:
+        obj, seen = todo.pop(), seen + 1
+        if obj is dataset:
+            return True
+        if obj is not None and not isinstance(obj, BatchDataset):
+            todo += [getattr(obj, name, None) for name in ("dataset", "base_dataloader")]
+    return False
 
 
 def _state_epoch(state: Mapping[str, Any] | None) -> int | None:

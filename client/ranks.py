@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["resolve_rank"]
+__all__ = ["Ranks", "detect_rank", "resolve_rank"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,55 @@ def _environment(env: Mapping[str, str]) -> tuple[int, int] | None:
     return found
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """A rank and world size, and where they came from.
+
+    Attributes:
+        rank: this process's rank.
+        world_size: the number of ranks.
+        source: where they came from, in words (``""``: both given).
+    """
+
+    rank: int
+    world_size: int
+    source: str
+
+    def log(self) -> None:
+        """Say where the rank came from: one INFO line (DEBUG when both were given)."""
+        if self.source:
+            logger.info("batchstash: rank %d of %d, from %s", *self.as_tuple(), self.source)
+        else:
+            logger.debug("batchstash: rank %d of %d, given", *self.as_tuple())
+
+    def as_tuple(self) -> tuple[int, int]:
+        """``(rank, world_size)``."""
+        return self.rank, self.world_size
+
+
+def detect_rank(
+    rank: int | None = None,
+    world_size: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Ranks:
+    """:func:`resolve_rank`'s answer with its source, without logging it."""
+    if rank is not None and world_size is not None:
+        return Ranks(int(rank), int(world_size), "")
+    detected, source = _process_group(), "the torch.distributed process group"
+    if detected is None:
+        environ = os.environ if env is None else env
+        detected, source = _environment(environ), "the RANK/WORLD_SIZE environment"
+    if detected is None:
+        detected, source = (0, 1), "the default (no process group, no RANK/WORLD_SIZE)"
+    given = "; rank given" if rank is not None else ""
+    given = "; world_size given" if world_size is not None else given
+    return Ranks(
+        detected[0] if rank is None else int(rank),
+        detected[1] if world_size is None else int(world_size),
+        source + given,
+    )
+
+
 def resolve_rank(
     rank: int | None = None,
     world_size: int | None = None,
@@ -79,20 +129,6 @@ def resolve_rank(
         ValueError: only one of ``RANK`` and ``WORLD_SIZE`` is set, or one is not an integer,
             while a value is to be detected.
     """
-    if rank is not None and world_size is not None:
-        logger.debug("batchstash: rank %d of %d, given", rank, world_size)
-        return int(rank), int(world_size)
-    detected, source = _process_group(), "the torch.distributed process group"
-    if detected is None:
-        environ = os.environ if env is None else env
-        detected, source = _environment(environ), "the RANK/WORLD_SIZE environment"
-    if detected is None:
-        detected, source = (0, 1), "the default (no process group, no RANK/WORLD_SIZE)"
-    found = (
-        detected[0] if rank is None else int(rank),
-        detected[1] if world_size is None else int(world_size),
-    )
-    given = "; rank given" if rank is not None else ""
-    given = "; world_size given" if world_size is not None else given
-    logger.info("batchstash: rank %d of %d, from %s%s", found[0], found[1], source, given)
-    return found
+    found = detect_rank(rank, world_size, env)
+    found.log()
+    return found.as_tuple()

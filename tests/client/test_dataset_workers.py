@@ -140,3 +140,74 @@ def test_set_epoch_and_resume_reach_spawned_persistent_workers(server: SocketSer
 
 def _hash(epoch: int) -> str:
     return EpochPlan.create(FINGERPRINT, "train", range(N), epoch=epoch).hash
+
+
+# -- each pass is the next epoch (Lightning and accelerate never call set_epoch on a dataset) --
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize(
+    ("num_workers", "persistent_workers", "context"),
+    [(0, False, None), (2, False, None), (2, True, None), (3, True, None)],
+)
+def test_each_pass_without_set_epoch_is_the_next_epoch(
+    server: SocketServer, num_workers: int, persistent_workers: bool, context: str | None
+) -> None:
+    ds = BatchDataset(server.url, "train", rank=0, world_size=1, epoch=0)
+    loader = DataLoader(
+        ds,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=persistent_workers,
+        multiprocessing_context=context,
+    )
+    passes = [ids(loader) for _ in range(3)]
+    assert passes == [plan_ids(0), plan_ids(1), plan_ids(2)]
+    assert ds.current_epoch == 2 and ds.epoch == 3
+    ds.set_epoch(7)  # set_epoch names the next pass; the ones after count on
+    assert [ids(loader) for _ in range(2)] == [plan_ids(7), plan_ids(8)]
+
+
+@pytest.mark.slow
+def test_each_pass_is_the_next_epoch_with_spawned_workers(server: SocketServer) -> None:
+    ds = BatchDataset(server.url, "train", rank=1, world_size=2)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")
+    assert [ids(loader) for _ in range(2)] == [plan_ids(0, 1, 2), plan_ids(1, 1, 2)]
+
+
+def test_a_loader_reseeded_alike_every_pass_still_advances(server: SocketServer) -> None:
+    import torch
+
+    ds = BatchDataset(server.url, "train", rank=0, world_size=1)
+    passes = []
+    for _ in range(3):  # the same base seed for every pass's workers
+        generator = torch.Generator().manual_seed(1234)
+        passes.append(ids(DataLoader(ds, batch_size=None, num_workers=2, generator=generator)))
+    assert passes == [plan_ids(0), plan_ids(1), plan_ids(2)]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_an_abandoned_pass_still_counts_and_workers_agree(server: SocketServer) -> None:
+    ds = BatchDataset(server.url, "train", rank=0, world_size=1)
+    loader = persistent(ds)
+    it = iter(loader)
+    first = [next(it).id for _ in range(3)]
+    del it  # stopped early, like limit_train_batches or a break
+    whole = ids(loader)
+    assert first == plan_ids(0)[:3]
+    assert whole == plan_ids(1)  # both workers read epoch 1: no mix of two epochs
+    small = DataLoader(ds, batch_size=None, num_workers=3)  # another loader, more workers
+    assert ids(small) == plan_ids(2)
+
+
+def test_a_resumed_pass_is_followed_by_the_next_epoch(server: SocketServer) -> None:
+    first = BatchDataset(server.url, "train", rank=0, world_size=1, epoch=3)
+    it = iter(persistent(first))
+    taken = [next(it).id for _ in range(4)]
+    saved = first.state_dict(4)
+    del it
+    again = BatchDataset(server.url, "train", rank=0, world_size=1)
+    loader = persistent(again)
+    again.load_state_dict(saved)
+    assert taken + ids(loader) == plan_ids(3)
+    assert ids(loader) == plan_ids(4)  # the state is of epoch 3: not applied again

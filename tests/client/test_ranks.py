@@ -73,15 +73,20 @@ def test_iter_batches_reads_rank_and_world_size_from_the_environment(
     assert info_lines(caplog) == ["batchstash: rank 1 of 3, from the RANK/WORLD_SIZE environment"]
 
 
-def test_dataset_reads_the_environment_when_built(no_launcher: pytest.MonkeyPatch) -> None:
-    no_launcher.setenv("RANK", "2")
+@pytest.mark.parametrize("context", [None, "spawn"])
+def test_dataset_built_before_the_launcher_resolves_ranks_when_iterated(
+    no_launcher: pytest.MonkeyPatch, context: str | None
+) -> None:
+    # Lightning's launcher builds a module-level dataset as rank 0 of 1, then its ranks start
+    # with WORLD_SIZE set and RANK not yet (the process group gives it): nothing fails on build
     no_launcher.setenv("WORLD_SIZE", "4")
     server = FakeServer({"train": range(9)})
     ds = BatchDataset(URL, "train", client_factory=functools.partial(make_client, server))
+    no_launcher.setenv("RANK", "2")  # the launcher's share, known once the rank runs
     assert (ds.rank, ds.world_size) == (2, 4)
-    no_launcher.delenv("RANK")  # the workers use the training process's ranks
-    got = [b.id for b in DataLoader(ds, batch_size=None, num_workers=2)]
-    assert got == plan_ids(9, 2, 4)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context)
+    assert [b.id for b in loader] == plan_ids(9, 2, 4)
+    assert len(ds) == len(plan_ids(9, 2, 4))
 
 
 def test_explicit_values_win(
@@ -127,8 +132,11 @@ def test_half_an_environment_is_an_error(
     client = make_client(FakeServer({"train": range(4)}))
     with pytest.raises(ValueError, match=match):
         client.iter_batches("train")
+    ds = BatchDataset(URL, "train")  # built before the launcher set both: checked when used
     with pytest.raises(ValueError, match=match):
-        BatchDataset(URL, "train")
+        iter(ds)
+    with pytest.raises(ValueError, match=match):
+        len(ds)
     assert len(client.iter_batches("train", rank=0, world_size=1)) == 4  # explicit: not read
 
 
