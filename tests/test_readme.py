@@ -15,7 +15,13 @@ import pytest
 from .e2e.conftest import start_server
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCKS = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+ALL_BLOCKS = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+# the training-framework scripts (first line "# train_*.py: how to run it") run in
+# tests/e2e/test_frameworks.py, under their launchers
+FRAMEWORK_BLOCKS = {
+    b.split(":", 1)[0].removeprefix("# "): b for b in ALL_BLOCKS if b.startswith("# train_")
+}
+BLOCKS = [b for b in ALL_BLOCKS if not b.startswith("# train_")]
 FRAGMENTS = {3}  # a loop body that continues the client snippet (it, checkpoint): not a program
 
 pytestmark = pytest.mark.slow
@@ -36,6 +42,12 @@ def run(code: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProce
 
 def test_the_readme_has_the_snippets_this_test_knows() -> None:
     assert len(BLOCKS) == 4
+    assert sorted(FRAMEWORK_BLOCKS) == [
+        "train_accelerate.py",
+        "train_dataloader.py",
+        "train_ddp.py",
+        "train_lightning.py",
+    ]
     assert "BatchClient(" in BLOCKS[0] and "class IrisDataPoint" in BLOCKS[1]
     assert "from_factory" in BLOCKS[2] and "load_state_dict" in BLOCKS[3]
 

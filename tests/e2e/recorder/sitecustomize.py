@@ -1,0 +1,48 @@
+"""Loaded at start-up by every process of a framework test: records each batch a rank reads.
+
+With ``BATCHSTASH_TEST_RECORD`` set to a directory, every batch a :class:`BatchIterator`
+yields or fetches is written there as one JSON line: the rank process (a DataLoader worker's
+parent), the split, the epoch, the plan's rank and world size, the batch id and its data point
+ids. The training scripts under test stay as the README shows them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+if os.environ.get("BATCHSTASH_TEST_RECORD"):
+    from torch.utils.data import get_worker_info
+
+    from batchstash.client.iterate import BatchIterator
+
+    _fetch, _next = BatchIterator.fetch, BatchIterator.__next__
+
+    def _record(it: BatchIterator, batch: Any) -> None:
+        owner = os.getpid() if get_worker_info() is None else os.getppid()
+        line = {
+            "owner": owner,
+            "split": it.plan.split,
+            "epoch": it.plan.epoch,
+            "rank": it.rank,
+            "world_size": it.plan.world_size,
+            "batch": batch.id,
+            "points": list(batch.data_point_ids),
+        }
+        path = os.path.join(os.environ["BATCHSTASH_TEST_RECORD"], f"{os.getpid()}.jsonl")
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+
+    def fetch(self: BatchIterator, batch_id: int) -> Any:
+        batch = _fetch(self, batch_id)
+        _record(self, batch)
+        return batch
+
+    def next_batch(self: BatchIterator) -> Any:
+        batch = _next(self)
+        _record(self, batch)
+        return batch
+
+    BatchIterator.fetch = fetch  # type: ignore[method-assign]
+    BatchIterator.__next__ = next_batch  # type: ignore[method-assign]
