@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     )
     from .pipeline import PipelinedReader
     from .plan import EpochPlan
-    from .ranks import resolve_rank
+    from .ranks import Ranks, detect_rank, resolve_rank
     from .staging import DeviceStage
     from .transport import BufferStream, BufferTransport, body_buffer
 
@@ -80,6 +80,7 @@ _LAZY = {
     "Endpoints": ".endpoints",
     "EpochPlan": ".plan",
     "PipelinedReader": ".pipeline",
+    "Ranks": ".ranks",
     "FieldFeatureMapping": ".mapping",
     "ManagerFeatureMapping": ".mapping",
     "MetadataNetworkSettings": ".metadata",
@@ -87,6 +88,7 @@ _LAZY = {
     "VectorizerMetadata": ".metadata",
     "body_buffer": ".transport",
     "copy_to_device": ".device",
+    "detect_rank": ".ranks",
     "resolve_rank": ".ranks",
     "wire": ".wire",
 }
@@ -128,6 +130,7 @@ __all__ = [
     "PipelinedReader",
     "PlanError",
     "PrimeCancelledError",
+    "Ranks",
     "StaleStoreError",
     "StoreBusyError",
     "StoreError",
@@ -137,6 +140,7 @@ __all__ = [
     "VectorizerMetadata",
     "body_buffer",
     "copy_to_device",
+    "detect_rank",
     "error_for_code",
     "resolve_rank",
     "wire",
