@@ -34,16 +34,25 @@ def wait(server: Server, until: Callable[[dict[str, Any]], bool], timeout: float
 def test_a_replica_without_the_dataset_serves_the_same_bytes_and_shares_the_job(
     serve: Callable[..., Server], tmp_path: Path
 ) -> None:
-    primer = serve("--dataset", SLOW, "--workers", "1",
-                   env={"BATCHSTASH_DATASET_OPTIONS": '{"delay": 0.01}'})
+    primer = serve(
+        "--dataset", SLOW, "--workers", "1", env={"BATCHSTASH_DATASET_OPTIONS": '{"delay": 0.01}'}
+    )
     # the replica's dataset setting names a module that does not exist: role serve never
     # imports dataset code (a server that did would not start)
-    replica = start_server(primer.data_dir, tmp_path / "replica.log", "--role", "serve",
-                           "--dataset", "no_such_module_anywhere:factory")
+    replica = start_server(
+        primer.data_dir,
+        tmp_path / "replica.log",
+        "--role",
+        "serve",
+        "--dataset",
+        "no_such_module_anywhere:factory",
+    )
     try:
         post = httpx.post(f"{primer.url}/v1/admin/prime", headers=primer.admin()).json()
-        running = wait(replica, lambda s: s["state"] == "running"
-                       and sum(e["done"] for e in s["splits"].values()) >= 1)
+        running = wait(
+            replica,
+            lambda s: s["state"] == "running" and sum(e["done"] for e in s["splits"].values()) >= 1,
+        )
         assert running["job_id"] == post["job_id"] == status(primer)["job_id"]
         for server in (replica, primer):
             refused = httpx.post(f"{server.url}/v1/admin/clear", headers=server.admin())
