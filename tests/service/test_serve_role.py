@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from batchstash.client import BatchClient
+from batchstash.client import BatchClient, NotPrimedError
 from batchstash.service import cli
 from batchstash.service.api import create_app
+from batchstash.service.api.datapath import DataListener
 from batchstash.service.config import build_settings
 from batchstash.service.examples import iris
 from batchstash.service.store import layout
@@ -114,6 +117,40 @@ def test_the_cli_shows_the_refusal_in_one_line_and_fails(
     assert "this server has role serve" in lines[0]
     assert words in lines[0] and lines[0].endswith("(conflict)")
     assert (primed / layout.MANIFEST).is_file()
+
+
+def test_a_trainer_of_an_unprimed_replica_is_told_who_primes(tmp_path: Path) -> None:
+    with replica(tmp_path / "store") as client:
+        response = client.get("/v1/splits/train/batches/0")
+        assert response.status_code == 503
+        progress = json.loads(response.headers["x-batchstash-prime"])
+        assert progress == {"state": "idle", "done": 0, "total": 0, "role": "serve"}
+        state = client.app.state.batchstash  # type: ignore[attr-defined]
+        with DataListener(state, "127.0.0.1", 0) as listener:  # the data port says the same
+            data = httpx.get(f"http://127.0.0.1:{listener.port}/v1/splits/train/batches/0")
+        assert data.status_code == 503
+        assert json.loads(data.headers["x-batchstash-prime"])["role"] == "serve"
+        url = "http://replica.test"
+        with BatchClient(url, transport=client._transport, retries=0) as trainer:
+            with pytest.raises(NotPrimedError) as info:
+                trainer.batch("train", 0)
+    message = info.value.message
+    assert f"--url {url}`" not in message  # never: prime this replica
+    assert "the store is not primed yet" in message
+    assert "a server with role all" in message and "the prime job" in message
+
+
+def test_a_trainer_of_a_server_with_the_dataset_is_told_to_prime_it(tmp_path: Path) -> None:
+    settings = build_settings(data_dir=tmp_path / "store", workers=0)
+    with TestClient(create_app(settings)) as client:
+        progress = json.loads(
+            client.get("/v1/splits/train/batches/0").headers["x-batchstash-prime"]
+        )
+        assert progress["role"] == "all"
+        url = "http://primer.test"
+        with BatchClient(url, transport=client._transport, retries=0) as trainer:
+            with pytest.raises(NotPrimedError, match=f"run `batchstash prime --url {url}`"):
+                trainer.batch("train", 0)
 
 
 def test_openapi_names_the_replica_refusal(tmp_path: Path) -> None:
