@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,39 @@ def test_a_trainer_of_a_server_with_the_dataset_is_told_to_prime_it(tmp_path: Pa
         with BatchClient(url, transport=client._transport, retries=0) as trainer:
             with pytest.raises(NotPrimedError, match=f"run `batchstash prime --url {url}`"):
                 trainer.batch("train", 0)
+
+
+def open_admin_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == APP_LOGGER and r.levelno == logging.WARNING and "no token" in r.getMessage()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ({"role": "all"}, True),
+        ({"role": "all", "token": TOKEN}, False),
+        ({"role": "serve"}, False),  # its admin routes never change the store
+    ],
+    ids=["all-no-token", "all-token", "serve-no-token"],
+)
+def test_open_admin_routes_are_warned_about_once_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, settings: dict[str, Any], warned: bool
+) -> None:
+    caplog.set_level(logging.INFO, logger=APP_LOGGER)
+    app = create_app(build_settings(data_dir=tmp_path / "store", workers=0, **settings))
+    with TestClient(app) as client:
+        client.get("/v1/admin/status", headers={"Authorization": f"Bearer {TOKEN}"})
+        client.get("/healthz")
+    lines = open_admin_warnings(caplog)
+    if warned:
+        assert len(lines) == 1
+        assert "BATCHSTASH_TOKEN" in lines[0] and "127.0.0.1:8000" in lines[0]
+    else:
+        assert lines == []
 
 
 def test_openapi_names_the_replica_refusal(tmp_path: Path) -> None:
