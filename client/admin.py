@@ -39,6 +39,10 @@ class AdminCalls:
 
         Returns:
             The status object (see :meth:`status`).
+
+        Raises:
+            ConflictError: a clear holds the store, or the server has role ``serve`` (a
+                read-only replica) and no prime runs to join.
         """
         return dict(self._json("POST", "/v1/admin/prime", json=options))
 
@@ -56,12 +60,18 @@ class AdminCalls:
         """Remove every encoded batch.
 
         Raises:
-            ConflictError: a prime is running (cancel it first).
+            ConflictError: a prime is running (cancel it first), or the server has role
+                ``serve`` (a read-only replica never clears the store it shares).
         """
         return dict(self._json("POST", "/v1/admin/clear"))
 
     def cancel(self) -> dict[str, Any]:
-        """Ask the running prime to stop; returns the status object."""
+        """Ask the running prime to stop; returns the status object.
+
+        Raises:
+            ConflictError: the server has role ``serve`` (a read-only replica never cancels the
+                prime every replica waits for).
+        """
         return dict(self._json("DELETE", "/v1/admin/prime"))
 
     def wait_for_prime(

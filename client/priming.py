@@ -1,11 +1,13 @@
 """Waiting for a store being primed: the ``X-Batchstash-Prime`` header of ``503 not_primed``.
 
 A server answers a batch that is not encoded yet with ``503 not_primed``, ``Retry-After`` and
-the header ``X-Batchstash-Prime: {"state": ..., "done": <int>, "total": <int>}``: the store's
-prime job (``"idle"`` and zeros when there is none). A request that meets a *running* prime
-waits for it as long as it makes progress (see ``BatchClient(wait_for_prime=...)``); one that
-meets *no* running prime fails at once, saying what to do. A server without the header (an older
-one) gets the plain retries.
+the header ``X-Batchstash-Prime: {"state": ..., "done": <int>, "total": <int>, "role": ...}``:
+the store's prime job (``"idle"`` and zeros when there is none) and the server's role (absent
+from older servers). A request that meets a *running* prime waits for it as long as it makes
+progress (see ``BatchClient(wait_for_prime=...)``); one that meets *no* running prime fails at
+once, saying what to do: prime through that server, or, when it has role ``serve`` (a read-only
+replica that cannot prime), through a server with role ``all`` or the prime job. A server
+without the header (an older one) gets the plain retries.
 """
 
 from __future__ import annotations
@@ -39,13 +41,22 @@ POLL_MAX_S = 5.0
 _NOT_RUNNING = frozenset({"idle", "failed", "cancelled", "interrupted"})
 
 
+# who primes a store whose server has role serve (a read-only replica never does)
+_PRIMERS = (
+    "a server with role all (`batchstash prime --url <that server>`) or the prime job "
+    "(`batchstash serve --role prime`)"
+)
+_REPLICA = "this server has role serve and only reads the store"
+
+
 @dataclass(frozen=True)
 class _Progress:
-    """The prime job a ``503 not_primed`` describes."""
+    """The prime job a ``503 not_primed`` describes, and the role of the server that said so."""
 
     state: str
     done: int
     total: int
+    role: str | None = None
 
     def __str__(self) -> str:
         return f"{self.done}/{self.total} batches"
@@ -63,8 +74,14 @@ def prime_progress(response: httpx.Response) -> _Progress | None:
         return None
     try:
         doc = json.loads(raw)
-        return _Progress(str(doc["state"]), int(doc["done"]), int(doc["total"]))
-    except (ValueError, KeyError, TypeError):
+        role = doc.get("role")
+        return _Progress(
+            str(doc["state"]),
+            int(doc["done"]),
+            int(doc["total"]),
+            role if isinstance(role, str) else None,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -84,7 +101,12 @@ class _PrimeLog:
 
 
 def _not_running(progress: _Progress, url: str) -> str:
-    """What to do about a store nothing is priming (the state is one of ``_NOT_RUNNING``)."""
+    """What to do about a store nothing is priming (the state is one of ``_NOT_RUNNING``).
+
+    A server with role ``serve`` refuses to prime: the advice names the servers that prime.
+    """
+    if progress.role == "serve":
+        return _not_running_on_replica(progress, url)
     prime = f"`batchstash prime --url {url}`"
     if progress.state == "failed":
         return (
@@ -96,6 +118,22 @@ def _not_running(progress: _Progress, url: str) -> str:
     if progress.state == "interrupted":
         return f"the priming process died at {progress}: run {prime} to resume it"
     return f"nothing is priming this store: run {prime}"
+
+
+def _not_running_on_replica(progress: _Progress, url: str) -> str:
+    """:func:`_not_running` for a server with role ``serve``, which cannot prime the store."""
+    if progress.state == "failed":
+        return (
+            f"the prime failed at {progress}: see `batchstash status --url {url}` for its error, "
+            f"fix it and prime again with {_PRIMERS} ({_REPLICA})"
+        )
+    if progress.state == "cancelled":
+        return f"the prime was cancelled at {progress}: {_PRIMERS} finishes it ({_REPLICA})"
+    if progress.state == "interrupted":
+        return f"the priming process died at {progress}: {_PRIMERS} resumes it ({_REPLICA})"
+    return (
+        f"the store is not primed yet and nothing is priming it: {_PRIMERS} primes it ({_REPLICA})"
+    )
 
 
 class _PrimeWait:

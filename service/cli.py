@@ -182,7 +182,7 @@ def prime(
     token: Token = None,
     wait: Annotated[bool, typer.Option(help="Show a progress bar until the prime ends.")] = False,
 ) -> None:
-    """Start priming on the server (joins a running prime)."""
+    """Start priming on the server (joins a running prime; a role-serve replica only joins)."""
     client = _client(url, token)
     body = _run(client.prime)
     if not wait:
@@ -219,14 +219,14 @@ def status(url: Url = DEFAULT_URL, token: Token = None) -> None:
 
 @app.command()
 def clear(url: Url = DEFAULT_URL, token: Token = None) -> None:
-    """Remove the encoded batches (refused while priming)."""
+    """Remove the encoded batches (refused while priming, and by a role-serve replica)."""
     _run(_client(url, token).clear)
     Console().print("cleared")
 
 
 @app.command()
 def cancel(url: Url = DEFAULT_URL, token: Token = None) -> None:
-    """Cancel a running prime (exits 1 when none is running)."""
+    """Cancel a running prime (exits 1 when none is running, or on a role-serve replica)."""
     body = _run(_client(url, token).cancel)
     if not body.get("cancelled"):
         raise _fail(f"no prime is running (last state: {body['state']})")

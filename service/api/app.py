@@ -67,6 +67,7 @@ def create_app(settings: Settings, stash: BatchStash | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log_summary(state)
+        warn_open_admin(state)
         if settings.prime_on_start:
             state.job.start()
         yield
@@ -105,6 +106,7 @@ def log_summary(state: ServerState) -> None:
     settings, reader = state.settings, state.reader
     stash = state.stash
     primed, address = reader.is_primed, f"{settings.host}:{settings.port}"
+    read_only = settings.role == "serve"  # its admin endpoints never change the store
     fields: dict[str, Any] = {
         "address": address,
         "data_port": state.data_port,
@@ -126,7 +128,26 @@ def log_summary(state: ServerState) -> None:
         settings.dataset if stash is not None else "(none: serving the store alone)",
         fields["fingerprint"] or "none yet",
         "primed" if primed else (fields["problem"] or "not primed yet"),
-        "on" if state.token else "off (admin endpoints are open)",
+        "on" if state.token else ("off" if read_only else "off (admin endpoints are open)"),
         f", priming with {settings.executor} x{settings.workers}" if stash is not None else "",
         extra=fields,
+    )
+
+
+def warn_open_admin(state: ServerState) -> None:
+    """Warn, once at start-up, when anyone who reaches the server can change the store.
+
+    That is a server with no token whose admin endpoints prime, cancel and clear: every role
+    but ``serve``, which refuses those (its status endpoint only reads) and is not warned about.
+    """
+    if state.token is not None or state.settings.role == "serve":
+        return
+    settings = state.settings
+    logger.warning(
+        "no token is set: anyone who reaches %s:%d can prime, cancel and clear the store "
+        "through /v1/admin; set BATCHSTASH_TOKEN or BATCHSTASH_TOKEN_FILE (serve --token) "
+        "to require it",
+        settings.host,
+        settings.port,
+        extra={"setting": "BATCHSTASH_TOKEN", "role": settings.role},
     )

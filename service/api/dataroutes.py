@@ -186,7 +186,7 @@ class DataRoutes:
 
     def _batchstash_error(self, exc: BatchstashError, method: str, target: bytes) -> Reply:
         state = self.state
-        headers = error_headers(exc, state.settings.retry_after_s, state.job)
+        headers = error_headers(exc, state.settings.retry_after_s, state.job, state.settings.role)
         if exc.status >= 500:
             logger.warning("%s %r: %s", method, target[:200], exc.message)
         return self._error(exc.status, exc.code, exc.message, list(headers.items()))

@@ -32,26 +32,40 @@ PRIME_HEADER = "X-Batchstash-Prime"
 
 
 def prime_progress(request: Request) -> str:
-    """The store's prime job as compact JSON: ``{"state", "done", "total"}``."""
-    return job_progress(_job(request))
+    """The store's prime job as compact JSON: ``{"state", "done", "total", "role"}``."""
+    return job_progress(_job(request), _role(request))
 
 
 def _job(request: Request) -> Any:
     return getattr(getattr(request.app.state, "batchstash", None), "job", None)
 
 
-def job_progress(job: Any) -> str:
-    """A prime job's progress as compact JSON (the :data:`PRIME_HEADER` value)."""
+def _role(request: Request) -> str | None:
+    settings = getattr(getattr(request.app.state, "batchstash", None), "settings", None)
+    return getattr(settings, "role", None)
+
+
+def job_progress(job: Any, role: str | None = None) -> str:
+    """A prime job's progress as compact JSON (the :data:`PRIME_HEADER` value).
+
+    Args:
+        job: the server's prime job.
+        role: the server's role, given as ``"role"`` (omitted when ``None``): a client told
+            ``serve`` knows that this server cannot prime the store, and says who can.
+    """
     try:
         body = job.snapshot()
     except Exception:  # the header is a courtesy: never turn a 503 into a 500
         logger.debug("no prime progress for the %s header", PRIME_HEADER, exc_info=True)
-        return json.dumps({"state": "unknown", "done": 0, "total": 0})
+        body = {"state": "unknown", "kind": None}
     splits = body.get("splits") or {}
     done = sum(int(e["done"]) for e in splits.values())
     total = sum(int(e["total"]) for e in splits.values())
     state = body["state"] if body.get("kind") in ("prime", None) else "idle"
-    return json.dumps({"state": state, "done": done, "total": total}, separators=(",", ":"))
+    doc: dict[str, Any] = {"state": state, "done": done, "total": total}
+    if role is not None:
+        doc["role"] = role
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -59,14 +73,24 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def error_headers(exc: BatchstashError, retry_after_s: int, job: Any) -> dict[str, str]:
-    """An error's headers: ``Retry-After`` and the prime's progress (503), a challenge (401)."""
+def error_headers(
+    exc: BatchstashError, retry_after_s: int, job: Any, role: str | None = None
+) -> dict[str, str]:
+    """An error's headers: ``Retry-After`` and the prime's progress (503), a challenge (401).
+
+    Args:
+        exc: the error.
+        retry_after_s: the ``Retry-After`` of a 503.
+        job: the server's prime job (the progress of a ``not_primed``).
+        role: the server's role, in the progress (see :func:`job_progress`).
+    """
     headers: dict[str, str] = {}
     if exc.status == 503:
         headers["Retry-After"] = str(retry_after_s)
         if exc.code == "not_primed":
-            # what a waiting trainer needs: is a prime running, and is it getting anywhere
-            headers[PRIME_HEADER] = job_progress(job)
+            # what a waiting trainer needs: is a prime running, is it getting anywhere, and
+            # can this server start one
+            headers[PRIME_HEADER] = job_progress(job, role)
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return headers
@@ -91,7 +115,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(BatchstashError)
     async def _batchstash(request: Request, exc: BatchstashError) -> JSONResponse:
-        headers = error_headers(exc, retry_after_s, _job(request)) or None
+        headers = error_headers(exc, retry_after_s, _job(request), _role(request)) or None
         if exc.status >= 500:
             logger.warning("%s %s: %s", request.method, request.url.path, exc.message)
         count(request, exc.code)

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["ERROR_RESPONSES", "ErrorBody", "ErrorDetail"]
+__all__ = ["ERROR_RESPONSES", "READ_ONLY_CONFLICT", "ErrorBody", "ErrorDetail"]
 
 
 class ErrorDetail(BaseModel):
@@ -36,3 +36,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: _error("Not encoded yet (not_primed; retry after Retry-After)"),
 }
 """The error responses every route may give, in the one JSON shape."""
+
+READ_ONLY_CONFLICT = _error(
+    "Clashes with running work, a stale store, or this server has role serve: a read-only "
+    "replica never primes, cancels or clears the store it shares (conflict, store_stale)"
+)
+"""The 409 of the admin routes that change the store or its job."""

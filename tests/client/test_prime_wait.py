@@ -13,7 +13,7 @@ import pytest
 from batchstash.client import BatchClient, EpochPlan, NotPrimedError
 from batchstash.client.priming import PRIME_HEADER
 
-from .fakeserver import FINGERPRINT, FakeServer, SocketServer, error, make_client
+from .fakeserver import FINGERPRINT, URL, FakeServer, SocketServer, error, make_client
 
 PRIMING_LOGGER = "batchstash.client.priming"
 
@@ -183,6 +183,43 @@ def test_no_running_prime_fails_at_once(state: str, done: int, total: int, advic
     assert info.value.message.startswith("GET /v1/splits/train/batches/100: batch train/100 is ")
     assert advice in info.value.message
     assert batch_requests(server) == 1 and clock.sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("state", "done", "total", "advice"),
+    [
+        ("idle", 0, 0, "the store is not primed yet and nothing is priming it: a server with"),
+        ("failed", 40, 150, "the prime failed at 40/150 batches: see `batchstash status --url "),
+        ("cancelled", 40, 150, "the prime was cancelled at 40/150 batches: a server with role"),
+        ("interrupted", 7, 9, "the priming process died at 7/9 batches: a server with role all"),
+    ],
+)
+def test_a_replica_names_the_servers_that_prime(
+    state: str, done: int, total: int, advice: str
+) -> None:
+    # role serve refuses to prime: the advice never sends the trainer to prime this server
+    header = json.dumps({"state": state, "done": done, "total": total, "role": "serve"})
+    server = PrimingServer(total=150, header=header)
+    client, _ = timed_client(server, retries=5)
+    with pytest.raises(NotPrimedError) as info:
+        client.batch("train", 100)
+    message = info.value.message
+    assert advice in message
+    assert "role all (`batchstash prime --url <that server>`)" in message
+    assert "the prime job (`batchstash serve --role prime`)" in message
+    assert f"prime --url {URL}" not in message and "role serve" in message
+    assert batch_requests(server) == 1
+
+
+@pytest.mark.parametrize("role", ["all", 7, None])
+def test_another_role_or_a_bad_one_keeps_the_advice_to_prime_the_server(role: object) -> None:
+    header = json.dumps({"state": "idle", "done": 0, "total": 0, "role": role})
+    server = PrimingServer(total=150, header=header)
+    client, _ = timed_client(server, retries=5)
+    with pytest.raises(
+        NotPrimedError, match=f"nothing is priming this store: run `batchstash prime --url {URL}`"
+    ):
+        client.batch("train", 100)
 
 
 def test_no_running_prime_fails_at_once_even_with_the_wait_disabled() -> None:

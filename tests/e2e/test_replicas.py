@@ -34,16 +34,25 @@ def wait(server: Server, until: Callable[[dict[str, Any]], bool], timeout: float
 def test_a_replica_without_the_dataset_serves_the_same_bytes_and_shares_the_job(
     serve: Callable[..., Server], tmp_path: Path
 ) -> None:
-    primer = serve("--dataset", SLOW, "--workers", "1",
-                   env={"BATCHSTASH_DATASET_OPTIONS": '{"delay": 0.01}'})
+    primer = serve(
+        "--dataset", SLOW, "--workers", "1", env={"BATCHSTASH_DATASET_OPTIONS": '{"delay": 0.01}'}
+    )
     # the replica's dataset setting names a module that does not exist: role serve never
     # imports dataset code (a server that did would not start)
-    replica = start_server(primer.data_dir, tmp_path / "replica.log", "--role", "serve",
-                           "--dataset", "no_such_module_anywhere:factory")
+    replica = start_server(
+        primer.data_dir,
+        tmp_path / "replica.log",
+        "--role",
+        "serve",
+        "--dataset",
+        "no_such_module_anywhere:factory",
+    )
     try:
         post = httpx.post(f"{primer.url}/v1/admin/prime", headers=primer.admin()).json()
-        running = wait(replica, lambda s: s["state"] == "running"
-                       and sum(e["done"] for e in s["splits"].values()) >= 1)
+        running = wait(
+            replica,
+            lambda s: s["state"] == "running" and sum(e["done"] for e in s["splits"].values()) >= 1,
+        )
         assert running["job_id"] == post["job_id"] == status(primer)["job_id"]
         for server in (replica, primer):
             refused = httpx.post(f"{server.url}/v1/admin/clear", headers=server.admin())
@@ -70,21 +79,30 @@ def test_a_replica_without_the_dataset_serves_the_same_bytes_and_shares_the_job(
                 served += 1
         assert served == 9
 
-        # the replica cancels a prime the primer runs, through the store's job record
+        # the replica refuses to cancel the prime every replica waits for; the primer cancels
+        # it, and the replica sees that through the store's job record
         httpx.post(f"{primer.url}/v1/admin/clear", headers=primer.admin()).raise_for_status()
         second = httpx.post(f"{primer.url}/v1/admin/prime", headers=primer.admin()).json()
         wait(primer, lambda s: sum(e["done"] for e in s["splits"].values()) >= 1)
-        cancel = httpx.delete(f"{replica.url}/v1/admin/prime", headers=replica.admin())
+        refused = httpx.delete(f"{replica.url}/v1/admin/prime", headers=replica.admin())
+        assert refused.status_code == 409 and "role serve" in refused.json()["error"]["message"]
+        assert status(replica)["cancel_requested"] is False  # nothing written to the job
+        cancel = httpx.delete(f"{primer.url}/v1/admin/prime", headers=primer.admin())
         assert cancel.json()["cancelled"] is True
-        ended = wait(primer, lambda s: s["state"] != "running")
+        ended = wait(replica, lambda s: s["state"] != "running")
         assert ended["state"] == "cancelled" and ended["job_id"] == second["job_id"]
 
-        # a replica cannot prime on its own, and a clear from it is a clear for both
+        # a replica can neither prime on its own nor clear the store the primer serves too
         refused = httpx.post(f"{replica.url}/v1/admin/prime", headers=replica.admin())
         assert refused.status_code == 409 and "read-only" in refused.json()["error"]["message"]
-        cleared = httpx.post(f"{replica.url}/v1/admin/clear", headers=replica.admin())
+        stored = status(primer)["splits"]
+        assert sum(e["done"] for e in stored.values()) >= 1
+        refused = httpx.post(f"{replica.url}/v1/admin/clear", headers=replica.admin())
+        assert refused.status_code == 409 and "role serve" in refused.json()["error"]["message"]
+        assert status(primer)["splits"] == stored  # not a batch removed
+        cleared = httpx.post(f"{primer.url}/v1/admin/clear", headers=primer.admin())
         assert cleared.status_code == 200
-        assert httpx.get(f"{primer.url}/v1/splits/train/batches/0").status_code == 503
+        assert httpx.get(f"{replica.url}/v1/splits/train/batches/0").status_code == 503
         assert "no_such_module" not in replica.log.read_text()
     finally:
         replica.stop()

@@ -150,6 +150,7 @@ def test_a_batch_not_encoded_yet_says_how_priming_goes(tmp_path: Path) -> None:
         "state": "idle",
         "done": 0,
         "total": 9,
+        "role": "all",
     }
 
 

@@ -290,6 +290,7 @@ def test_a_not_primed_answer_says_how_far_the_prime_is(small) -> None:
         "state": "idle",
         "done": 0,
         "total": 150,
+        "role": "all",
     }
     assert small.post("/v1/admin/prime", headers=AUTH).status_code == 202
     seen = set()
