@@ -70,6 +70,10 @@ class Encoder:
         seed: the shuffle of ``train`` and each batch's seed.
         groups: the attribute groups stored together.
         owner: what batches and data points see as their ``batch_stash``.
+
+    Raises:
+        BatchError: a field names a missing vectorizer, or a vectorizer's configuration cannot
+            be described exactly.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class Encoder:
         self.owner = owner
         for fld in batch_feature_mappings.fields:  # fail at construction on a missing vectorizer
             self.vectorizer_manager_set[self.manager_of(fld.attr)][fld.feature_id]
+        vectorizer_manager_set.config()  # a field it cannot describe fails here, not at a prime
 
     def manager_of(self, attr: str) -> str:
         """The vectorizer manager name of a mapped attribute."""

@@ -25,16 +25,21 @@ the store stale; bump ``VERSION`` when what the code calls changes.
 
 from __future__ import annotations
 
+import enum
 import inspect
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import xxhash
 
 from batchstash.client import BatchError, VectorizerMetadata
+
+from .fingerprint import ContentHasher, Unfingerprintable, type_name
 
 __all__ = [
     "CategoryEncodableFeatureVectorizer",
@@ -80,12 +85,24 @@ class FeatureVectorizer(ABC):
         return ()
 
     def config(self) -> dict[str, Any]:
-        """JSON-able configuration that determines the tensors (hashed to detect stale stores)."""
+        """JSON-able configuration that determines the tensors (hashed to detect stale stores).
+
+        Field values that are not JSON (a numpy array, a tensor...) enter by their content
+        digest; override this method for a field whose content cannot be fingerprinted.
+
+        Raises:
+            BatchError: a field holds a value that cannot be described exactly.
+        """
         return {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "version": self.VERSION,
             "code": code_digest(type(self)),
-            **{f.name: _jsonable(getattr(self, f.name)) for f in fields(self)},
+            **{
+                f.name: _jsonable(
+                    getattr(self, f.name), f"vectorizer {self.feature_id!r} field {f.name!r}"
+                )
+                for f in fields(self)
+            },
         }
 
     def metadata(self) -> VectorizerMetadata:
@@ -116,14 +133,46 @@ def code_digest(cls: type) -> str:
     return str(digest.hexdigest())
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, where: str) -> Any:
+    """``value`` as exact JSON: anything that is not JSON by its content digest.
+
+    Raises:
+        BatchError: a value (or one inside it) that cannot be fingerprinted.
+    """
+    if value is None or isinstance(value, (str, int, float)):
+        return value  # subclasses (bool, numpy's float64, str enums) dump as their value
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {
+            k if isinstance(k, str) else f"{type_name(k)}:{json.dumps(_jsonable(k, where))}": (
+                _jsonable(v, where)
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
+        return [_jsonable(v, where) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return {"set": sorted(json.dumps(_jsonable(v, where), sort_keys=True) for v in value)}
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if isinstance(value, np.dtype):
+        return {"numpy_dtype": str(np.lib.format.dtype_to_descr(value))}
+    if isinstance(value, enum.Enum):
+        return {"enum": type_name(value), "value": _jsonable(value.value, where)}
+    if isinstance(value, type):
+        return {"class": f"{value.__module__}.{value.__qualname__}", "code": code_digest(value)}
+    if is_dataclass(value):
+        return {
+            "class": type_name(value),
+            **{f.name: _jsonable(getattr(value, f.name), where) for f in fields(value)},
+        }
+    hasher = ContentHasher()
+    try:
+        hasher.update(value)
+    except Unfingerprintable as exc:
+        raise BatchError(f"{exc.message(where)}; or override config() to describe it") from None
+    return {"content": hasher.hexdigest()}
 
 
 @dataclass
