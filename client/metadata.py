@@ -29,7 +29,7 @@ class VectorizerMetadata:
         description: a human readable description.
         dtype: the torch dtype name of its tensors (``"float32"``, ``"int64"``...).
         shape: the shape of one data point's tensor; ``-1`` marks a dimension that varies by batch
-            (e.g. padded sequence length).
+            (e.g. padded sequence length); priming checks every stored tensor against it.
         classes: the label classes, for category vectorizers (index ``i`` is class ``classes[i]``).
         vocab_size: the vocabulary size, for token id vectorizers (for an embedding layer).
         extra: other JSON-able facts about the vectorizer.
@@ -74,7 +74,7 @@ class VectorizerMetadata:
             name=data["name"],
             description=data.get("description", ""),
             dtype=data.get("dtype", "float32"),
-            shape=tuple(data.get("shape", ())),
+            shape=tuple(-1 if d is None else d for d in data.get("shape", ())),
             classes=None if classes is None else tuple(classes),
             vocab_size=data.get("vocab_size"),
             extra=dict(data.get("extra") or {}),

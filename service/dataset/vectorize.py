@@ -14,6 +14,10 @@ A vectorizer turns one feature of a data point into a tensor. Write your own by 
         def shape(self):                       # one data point's tensor shape (-1: varies)
             return (1,)
 
+Priming checks every encoded tensor against :attr:`FeatureVectorizer.shape` and
+:attr:`FeatureVectorizer.dtype`: a field's batch tensor must be ``(data points, *shape)`` (a
+``-1`` or ``None`` dimension may take any size) of exactly that dtype, or the prime fails.
+
 Fields with ``is_agg=True`` call :meth:`FeatureVectorizer.encode_batch` with the values of every
 data point at once (to pad, for instance); the others call :meth:`FeatureVectorizer.encode` per
 data point and stack the results. :meth:`FeatureVectorizer.config` goes into the store's
@@ -80,8 +84,8 @@ class FeatureVectorizer(ABC):
         return torch.float32
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        """The shape of one data point's tensor; ``-1`` where it varies by batch."""
+    def shape(self) -> tuple[int | None, ...]:
+        """The shape of one data point's tensor; ``-1`` (or ``None``) where it varies by batch."""
         return ()
 
     def config(self) -> dict[str, Any]:
@@ -106,13 +110,13 @@ class FeatureVectorizer(ABC):
         }
 
     def metadata(self) -> VectorizerMetadata:
-        """Return the vectorizer's metadata for models and clients."""
+        """Return the vectorizer's metadata for models and clients (``None`` dims as ``-1``)."""
         return VectorizerMetadata(
             feature_id=self.feature_id,
             name=type(self).__name__,
             description=self.DESCRIPTION,
             dtype=str(self.dtype).removeprefix("torch."),
-            shape=self.shape,
+            shape=tuple(-1 if d is None else int(d) for d in self.shape),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -166,3 +167,19 @@ def test_managers():
     config = managers.config()
     assert config["m"]["ilabel"]["categories"] == ["a", "b"]
     assert config["m"]["iseries"]["dims"] == 2
+
+
+def test_a_none_dimension_is_stored_as_minus_one():
+    @dataclass
+    class Ragged(FeatureVectorizer):
+        def encode(self, value: Any) -> torch.Tensor:
+            return torch.zeros(len(value), 2)
+
+        @property
+        def shape(self) -> tuple[int | None, ...]:
+            return (None, 2)
+
+    meta = Ragged("r").metadata()
+    assert meta.shape == (-1, 2)
+    assert VectorizerMetadata.from_dict(json.loads(json.dumps(meta.to_dict()))).shape == (-1, 2)
+    assert VectorizerMetadata.from_dict({**meta.to_dict(), "shape": [None, 2]}).shape == (-1, 2)
