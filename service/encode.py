@@ -18,6 +18,7 @@ from batchstash.client import (
     BatchFeatureMapping,
     BatchFieldMetadata,
     BatchMetadata,
+    ConfigBatchFeatureMapping,
     VectorizerError,
     wire,
 )
@@ -73,8 +74,8 @@ class Encoder:
         owner: what batches and data points see as their ``batch_stash``.
 
     Raises:
-        BatchError: a field names a missing vectorizer, or a vectorizer's configuration cannot
-            be described exactly.
+        BatchError: a field names a missing vectorizer, the label attribute is not mapped, or
+            a vectorizer's configuration cannot be described exactly.
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class Encoder:
         self.owner = owner
         for fld in batch_feature_mappings.fields:  # fail at construction on a missing vectorizer
             self.vectorizer_manager_set[self.manager_of(fld.attr)][fld.feature_id]
+        _check_label_attribute(batch_feature_mappings)
         vectorizer_manager_set.config()  # a field it cannot describe fails here, not at a prime
 
     def manager_of(self, attr: str) -> str:
@@ -228,3 +230,27 @@ class Encoder:
 
 def _shape(dims: Sequence[object]) -> str:
     return f"({', '.join(map(str, dims))}{',' if len(dims) == 1 else ''})"
+
+
+def _check_label_attribute(mapping: BatchFeatureMapping) -> None:
+    """Refuse a label attribute that no field maps (a typo).
+
+    A field edit of a :class:`ConfigBatchFeatureMapping` may remove the label field: that class
+    checks the name before its edits.
+
+    Raises:
+        BatchError: the label attribute is not mapped.
+    """
+    label = mapping.label_attribute_name
+    if label is None or label in mapping.attributes:
+        return
+    if isinstance(mapping, ConfigBatchFeatureMapping) and (
+        label in mapping.field_remove
+        or (mapping.field_keep is not None and label not in mapping.field_keep)
+    ):
+        return
+    raise BatchError(
+        f"label attribute {label!r} is not mapped; mapped attributes: "
+        f"{', '.join(map(repr, mapping.attributes)) or 'none'} "
+        "(label_attribute_name=None for unlabelled data)"
+    )

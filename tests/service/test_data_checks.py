@@ -20,6 +20,7 @@ from batchstash.client import (
     BatchError,
     BatchFeatureMapping,
     BatchMetadata,
+    ConfigBatchFeatureMapping,
     FieldFeatureMapping,
     ManagerFeatureMapping,
     NotPrimedError,
@@ -36,6 +37,7 @@ from batchstash.service import (
 from batchstash.service import cli as cli_module
 from batchstash.service.api import create_app
 from batchstash.service.config import build_settings
+from batchstash.service.examples import IRIS_MAPPINGS
 from batchstash.service.store.lease import JobState, read_job
 from batchstash.service.store.records import StoreInfo, read_record
 
@@ -287,3 +289,24 @@ def test_the_shape_error_reaches_the_cli(failing_server, monkeypatch):
     assert "prime failed:" in result.output and EXPECTED in " ".join(result.output.split())
     status = CliRunner().invoke(cli_module.app, ["status"])
     assert "last error:" in status.output and EXPECTED in " ".join(status.output.split())
+
+
+# 3. the label attribute --------------------------------------------------------------------
+
+
+def test_an_unmapped_label_attribute_is_a_construction_error(make_iris):
+    typo = BatchFeatureMapping("lable", IRIS_MAPPINGS.manager_mappings)
+    with pytest.raises(
+        BatchError,
+        match=r"^label attribute 'lable' is not mapped; mapped attributes: 'label', 'flower_dims' "
+        r"\(label_attribute_name=None for unlabelled data\)$",
+    ):
+        make_iris(mappings=typo)
+    with pytest.raises(BatchError, match="label attribute 'lable' is not mapped"):
+        ConfigBatchFeatureMapping("lable", IRIS_MAPPINGS.manager_mappings)
+    unlabelled = make_iris(mappings=BatchFeatureMapping(None, IRIS_MAPPINGS.manager_mappings))
+    assert unlabelled.batch_feature_mappings.label_field is None
+    edited = ConfigBatchFeatureMapping(
+        "label", IRIS_MAPPINGS.manager_mappings, field_keep=frozenset({"flower_dims"})
+    )
+    assert make_iris(mappings=edited).batch_feature_mappings.attributes == ("flower_dims",)
