@@ -30,7 +30,8 @@ class VectorizerMetadata:
         dtype: the torch dtype name of its tensors (``"float32"``, ``"int64"``...).
         shape: the shape of one data point's tensor; ``-1`` marks a dimension that varies by batch
             (e.g. padded sequence length); priming checks every stored tensor against it.
-        classes: the label classes, for category vectorizers (index ``i`` is class ``classes[i]``).
+        classes: the label classes, for category vectorizers (index ``i`` is class ``classes[i]``):
+            strings, integers or booleans, as the vectorizer's categories are.
         vocab_size: the vocabulary size, for token id vectorizers (for an embedding layer).
         extra: other JSON-able facts about the vectorizer.
     """
@@ -40,7 +41,7 @@ class VectorizerMetadata:
     description: str = ""
     dtype: str = "float32"
     shape: tuple[int, ...] = ()
-    classes: tuple[str, ...] | None = None
+    classes: tuple[str | int, ...] | None = None
     vocab_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
 
@@ -121,7 +122,7 @@ class BatchMetadata:
     fields_by_attribute: dict[str, BatchFieldMetadata]
 
     @property
-    def label_classes(self) -> tuple[str, ...] | None:
+    def label_classes(self) -> tuple[str | int, ...] | None:
         """The classes of the label vectorizer (``None`` without a category label)."""
         label = self.mapping.label_attribute_name
         fld = self.fields_by_attribute.get(label) if label else None

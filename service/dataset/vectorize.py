@@ -179,9 +179,34 @@ def _jsonable(value: Any, where: str) -> Any:
     return {"content": hasher.hexdigest()}
 
 
+def _category(value: Any) -> tuple[str, str | int] | None:
+    """``(type family, plain value)`` of a class label; ``None`` for other types.
+
+    ``int`` and numpy integers are one family, ``str`` and numpy strings another, ``bool`` and
+    numpy booleans a third: ``1`` and ``np.int64(1)`` are the same class, ``"1"`` and ``True``
+    are not that class.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return "bool", bool(value)
+    if isinstance(value, (int, np.integer)):
+        return "int", int(value)
+    if isinstance(value, (str, np.str_)):
+        return "str", str.__str__(value)
+    return None
+
+
+def _labelled(value: Any) -> str:
+    text = repr(value.item() if isinstance(value, np.generic) else value)
+    return f"{text[:60]}{'...' if len(text) > 60 else ''} ({type_name(value)})"
+
+
 @dataclass
 class CategoryEncodableFeatureVectorizer(FeatureVectorizer):
     """Encodes a class label as its index in :attr:`categories` (class <-> index).
+
+    Categories are strings, integers or booleans (numpy's included, kept as Python values). A
+    label matches a category of equal value in the same family: ``1`` and ``np.int64(1)``
+    match ``1``, while ``"1"`` (say, read from a CSV) matches ``"1"`` only.
 
     Attributes:
         categories: the classes, in index order.
@@ -189,23 +214,38 @@ class CategoryEncodableFeatureVectorizer(FeatureVectorizer):
 
     DESCRIPTION: ClassVar[str] = "category label index"
 
-    categories: Sequence[str] = ()
+    categories: Sequence[str | int] = ()
 
     def __post_init__(self) -> None:
-        self.categories = tuple(self.categories)
-        if len(set(self.categories)) != len(self.categories) or not self.categories:
+        keys = []
+        for value in self.categories:
+            key = _category(value)
+            if key is None:
+                raise BatchError(
+                    f"{self.feature_id}: category {_labelled(value)} is not a str, int or bool"
+                )
+            keys.append(key)
+        if len(set(keys)) != len(keys) or not keys:
             raise BatchError(f"{self.feature_id}: categories must be unique and non-empty")
-        self._index = {c: i for i, c in enumerate(self.categories)}
+        self.categories = tuple(k[1] for k in keys)
+        self._index = {k: i for i, k in enumerate(keys)}
 
     def index(self, value: Any) -> int:
-        """Return the index of class ``value``."""
-        try:
-            return self._index[str(value)]
-        except KeyError:
-            raise BatchError(f"unknown class {value!r}; known: {list(self.categories)}") from None
+        """Return the index of class ``value``.
 
-    def get_classes(self, indices: Iterable[int]) -> list[str]:
-        """Map indices back to class names."""
+        Raises:
+            BatchError: ``value`` is no category (the message shows values with their types).
+        """
+        key = _category(value)
+        found = None if key is None else self._index.get(key)
+        if found is None:
+            known = ", ".join(_labelled(c) for c in self.categories[:20])
+            more = f", ... ({len(self.categories)} in all)" if len(self.categories) > 20 else ""
+            raise BatchError(f"unknown class {_labelled(value)}; known: {known}{more}")
+        return found
+
+    def get_classes(self, indices: Iterable[int]) -> list[str | int]:
+        """Map indices back to the categories themselves."""
         return [self.categories[int(i)] for i in indices]
 
     def encode(self, value: Any) -> torch.Tensor:
@@ -218,9 +258,9 @@ class CategoryEncodableFeatureVectorizer(FeatureVectorizer):
         return torch.int64
 
     def metadata(self) -> VectorizerMetadata:
-        """Metadata listing the classes."""
+        """Metadata listing the classes (JSON strings, integers or booleans)."""
         meta = super().metadata()
-        return VectorizerMetadata(**{**meta.__dict__, "classes": self.categories})
+        return VectorizerMetadata(**{**meta.__dict__, "classes": tuple(self.categories)})
 
 
 @dataclass

@@ -29,10 +29,12 @@ from batchstash.client import (
 )
 from batchstash.service import (
     BatchStash,
+    CategoryEncodableFeatureVectorizer,
     DataPoint,
     FeatureVectorizer,
     FeatureVectorizerManager,
     MemorySplitStashContainer,
+    OneHotEncodedFeatureVectorizer,
 )
 from batchstash.service import cli as cli_module
 from batchstash.service.api import create_app
@@ -310,3 +312,61 @@ def test_an_unmapped_label_attribute_is_a_construction_error(make_iris):
         "label", IRIS_MAPPINGS.manager_mappings, field_keep=frozenset({"flower_dims"})
     )
     assert make_iris(mappings=edited).batch_feature_mappings.attributes == ("flower_dims",)
+
+
+# 4. class labels of any type ---------------------------------------------------------------
+
+LABELLED = BatchFeatureMapping(
+    "label",
+    [
+        ManagerFeatureMapping(
+            "m", (FieldFeatureMapping("label", "cls"), FieldFeatureMapping("x", "row"))
+        )
+    ],
+)
+
+
+def test_integer_labels_prime_load_and_round_trip_through_the_metadata(tmp_path):
+    labels = [0, np.int64(2), 1, np.int32(2), 0, 1, 2, 0]
+    records = {i: {"x": np.full(3072, float(i)), "label": y} for i, y in enumerate(labels)}
+    container = MemorySplitStashContainer(records, {"train": list(records)})
+    managers = [
+        FeatureVectorizerManager(
+            "m", [CategoryEncodableFeatureVectorizer("cls", (0, 1, 2)), RowVectorizer("row")]
+        )
+    ]
+    stash = BatchStash(tmp_path / "s", container, managers, LABELLED, RecordPoint, batch_size=8)
+    assert stash.prime() == 1
+    batch = stash.load("train", 0)
+    order = [int(x) for x in batch["x"][:, 0].tolist()]
+    assert batch.get_label_classes() == [int(labels[i]) for i in order]
+    assert all(type(c) is int for c in batch.get_label_classes())
+
+    stored = read_record(stash.backend, StoreInfo)
+    assert stored is not None
+    served = BatchMetadata.from_dict(json.loads(json.dumps(stored.metadata)))
+    assert served.label_classes == (0, 1, 2)
+    assert all(type(c) is int for c in served.label_classes)
+
+
+def test_a_string_label_for_integer_categories_is_an_error_naming_types(tmp_path):
+    records = {i: {"x": np.zeros(3072), "label": str(i % 3)} for i in range(4)}
+    container = MemorySplitStashContainer(records, {"train": list(records)})
+    managers = [
+        FeatureVectorizerManager(
+            "m", [OneHotEncodedFeatureVectorizer("cls", (0, 1, 2)), RowVectorizer("row")]
+        )
+    ]
+    mapping = BatchFeatureMapping(
+        "label",
+        [
+            ManagerFeatureMapping(
+                "m", (FieldFeatureMapping("label", "cls"), FieldFeatureMapping("x", "row"))
+            )
+        ],
+    )
+    stash = BatchStash(tmp_path / "s", container, managers, mapping, RecordPoint, batch_size=4)
+    with pytest.raises(
+        VectorizerError, match=r"unknown class '\d' \(str\); known: 0 \(int\), 1 \(int\), 2 \(int\)"
+    ):
+        stash.prime()
