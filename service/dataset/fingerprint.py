@@ -80,6 +80,7 @@ class ContentHasher:
     def __init__(self) -> None:
         self._hash = xxhash.xxh3_128()
         self._key_digests: dict[str, bytes] = {}  # str dict keys repeat across records
+        self._key_orders: dict[tuple[str, ...], list[tuple[bytes, Any]]] = {}
 
     def raw(self, data: bytes) -> None:
         """Feed bytes as they are (a domain tag or a format version)."""
@@ -145,11 +146,16 @@ class ContentHasher:
     def _mapping(self, h: Any, tag: bytes, mapping: dict[Any, Any]) -> None:
         h.update(tag + _length(len(mapping)))
         key: Any = None
-        try:
-            keyed = sorted((self.digest_of(key), key) for key in mapping)
-        except Unfingerprintable as exc:
-            exc.path.append(" (a dict key)")
-            raise
+        keys = tuple(mapping)
+        keyed = self._key_orders.get(keys)  # records share their str keys: sort them once
+        if keyed is None or set(map(type, keys)) != {str}:
+            try:
+                keyed = sorted((self.digest_of(key), key) for key in keys)
+            except Unfingerprintable as exc:
+                exc.path.append(" (a dict key)")
+                raise
+            if set(map(type, keys)) == {str} and len(self._key_orders) < 1024:
+                self._key_orders[keys] = keyed
         try:
             for digest, key in keyed:  # digests are unique: keys are never compared
                 h.update(digest)

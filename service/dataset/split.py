@@ -38,7 +38,7 @@ class SplitStashContainer(ABC):
 
     @abstractmethod
     def fingerprint(self) -> str:
-        """A hash of the ids and data: a change marks the encoded store stale."""
+        """A hash of the ids and the content of the data: a change marks the store stale."""
 
 
 class MemorySplitStashContainer(SplitStashContainer):
@@ -65,7 +65,7 @@ class MemorySplitStashContainer(SplitStashContainer):
         missing = [i for ids in self._splits.values() for i in ids if i not in self._records]
         if missing:
             raise BatchError(f"split ids without a record: {missing[:5]}")
-        self.fingerprint()  # refuses what it cannot fingerprint now, not at the first prime
+        self._content_digest()  # refuses what it cannot fingerprint now, not at a prime
 
     @property
     def keys_by_split(self) -> dict[str, Sequence[Any]]:
@@ -86,26 +86,41 @@ class MemorySplitStashContainer(SplitStashContainer):
         Raises:
             BatchError: a value that cannot be fingerprinted (naming its type and record).
         """
+        return self._content_digest()
+
+    def _content_digest(self) -> str:
         hasher = ContentHasher()
         hasher.raw(self.FINGERPRINT_FORMAT)
-        where = "the split names"
+        stage, key = "the split names", None
         try:
             hasher.update(len(self._splits))
-            for name in sorted(self._splits):
-                where = f"the ids of split {name!r}"
-                hasher.update(name)
-                hasher.update(ordered_ids(hasher, self._splits[name]))
-            where = "the record ids"
+            for key in sorted(self._splits):
+                stage = "split"
+                hasher.update(key)
+                hasher.update(ordered_ids(hasher, self._splits[key]))
+            stage = "the record ids"
             keys = ordered_ids(hasher, self._records)
             hasher.update(len(keys))
             for key in keys:
-                where = f"the id {key!r}" if len(repr(key)) < 60 else "a record id"
+                stage = "id"
                 hasher.update(key)
-                where = f"record {key!r}" if len(repr(key)) < 60 else "a record"
+                stage = "record"
                 hasher.update(self._records[key])
         except Unfingerprintable as exc:
-            raise BatchError(exc.message(where)) from None
+            raise BatchError(exc.message(_where(stage, key))) from None
         return hasher.hexdigest()
+
+
+def _where(stage: str, key: Any) -> str:
+    """Where a fingerprint failed: ``record 3``, ``the id ...``, ``the ids of split 'train'``."""
+    text = repr(key) if len(repr(key)) < 60 else f"{repr(key)[:57]}..."
+    if stage == "split":
+        return f"the ids of split {text}"
+    if stage == "id":
+        return f"the id {text}"
+    if stage == "record":
+        return f"record {text}"
+    return stage
 
 
 class CsvSplitStashContainer(MemorySplitStashContainer):

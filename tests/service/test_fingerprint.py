@@ -12,7 +12,7 @@ import torch
 
 from batchstash.client import BatchError
 from batchstash.service import FeatureVectorizer, MemorySplitStashContainer
-from batchstash.service.dataset.fingerprint import content_digest
+from batchstash.service.dataset.fingerprint import ContentHasher, Unfingerprintable, content_digest
 
 
 def digest(value: Any) -> str:
@@ -92,6 +92,20 @@ def test_values_of_another_type_or_structure_differ():
 )
 def test_equal_content_hashes_equal(one, other):
     assert digest(one) == digest(other)
+
+
+def test_key_orders_are_reused_for_plain_str_keys_only():
+    class Key(str):
+        pass
+
+    one, other = ContentHasher(), ContentHasher()
+    for record in ({"a": 1, "b": 2}, {"b": 2, "a": 1}, {"a": 1, "b": 2}):
+        one.update(record)
+    for record in ({"b": 2, "a": 1}, {"a": 1, "b": 2}, {"b": 2, "a": 1}):
+        other.update(record)
+    assert one.hexdigest() == other.hexdigest()
+    with pytest.raises(Unfingerprintable, match="Key"):  # equal to the cached ("a", "b")
+        one.update({Key("a"): 1, "b": 2})
 
 
 def test_every_element_of_a_large_array_counts():
