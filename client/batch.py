@@ -167,8 +167,8 @@ class Batch:
             raise BatchError(f"label attribute {mapping.label_attribute_name!r} is not mapped")
         return fld.vectorizer
 
-    def get_label_classes(self) -> list[str]:
-        """Return the labels of this batch as class names (needs a category label vectorizer)."""
+    def get_label_classes(self) -> list[str | int]:
+        """Return the labels of this batch as classes (needs a category label vectorizer)."""
         vectorizer = self.get_label_feature_vectorizer()
         if vectorizer.classes is None:
             raise BatchError(f"label vectorizer {vectorizer.feature_id!r} lists no classes")

@@ -95,7 +95,8 @@ class BatchFeatureMapping:
                  FieldFeatureMapping("flower_dims", "iseries")))])
 
     Attributes:
-        label_attribute_name: the attribute holding the label (``None`` for unlabelled data).
+        label_attribute_name: the attribute holding the label (``None`` for unlabelled data); a
+            stash refuses a name that no field maps.
         manager_mappings: the manager level mappings.
     """
 
@@ -211,5 +212,12 @@ class ConfigBatchFeatureMapping(BatchFeatureMapping):
         unknown = (set(keep or ()) | set(self.field_remove)) - known
         if unknown:
             raise BatchError(f"field_keep/field_remove name unknown fields: {sorted(unknown)}")
+        label = self.label_attribute_name
+        if label is not None and label not in known:  # checked before an edit may remove it
+            raise BatchError(
+                f"label attribute {label!r} is not mapped; mapped attributes: "
+                f"{', '.join(repr(f.attr) for m in managers for f in m.fields) or 'none'} "
+                "(label_attribute_name=None for unlabelled data)"
+            )
         object.__setattr__(self, "manager_mappings", _edit(managers, keep, set(self.field_remove)))
         super().__post_init__()

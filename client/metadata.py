@@ -29,8 +29,9 @@ class VectorizerMetadata:
         description: a human readable description.
         dtype: the torch dtype name of its tensors (``"float32"``, ``"int64"``...).
         shape: the shape of one data point's tensor; ``-1`` marks a dimension that varies by batch
-            (e.g. padded sequence length).
-        classes: the label classes, for category vectorizers (index ``i`` is class ``classes[i]``).
+            (e.g. padded sequence length); priming checks every stored tensor against it.
+        classes: the label classes, for category vectorizers (index ``i`` is class ``classes[i]``):
+            strings, integers or booleans, as the vectorizer's categories are.
         vocab_size: the vocabulary size, for token id vectorizers (for an embedding layer).
         extra: other JSON-able facts about the vectorizer.
     """
@@ -40,7 +41,7 @@ class VectorizerMetadata:
     description: str = ""
     dtype: str = "float32"
     shape: tuple[int, ...] = ()
-    classes: tuple[str, ...] | None = None
+    classes: tuple[str | int, ...] | None = None
     vocab_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
 
@@ -74,7 +75,7 @@ class VectorizerMetadata:
             name=data["name"],
             description=data.get("description", ""),
             dtype=data.get("dtype", "float32"),
-            shape=tuple(data.get("shape", ())),
+            shape=tuple(-1 if d is None else d for d in data.get("shape", ())),
             classes=None if classes is None else tuple(classes),
             vocab_size=data.get("vocab_size"),
             extra=dict(data.get("extra") or {}),
@@ -121,7 +122,7 @@ class BatchMetadata:
     fields_by_attribute: dict[str, BatchFieldMetadata]
 
     @property
-    def label_classes(self) -> tuple[str, ...] | None:
+    def label_classes(self) -> tuple[str | int, ...] | None:
         """The classes of the label vectorizer (``None`` without a category label)."""
         label = self.mapping.label_attribute_name
         fld = self.fields_by_attribute.get(label) if label else None

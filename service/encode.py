@@ -18,6 +18,8 @@ from batchstash.client import (
     BatchFeatureMapping,
     BatchFieldMetadata,
     BatchMetadata,
+    ConfigBatchFeatureMapping,
+    VectorizerError,
     wire,
 )
 
@@ -70,6 +72,10 @@ class Encoder:
         seed: the shuffle of ``train`` and each batch's seed.
         groups: the attribute groups stored together.
         owner: what batches and data points see as their ``batch_stash``.
+
+    Raises:
+        BatchError: a field names a missing vectorizer, the label attribute is not mapped, or
+            a vectorizer's configuration cannot be described exactly.
     """
 
     def __init__(
@@ -97,6 +103,8 @@ class Encoder:
         self.owner = owner
         for fld in batch_feature_mappings.fields:  # fail at construction on a missing vectorizer
             self.vectorizer_manager_set[self.manager_of(fld.attr)][fld.feature_id]
+        _check_label_attribute(batch_feature_mappings)
+        vectorizer_manager_set.config()  # a field it cannot describe fails here, not at a prime
 
     def manager_of(self, attr: str) -> str:
         """The vectorizer manager name of a mapped attribute."""
@@ -166,9 +174,83 @@ class Encoder:
         )
 
     def encode(self, id_set: DataPointIDSet) -> DefaultBatch:
-        """Encode one id set under its seed; returns the *encoded* batch."""
+        """Encode one id set under its seed; returns the *encoded* batch.
+
+        Raises:
+            VectorizerError: a vectorizer failed, or a tensor differs from what its vectorizer
+                declares (:meth:`check_batch`).
+        """
         seed = int(id_set.torch_seed_context.get("seed", self.seed))
         with seeded(seed):
             batch = self.create_batch(self.data_points(id_set), id_set.split_name, id_set.batch_id)
             batch.encode()
+        self.check_batch(batch, len(id_set.data_point_ids))
         return batch
+
+    def check_batch(self, batch: DefaultBatch, size: int) -> None:
+        """Check each mapped tensor of an encoded batch against the stored metadata.
+
+        A field's tensor must be ``(size, *shape)`` with the vectorizer's declared ``shape``
+        (``-1`` dimensions take any size), ``is_agg`` fields included, and of its declared
+        dtype: what ``/v1/metadata`` tells trainers is then what the store holds.
+
+        Args:
+            batch: the encoded batch.
+            size: its number of data points.
+
+        Raises:
+            VectorizerError: one line naming split, batch, field, vectorizer, what was encoded
+                and what was declared.
+        """
+        fields = self.batch_metadata.fields_by_attribute
+        for attr, tensor in batch.attributes.items():
+            meta = fields.get(attr)
+            if meta is None:  # not mapped: the writer stores no such attribute
+                continue
+            declared, dtype = meta.vectorizer.shape, meta.vectorizer.torch_dtype
+            if (
+                isinstance(tensor, torch.Tensor)
+                and tensor.dtype == dtype
+                and tensor.shape[:1] == (size,)
+                and len(tensor.shape) == len(declared) + 1
+                and all(d < 0 or d == n for d, n in zip(declared, tensor.shape[1:], strict=True))
+            ):
+                continue
+            if isinstance(tensor, torch.Tensor):
+                got = f"{_shape(tuple(tensor.shape))} {str(tensor.dtype).removeprefix('torch.')}"
+            else:
+                got = f"a {type(tensor).__module__}.{type(tensor).__qualname__}, not a tensor,"
+            want = _shape((f"N={size}", *declared))
+            raise VectorizerError(
+                f"{batch.split_name} batch {batch.id}, field {attr!r} (vectorizer "
+                f"{meta.vectorizer.feature_id!r}): encoded {got}, declared {want} "
+                f"{meta.vectorizer.dtype}"
+            )
+
+
+def _shape(dims: Sequence[object]) -> str:
+    return f"({', '.join(map(str, dims))}{',' if len(dims) == 1 else ''})"
+
+
+def _check_label_attribute(mapping: BatchFeatureMapping) -> None:
+    """Refuse a label attribute that no field maps (a typo).
+
+    A field edit of a :class:`ConfigBatchFeatureMapping` may remove the label field: that class
+    checks the name before its edits.
+
+    Raises:
+        BatchError: the label attribute is not mapped.
+    """
+    label = mapping.label_attribute_name
+    if label is None or label in mapping.attributes:
+        return
+    if isinstance(mapping, ConfigBatchFeatureMapping) and (
+        label in mapping.field_remove
+        or (mapping.field_keep is not None and label not in mapping.field_keep)
+    ):
+        return
+    raise BatchError(
+        f"label attribute {label!r} is not mapped; mapped attributes: "
+        f"{', '.join(map(repr, mapping.attributes)) or 'none'} "
+        "(label_attribute_name=None for unlabelled data)"
+    )

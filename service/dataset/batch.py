@@ -132,4 +132,28 @@ class DefaultBatch(Batch):
                     f"{where}: gave a {encoded[-1].layout} tensor; batches hold dense tensors "
                     "only: return tensor.to_dense()"
                 )
-        return torch.stack(encoded)
+        try:
+            return torch.stack(encoded)
+        except (RuntimeError, TypeError) as exc:
+            raise VectorizerError(self._unstackable(vectorizer, attr, points, encoded)) from exc
+
+    def _unstackable(
+        self,
+        vectorizer: FeatureVectorizer,
+        attr: str,
+        points: Sequence[Any],
+        encoded: Sequence[Any],
+    ) -> str:
+        """Why the data points' tensors do not stack: the first two that differ in shape."""
+        first = encoded[0]
+        for point, tensor in zip(points, encoded, strict=True):
+            if not isinstance(tensor, torch.Tensor):
+                where = self._where(attr, vectorizer, f"data point {point.id!r}")
+                return f"{where}: gave a {type(tensor).__name__}, not a tensor"
+            if tensor.shape != first.shape:
+                where = self._where(attr, vectorizer, "data points")
+                return (
+                    f"{where}: tensors of different shapes do not stack: {points[0].id!r} gave "
+                    f"{tuple(first.shape)}, {point.id!r} gave {tuple(tensor.shape)}"
+                )
+        return f"{self._where(attr, vectorizer, 'data points')}: the tensors do not stack"

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import csv
-import json
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import xxhash
+from typing import Any, ClassVar
 
 from batchstash.client import BatchError
+
+from .fingerprint import ContentHasher, Unfingerprintable, ordered_ids
 
 __all__ = ["CsvSplitStashContainer", "MemorySplitStashContainer", "SplitStashContainer"]
 
@@ -39,16 +38,26 @@ class SplitStashContainer(ABC):
 
     @abstractmethod
     def fingerprint(self) -> str:
-        """A hash of the ids and data: a change marks the encoded store stale."""
+        """A hash of the ids and the content of the data: a change marks the store stale."""
 
 
 class MemorySplitStashContainer(SplitStashContainer):
     """A container over in-memory records.
 
+    Its fingerprint covers the content of every record exactly (see
+    :mod:`batchstash.service.dataset.fingerprint` for the types it covers); a record holding
+    anything else is refused when the container is made.
+
     Args:
-        records: raw data (anything JSON-able) by data point id.
+        records: raw data by data point id.
         splits: the ids of each split.
+
+    Raises:
+        BatchError: a split names an id without a record, or a record (or id) holds a value
+            that cannot be fingerprinted.
     """
+
+    FINGERPRINT_FORMAT: ClassVar[bytes] = b"batchstash.memory-split.v2"
 
     def __init__(self, records: Mapping[Any, Any], splits: Mapping[str, Sequence[Any]]) -> None:
         self._records = dict(records)
@@ -56,6 +65,7 @@ class MemorySplitStashContainer(SplitStashContainer):
         missing = [i for ids in self._splits.values() for i in ids if i not in self._records]
         if missing:
             raise BatchError(f"split ids without a record: {missing[:5]}")
+        self._content_digest()  # refuses what it cannot fingerprint now, not at a prime
 
     @property
     def keys_by_split(self) -> dict[str, Sequence[Any]]:
@@ -69,10 +79,48 @@ class MemorySplitStashContainer(SplitStashContainer):
             raise BatchError(f"no data point with id {data_point_id!r}") from None
 
     def fingerprint(self) -> str:
-        """Hash of each split's ids (in any order: the stored plan fixes it) and the records."""
-        splits = {name: sorted(ids, key=repr) for name, ids in self._splits.items()}
-        doc = {"splits": splits, "records": sorted(self._records.items(), key=repr)}
-        return xxhash.xxh3_128_hexdigest(json.dumps(doc, sort_keys=True, default=repr).encode())
+        """Content hash of each split's ids (in any order: the stored plan fixes it) and records.
+
+        Computed at each call, so records changed in place since the container was made count.
+
+        Raises:
+            BatchError: a value that cannot be fingerprinted (naming its type and record).
+        """
+        return self._content_digest()
+
+    def _content_digest(self) -> str:
+        hasher = ContentHasher()
+        hasher.raw(self.FINGERPRINT_FORMAT)
+        stage, key = "the split names", None
+        try:
+            hasher.update(len(self._splits))
+            for key in sorted(self._splits):
+                stage = "split"
+                hasher.update(key)
+                hasher.update(ordered_ids(hasher, self._splits[key]))
+            stage = "the record ids"
+            keys = ordered_ids(hasher, self._records)
+            hasher.update(len(keys))
+            for key in keys:
+                stage = "id"
+                hasher.update(key)
+                stage = "record"
+                hasher.update(self._records[key])
+        except Unfingerprintable as exc:
+            raise BatchError(exc.message(_where(stage, key))) from None
+        return hasher.hexdigest()
+
+
+def _where(stage: str, key: Any) -> str:
+    """Where a fingerprint failed: ``record 3``, ``the id ...``, ``the ids of split 'train'``."""
+    text = repr(key) if len(repr(key)) < 60 else f"{repr(key)[:57]}..."
+    if stage == "split":
+        return f"the ids of split {text}"
+    if stage == "id":
+        return f"the id {text}"
+    if stage == "record":
+        return f"record {text}"
+    return stage
 
 
 class CsvSplitStashContainer(MemorySplitStashContainer):

@@ -14,6 +14,10 @@ A vectorizer turns one feature of a data point into a tensor. Write your own by 
         def shape(self):                       # one data point's tensor shape (-1: varies)
             return (1,)
 
+Priming checks every encoded tensor against :attr:`FeatureVectorizer.shape` and
+:attr:`FeatureVectorizer.dtype`: a field's batch tensor must be ``(data points, *shape)`` (a
+``-1`` or ``None`` dimension may take any size) of exactly that dtype, or the prime fails.
+
 Fields with ``is_agg=True`` call :meth:`FeatureVectorizer.encode_batch` with the values of every
 data point at once (to pad, for instance); the others call :meth:`FeatureVectorizer.encode` per
 data point and stack the results. :meth:`FeatureVectorizer.config` goes into the store's
@@ -25,16 +29,21 @@ the store stale; bump ``VERSION`` when what the code calls changes.
 
 from __future__ import annotations
 
+import enum
 import inspect
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import xxhash
 
 from batchstash.client import BatchError, VectorizerMetadata
+
+from .fingerprint import ContentHasher, Unfingerprintable, type_name
 
 __all__ = [
     "CategoryEncodableFeatureVectorizer",
@@ -75,27 +84,39 @@ class FeatureVectorizer(ABC):
         return torch.float32
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        """The shape of one data point's tensor; ``-1`` where it varies by batch."""
+    def shape(self) -> tuple[int | None, ...]:
+        """The shape of one data point's tensor; ``-1`` (or ``None``) where it varies by batch."""
         return ()
 
     def config(self) -> dict[str, Any]:
-        """JSON-able configuration that determines the tensors (hashed to detect stale stores)."""
+        """JSON-able configuration that determines the tensors (hashed to detect stale stores).
+
+        Field values that are not JSON (a numpy array, a tensor...) enter by their content
+        digest; override this method for a field whose content cannot be fingerprinted.
+
+        Raises:
+            BatchError: a field holds a value that cannot be described exactly.
+        """
         return {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "version": self.VERSION,
             "code": code_digest(type(self)),
-            **{f.name: _jsonable(getattr(self, f.name)) for f in fields(self)},
+            **{
+                f.name: _jsonable(
+                    getattr(self, f.name), f"vectorizer {self.feature_id!r} field {f.name!r}"
+                )
+                for f in fields(self)
+            },
         }
 
     def metadata(self) -> VectorizerMetadata:
-        """Return the vectorizer's metadata for models and clients."""
+        """Return the vectorizer's metadata for models and clients (``None`` dims as ``-1``)."""
         return VectorizerMetadata(
             feature_id=self.feature_id,
             name=type(self).__name__,
             description=self.DESCRIPTION,
             dtype=str(self.dtype).removeprefix("torch."),
-            shape=self.shape,
+            shape=tuple(-1 if d is None else int(d) for d in self.shape),
         )
 
 
@@ -116,19 +137,76 @@ def code_digest(cls: type) -> str:
     return str(digest.hexdigest())
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, where: str) -> Any:
+    """``value`` as exact JSON: anything that is not JSON by its content digest.
+
+    Raises:
+        BatchError: a value (or one inside it) that cannot be fingerprinted.
+    """
+    if value is None or isinstance(value, (str, int, float)):
+        return value  # subclasses (bool, numpy's float64, str enums) dump as their value
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {
+            k if isinstance(k, str) else f"{type_name(k)}:{json.dumps(_jsonable(k, where))}": (
+                _jsonable(v, where)
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
+        return [_jsonable(v, where) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return {"set": sorted(json.dumps(_jsonable(v, where), sort_keys=True) for v in value)}
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if isinstance(value, np.dtype):
+        return {"numpy_dtype": str(np.lib.format.dtype_to_descr(value))}
+    if isinstance(value, enum.Enum):
+        return {"enum": type_name(value), "value": _jsonable(value.value, where)}
+    if isinstance(value, type):
+        return {"class": f"{value.__module__}.{value.__qualname__}", "code": code_digest(value)}
+    if is_dataclass(value):
+        return {
+            "class": type_name(value),
+            **{f.name: _jsonable(getattr(value, f.name), where) for f in fields(value)},
+        }
+    hasher = ContentHasher()
+    try:
+        hasher.update(value)
+    except Unfingerprintable as exc:
+        raise BatchError(f"{exc.message(where)}; or override config() to describe it") from None
+    return {"content": hasher.hexdigest()}
+
+
+def _category(value: Any) -> tuple[str, str | int] | None:
+    """``(type family, plain value)`` of a class label; ``None`` for other types.
+
+    ``int`` and numpy integers are one family, ``str`` and numpy strings another, ``bool`` and
+    numpy booleans a third: ``1`` and ``np.int64(1)`` are the same class, ``"1"`` and ``True``
+    are not that class.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return "bool", bool(value)
+    if isinstance(value, (int, np.integer)):
+        return "int", int(value)
+    if isinstance(value, (str, np.str_)):
+        return "str", str.__str__(value)
+    return None
+
+
+def _labelled(value: Any) -> str:
+    text = repr(value.item() if isinstance(value, np.generic) else value)
+    return f"{text[:60]}{'...' if len(text) > 60 else ''} ({type_name(value)})"
 
 
 @dataclass
 class CategoryEncodableFeatureVectorizer(FeatureVectorizer):
     """Encodes a class label as its index in :attr:`categories` (class <-> index).
+
+    Categories are strings, integers or booleans (numpy's included, kept as Python values). A
+    label matches a category of equal value in the same family: ``1`` and ``np.int64(1)``
+    match ``1``, while ``"1"`` (say, read from a CSV) matches ``"1"`` only.
 
     Attributes:
         categories: the classes, in index order.
@@ -136,23 +214,38 @@ class CategoryEncodableFeatureVectorizer(FeatureVectorizer):
 
     DESCRIPTION: ClassVar[str] = "category label index"
 
-    categories: Sequence[str] = ()
+    categories: Sequence[str | int] = ()
 
     def __post_init__(self) -> None:
-        self.categories = tuple(self.categories)
-        if len(set(self.categories)) != len(self.categories) or not self.categories:
+        keys = []
+        for value in self.categories:
+            key = _category(value)
+            if key is None:
+                raise BatchError(
+                    f"{self.feature_id}: category {_labelled(value)} is not a str, int or bool"
+                )
+            keys.append(key)
+        if len(set(keys)) != len(keys) or not keys:
             raise BatchError(f"{self.feature_id}: categories must be unique and non-empty")
-        self._index = {c: i for i, c in enumerate(self.categories)}
+        self.categories = tuple(k[1] for k in keys)
+        self._index = {k: i for i, k in enumerate(keys)}
 
     def index(self, value: Any) -> int:
-        """Return the index of class ``value``."""
-        try:
-            return self._index[str(value)]
-        except KeyError:
-            raise BatchError(f"unknown class {value!r}; known: {list(self.categories)}") from None
+        """Return the index of class ``value``.
 
-    def get_classes(self, indices: Iterable[int]) -> list[str]:
-        """Map indices back to class names."""
+        Raises:
+            BatchError: ``value`` is no category (the message shows values with their types).
+        """
+        key = _category(value)
+        found = None if key is None else self._index.get(key)
+        if found is None:
+            known = ", ".join(_labelled(c) for c in self.categories[:20])
+            more = f", ... ({len(self.categories)} in all)" if len(self.categories) > 20 else ""
+            raise BatchError(f"unknown class {_labelled(value)}; known: {known}{more}")
+        return found
+
+    def get_classes(self, indices: Iterable[int]) -> list[str | int]:
+        """Map indices back to the categories themselves."""
         return [self.categories[int(i)] for i in indices]
 
     def encode(self, value: Any) -> torch.Tensor:
@@ -165,9 +258,9 @@ class CategoryEncodableFeatureVectorizer(FeatureVectorizer):
         return torch.int64
 
     def metadata(self) -> VectorizerMetadata:
-        """Metadata listing the classes."""
+        """Metadata listing the classes (JSON strings, integers or booleans)."""
         meta = super().metadata()
-        return VectorizerMetadata(**{**meta.__dict__, "classes": self.categories})
+        return VectorizerMetadata(**{**meta.__dict__, "classes": tuple(self.categories)})
 
 
 @dataclass

@@ -93,20 +93,77 @@ class ExplodingVectorizer(FeatureVectorizer):
         return torch.tensor(float(value))
 
 
-def _extra_mapping(feature_id: str) -> BatchFeatureMapping:
+@dataclass
+class MisdeclaredVectorizer(FeatureVectorizer):
+    """Declares ``declared`` float32 tensors; encodes ``bad_shape`` tensors of ``bad_dtype``
+    for data point ``bad_id`` (for every data point when it is empty)."""
+
+    DESCRIPTION: ClassVar[str] = "declares one shape and dtype, encodes another"
+
+    declared: tuple[int | None, ...] = (1, 8, 8)
+    bad_shape: tuple[int, ...] | None = (64,)
+    bad_dtype: str = "float32"
+    bad_id: str = ""
+
+    def encode(self, value: Any) -> torch.Tensor:
+        if self.bad_id and str(value) != self.bad_id:
+            return torch.zeros(tuple(1 if d is None else d for d in self.declared))
+        shape = self.declared if self.bad_shape is None else self.bad_shape
+        return torch.zeros(tuple(shape), dtype=getattr(torch, self.bad_dtype))
+
+    @property
+    def shape(self) -> tuple[int | None, ...]:
+        return tuple(self.declared)
+
+
+@dataclass
+class PaddedDigitsVectorizer(FeatureVectorizer):
+    """An ``is_agg`` field: each id's digits as int64, padded to the batch's longest id; with
+    ``drop_row`` it returns one row fewer than the batch has data points."""
+
+    DESCRIPTION: ClassVar[str] = "digits padded per batch"
+
+    drop_row: bool = False
+
+    def encode(self, value: Any) -> torch.Tensor:
+        return torch.tensor([int(c) for c in str(value)], dtype=torch.int64)
+
+    def encode_batch(self, values: Sequence[Any]) -> torch.Tensor:
+        rows = [self.encode(v) for v in values]
+        out = torch.zeros((len(rows), max(len(r) for r in rows)), dtype=torch.int64)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return out[1:] if self.drop_row else out
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.int64
+
+    @property
+    def shape(self) -> tuple[int | None, ...]:
+        return (None,)
+
+
+def _extra_mapping(feature_id: str, is_agg: bool = False) -> BatchFeatureMapping:
     return BatchFeatureMapping(
         "label",
         [
             *IRIS_MAPPINGS.manager_mappings,
             ManagerFeatureMapping(
-                "extra", (FieldFeatureMapping("extra", feature_id, attr_access="id"),)
+                "extra",
+                (FieldFeatureMapping("extra", feature_id, is_agg=is_agg, attr_access="id"),),
             ),
         ],
     )
 
 
 def iris_with(
-    path: str, extra: FeatureVectorizer, batch_size: int = 20, seed: int = 0, **kwargs: Any
+    path: str,
+    extra: FeatureVectorizer,
+    batch_size: int = 20,
+    seed: int = 0,
+    is_agg: bool = False,
+    **kwargs: Any,
 ) -> BatchStash:
     """The iris example's data and vectorizers plus an ``extra`` field (the data point id)."""
     container = CsvSplitStashContainer(
@@ -126,7 +183,7 @@ def iris_with(
         path,
         container,
         managers,
-        _extra_mapping(extra.feature_id),
+        _extra_mapping(extra.feature_id, is_agg),
         IrisDataPoint,
         batch_size=batch_size,
         seed=seed,
@@ -177,7 +234,13 @@ def process_ordered_iris(path: str, workers: int = 2, **kwargs: Any) -> BatchSta
         )
     ]
     return BatchStash(
-        path, container, managers, IRIS_MAPPINGS, IrisDataPoint, batch_size=20, workers=workers,
+        path,
+        container,
+        managers,
+        IRIS_MAPPINGS,
+        IrisDataPoint,
+        batch_size=20,
+        workers=workers,
         **kwargs,
     )
 
@@ -196,6 +259,21 @@ class DyingVectorizer(FeatureVectorizer):
             Path(self.marker).write_text(str(os.getpid()))
             os._exit(17)  # no cleanup, no exception: the process is just gone
         return torch.tensor(float(value))
+
+
+def misdeclared_iris(
+    path: str,
+    bad_id: str = "",
+    bad_shape: tuple[int, ...] | None = (64,),
+    bad_dtype: str = "float32",
+    **kwargs: Any,
+) -> BatchStash:
+    """Iris plus an ``extra`` field declared ``(1, 8, 8) float32`` that encodes ``bad_shape``
+    tensors of ``bad_dtype`` for ``bad_id`` (every data point when empty)."""
+    vectorizer = MisdeclaredVectorizer(
+        "img", bad_shape=bad_shape, bad_dtype=bad_dtype, bad_id=bad_id
+    )
+    return iris_with(path, vectorizer, **kwargs)
 
 
 def dying_iris(path: str, bad_id: str, marker: str, **kwargs: Any) -> BatchStash:

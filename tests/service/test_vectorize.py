@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,7 +37,9 @@ def test_category_index_and_class(cls, index):
 
 def test_category_errors_and_metadata():
     vec = CategoryEncodableFeatureVectorizer("ilabel", categories=list(CLASSES))
-    with pytest.raises(BatchError, match=r"unknown class 'rose'; known: \['setosa'"):
+    with pytest.raises(
+        BatchError, match=r"unknown class 'rose' \(str\); known: 'setosa' \(str\), 'versicolor'"
+    ):
         vec.encode("rose")
     with pytest.raises(BatchError, match="categories must be unique and non-empty"):
         CategoryEncodableFeatureVectorizer("x", categories=("a", "a"))
@@ -166,3 +170,74 @@ def test_managers():
     config = managers.config()
     assert config["m"]["ilabel"]["categories"] == ["a", "b"]
     assert config["m"]["iseries"]["dims"] == 2
+
+
+@pytest.mark.parametrize(
+    "cls", [CategoryEncodableFeatureVectorizer, OneHotEncodedFeatureVectorizer]
+)
+def test_integer_categories_match_by_value_and_type_family(cls):
+    vec = cls("y", categories=(np.int64(0), 1, 2))
+    assert vec.categories == (0, 1, 2) and all(type(c) is int for c in vec.categories)
+    for value in (1, np.int64(1), np.int8(1), np.uint16(1)):
+        assert vec.index(value) == 1
+    assert vec.get_classes([2, 0]) == [2, 0]
+    for value in ("1", True, 1.0):
+        with pytest.raises(BatchError) as info:
+            vec.index(value)
+        kind = type(value).__name__
+        assert info.value.message == (
+            f"unknown class {value!r} ({kind}); known: 0 (int), 1 (int), 2 (int)"
+        )
+    with pytest.raises(BatchError, match=r"^unknown class 3 \(numpy\.int64\); known: 0 \(int\)"):
+        vec.encode(np.int64(3))
+
+
+def test_string_and_boolean_categories_keep_their_family():
+    strings = CategoryEncodableFeatureVectorizer("y", categories=("0", "1"))
+    assert strings.index("1") == 1 and strings.index(np.str_("1")) == 1  # CSV strings match
+    with pytest.raises(
+        BatchError, match=r"unknown class 1 \(int\); known: '0' \(str\), '1' \(str\)"
+    ):
+        strings.index(1)
+    flags = CategoryEncodableFeatureVectorizer("y", categories=(False, True))
+    assert flags.index(np.bool_(True)) == 1 and flags.index(False) == 0
+    with pytest.raises(BatchError, match=r"unknown class 1 \(int\)"):
+        flags.index(1)
+    mixed = CategoryEncodableFeatureVectorizer("y", categories=(1, "1", True))
+    assert [mixed.index(v) for v in (True, "1", 1)] == [2, 1, 0]
+
+
+def test_categories_must_be_labels_and_unique_by_family():
+    with pytest.raises(BatchError, match=r"^y: category 1\.5 \(float\) is not a str, int or bool$"):
+        CategoryEncodableFeatureVectorizer("y", categories=(1, 1.5))
+    with pytest.raises(BatchError, match="categories must be unique and non-empty"):
+        CategoryEncodableFeatureVectorizer("y", categories=(1, np.int64(1)))
+
+
+def test_long_category_lists_are_cut_in_the_error():
+    vec = CategoryEncodableFeatureVectorizer("y", categories=range(100))
+    with pytest.raises(BatchError, match=r"19 \(int\), \.\.\. \(100 in all\)$"):
+        vec.index(-1)
+
+
+def test_integer_classes_serialise_and_come_back_as_ints():
+    meta = OneHotEncodedFeatureVectorizer("y", categories=(np.int64(3), 7)).metadata()
+    assert meta.classes == (3, 7) and meta.shape == (2,)
+    back = VectorizerMetadata.from_dict(json.loads(json.dumps(meta.to_dict())))
+    assert back == meta and all(type(c) is int for c in back.classes)
+
+
+def test_a_none_dimension_is_stored_as_minus_one():
+    @dataclass
+    class Ragged(FeatureVectorizer):
+        def encode(self, value: Any) -> torch.Tensor:
+            return torch.zeros(len(value), 2)
+
+        @property
+        def shape(self) -> tuple[int | None, ...]:
+            return (None, 2)
+
+    meta = Ragged("r").metadata()
+    assert meta.shape == (-1, 2)
+    assert VectorizerMetadata.from_dict(json.loads(json.dumps(meta.to_dict()))).shape == (-1, 2)
+    assert VectorizerMetadata.from_dict({**meta.to_dict(), "shape": [None, 2]}).shape == (-1, 2)
