@@ -26,6 +26,26 @@ TOKEN = "t0ken"
 APP_LOGGER = "batchstash.service.api.app"
 
 
+class AppTransport(httpx.BaseTransport):
+    """Sends a ``BatchClient``'s requests to an in-process app through its ``TestClient``.
+
+    Starlette's test client is built on ``httpx2`` where that is installed (as
+    ``huggingface_hub``, through ``accelerate``, installs it), and its transport then speaks
+    another httpx than the client's: this adapter copies requests and answers across.
+    """
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self.client.request(
+            request.method, str(request.url), headers=dict(request.headers), content=request.read()
+        )
+        return httpx.Response(
+            answer.status_code, headers=list(answer.headers.multi_items()), content=answer.content
+        )
+
+
 def replica(store: Path, **settings: Any) -> TestClient:
     """A role-serve app over ``store``, with no token unless one is given."""
     return TestClient(create_app(build_settings(data_dir=store, role="serve", **settings)))
@@ -109,7 +129,7 @@ def test_the_cli_shows_the_refusal_in_one_line_and_fails(
         monkeypatch.setattr(
             cli,
             "_client",
-            lambda url, token: BatchClient(url, transport=client._transport, retries=0),
+            lambda url, token: BatchClient(url, transport=AppTransport(client), retries=0),
         )
         result = CliRunner().invoke(cli.app, [command, "--url", "http://replica.test"])
     assert result.exit_code == 1, result.output
@@ -132,7 +152,7 @@ def test_a_trainer_of_an_unprimed_replica_is_told_who_primes(tmp_path: Path) -> 
         assert data.status_code == 503
         assert json.loads(data.headers["x-batchstash-prime"])["role"] == "serve"
         url = "http://replica.test"
-        with BatchClient(url, transport=client._transport, retries=0) as trainer:
+        with BatchClient(url, transport=AppTransport(client), retries=0) as trainer:
             with pytest.raises(NotPrimedError) as info:
                 trainer.batch("train", 0)
     message = info.value.message
@@ -149,7 +169,7 @@ def test_a_trainer_of_a_server_with_the_dataset_is_told_to_prime_it(tmp_path: Pa
         )
         assert progress["role"] == "all"
         url = "http://primer.test"
-        with BatchClient(url, transport=client._transport, retries=0) as trainer:
+        with BatchClient(url, transport=AppTransport(client), retries=0) as trainer:
             with pytest.raises(NotPrimedError, match=f"run `batchstash prime --url {url}`"):
                 trainer.batch("train", 0)
 
