@@ -111,3 +111,22 @@ def test_dataset_resume_from_position(new_world_size: int) -> None:
     assert not set(read) & set(rest)
     with pytest.raises(ValueError, match="position 7"):
         dataset(server, epoch=5, world_size=2).state_dict(7)
+
+
+def test_unpadded_ranks_read_every_batch_exactly_once_through_dataloaders() -> None:
+    server = FakeServer({"train": range(7)})
+    per_rank = [
+        [
+            b.id
+            for b in DataLoader(
+                dataset(server, rank=r, world_size=3, pad_ranks=False, shuffle=False),
+                batch_size=None,
+                num_workers=2,
+            )
+        ]
+        for r in range(3)
+    ]
+    assert sorted(b for ids in per_rank for b in ids) == list(range(7))
+    assert [len(ids) for ids in per_rank] == [3, 2, 2]
+    assert len(dataset(server, rank=2, world_size=3, pad_ranks=False)) == 2
+    assert len(dataset(server, rank=2, world_size=3)) == 3  # padded by default
