@@ -101,7 +101,7 @@ def test_inputs_concatenate_features_and_take_class_indices() -> None:
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeServer:
     server = FakeServer({"train": range(6), "dev": range(1), "test": range(2)}, rows=16)
     monkeypatch.setattr(
-        demo, "BatchClient", lambda url, token=None: make_client(server, token=token)
+        demo, "BatchClient", lambda url, token=None, **kwargs: make_client(server, token=token)
     )
     return server
 
