@@ -79,6 +79,7 @@ class Endpoint:
         self.data_port: int | None = None  # advertised by the server
         self.data_http: httpx.Client | None = None  # the data listener's pool
         self.data_down_until = 0.0  # clock time until which batches use the API port
+        self.data_failures = 0  # failures of the data listener since it last answered
 
     def data_url(self, now: float) -> str | None:
         """The data listener's base URL while it is usable (``None``: use :attr:`url`)."""
@@ -232,15 +233,27 @@ class Endpoints:
             return endpoint.data_http if endpoint.data_url(now) is not None else None
 
     def data_failed(self, endpoint: Endpoint, why: str) -> None:
-        """``endpoint``'s data listener failed: its batches use the API port for a while."""
+        """``endpoint``'s data listener failed: its batches use the API port for a while.
+
+        Said at WARNING when it first fails, at DEBUG while it keeps failing (an outage of
+        the whole server is said once, by the engine).
+        """
         with self._lock:
             endpoint.data_down_until = self.clock() + DATA_COOLDOWN
-        logger.warning(
+            endpoint.data_failures += 1
+            first = endpoint.data_failures == 1
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
             "%s: its data listener failed (%s); batches from the API port for %.0f s",
             endpoint.url,
             why,
             DATA_COOLDOWN,
         )
+
+    def data_answered(self, endpoint: Endpoint) -> None:
+        """``endpoint``'s data listener answered as batchstash: a later failure is news."""
+        with self._lock:
+            endpoint.data_failures = 0
 
     def close(self) -> None:
         """Close every pool, the data listeners' included."""

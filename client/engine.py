@@ -352,9 +352,11 @@ class Engine:
                 self.endpoints.data_failed(endpoint, f"{type(exc).__name__}: {exc}")
             else:
                 if FINGERPRINT_HEADER in response.headers:
+                    self.endpoints.data_answered(endpoint)
                     return response
                 response.read()
                 if error_code(response) is not None:
+                    self.endpoints.data_answered(endpoint)
                     return response
                 response.close()
                 self.endpoints.data_failed(endpoint, f"{_describe(response)}, not from batchstash")

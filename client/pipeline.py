@@ -313,6 +313,7 @@ class PipelinedReader:
         checker = FrameChecker()
         read_body(sock, pending, buffer, checker, low)
         self.engine.answered(endpoint)
+        self.engine.endpoints.data_answered(endpoint)
         try:
             self.engine.identity.observe(head.headers[FINGERPRINT_HEADER.lower()], endpoint.url)
             payloads = decode_frames(
