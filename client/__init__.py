@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         MetadataNetworkSettings,
         VectorizerMetadata,
     )
+    from .outage import Outage
     from .pipeline import PipelinedReader
     from .plan import EpochPlan
     from .policy import RetryPolicy
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from .transport import BufferStream, BufferTransport, body_buffer
 
 _LAZY = {
+    "Outage": ".outage",
     "BatchSource": ".source",
     "Engine": ".engine",
     "GroupReader": ".source",
@@ -141,6 +143,7 @@ __all__ = [
     "MetadataNetworkSettings",
     "NotFoundError",
     "NotPrimedError",
+    "Outage",
     "PayloadError",
     "PipelinedReader",
     "PlanError",

@@ -11,13 +11,12 @@ Each layer calls only the one below it, as httpx's client -> auth -> redirects -
 
 A successful answer's store fingerprint is checked (:class:`~.identity.StoreIdentity`). While
 every URL fails on the connection, the engine says so once at WARNING, and once at INFO when
-a server answers again.
+a server answers again (:class:`~.outage.Outage`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from .endpoints import DATA_CONNECT_TIMEOUT, Endpoint, Endpoints, parse_urls
 from .errors import BatchstashError, PayloadError, PlanError, TransportError
 from .headers import DATA_PORT_HEADER, FINGERPRINT_HEADER
 from .identity import StoreIdentity
+from .outage import Outage
 from .policy import CONNECT, READ, Failure, RetryPolicy
 from .priming import PrimeLog, PrimeWait
 from .responses import error_code, error_from_response, fails_over, retry_after
@@ -74,6 +74,7 @@ class Engine:
         url: the first of them.
         endpoints: the URLs' pools and health.
         identity: the store fingerprint they serve.
+        outage: whether every URL is unreachable now (said once per outage).
         buffers: the pool of body buffers (``None`` with a caller's own transport).
     """
 
@@ -112,10 +113,8 @@ class Engine:
             (lambda base: make_http(base, connect=DATA_CONNECT_TIMEOUT)) if data_listener else None,
         )
         self.identity = StoreIdentity(self.endpoints)
+        self.outage = Outage(self.urls, policy.clock, policy.describe)
         self._prime_log = PrimeLog()
-        self._lock = threading.Lock()
-        self._outage_since: float | None = None  # clock time every URL first failed
-        self._reached_at = float("-inf")  # clock time a server last answered
 
     # -- prime wait ---------------------------------------------------------------------------
 
@@ -179,7 +178,7 @@ class Engine:
     def answered(self, endpoint: Endpoint) -> None:
         """``endpoint`` answered (on this engine's path or another's): it and the servers are up."""
         self.endpoints.mark_up(endpoint)
-        self._reached()
+        self.outage.reached()
 
     # -- retries ------------------------------------------------------------------------------
 
@@ -198,7 +197,7 @@ class Engine:
             tried = self._failover(method, path, args, first if attempt == 0 else None)
             response = tried.response
             if response is not None:
-                self._reached()
+                self.outage.reached()
                 if response.is_success or settles(response):
                     return response, tried.url
                 hint = retry_after(response)
@@ -215,7 +214,7 @@ class Engine:
                 )
             else:
                 if tried.failed is None:
-                    self._unreachable(tried.failures, begun)
+                    self.outage.unreachable(tried.failures, begun)
                 hint = None if tried.failed is None else retry_after(tried.failed)
                 delay = self.policy.delay(method, tried.failure, attempt, started, hint)
                 if delay is None:
@@ -231,40 +230,6 @@ class Engine:
                 )
             self.policy.sleep(delay)
             attempt += 1
-
-    def _unreachable(self, failures: list[tuple[str, str]], begun: float) -> None:
-        """Every URL failed on the connection in a pass that began at ``begun``.
-
-        Said once per outage: not again while it lasts, nor for a pass that began before a
-        server last answered (a request on its way when the servers came back).
-        """
-        with self._lock:
-            if self._outage_since is not None or begun < self._reached_at:
-                return
-            self._outage_since = self.policy.clock()
-        urls = ", ".join(url for url, _ in failures)
-        if len(failures) == 1:
-            reason = failures[0][1]
-        else:
-            reason = "; ".join(f"{url}: {what}" for url, what in failures)
-        logger.warning(
-            "server%s %s unreachable (%s); retrying for %s",
-            "s" if len(failures) > 1 else "",
-            urls,
-            reason,
-            self.policy.describe(),
-        )
-
-    def _reached(self) -> None:
-        """A server answered: an outage, if one was said, is over."""
-        now = self.policy.clock()
-        with self._lock:
-            since, self._outage_since = self._outage_since, None
-            self._reached_at = now
-        if since is not None:
-            logger.info(
-                "%s reachable again after %.1f s", ", ".join(self.urls), max(0.0, now - since)
-            )
 
     def _exhausted(
         self, method: str, path: str, attempts: int, started: float, tried: _Pass
