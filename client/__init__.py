@@ -37,8 +37,10 @@ if TYPE_CHECKING:
     from .dataset import BatchDataset
     from .device import TorchConfig, copy_to_device
     from .endpoints import Endpoint, Endpoints
+    from .engine import Engine
     from .framecheck import FrameChecker
     from .http import BatchClient, EndpointState
+    from .identity import StoreIdentity
     from .iterate import BatchIterator
     from .lowwater import LowWater
     from .mapping import (
@@ -53,13 +55,25 @@ if TYPE_CHECKING:
         MetadataNetworkSettings,
         VectorizerMetadata,
     )
+    from .outage import Outage
     from .pipeline import PipelinedReader
     from .plan import EpochPlan
+    from .policy import RetryPolicy
+    from .priming import PrimeLog, PrimeWait
     from .ranks import Ranks, detect_rank, resolve_rank
+    from .source import BatchSource, GroupReader
     from .staging import DeviceStage
     from .transport import BufferStream, BufferTransport, body_buffer
 
 _LAZY = {
+    "Outage": ".outage",
+    "BatchSource": ".source",
+    "Engine": ".engine",
+    "GroupReader": ".source",
+    "PrimeLog": ".priming",
+    "PrimeWait": ".priming",
+    "RetryPolicy": ".policy",
+    "StoreIdentity": ".identity",
     "AdminCalls": ".admin",
     "Batch": ".batch",
     "BatchClient": ".http",
@@ -105,6 +119,7 @@ __all__ = [
     "BatchFieldMetadata",
     "BatchIterator",
     "BatchMetadata",
+    "BatchSource",
     "BatchstashError",
     "BufferPool",
     "BufferStream",
@@ -117,23 +132,30 @@ __all__ = [
     "Endpoint",
     "EndpointState",
     "Endpoints",
+    "Engine",
     "EpochPlan",
     "FieldFeatureMapping",
     "FrameChecker",
+    "GroupReader",
     "InvalidRequestError",
     "LowWater",
     "ManagerFeatureMapping",
     "MetadataNetworkSettings",
     "NotFoundError",
     "NotPrimedError",
+    "Outage",
     "PayloadError",
     "PipelinedReader",
     "PlanError",
     "PrimeCancelledError",
+    "PrimeLog",
+    "PrimeWait",
     "Ranks",
+    "RetryPolicy",
     "StaleStoreError",
     "StoreBusyError",
     "StoreError",
+    "StoreIdentity",
     "TorchConfig",
     "TransportError",
     "VectorizerError",

@@ -20,6 +20,7 @@ from .batch import Batch
 from .errors import BatchError, BatchstashError
 from .http import BatchClient
 from .metadata import BatchMetadata, MetadataNetworkSettings
+from .policy import RetryPolicy
 
 __all__ = [
     "ModelSizes",
@@ -207,7 +208,8 @@ def _ensure_primed(client: BatchClient, timeout: float) -> dict[str, Any]:
 def train(args: argparse.Namespace) -> float:
     """Train and evaluate each epoch, printing loss and accuracy; return the test accuracy."""
     torch.manual_seed(args.seed)
-    with BatchClient(args.url, token=args.token) as client:
+    retry = RetryPolicy(budget=args.retry_budget)
+    with BatchClient(args.url, token=args.token, retry=retry) as client:
         splits = _ensure_primed(client, args.wait)
         sizes = model_sizes(client.metadata())
         counts = ", ".join(f"{name} ({info['batches']} batches)" for name, info in splits.items())
@@ -242,6 +244,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--hidden", type=int, default=32, help="hidden layer width")
     parser.add_argument("--seed", type=int, default=0, help="shuffle and init seed")
     parser.add_argument("--wait", type=float, default=300.0, help="seconds to wait for a prime")
+    parser.add_argument(
+        "--retry-budget",
+        type=float,
+        default=RetryPolicy().budget,
+        metavar="SECONDS",
+        help="how long a request keeps retrying while no server answers: the trainer rides out "
+        "a restart or an outage of every server this long (default: %(default).0f)",
+    )
     return parser
 
 

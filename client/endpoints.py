@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["Endpoint", "EndpointState", "Endpoints", "parse_urls"]
+from .policy import RetryPolicy
+
+__all__ = [
+    "DATA_CONNECT_TIMEOUT",
+    "DATA_COOLDOWN",
+    "Endpoint",
+    "EndpointState",
+    "Endpoints",
+    "parse_urls",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +79,7 @@ class Endpoint:
         self.data_port: int | None = None  # advertised by the server
         self.data_http: httpx.Client | None = None  # the data listener's pool
         self.data_down_until = 0.0  # clock time until which batches use the API port
+        self.data_failures = 0  # failures of the data listener since it last answered
 
     def data_url(self, now: float) -> str | None:
         """The data listener's base URL while it is usable (``None``: use :attr:`url`)."""
@@ -81,6 +90,8 @@ class Endpoint:
 
 DATA_COOLDOWN = 60.0
 """Seconds a URL's batches go to its API port after its data listener failed to connect."""
+DATA_CONNECT_TIMEOUT = 2.0
+"""Seconds to connect to a data listener: one that does not answer quickly is skipped."""
 
 
 class Endpoints:
@@ -89,24 +100,22 @@ class Endpoints:
     Args:
         urls: the base URLs.
         make_http: builds the ``httpx`` client (keep-alive pool) of one URL.
-        cooldown: seconds a URL that failed gets no requests (doubled each time it fails again
-            before answering).
-        max_cooldown: the longest cooldown.
+        policy: the cooldown of a URL that failed (:meth:`RetryPolicy.cooldown_for`) and the
+            clock it is measured on.
+        make_data_http: builds the pool of a URL's data listener (``None``: never use one).
     """
 
     def __init__(
         self,
         urls: Sequence[str],
         make_http: Callable[[str], httpx.Client],
-        cooldown: float,
-        max_cooldown: float,
+        policy: RetryPolicy,
         make_data_http: Callable[[str], httpx.Client] | None = None,
     ) -> None:
         self.items = [Endpoint(url, make_http(url)) for url in urls]
         self.make_data_http = make_data_http
-        self.cooldown = cooldown
-        self.max_cooldown = max_cooldown
-        self.clock: Callable[[], float] = time.monotonic
+        self.policy = policy
+        self.clock = policy.clock
         self._lock = threading.Lock()
         self._cursor = 0  # round robin over the URLs that are not cooling down
 
@@ -157,18 +166,29 @@ class Endpoints:
                 ready = ready[start:] + ready[:start]
         return ready + cooling
 
+    def count_request(self, endpoint: Endpoint) -> None:
+        """One more request (or try) went to ``endpoint``."""
+        with self._lock:
+            endpoint.requests += 1
+
     def mark_down(self, endpoint: Endpoint, why: str) -> None:
-        """``endpoint`` failed: no requests for its cooldown (one outage while cooling down)."""
+        """``endpoint`` failed: no requests for its cooldown (one outage while cooling down).
+
+        Said at WARNING once per outage of the URL (when it first fails), later failures of
+        the same outage at DEBUG.
+        """
         now = self.clock()
         with self._lock:
             endpoint.last_error = why
             if endpoint.down_until > now:
                 return  # already cooling down: requests in flight that fail too are one outage
             endpoint.failures += 1
-            pause = min(self.cooldown * 2 ** min(endpoint.failures - 1, 32), self.max_cooldown)
+            first = endpoint.failures == 1
+            pause = self.policy.cooldown_for(endpoint.failures)
             endpoint.down_until = now + pause
         if len(self.items) > 1:
-            logger.warning("%s is down (%s); no requests for %.1fs", endpoint.url, why, pause)
+            level = logging.WARNING if first else logging.DEBUG
+            logger.log(level, "%s is down (%s); no requests for %.1fs", endpoint.url, why, pause)
 
     def mark_up(self, endpoint: Endpoint) -> None:
         """``endpoint`` answered: it is up again."""
@@ -213,15 +233,27 @@ class Endpoints:
             return endpoint.data_http if endpoint.data_url(now) is not None else None
 
     def data_failed(self, endpoint: Endpoint, why: str) -> None:
-        """``endpoint``'s data listener failed: its batches use the API port for a while."""
+        """``endpoint``'s data listener failed: its batches use the API port for a while.
+
+        Said at WARNING when it first fails, at DEBUG while it keeps failing (an outage of
+        the whole server is said once, by the engine).
+        """
         with self._lock:
             endpoint.data_down_until = self.clock() + DATA_COOLDOWN
-        logger.warning(
+            endpoint.data_failures += 1
+            first = endpoint.data_failures == 1
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
             "%s: its data listener failed (%s); batches from the API port for %.0f s",
             endpoint.url,
             why,
             DATA_COOLDOWN,
         )
+
+    def data_answered(self, endpoint: Endpoint) -> None:
+        """``endpoint``'s data listener answered as batchstash: a later failure is news."""
+        with self._lock:
+            endpoint.data_failures = 0
 
     def close(self) -> None:
         """Close every pool, the data listeners' included."""

@@ -6,8 +6,10 @@ requests over them round robin and fails over from one that is down to the next.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 import httpx
 import torch
@@ -15,37 +17,45 @@ import torch
 from . import wire
 from .admin import AdminCalls
 from .batch import Batch, check_batch_type
+from .buffers import BufferPool
+from .decode import decode_body, decode_frames
 from .endpoints import Endpoint, EndpointState
-from .errors import PayloadError, PlanError
+from .engine import Engine
 from .framecheck import FrameChecker
+from .iterate import BatchIterator
 from .metadata import BatchMetadata
-from .session import _Session
+from .pipeline import PipelinedReader
+from .policy import RetryPolicy
+from .staging import DeviceStage
 from .transport import body_buffer
-
-if TYPE_CHECKING:
-    from .iterate import BatchIterator
 
 __all__ = ["BatchClient", "EndpointState"]  # EndpointState: re-exported from .endpoints
 
 
-class BatchClient(_Session):
+class BatchClient:
     """A thread-safe client of one batchstash server, or of several replicas of one store.
 
-    Requests that fail on the connection, with a 5xx (``503 not_primed`` included) or with a
-    409 that carries ``Retry-After`` are retried ``retries`` times with exponential backoff and
-    jitter; a ``Retry-After`` header sets the delay (capped at ``max_delay``). Other 4xx are
-    raised at once. Errors are raised as the :mod:`batchstash.client.errors` class matching the
-    server's ``error.code``; a connection that never succeeds raises :class:`TransportError`.
+    **Retries.** One :class:`~batchstash.client.policy.RetryPolicy` (``retry``) decides every
+    retry. By default a request that cannot reach any server (refused, unknown host, timed out)
+    is tried again with backoff and jitter for up to 90 s, so a trainer rides out a restart or a
+    minute's outage of every server; it says once at WARNING that the servers are unreachable
+    and for how long it retries, and once at INFO when they answer again. A ``5xx``
+    (``503 not_primed`` included) or a ``409`` that carries ``Retry-After`` is retried within
+    the same budget; a ``Retry-After`` header sets the delay (capped). Other 4xx are raised at
+    once. A ``POST`` is retried only when it cannot have reached a server, or the server
+    refused it (``503``, ``409``). Errors are raised as the :mod:`batchstash.client.errors`
+    class matching the server's ``error.code``; no server within the budget raises
+    :class:`TransportError`, naming the URLs, the time waited and the last error.
 
     **Several URLs.** Given a sequence of base URLs (or one string of comma separated URLs),
     the client sends each request to the next URL, round robin, each URL with its own
     keep-alive pool. A request that fails on the connection (refused, reset, timed out) or with
     a 5xx other than ``503 not_primed`` is sent again at once to the next URL, and the failing
-    URL is marked down: it gets no requests for ``cooldown`` seconds, doubled each time it is
-    marked down again before it answers (at most ``max_cooldown``), unless every URL is down.
-    A URL that answers is up again. ``503 not_primed``, ``409`` with ``Retry-After`` and other
-    4xx are the shared store's answer, the same on every replica: they are handled as with one
-    URL. Only when every URL has failed does the request back off and retry; the final
+    URL is marked down: it gets no requests for the policy's ``cooldown`` seconds, doubled each
+    time it is marked down again before it answers (at most ``max_cooldown``), unless every URL
+    is down. A URL that answers is up again. ``503 not_primed``, ``409`` with ``Retry-After``
+    and other 4xx are the shared store's answer, the same on every replica: they are handled as
+    with one URL. Only when every URL has failed does the request back off and retry; the final
     :class:`TransportError` names every URL and what each did. Every URL must serve the same
     store: once the client knows the store fingerprint, a URL that answers with another one
     raises :class:`PlanError` (unless every URL now agrees on the new one: the store changed).
@@ -56,13 +66,13 @@ class BatchClient(_Session):
     server's ``X-Batchstash-Prime`` header tells whether a prime is running. While one runs and
     makes progress (its ``done`` count grew within the last 60 s, the client only just met it,
     or it has no batch done yet: it is starting), the request is polled after each
-    ``Retry-After`` *beyond* ``retries``, for at most ``wait_for_prime`` seconds, logging
-    ``waiting for the store to be primed: 40/150 batches`` at INFO at most every 5 s; so a
-    trainer may start while the store primes. When the header says no prime runs (none started,
-    or it failed, was cancelled or died), the request raises :class:`NotPrimedError` at once,
-    saying what to do. A prime that stalls for 60 s or outlasts ``wait_for_prime`` raises it
-    too. Without the header (an older server) ``503 not_primed`` is retried ``retries`` times
-    like any 5xx.
+    ``Retry-After``, outside the retries, for at most the policy's ``wait_for_prime`` seconds,
+    logging ``waiting for the store to be primed: 40/150 batches`` at INFO at most every 5 s; so
+    a trainer may start while the store primes. When the header says no prime runs (none
+    started, or it failed, was cancelled or died), the request raises :class:`NotPrimedError`
+    at once, saying what to do. A prime that stalls for 60 s or outlasts ``wait_for_prime``
+    raises it too. Without the header (an older server) ``503 not_primed`` is retried like any
+    5xx.
 
     Example::
 
@@ -71,6 +81,8 @@ class BatchClient(_Session):
             for batch in client.iter_batches("train", epoch=0, device="cuda"):
                 ...
 
+        BatchClient(url, retry=RetryPolicy(budget=600))  # ride out ten minutes
+
     Args:
         url: the server's base URL, e.g. ``http://127.0.0.1:8000``; or several, as a sequence
             or one comma separated string (``"http://a:8000,http://b:8000"``), all serving one
@@ -78,18 +90,18 @@ class BatchClient(_Session):
         token: a bearer token sent with every request (admin endpoints need one when the server
             is configured with a token).
         timeout: seconds for connecting and for each read.
-        retries: how many times a failed request is retried (``0``: never) once every URL has
-            failed it.
-        backoff: the first retry delay in seconds; doubled on each retry, with jitter.
+        retries: shorthand for ``retry=RetryPolicy(attempts=retries + 1)`` (``0``: never
+            retry).
+        backoff: shorthand for ``RetryPolicy(backoff=...)``, the first retry delay.
         transport: an ``httpx`` transport, shared by the clients of all URLs; by default each
             URL gets its own :class:`BufferTransport`, which reads each body into one buffer
             the tensors view (tests pass ``httpx.MockTransport``).
-        max_delay: the longest delay between two tries, whatever ``Retry-After`` says.
-        cooldown: seconds a URL that failed gets no requests (doubled each time it fails again
-            before answering).
-        max_cooldown: the longest cooldown.
-        wait_for_prime: the longest a request waits for a running, progressing prime, in
-            seconds (``0``: do not wait beyond ``retries``).
+        retry: the retry policy (default: ``RetryPolicy()``); the shorthands are applied on top.
+        max_delay: shorthand for ``RetryPolicy(max_delay=..., retry_after_cap=...)``: the
+            longest delay between two tries, whatever ``Retry-After`` says.
+        cooldown: shorthand for ``RetryPolicy(cooldown=...)``.
+        max_cooldown: shorthand for ``RetryPolicy(max_cooldown=...)``.
+        wait_for_prime: shorthand for ``RetryPolicy(wait_for_prime=...)``.
         data_listener: send batch requests to the data listener a server advertises (its
             ``X-Batchstash-Data-Port`` header: a second port serving the same batch URLs at
             about half the server CPU per GB); a listener that cannot be reached is skipped
@@ -103,9 +115,10 @@ class BatchClient(_Session):
     Attributes:
         urls: the base URLs, in the order given.
         url: the first of them (the only one for a client of one server).
+        timeout: the ``timeout`` setting.
+        retry: the retry policy in force.
+        engine: the request path (:class:`~batchstash.client.engine.Engine`).
         batch_type: the class of the batches read.
-        prime_wait: the ``wait_for_prime`` setting (the method :meth:`wait_for_prime` is the
-            operator's wait for a prime job to end).
 
     Raises:
         ValueError: a negative setting, no URL, an empty or a repeated one.
@@ -117,47 +130,58 @@ class BatchClient(_Session):
         url: str | Sequence[str],
         token: str | None = None,
         timeout: float = 30.0,
-        retries: int = 5,
-        backoff: float = 0.2,
+        retries: int | None = None,
+        backoff: float | None = None,
         transport: httpx.BaseTransport | None = None,
         *,
-        max_delay: float = 30.0,
-        cooldown: float = 1.0,
-        max_cooldown: float = 30.0,
-        wait_for_prime: float = 600.0,
+        retry: RetryPolicy | None = None,
+        max_delay: float | None = None,
+        cooldown: float | None = None,
+        max_cooldown: float | None = None,
+        wait_for_prime: float | None = None,
         data_listener: bool = True,
         batch_type: type[Batch] = Batch,
     ) -> None:
         check_batch_type(batch_type)
-        super().__init__(
-            url,
-            token,
-            timeout,
-            retries,
-            backoff,
-            transport,
+        if timeout < 0:
+            raise ValueError(f"timeout must not be negative, not {timeout}")
+        self.retry = _policy(
+            retry or RetryPolicy(),
+            retries=retries,
+            backoff=backoff,
             max_delay=max_delay,
             cooldown=cooldown,
             max_cooldown=max_cooldown,
             wait_for_prime=wait_for_prime,
+        )
+        self.engine = Engine(
+            url,
+            self.retry,
+            token=token,
+            timeout=timeout,
+            transport=transport,
             data_listener=data_listener,
         )
+        self.urls, self.url, self.timeout = self.engine.urls, self.engine.url, self.engine.timeout
         self.batch_type = batch_type
-        # looked up at call time, so a replaced ``_sleep`` (tests) reaches the admin calls too
-        self.admin = AdminCalls(
-            lambda *a, **k: self._json(*a, **k), lambda seconds: self._sleep(seconds)
-        )
+        self.admin = AdminCalls(lambda *a, **k: self.engine.json(*a, **k)[0], self.retry.sleep)
+        self._lock = threading.Lock()
         self._metadata: tuple[str, BatchMetadata] | None = None
 
     # -- the URLs -------------------------------------------------------------------------------
 
     def endpoints(self) -> list[EndpointState]:
         """The state of each URL, in the order given (which are down, for how long, and why)."""
-        return self._pool.states()
+        return self.engine.endpoints.states()
 
     def down_urls(self) -> list[str]:
         """The URLs marked down and not answering since (see :meth:`endpoints`)."""
         return [state.url for state in self.endpoints() if state.down]
+
+    @property
+    def buffers(self) -> BufferPool | None:
+        """The pool bodies are received into (``None`` with a caller's own transport)."""
+        return self.engine.buffers
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -197,8 +221,8 @@ class BatchClient(_Session):
         return self._fetch_metadata()[1]
 
     def _fetch_metadata(self) -> tuple[str, BatchMetadata]:
-        body, url = self._json_from("GET", "/v1/metadata")
-        self._observe(body.get("fingerprint"), url)
+        body, url = self.engine.json("GET", "/v1/metadata")
+        self.engine.identity.observe(body.get("fingerprint"), url)
         entry = (str(body["fingerprint"]), BatchMetadata.from_dict(body["metadata"]))
         with self._lock:
             self._metadata = entry
@@ -213,14 +237,14 @@ class BatchClient(_Session):
 
         ``stored`` counts the batches encoded so far; ``primed`` is true once all are.
         """
-        body, url = self._json_from("GET", "/v1/splits")
-        self._observe(body.get("fingerprint"), url)
+        body, url = self.engine.json("GET", "/v1/splits")
+        self.engine.identity.observe(body.get("fingerprint"), url)
         return dict(body)
 
     def split_batch_ids(self, split: str) -> tuple[str, list[int]]:
         """Return the store fingerprint and the batch ids of ``split`` in one request."""
-        body, url = self._json_from("GET", f"/v1/splits/{split}/batches")
-        self._observe(body.get("fingerprint"), url)
+        body, url = self.engine.json("GET", f"/v1/splits/{split}/batches")
+        self.engine.identity.observe(body.get("fingerprint"), url)
         return str(body["fingerprint"]), [int(i) for i in body["batch_ids"]]
 
     def batch_ids(self, split: str) -> list[int]:
@@ -263,9 +287,10 @@ class BatchClient(_Session):
         wanted = None if attributes is None else sorted(set(attributes))
         params = None if wanted is None else {"attributes": ",".join(wanted)}
         path = f"/v1/splits/{split}/batches/{int(batch_id)}"
-        response = self._request("GET", path, params=params, data=True)
-        payload = wire.decode(body_buffer(response))
-        return self._checked(payload, path, split, int(batch_id), wanted, fingerprint, device)
+        response = self.engine.request("GET", path, params=params, data=True)
+        body = body_buffer(response)
+        payload = decode_body(body, path, split, int(batch_id), wanted, fingerprint)
+        return self._build([payload], device)[0]
 
     def batches(
         self,
@@ -295,7 +320,7 @@ class BatchClient(_Session):
         fingerprint: str | None = None,
         first: Endpoint | None = None,
     ) -> list[Batch]:
-        """:meth:`batches`, trying ``first`` first (see :meth:`_request`)."""
+        """:meth:`batches`, trying ``first`` first (see :meth:`Engine.request`)."""
         ids = [int(i) for i in batch_ids]
         if not ids:
             return []
@@ -305,74 +330,59 @@ class BatchClient(_Session):
             params["attributes"] = ",".join(wanted)
         path = f"/v1/splits/{split}/payloads"
         checker = FrameChecker()  # verifies each frame as it lands, while it is in cache
-        response = self._request(
+        response = self.engine.request(
             "GET", path, params=params, data=True, on_body=checker, first=first
         )
         body = body_buffer(response)
-        return self._decode_frames(body, checker, path, split, ids, wanted, fingerprint, device)
+        payloads = decode_frames(body, checker, path, split, ids, wanted, fingerprint)
+        return self._build(payloads, device)
 
-    def _decode_frames(
-        self,
-        body: Any,
-        checker: FrameChecker,
-        path: str,
-        split: str,
-        ids: list[int],
-        wanted: list[str] | None,
-        fingerprint: str | None,
-        device: str | torch.device | None,
+    def _build(
+        self, payloads: Sequence[wire.Payload], device: str | torch.device | None = None
     ) -> list[Batch]:
-        """The batches of a frames body, one per id; the frames ``checker`` saw land verified."""
-        frames = wire.split_frames(body)
-        if len(frames) != len(ids):
-            raise PayloadError(f"GET {path}: {len(frames)} payloads for {len(ids)} ids")
-        verified = checker.covers(body)
-        headers = checker.headers
-        return [
-            self._checked(
-                wire.decode(frame, verify=False, header=headers[i])
-                if i < verified
-                else wire.decode(frame),
-                path,
-                split,
-                batch_id,
-                wanted,
-                fingerprint,
-                device,
-            )
-            for i, (frame, batch_id) in enumerate(zip(frames, ids, strict=True))
+        """The :attr:`batch_type` batches of verified payloads, with their store's metadata."""
+        batches = [
+            self.batch_type.from_payload(payload, self._metadata_for(payload.fingerprint))
+            for payload in payloads
         ]
+        return batches if device is None else [batch.to(device) for batch in batches]
 
-    def _checked(
-        self,
-        payload: wire.Payload,
-        path: str,
-        split: str,
-        batch_id: int,
-        wanted: list[str] | None,
-        fingerprint: str | None,
-        device: str | torch.device | None,
-    ) -> Batch:
-        if payload.split != split or payload.batch_id != batch_id:
-            raise PayloadError(
-                f"GET {path}: the payload is batch {payload.split}/{payload.batch_id}, "
-                f"not {split}/{batch_id}"
-            )
-        if wanted is not None and sorted(payload.tensors) != wanted:
-            raise PayloadError(f"GET {path}: the payload holds {sorted(payload.tensors)}")
-        if fingerprint is not None and payload.fingerprint != fingerprint:
-            raise PlanError(
-                f"GET {path}: the batch comes from store {payload.fingerprint}, not "
-                f"{fingerprint}; the store changed since the epoch was planned"
-            )
-        batch = self.batch_type.from_payload(payload, self._metadata_for(payload.fingerprint))
-        return batch if device is None else batch.to(device)
-
-    def _can_pipeline(self) -> bool:
+    def can_pipeline(self) -> bool:
         """Whether batch requests may be pipelined: own transports and a usable data listener."""
-        if self._body_buffers is None:
+        if self.engine.buffers is None:
             return False
-        return any(self._pool.data_client(endpoint) is not None for endpoint in self._pool)
+        endpoints = self.engine.endpoints
+        return any(endpoints.data_client(endpoint) is not None for endpoint in endpoints)
+
+    def pipelined_reader(
+        self,
+        split: str,
+        wanted: list[str] | None,
+        stage: DeviceStage | None,
+        fingerprint: str,
+        window: int,
+    ) -> PipelinedReader | None:
+        """A :class:`PipelinedReader` of ``split`` (``None`` unless :meth:`can_pipeline`).
+
+        A group its connection does not deliver is fetched through the engine, first on the
+        URL whose connection broke.
+        """
+        if not self.can_pipeline():
+            return None
+
+        def fallback(group: list[int], first: Endpoint | None) -> list[Batch]:
+            return self._batches(split, group, wanted, fingerprint=fingerprint, first=first)
+
+        return PipelinedReader(
+            self.engine,
+            split,
+            wanted,
+            stage,
+            fingerprint,
+            window,
+            fallback=fallback,
+            build=self._build,
+        )
 
     def _metadata_for(self, fingerprint: str) -> BatchMetadata:
         with self._lock:
@@ -432,8 +442,6 @@ class BatchClient(_Session):
                 batch exactly once, ranks uneven by at most one batch (exact evaluation; gather
                 results after the loop, not with per-step collectives).
         """
-        from .iterate import BatchIterator
-
         return BatchIterator(
             self,
             split,
@@ -455,12 +463,12 @@ class BatchClient(_Session):
 
     def close(self) -> None:
         """Close the connection pool of every URL (their data listeners' included)."""
-        self._pool.close()
+        self.engine.close()
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called (every URL's pool is closed)."""
-        return all(endpoint.http.is_closed for endpoint in self._pool)
+        return all(endpoint.http.is_closed for endpoint in self.engine.endpoints)
 
     def __enter__(self) -> BatchClient:
         return self
@@ -471,3 +479,33 @@ class BatchClient(_Session):
     def __repr__(self) -> str:
         urls = self.url if len(self.urls) == 1 else list(self.urls)
         return f"{type(self).__name__}({urls!r})"
+
+
+def _policy(
+    policy: RetryPolicy,
+    *,
+    retries: int | None,
+    backoff: float | None,
+    max_delay: float | None,
+    cooldown: float | None,
+    max_cooldown: float | None,
+    wait_for_prime: float | None,
+) -> RetryPolicy:
+    """``policy`` with the constructor's shorthands applied (those given)."""
+    changes: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("backoff", backoff),
+            ("cooldown", cooldown),
+            ("max_cooldown", max_cooldown),
+            ("wait_for_prime", wait_for_prime),
+        )
+        if value is not None
+    }
+    if retries is not None:
+        if retries < 0:
+            raise ValueError(f"retries must not be negative, not {retries}")
+        changes["attempts"] = retries + 1
+    if max_delay is not None:
+        changes["max_delay"] = changes["retry_after_cap"] = max_delay
+    return replace(policy, **changes) if changes else policy

@@ -7,19 +7,16 @@ import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from .batch import Batch
 from .errors import PlanError
-from .pipeline import PipelinedReader
 from .plan import PLAN_VERSION, EpochPlan
 from .ranks import resolve_rank
+from .source import BatchSource, GroupReader
 from .staging import DeviceStage
-
-if TYPE_CHECKING:
-    from .http import BatchClient
 
 __all__ = ["BatchIterator", "prefetched"]
 
@@ -85,7 +82,8 @@ class BatchIterator:
     will do) are re-dealt to the new ranks with the :class:`EpochPlan` remainder rule.
 
     Args:
-        client: the client that fetches the batches.
+        client: where the batches come from: a :class:`BatchClient`, or any
+            :class:`~batchstash.client.source.BatchSource`.
         split: the split name.
         epoch: the epoch number.
         shuffle: shuffle the order.
@@ -122,7 +120,8 @@ class BatchIterator:
 
     Attributes:
         reader: the pipelined reader once iteration started on one (``None``: threads); its
-            ``pipelined`` and ``fallbacks`` count the groups each way.
+            ``pipelined`` and ``fallbacks`` count the groups each way (see
+            :class:`~batchstash.client.source.GroupReader`).
 
     Raises:
         PlanError: a bad rank, or a state that does not fit the store (see
@@ -132,7 +131,7 @@ class BatchIterator:
 
     def __init__(
         self,
-        client: BatchClient,
+        client: BatchSource,
         split: str,
         *,
         epoch: int = 0,
@@ -159,11 +158,11 @@ class BatchIterator:
         self.device = device
         self._stage: DeviceStage | None = None  # made when iteration starts (a CUDA stream)
         self.pipelined = pipelined
-        self.reader: PipelinedReader | None = None
+        self.reader: GroupReader | None = None
         fingerprint, self._batch_ids = client.split_batch_ids(split)  # learns the data listener
         # pipelined requests cost little each: smaller groups keep more of them in flight in
         # the same memory (measured: 1 MiB batches, prefetch 24, 4 a request beat 8 by 1.2-1.5x)
-        default = prefetch // 6 if pipelined and client._can_pipeline() else prefetch // 3
+        default = prefetch // 6 if pipelined and client.can_pipeline() else prefetch // 3
         self.batches_per_request = batches_per_request or max(1, default)
         self.plan = EpochPlan.create(
             fingerprint,
@@ -231,16 +230,12 @@ class BatchIterator:
         in_flight = 0 if self.prefetch == 0 else max(1, self.prefetch // size - 1)
         stream: Generator[list[Batch], None, None]
         if self.device is not None:
-            self._stage = DeviceStage(self.device, self.client._body_buffers)
-        if in_flight and self.pipelined and self.client._can_pipeline():
-            self.reader = PipelinedReader(
-                self.client,
-                self.plan.split,
-                self.attributes,
-                self._stage,
-                self.plan.fingerprint,
-                in_flight,
+            self._stage = DeviceStage(self.device, self.client.buffers)
+        if in_flight and self.pipelined:
+            self.reader = self.client.pipelined_reader(
+                self.plan.split, self.attributes, self._stage, self.plan.fingerprint, in_flight
             )
+        if self.reader is not None:
             stream = self.reader.groups(groups)
         else:
             stream = prefetched(self._fetch_group, groups, in_flight)
@@ -334,7 +329,7 @@ class BatchIterator:
                 f"the batch ids of split {split!r} no longer give the saved plan "
                 f"({saved_hash} != {saved.hash}); start the epoch over"
             )
-        saved._check_position(position)
+        saved.check_position(position)
         if saved_size == self.plan.world_size:
             self.plan, self.position = saved, position
         else:

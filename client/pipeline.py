@@ -11,9 +11,13 @@ consumer takes one group per hand-off.
 
 Only the happy path is pipelined: a ``200`` with the store's header. Anything else (an error
 status, a closed or reset connection, a listener that cannot be reached) closes the connection,
-and that group is fetched by :meth:`BatchClient.batches`, with its retries, failover, prime wait
-and error classes, before pipelining starts again from the next group. So every error a caller
-sees is the one the threaded path raises.
+and that group is fetched through the :class:`~batchstash.client.engine.Engine` (the caller's
+``fallback``), with its retries, failover, prime wait and error classes, before pipelining starts
+again from the next group. So every error a caller sees is the one the threaded path raises.
+
+The reader is a transport of the engine's URLs: it uses only their public pool
+(:class:`~batchstash.client.endpoints.Endpoints`) and the engine's store check, and the caller
+turns decoded payloads into batches (``build``).
 """
 
 from __future__ import annotations
@@ -22,20 +26,23 @@ import logging
 import queue
 import socket
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from .buffers import BufferPool
+from .decode import decode_frames
+from .endpoints import DATA_CONNECT_TIMEOUT
 from .framecheck import FrameChecker
+from .headers import FINGERPRINT_HEADER
 from .lowwater import LowWater
-from .session import DATA_CONNECT_TIMEOUT, FINGERPRINT_HEADER
 from .socketio import read_body, read_head
 
 if TYPE_CHECKING:
+    from . import wire
     from .batch import Batch
     from .endpoints import Endpoint
-    from .http import BatchClient
+    from .engine import Engine
     from .staging import DeviceStage
 
 __all__ = ["PipelinedReader"]
@@ -52,22 +59,26 @@ class _Stopped(Exception):
 class PipelinedReader:
     """Fetches an epoch's groups of batches in order, pipelined on one data-listener connection.
 
-    Built by :class:`~batchstash.client.iterate.BatchIterator`; :meth:`groups` is the stream.
+    Built by :meth:`BatchClient.pipelined_reader` for a
+    :class:`~batchstash.client.iterate.BatchIterator`; :meth:`groups` is the stream.
     At most ``window`` groups are requested and not yet taken by the consumer, besides the one
     it is yielding, as on the threaded path.
 
     Args:
-        client: the client (its URLs, token, timeouts, fingerprint checks and fallback).
+        engine: the request path of the client (its URLs, timeouts and store check).
         split: the split.
         wanted: the attributes asked for (sorted), or ``None`` for all.
         stage: where batches are copied (in the reader thread), and into what buffers bodies
             are read (pinned for CUDA); ``None``: they stay where they were decoded.
         fingerprint: the epoch plan's store fingerprint.
         window: groups requested ahead.
+        fallback: fetches a group through the engine, trying the given URL first (the one
+            whose connection broke, so that a replica that is down is marked down there).
+        build: the batches of a group's verified payloads.
 
     Attributes:
         pipelined: groups read from a pipelined connection so far.
-        fallbacks: groups fetched by :meth:`BatchClient.batches` instead.
+        fallbacks: groups fetched by ``fallback`` instead.
         thread: the reader thread once :meth:`groups` started.
         url: the base URL whose data listener the latest connection went to (an iterator
             reads from one URL at a time; iterators start on the URLs in turn).
@@ -75,14 +86,19 @@ class PipelinedReader:
 
     def __init__(
         self,
-        client: BatchClient,
+        engine: Engine,
         split: str,
         wanted: list[str] | None,
         stage: DeviceStage | None,
         fingerprint: str,
         window: int,
+        *,
+        fallback: Callable[[list[int], Endpoint | None], list[Batch]],
+        build: Callable[[list[wire.Payload]], list[Batch]],
     ) -> None:
-        self.client = client
+        self.engine = engine
+        self.fallback = fallback
+        self.build = build
         self.split = split
         self.wanted = wanted
         self.stage = stage
@@ -91,7 +107,7 @@ class PipelinedReader:
         self.path = f"/v1/splits/{quote(split, safe='')}/payloads"
         self.pipelined = 0
         self.fallbacks = 0
-        self._buffers = client._body_buffers or BufferPool()
+        self._buffers = engine.buffers or BufferPool()
         self._credits = threading.Semaphore(self.window)
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
@@ -125,7 +141,7 @@ class PipelinedReader:
             # an iterator dropped mid-epoch may be finalized by the garbage collector in any
             # thread, this reader's own included: it stops by itself then, it cannot join itself
             if threading.current_thread() is not thread:
-                thread.join(timeout=max(1.0, self.client.timeout))
+                thread.join(timeout=max(1.0, self.engine.timeout))
 
     def _abort_socket(self) -> None:
         with self._sock_lock:
@@ -172,21 +188,14 @@ class PipelinedReader:
         So a replica that is down gets marked down there, as a failing request marks it.
         """
         try:
-            batches = self.client._batches(
-                self.split,
-                group,
-                self.wanted,
-                None,
-                fingerprint=self.fingerprint,
-                first=endpoint,
-            )
+            batches = self.fallback(group, endpoint)
             return batches if self.stage is None else self.stage.copy(batches)
         except Exception as exc:
             return exc
 
     def _endpoint(self) -> Endpoint | None:
         """The first URL in route order whose data listener is usable now."""
-        pool = self.client._pool
+        pool = self.engine.endpoints
         for endpoint in pool.route():
             if pool.data_client(endpoint) is not None:
                 return endpoint
@@ -212,13 +221,13 @@ class PipelinedReader:
         url = data.base_url
         try:
             sock = socket.create_connection(
-                (url.host, url.port or 80), timeout=min(DATA_CONNECT_TIMEOUT, self.client.timeout)
+                (url.host, url.port or 80), timeout=min(DATA_CONNECT_TIMEOUT, self.engine.timeout)
             )
         except OSError as exc:
-            self.client._pool.data_failed(endpoint, f"{type(exc).__name__}: {exc}")
+            self.engine.endpoints.data_failed(endpoint, f"{type(exc).__name__}: {exc}")
             return None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.client.timeout)
+        sock.settimeout(self.engine.timeout)
         return sock
 
     def _pipeline(
@@ -251,8 +260,7 @@ class PipelinedReader:
                         break
                     sock.sendall(self._request_bytes(endpoint, groups[sent]))
                     sent += 1
-                    with self.client._lock:
-                        endpoint.requests += 1
+                    self.engine.endpoints.count_request(endpoint)
                 batches, closes = self._read_group(sock, pending, low, endpoint, groups[done])
                 if batches is None:
                     return done, True
@@ -304,19 +312,14 @@ class PipelinedReader:
         buffer = self._buffers.get(length, pinned=self.stage is not None and self.stage.pinned)
         checker = FrameChecker()
         read_body(sock, pending, buffer, checker, low)
-        self.client._pool.mark_up(endpoint)
+        self.engine.answered(endpoint)
+        self.engine.endpoints.data_answered(endpoint)
         try:
-            self.client._observe(head.headers[FINGERPRINT_HEADER.lower()], endpoint.url)
-            batches = self.client._decode_frames(
-                buffer,
-                checker,
-                self.path,
-                self.split,
-                group,
-                self.wanted,
-                self.fingerprint,
-                None,
+            self.engine.identity.observe(head.headers[FINGERPRINT_HEADER.lower()], endpoint.url)
+            payloads = decode_frames(
+                buffer, checker, self.path, self.split, group, self.wanted, self.fingerprint
             )
+            batches = self.build(payloads)
             if self.stage is not None:
                 batches = self.stage.copy(batches)
         except Exception as exc:

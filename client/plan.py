@@ -176,13 +176,14 @@ class EpochPlan:
             }
         )
 
-    def _check_position(self, position: int) -> None:
+    def check_position(self, position: int) -> None:
+        """Raise :class:`PlanError` unless ``position`` is a rank position of this plan."""
         if not 0 <= position <= self.per_rank:
             raise PlanError(f"position {position} is not in [0, {self.per_rank}] for this plan")
 
     def remaining(self, position: int) -> tuple[int, ...]:
         """The batches not read yet once every rank has read ``position`` batches, in order."""
-        self._check_position(position)
+        self.check_position(position)
         read = set(self.slots[: position * self.world_size])
         return tuple(b for b in self.order if b not in read)
 

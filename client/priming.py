@@ -4,10 +4,11 @@ A server answers a batch that is not encoded yet with ``503 not_primed``, ``Retr
 the header ``X-Batchstash-Prime: {"state": ..., "done": <int>, "total": <int>, "role": ...}``:
 the store's prime job (``"idle"`` and zeros when there is none) and the server's role (absent
 from older servers). A request that meets a *running* prime waits for it as long as it makes
-progress (see ``BatchClient(wait_for_prime=...)``); one that meets *no* running prime fails at
+progress (see :attr:`RetryPolicy.wait_for_prime`); one that meets *no* running prime fails at
 once, saying what to do: prime through that server, or, when it has role ``serve`` (a read-only
 replica that cannot prime), through a server with role ``all`` or the prime job. A server
-without the header (an older one) gets the plain retries.
+without the header (an older one) gets the plain retries. Polls are spaced by the client's
+:class:`~batchstash.client.policy.RetryPolicy` (``Retry-After``, else its backoff).
 """
 
 from __future__ import annotations
@@ -15,19 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 
 from .errors import NotPrimedError
+from .headers import PRIME_HEADER
+from .policy import RetryPolicy
 from .responses import error_code, error_from_response, retry_after
 
-__all__ = ["LOG_EVERY_S", "POLL_MAX_S", "PRIME_HEADER", "STALL_S", "prime_progress"]
+__all__ = ["LOG_EVERY_S", "PRIME_HEADER", "STALL_S", "PrimeLog", "PrimeWait", "prime_progress"]
 
 logger = logging.getLogger(__name__)
 
-PRIME_HEADER = "X-Batchstash-Prime"
 STALL_S = 60.0
 """A running prime whose ``done`` has not grown for this long is stuck: stop waiting.
 
@@ -35,8 +36,6 @@ A prime with no batch done yet is still starting: only the client's ``wait_for_p
 that wait."""
 LOG_EVERY_S = 5.0
 """Log the wait at INFO at most this often (per client)."""
-POLL_MAX_S = 5.0
-"""The longest poll interval while waiting, when the server gives no ``Retry-After``."""
 
 _NOT_RUNNING = frozenset({"idle", "failed", "cancelled", "interrupted"})
 
@@ -85,7 +84,7 @@ def prime_progress(response: httpx.Response) -> _Progress | None:
         return None
 
 
-class _PrimeLog:
+class PrimeLog:
     """The client-wide INFO line of waiting requests, at most one every ``LOG_EVERY_S``."""
 
     def __init__(self) -> None:
@@ -93,6 +92,7 @@ class _PrimeLog:
         self._last: float | None = None
 
     def progress(self, progress: _Progress, now: float) -> None:
+        """Log ``progress`` unless a line was logged less than ``LOG_EVERY_S`` ago."""
         with self._lock:
             if self._last is not None and now - self._last < LOG_EVERY_S:
                 return
@@ -136,55 +136,53 @@ def _not_running_on_replica(progress: _Progress, url: str) -> str:
     )
 
 
-class _PrimeWait:
-    """One request's wait for a running prime.
+class PrimeWait:
+    """One request's wait for a running prime, outside its retries.
 
     Args:
-        limit: the longest wait in seconds (``0``: never wait).
-        backoff: the first poll interval without ``Retry-After`` (doubled each poll, at most
-            ``POLL_MAX_S``).
-        max_delay: the longest poll interval, whatever ``Retry-After`` says.
-        clock: the monotonic clock.
+        policy: the longest wait (:attr:`RetryPolicy.wait_for_prime`, ``0``: never wait), the
+            poll interval (:meth:`RetryPolicy.next_delay`: ``Retry-After``, else backoff) and
+            the clock.
         log: the client's log line.
     """
 
-    def __init__(
-        self,
-        limit: float,
-        backoff: float,
-        max_delay: float,
-        clock: Callable[[], float],
-        log: _PrimeLog,
-    ) -> None:
-        self.limit = limit
-        self.backoff = backoff
-        self.max_delay = max_delay
-        self.clock = clock
+    def __init__(self, policy: RetryPolicy, log: PrimeLog) -> None:
+        self.policy = policy
+        self.limit = policy.wait_for_prime
         self.log = log
         self.polls = 0
         self._started: float | None = None
         self._done = -1
         self._progressed = 0.0  # clock time ``done`` last changed
 
-    def wait(self, response: httpx.Response, url: str) -> float | None:
-        """How long to wait before asking again, beyond the client's ``retries``.
+    def handles(self, response: httpx.Response) -> bool:
+        """Whether :meth:`wait` decides about ``response``, rather than the plain retries.
 
-        Returns:
-            The delay in seconds while the response reports a running prime that progresses
-            within the limit; ``None`` for any other response (plain retries apply).
-
-        Raises:
-            NotPrimedError: the response reports no running prime, or one that made no progress
-                for ``STALL_S``, or the wait reached ``limit``; the message says what to do.
+        True for a ``503 not_primed`` whose header reports a running prime (waited for, unless
+        the wait is off) or no running prime (raised at once).
         """
         progress = prime_progress(response)
         if progress is None:
-            return None
+            return False
+        return progress.state in _NOT_RUNNING or (progress.state == "running" and self.limit > 0)
+
+    def wait(self, response: httpx.Response, url: str) -> float:
+        """How long to wait before asking again, for a response :meth:`handles`.
+
+        Returns:
+            The delay in seconds while the response reports a running prime that progresses
+            within the limit.
+
+        Raises:
+            NotPrimedError: the response reports no running prime, or one that made no progress
+                for ``STALL_S``, or the wait reached the limit; the message says what to do.
+        """
+        progress = prime_progress(response)
+        if progress is None or not self.handles(response):
+            raise error_from_response(response)
         if progress.state in _NOT_RUNNING:
             raise self._error(response, _not_running(progress, url))
-        if progress.state != "running" or self.limit <= 0:
-            return None
-        now = self.clock()
+        now = self.policy.clock()
         if self._started is None:
             self._started = self._progressed = now  # the job may have just started
         if progress.done != self._done or progress.done == 0:
@@ -203,16 +201,12 @@ class _PrimeWait:
                 response,
                 f"the store is still being primed after {waited:.0f} s ({progress}): wait for "
                 f"it (`batchstash prime --url {url} --wait`) or raise "
-                "BatchClient(wait_for_prime=...)",
+                "RetryPolicy(wait_for_prime=...)",
             )
         self.log.progress(progress, now)
-        hinted = retry_after(response)
-        if hinted is None:
-            delay = min(self.backoff * 2.0 ** min(self.polls, 16), POLL_MAX_S)
-        else:
-            delay = hinted
+        delay = self.policy.next_delay(min(self.polls, 16), retry_after(response))
         self.polls += 1
-        return max(0.0, min(delay, self.max_delay, self.limit - waited))
+        return max(0.0, min(delay, self.limit - waited))
 
     @staticmethod
     def _error(response: httpx.Response, advice: str) -> NotPrimedError:

@@ -1,4 +1,4 @@
-"""What a server's response means to the client: which error it is, whether and when to retry."""
+"""What a server's response means to the client: which error, whether to fail over, Retry-After."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .errors import (
     error_for_code,
 )
 
-__all__ = ["error_code", "error_from_response", "fails_over", "is_retryable", "retry_after"]
+__all__ = ["error_code", "error_from_response", "fails_over", "retry_after"]
 
 _FALLBACK_ERRORS: dict[int, type[BatchstashError]] = {
     400: InvalidRequestError,
@@ -72,16 +72,10 @@ def error_code(response: httpx.Response) -> str | None:
 def fails_over(response: httpx.Response) -> bool:
     """Whether another server may answer better: a 5xx other than ``503 not_primed``.
 
-    ``not_primed`` is the state of the store every replica shares, so it is retried after its
-    ``Retry-After`` like today; any other 5xx (a proxy's 502, a replica's own fault) is the
+    ``not_primed`` is the state of the store every replica shares, so it is waited for or
+    retried after its ``Retry-After``; any other 5xx (a proxy's 502, a replica's own fault) is the
     server's, and a client of several URLs tries the next one at once.
     """
     if response.status_code < 500:
         return False
     return not (response.status_code == 503 and error_code(response) == "not_primed")
-
-
-def is_retryable(response: httpx.Response) -> bool:
-    """5xx (``not_primed`` included) or a 409 the server marks as transient with Retry-After."""
-    status = response.status_code
-    return status >= 500 or (status == 409 and "Retry-After" in response.headers)

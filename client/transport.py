@@ -23,11 +23,11 @@ from typing import Any
 import httpx
 
 from .buffers import BufferPool
+from .policy import IDEMPOTENT
 
 __all__ = ["BufferStream", "BufferTransport", "body_buffer"]
 
 _RETRY_ON_REUSE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-_IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "DELETE"}
 
 
 class BufferStream(httpx.SyncByteStream):
@@ -136,21 +136,27 @@ class BufferTransport(httpx.BaseTransport):
                     key, conn, request.method, target, body, headers, read_timeout, hook
                 )
             except _RETRY_ON_REUSE as exc:
+                never_sent = conn.sock is None and not reused
                 conn.close()
-                if not (reused and request.method in _IDEMPOTENT):
-                    raise httpx.RemoteProtocolError(
-                        str(exc) or type(exc).__name__, request=request
-                    ) from exc
+                what = str(exc) or type(exc).__name__
+                if never_sent:
+                    raise httpx.ConnectError(what, request=request) from exc
+                if not (reused and request.method in IDEMPOTENT):
+                    raise httpx.RemoteProtocolError(what, request=request) from exc
                 # the server closed an idle keep-alive connection: retry once on a new one
             except TimeoutError as exc:
                 kind = httpx.ReadTimeout if conn.sock is not None else httpx.ConnectTimeout
                 conn.close()
                 raise kind(str(exc) or "timed out", request=request) from exc
-            except ConnectionRefusedError as exc:
-                conn.close()
-                raise httpx.ConnectError(str(exc), request=request) from exc
             except (OSError, http.client.HTTPException) as exc:
+                # no socket yet: the connection was never made (refused, unknown host,
+                # unreachable), so the request was never sent and any method may be retried
+                never_sent = conn.sock is None and not reused
                 conn.close()
+                if isinstance(exc, ConnectionRefusedError) or (
+                    never_sent and isinstance(exc, OSError)
+                ):
+                    raise httpx.ConnectError(str(exc), request=request) from exc
                 raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
 
     def _exchange(

@@ -8,7 +8,8 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,6 +23,7 @@ from batchstash.client import (
     BatchMetadata,
     FieldFeatureMapping,
     ManagerFeatureMapping,
+    RetryPolicy,
     VectorizerMetadata,
     wire,
 )
@@ -259,11 +261,52 @@ class FakeServer:
         return httpx.Response(200, content=bytes(body), headers=headers)
 
 
+class FakeClock:
+    """A monotonic clock that only moves when the client sleeps (thread-safe).
+
+    Attributes:
+        now: the clock's time; a test may move it.
+        sleeps: every wait asked for, in order.
+        on_sleep: also called with each wait (e.g. to bring a server back, or to really sleep).
+    """
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+        self.on_sleep: Callable[[float], None] | None = None
+        self._lock = threading.Lock()
+
+    def time(self) -> float:
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += seconds
+        if self.on_sleep is not None:
+            self.on_sleep(seconds)
+
+    def policy(self, base: RetryPolicy | None = None) -> RetryPolicy:
+        """``base`` on this clock, without jitter (its delays are exact)."""
+        return replace(base or RetryPolicy(), clock=self.time, sleep=self.sleep, rand=lambda: 0.5)
+
+
+def _timed(kwargs: dict[str, Any]) -> FakeClock:
+    clock = FakeClock()
+    kwargs["retry"] = clock.policy(kwargs.get("retry"))
+    return clock
+
+
 def make_client(server: FakeServer, **kwargs: Any) -> BatchClient:
-    """A client of ``server`` that records its retry delays instead of sleeping."""
+    """A client of ``server`` on a :class:`FakeClock`: it records its waits instead of sleeping.
+
+    The clock is ``client.clock`` and its waits ``client.sleeps``.
+    """
+    clock = _timed(kwargs)
     client = BatchClient(URL, transport=httpx.MockTransport(server), **kwargs)
-    client.sleeps = []  # type: ignore[attr-defined]
-    client._sleep = client.sleeps.append  # type: ignore[attr-defined]
+    client.clock = clock  # type: ignore[attr-defined]
+    client.sleeps = clock.sleeps  # type: ignore[attr-defined]
     return client
 
 
@@ -286,16 +329,18 @@ def make_cluster(
 ) -> tuple[BatchClient, list[FakeServer]]:
     """A client of ``count`` fake replicas of one store: ``http://a.test``, ``http://b.test``...
 
-    It records its retry delays instead of sleeping; ``kwargs`` go to the client.
+    It runs on a :class:`FakeClock`, as :func:`make_client`; ``kwargs`` go to the client.
     """
     urls = [f"http://{chr(ord('a') + i)}.test" for i in range(count)]
     servers = [FakeServer(splits) for _ in urls]
+    clock = _timed(kwargs)
     client = BatchClient(
-        urls, transport=httpx.MockTransport(Cluster(dict(zip(urls, servers, strict=True)))),
+        urls,
+        transport=httpx.MockTransport(Cluster(dict(zip(urls, servers, strict=True)))),
         **kwargs,
     )
-    client.sleeps = []  # type: ignore[attr-defined]
-    client._sleep = client.sleeps.append  # type: ignore[attr-defined]
+    client.clock = clock  # type: ignore[attr-defined]
+    client.sleeps = clock.sleeps  # type: ignore[attr-defined]
     return client, servers
 
 

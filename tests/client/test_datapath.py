@@ -7,10 +7,10 @@ import logging
 import httpx
 import pytest
 
-from batchstash.client import BatchClient, NotFoundError
+from batchstash.client import BatchClient, NotFoundError, RetryPolicy
 from batchstash.client.endpoints import DATA_COOLDOWN
 
-from .fakeserver import URL, FakeServer
+from .fakeserver import URL, FakeClock, FakeServer
 
 DATA_PORT = 9001
 DATA_URL = f"{URL}:{DATA_PORT}"
@@ -46,7 +46,10 @@ class Advertising:
 
 def make(mode: str = "ok", url: str = URL, **kwargs: object) -> tuple[BatchClient, Advertising]:
     server = Advertising(FakeServer(**kwargs), mode)  # type: ignore[arg-type]
-    client = BatchClient(url, transport=httpx.MockTransport(server), retries=0)
+    clock = FakeClock()
+    policy = clock.policy(RetryPolicy(attempts=1))
+    client = BatchClient(url, transport=httpx.MockTransport(server), retry=policy)
+    client.clock = clock  # type: ignore[attr-defined]
     return client, server
 
 
@@ -89,8 +92,8 @@ def test_a_listener_that_refuses_falls_back_to_the_api_at_once(
     assert state.data_url is None and not state.down  # the server itself is fine
     client.batch("train", 3)  # cooling down: straight to the API
     assert len(server.data) == 1
-    clock = client._pool.clock
-    client._pool.clock = lambda: clock() + DATA_COOLDOWN + 1
+    clock: FakeClock = client.clock  # type: ignore[attr-defined]
+    clock.now += DATA_COOLDOWN + 1
     assert client.endpoints()[0].data_url == DATA_URL  # tried again after the cooldown
 
 
@@ -121,7 +124,7 @@ def test_an_https_client_keeps_batches_on_the_encrypted_port() -> None:
 def test_close_closes_the_listeners_pool() -> None:
     client, _ = make()
     client.batch_ids("train")
-    data_http = client._pool.items[0].data_http
+    data_http = client.engine.endpoints.items[0].data_http
     assert data_http is not None
     client.close()
     assert data_http.is_closed and client.closed

@@ -19,6 +19,7 @@ from batchstash.client import (
     BatchMetadata,
     FieldFeatureMapping,
     ManagerFeatureMapping,
+    RetryPolicy,
     VectorizerMetadata,
     demo,
 )
@@ -101,7 +102,7 @@ def test_inputs_concatenate_features_and_take_class_indices() -> None:
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeServer:
     server = FakeServer({"train": range(6), "dev": range(1), "test": range(2)}, rows=16)
     monkeypatch.setattr(
-        demo, "BatchClient", lambda url, token=None: make_client(server, token=token)
+        demo, "BatchClient", lambda url, token=None, **kwargs: make_client(server, token=token)
     )
     return server
 
@@ -127,6 +128,26 @@ def test_main_waits_for_the_prime(fake: FakeServer, capsys: pytest.CaptureFixtur
     fake.states = ["running", "done"]
     assert demo.main(["--url", URL, "--epochs", "1", "--wait", "5"]) == 0
     assert "waiting up to 5s" in capsys.readouterr().out
+
+
+def test_the_retry_budget_is_an_option(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = FakeServer({"train": range(6), "dev": range(1), "test": range(2)}, rows=16)
+    budgets: list[float] = []
+
+    def client(url: str, token: str | None = None, retry: RetryPolicy | None = None) -> Any:
+        assert retry is not None
+        budgets.append(retry.budget)
+        return make_client(server, token=token, retry=retry)
+
+    monkeypatch.setattr(demo, "BatchClient", client)
+    assert demo.main(["--url", URL, "--epochs", "1", "--retry-budget", "120"]) == 0
+    assert demo.main(["--url", URL, "--epochs", "1"]) == 0
+    assert budgets == [120.0, RetryPolicy().budget]
+    with pytest.raises(SystemExit):
+        demo.main(["--help"])
+    assert "--retry-budget SECONDS" in capsys.readouterr().out
 
 
 def test_main_reports_errors(fake: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:

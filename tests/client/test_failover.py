@@ -19,6 +19,7 @@ from batchstash.client import Batch, BatchClient, BatchDataset, EndpointState, E
 from .fakeserver import (
     FINGERPRINT,
     Cluster,
+    FakeClock,
     FakeServer,
     SocketServer,
     error,
@@ -29,19 +30,9 @@ from .fakeserver import (
 A, B, C = "http://a.test", "http://b.test", "http://c.test"
 
 
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def with_clock(client: BatchClient) -> Clock:
-    clock = Clock()
-    client._pool.clock = clock
+def with_clock(client: BatchClient) -> FakeClock:
+    """The fake clock of a :func:`make_cluster` client (its cooldowns run on it too)."""
+    clock: FakeClock = client.clock  # type: ignore[attr-defined]
     return clock
 
 
@@ -93,7 +84,7 @@ def test_close_closes_every_pool() -> None:
     with client:
         client.splits()
     assert client.closed
-    assert all(e.http.is_closed for e in client._pool)
+    assert all(e.http.is_closed for e in client.engine.endpoints)
 
 
 # -- spreading and failover --------------------------------------------------------------------
@@ -227,7 +218,7 @@ def test_every_url_failing_keeps_the_server_error_class() -> None:
 def test_a_url_back_between_attempts_serves_the_retry() -> None:
     client, (a, b) = make_cluster(2, retries=2)
     a.down = b.down = True
-    client._sleep = lambda seconds: setattr(b, "down", False)
+    with_clock(client).on_sleep = lambda seconds: setattr(b, "down", False)
     assert client.batch_ids("train") == list(range(8))
     assert client.down_urls() == [A]
 
@@ -410,7 +401,7 @@ def socket_free_url() -> Iterator[str]:
 
 def test_timing_of_a_failover_is_immediate() -> None:
     client, (a, b) = make_cluster(2, retries=5, backoff=10.0)
-    client._sleep = time.sleep  # a failover must not sleep: the next URL is asked at once
+    with_clock(client).on_sleep = time.sleep  # a failover must not wait: the next URL at once
     a.down = True
     start = time.monotonic()
     for batch_id in range(4):

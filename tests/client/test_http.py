@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import batchstash.client as bc
-from batchstash.client import Batch, BatchClient
+from batchstash.client import Batch, BatchClient, RetryPolicy
 
 from .fakeserver import FINGERPRINT, URL, FakeServer, error, make_client, make_tensors
 
@@ -146,9 +146,9 @@ def test_transient_errors_are_retried_then_raised(response: httpx.Response, cls:
         calls.append(request)
         return response
 
-    client = BatchClient(URL, transport=httpx.MockTransport(handler), retries=2)
     sleeps: list[float] = []
-    client._sleep = sleeps.append
+    policy = RetryPolicy(sleep=sleeps.append)
+    client = BatchClient(URL, transport=httpx.MockTransport(handler), retries=2, retry=policy)
     with pytest.raises(cls):
         client.splits()
     assert len(calls) == 3 and len(sleeps) == 2

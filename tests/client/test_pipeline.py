@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+import batchstash.client.pipeline as pipeline
 from batchstash.client import BatchClient, BatchIterator, ChecksumError, NotFoundError
 from batchstash.client.socketio import _ProtocolError, read_body, read_head
 
@@ -249,7 +250,7 @@ def test_closing_mid_epoch_stops_the_reader(stack: Callable[..., Stack]) -> None
 
 
 def test_an_iterator_finalized_in_its_own_reader_thread_stops_cleanly(
-    stack: Callable[..., Stack],
+    stack: Callable[..., Stack], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a loop left by ``break`` drops the iterator; the garbage collector may finalize it in any
     # thread, the reader's own included (seen as "cannot join current thread" from the finalizer)
@@ -257,7 +258,7 @@ def test_an_iterator_finalized_in_its_own_reader_thread_stops_cleanly(
     with s.client() as client:
         it = client.iter_batches("train", shuffle=False, prefetch=6)
         taken, errors = threading.Event(), []
-        decode = client._decode_frames
+        decode = pipeline.decode_frames
 
         def decode_then_close(*args: object, **kwargs: object) -> object:
             if taken.wait(timeout=5) and it._stream is not None:
@@ -268,7 +269,7 @@ def test_an_iterator_finalized_in_its_own_reader_thread_stops_cleanly(
             return decode(*args, **kwargs)  # type: ignore[arg-type]
 
         first = next(it)
-        client._decode_frames = decode_then_close  # type: ignore[method-assign]
+        monkeypatch.setattr(pipeline, "decode_frames", decode_then_close)
         taken.set()
         _assert_reader_stops(it)
         assert errors == []

@@ -13,7 +13,15 @@ import pytest
 from batchstash.client import BatchClient, EpochPlan, NotPrimedError
 from batchstash.client.priming import PRIME_HEADER
 
-from .fakeserver import FINGERPRINT, URL, FakeServer, SocketServer, error, make_client
+from .fakeserver import (
+    FINGERPRINT,
+    URL,
+    FakeClock,
+    FakeServer,
+    SocketServer,
+    error,
+    make_client,
+)
 
 PRIMING_LOGGER = "batchstash.client.priming"
 
@@ -59,29 +67,11 @@ class PrimingServer(FakeServer):
         return error(503, "not_primed", f"batch {split}/{batch_id} is not encoded", **headers)
 
 
-class FakeClock:
-    """A monotonic clock that only moves when the client sleeps (thread-safe)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def time(self) -> float:
-        with self._lock:
-            return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
-
-
 def timed_client(server: FakeServer, **kwargs: object) -> tuple[BatchClient, FakeClock]:
+    """A client of ``server`` whose clock starts at 0 and moves only when it waits."""
     client = make_client(server, **kwargs)
-    clock = FakeClock()
-    client._sleep = clock.sleep  # type: ignore[method-assign]
-    client._clock = clock.time  # type: ignore[method-assign]
+    clock: FakeClock = client.clock  # type: ignore[attr-defined]
+    clock.now = 0.0
     return client, clock
 
 
@@ -103,7 +93,7 @@ def test_a_running_prime_is_waited_for_beyond_retries(caplog: pytest.LogCaptureF
     client, clock = timed_client(server, retries=5)
     batch = client.batch("train", 100)  # encoded once done > 100: eleven 503s
     assert batch.id == 100
-    assert batch_requests(server) == 12 > client.retries + 1
+    assert batch_requests(server) == 12 > (client.retry.attempts or 0)
     assert clock.sleeps == [2.0] * 11  # Retry-After, 22 s: twice what 5 retries would allow
     # one line at most every 5 s of waiting: at 0, 6, 12 and 18 s
     assert wait_lines(caplog) == [
@@ -162,7 +152,7 @@ def test_wait_for_prime_caps_the_wait() -> None:
         client.batch("train", 100)
     assert clock.sleeps == [2.0, 2.0, 2.0, 2.0, 1.0]  # the last poll is cut to the limit
     assert "the store is still being primed after 9 s (5/150 batches)" in info.value.message
-    assert "BatchClient(wait_for_prime=...)" in info.value.message
+    assert "RetryPolicy(wait_for_prime=...)" in info.value.message
 
 
 @pytest.mark.parametrize(
@@ -261,7 +251,7 @@ def test_without_a_usable_header_the_plain_retries_apply(header: str | bool) -> 
 def test_negative_wait_for_prime_is_refused() -> None:
     with pytest.raises(ValueError, match="wait_for_prime must not be negative"):
         BatchClient("http://stash.test", wait_for_prime=-1)
-    assert BatchClient("http://stash.test").prime_wait == 600.0
+    assert BatchClient("http://stash.test").retry.wait_for_prime == 600.0
 
 
 def test_iter_batches_over_a_store_being_primed() -> None:

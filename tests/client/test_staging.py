@@ -34,7 +34,7 @@ def _check(batches: list, ids: list[int]) -> None:
 
 def test_a_cpu_stage_is_batch_to() -> None:
     client = make_client(FakeServer({"train": range(3)}))
-    stage = DeviceStage("cpu", client._body_buffers)
+    stage = DeviceStage("cpu", client.buffers)
     decoded = client.batches("train", [0, 2])
     moved = stage.copy(decoded)
     assert not stage.pinned and stage.stream is None
@@ -46,12 +46,11 @@ def test_a_cpu_stage_is_batch_to() -> None:
 
 
 @pytest.mark.parametrize("pipelined", [True, False])
-def test_iterating_to_the_cpu_keeps_the_received_tensors(
-    stack: Stack, pipelined: bool
-) -> None:
+def test_iterating_to_the_cpu_keeps_the_received_tensors(stack: Stack, pipelined: bool) -> None:
     with stack.client() as client:
-        it = client.iter_batches("train", shuffle=False, prefetch=6, device="cpu",
-                                 pipelined=pipelined)
+        it = client.iter_batches(
+            "train", shuffle=False, prefetch=6, device="cpu", pipelined=pipelined
+        )
         batches = list(it)
     assert (it.reader is not None) == pipelined
     assert [b.state_name for b in batches] == ["memory copied"] * 12
@@ -80,7 +79,7 @@ def test_a_cuda_epoch_is_received_pinned_and_copied_on_a_side_stream(
 ) -> None:
     pins = _pin_calls(monkeypatch)
     with stack.client() as client:
-        pool = client._body_buffers
+        pool = client.buffers
         assert pool is not None
         pool.min_bytes = 0  # every body pooled (and so pinned)
         it = client.iter_batches("train", shuffle=False, prefetch=6, device="cuda")
@@ -98,7 +97,7 @@ def test_a_cuda_epoch_is_received_pinned_and_copied_on_a_side_stream(
 @no_cuda
 def test_the_consumer_stream_waits_for_a_slow_copy(stack: Stack) -> None:
     with stack.client() as client:
-        stage = DeviceStage("cuda", client._body_buffers)
+        stage = DeviceStage("cuda", client.buffers)
         decoded = client.batches("train", [3])
         torch.cuda.synchronize()
         with torch.cuda.stream(stage.stream):
@@ -115,7 +114,7 @@ def test_the_consumer_stream_waits_for_a_slow_copy(stack: Stack) -> None:
 @no_cuda
 def test_a_pinned_buffer_is_not_refilled_before_its_copy_is_done() -> None:
     client = make_client(FakeServer({"train": range(2)}))
-    pool = client._body_buffers
+    pool = client.buffers
     assert pool is not None
     stage = DeviceStage("cuda", pool)
     buffer = pool.get(1 << 20, pinned=True)
