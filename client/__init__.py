@@ -37,10 +37,8 @@ if TYPE_CHECKING:
     from .dataset import BatchDataset
     from .device import TorchConfig, copy_to_device
     from .endpoints import Endpoint, Endpoints
-    from .engine import Engine
     from .framecheck import FrameChecker
     from .http import BatchClient, EndpointState
-    from .identity import StoreIdentity
     from .iterate import BatchIterator
     from .lowwater import LowWater
     from .mapping import (
@@ -55,25 +53,17 @@ if TYPE_CHECKING:
         MetadataNetworkSettings,
         VectorizerMetadata,
     )
-    from .outage import Outage
     from .pipeline import PipelinedReader
     from .plan import EpochPlan
     from .policy import RetryPolicy
-    from .priming import PrimeLog, PrimeWait
-    from .ranks import Ranks, detect_rank, resolve_rank
-    from .source import BatchSource, GroupReader
+    from .ranks import resolve_rank
+    from .source import BatchSource
     from .staging import DeviceStage
     from .transport import BufferStream, BufferTransport, body_buffer
 
 _LAZY = {
-    "Outage": ".outage",
     "BatchSource": ".source",
-    "Engine": ".engine",
-    "GroupReader": ".source",
-    "PrimeLog": ".priming",
-    "PrimeWait": ".priming",
     "RetryPolicy": ".policy",
-    "StoreIdentity": ".identity",
     "AdminCalls": ".admin",
     "Batch": ".batch",
     "BatchClient": ".http",
@@ -94,7 +84,6 @@ _LAZY = {
     "Endpoints": ".endpoints",
     "EpochPlan": ".plan",
     "PipelinedReader": ".pipeline",
-    "Ranks": ".ranks",
     "FieldFeatureMapping": ".mapping",
     "ManagerFeatureMapping": ".mapping",
     "MetadataNetworkSettings": ".metadata",
@@ -102,7 +91,6 @@ _LAZY = {
     "VectorizerMetadata": ".metadata",
     "body_buffer": ".transport",
     "copy_to_device": ".device",
-    "detect_rank": ".ranks",
     "resolve_rank": ".ranks",
     "wire": ".wire",
 }
@@ -132,37 +120,29 @@ __all__ = [
     "Endpoint",
     "EndpointState",
     "Endpoints",
-    "Engine",
     "EpochPlan",
     "FieldFeatureMapping",
     "FrameChecker",
-    "GroupReader",
     "InvalidRequestError",
     "LowWater",
     "ManagerFeatureMapping",
     "MetadataNetworkSettings",
     "NotFoundError",
     "NotPrimedError",
-    "Outage",
     "PayloadError",
     "PipelinedReader",
     "PlanError",
     "PrimeCancelledError",
-    "PrimeLog",
-    "PrimeWait",
-    "Ranks",
     "RetryPolicy",
     "StaleStoreError",
     "StoreBusyError",
     "StoreError",
-    "StoreIdentity",
     "TorchConfig",
     "TransportError",
     "VectorizerError",
     "VectorizerMetadata",
     "body_buffer",
     "copy_to_device",
-    "detect_rank",
     "error_for_code",
     "resolve_rank",
     "wire",
