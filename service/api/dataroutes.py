@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from batchstash.client import BatchstashError, NotFoundError
 from batchstash.client.frames import FRAMES_MEDIA_TYPE
-from batchstash.service.store.local import nbytes
+from batchstash.service.store.backend import nbytes
 
 from .deps import check_read_token
 from .errors import error_body, error_headers
@@ -61,7 +61,7 @@ class Reply:
     """One response: status, headers, and the body as chunks.
 
     A chunk is a buffer (mapped store bytes included) or a stored file held open
-    (:class:`~batchstash.service.store.local.StoredFile`, sent with ``sendfile``).
+    (a :class:`~batchstash.service.store.backend.Sendable`, sent with ``sendfile``).
     """
 
     def __init__(
