@@ -40,8 +40,8 @@ ALLOWED = {
         "service.factory",
     },
     "service.examples": {"client", "service.dataset", "service.stash"},
-    "service.api": {"client", "service.config", "service.store", "service.prime", "service.stash"},
-    "service.server": {"service.api", "service.config", "service.logs"},
+    "service.api": {"client", "service.config", "service.store", "service.prime"},
+    "service.server": {"service.api", "service.config", "service.logs", "service.prime"},
     "service.cli": {"client", "service.config", "service.server"},
     "service": None,  # the package __init__: re-exports
 }
