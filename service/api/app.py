@@ -20,6 +20,7 @@ from .datapath import advertise_data_port
 from .docs import install_docs
 from .errors import install_error_handlers
 from .metrics import Metrics, RequestMetrics
+from .openapi import install_openapi
 from .routes import admin, batches, health
 from .state import ServerState, prime_inputs
 
@@ -96,6 +97,7 @@ def create_app(settings: Settings, inputs: PrimeInputs | None = None) -> FastAPI
     app.include_router(admin.router)
     app.include_router(health.router)
     if docs:
+        install_openapi(app, state, [batches.router, admin.router, health.router])
         install_docs(app)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(advertise_data_port, state=state)

@@ -258,6 +258,15 @@ class StoreReader:
             "groups", info, lambda i: {name: frozenset(name.split("+")) for name in i.groups}
         )
 
+    def attributes(self) -> set[str]:
+        """The attribute names the store serves.
+
+        Raises:
+            NotPrimedError: see :meth:`info`.
+            StaleStoreError: the store was encoded with another configuration.
+        """
+        return {a for g in self._groups(self.check_fresh()).values() for a in g}
+
     def resolve(self, info: StoreInfo, attributes: Iterable[str] | None) -> set[str] | None:
         """The attributes to serve (``None``: every stored one)."""
         if attributes is None:
