@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from batchstash.client import (
     BatchFieldMetadata,
     BatchMetadata,
     ConfigBatchFeatureMapping,
+    TorchConfig,
     VectorizerError,
     wire,
 )
@@ -31,7 +32,7 @@ from .dataset.vectorize import FeatureVectorizerManagerSet
 from .store import layout
 from .store.records import FORMAT as STORE_FORMAT
 
-__all__ = ["Encoder", "seeded"]
+__all__ = ["BatchOwner", "Encoder", "seeded"]
 
 
 @contextmanager
@@ -58,6 +59,31 @@ def qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+class BatchOwner(Protocol):
+    """What the encoder hands its batches and data points as their ``batch_stash``.
+
+    It is the user's ``BatchStash``: ``DataPoint.batch_stash`` and ``DefaultBatch(batch_stash,
+    ...)`` are the reference's contract, and a data point may read anything of its stash. A
+    :class:`~batchstash.service.dataset.batch.DefaultBatch` reads these.
+    """
+
+    @property
+    def batch_metadata(self) -> BatchMetadata:
+        """Fields, vectorizers, shapes, dtypes and label classes of the batches."""
+
+    @property
+    def model_torch_config(self) -> TorchConfig:
+        """The device and dtype a batch's ``to()`` copies to."""
+
+    @property
+    def batch_feature_mappings(self) -> BatchFeatureMapping:
+        """Which attribute each vectorizer encodes."""
+
+    @property
+    def vectorizer_manager_set(self) -> FeatureVectorizerManagerSet:
+        """The vectorizers, by manager."""
+
+
 class Encoder:
     """Everything that determines the stored bytes, and the encoding of one id set.
 
@@ -71,7 +97,7 @@ class Encoder:
         batch_limit: the most batches made per split.
         seed: the shuffle of ``train`` and each batch's seed.
         groups: the attribute groups stored together.
-        owner: what batches and data points see as their ``batch_stash``.
+        owner: what batches and data points see as their ``batch_stash`` (the stash).
 
     Raises:
         BatchError: a field names a missing vectorizer, the label attribute is not mapped, or
@@ -89,7 +115,7 @@ class Encoder:
         batch_limit: int,
         seed: int,
         groups: Sequence[frozenset[str]],
-        owner: Any = None,
+        owner: BatchOwner,
     ) -> None:
         self.split_stash_container = split_stash_container
         self.vectorizer_manager_set = vectorizer_manager_set

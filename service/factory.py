@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from batchstash.client import BatchError
+from batchstash.client import BatchError, BatchstashError
 
-__all__ = ["load_factory"]
+__all__ = ["call_factory", "load_factory"]
 
 
 def load_factory(spec: str) -> Callable[..., Any]:
@@ -34,3 +34,27 @@ def load_factory(spec: str) -> Callable[..., Any]:
     if not callable(factory):
         raise BatchError(f"dataset factory {spec!r} is not callable")
     return factory  # type: ignore[no-any-return]
+
+
+def call_factory(spec: str, kwargs: Mapping[str, Any]) -> Any:
+    """Import the factory named ``package.module:function`` and call it with ``kwargs``.
+
+    Whatever the user's factory raises becomes one readable line, its cause chained.
+
+    Raises:
+        BatchError: the factory cannot be imported, does not take these options, or failed.
+    """
+    make = load_factory(spec)
+    try:
+        return make(**kwargs)
+    except TypeError as exc:
+        if "argument" not in str(exc):
+            raise BatchError(f"dataset factory {spec!r} failed: TypeError: {exc}") from exc
+        raise BatchError(
+            f"dataset factory {spec!r} does not take these options "
+            f"({', '.join(sorted(kwargs))}): {exc}"
+        ) from None
+    except BatchstashError:
+        raise
+    except Exception as exc:  # the user's factory: one readable line, the cause chained
+        raise BatchError(f"dataset factory {spec!r} failed: {type(exc).__name__}: {exc}") from exc

@@ -11,9 +11,10 @@ import uvicorn
 from .api import create_app
 from .api.datapath import start_data_listener
 from .api.protocol import http_protocol
-from .api.state import build_stash
+from .api.state import prime_inputs
 from .config import Settings
 from .logs import configure_logging, log_config
+from .prime.run import prime_store
 
 __all__ = ["prime_once", "serve"]
 
@@ -29,8 +30,8 @@ def prime_once(settings: Settings) -> int:
         BatchstashError: the prime failed (a vectorizer, the store, another job holds the
             lease); the caller exits non-zero.
     """
-    stash = build_stash(settings)
-    stash.backend.check()
+    inputs = prime_inputs(settings)
+    inputs.backend.check()
     started = last = time.monotonic()
     done: dict[str, tuple[int, int]] = {}
 
@@ -48,18 +49,23 @@ def prime_once(settings: Settings) -> int:
                 split,
                 count,
                 total,
-                extra={"stored": stored, "planned": planned, "split": split, "done": count,
-                       "total": total},
+                extra={
+                    "stored": stored,
+                    "planned": planned,
+                    "split": split,
+                    "done": count,
+                    "total": total,
+                },
             )
 
-    fingerprint = stash.config_hash[:12]
+    fingerprint, store = inputs.encoder.fingerprint[:12], inputs.backend.url
     logger.info(
         "priming %s (fingerprint %s)",
-        stash.path,
+        store,
         fingerprint,
-        extra={"store": stash.path, "fingerprint": fingerprint},
+        extra={"store": store, "fingerprint": fingerprint},
     )
-    encoded = stash.prime(progress=progress)
+    encoded = prime_store(inputs, progress=progress)
     seconds = time.monotonic() - started
     logger.info(
         "prime done: %d batches encoded in %.1f s, the store is primed",

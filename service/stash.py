@@ -16,7 +16,6 @@ from batchstash.client import (
     BatchError,
     BatchFeatureMapping,
     BatchMetadata,
-    BatchstashError,
     ConflictError,
     CorruptStoreError,
     InvalidRequestError,
@@ -34,10 +33,11 @@ from .dataset.idset import DataPointIDSet
 from .dataset.split import SplitStashContainer
 from .dataset.vectorize import FeatureVectorizerManager, FeatureVectorizerManagerSet
 from .encode import Encoder
-from .factory import load_factory
-from .prime.executors import make_executor
-from .prime.plan import clear_store, ensure_plan, split_totals
+from .factory import call_factory
+from .prime.inputs import PrimeInputs
+from .prime.plan import clear_store, describe_store, split_totals
 from .prime.run import ProgressCallback, prime_store
+from .prime.work import Recipe
 from .store import layout
 from .store.backend import open_backend
 from .store.lease import JobLease, JobState
@@ -134,22 +134,7 @@ class BatchStash:
             factory: ``package.module:function`` returning a :class:`BatchStash`.
             **kwargs: JSON-able keyword arguments of the factory (e.g. ``path``).
         """
-        make = load_factory(factory)
-        try:
-            stash = make(**kwargs)
-        except TypeError as exc:
-            if "argument" not in str(exc):
-                raise BatchError(f"dataset factory {factory!r} failed: TypeError: {exc}") from exc
-            raise BatchError(
-                f"dataset factory {factory!r} does not take these options "
-                f"({', '.join(sorted(kwargs))}): {exc}"
-            ) from None
-        except BatchstashError:
-            raise
-        except Exception as exc:  # the user's factory: one readable line, the cause chained
-            raise BatchError(
-                f"dataset factory {factory!r} failed: {type(exc).__name__}: {exc}"
-            ) from exc
+        stash = call_factory(factory, kwargs)
         if not isinstance(stash, BatchStash):
             raise BatchError(
                 f"dataset factory {factory!r} returned {type(stash).__name__}, not a BatchStash"
@@ -304,13 +289,9 @@ class BatchStash:
 
     def describe(self) -> None:
         """Write the plan and the store's description if the store has none (nothing encoded)."""
-        if self.backend.version(layout.STORE_INFO) is not None:
-            return
-        lease = self.acquire_lease("plan")
         try:
-            ensure_plan(self.backend, self.encoder, self.decoded_attributes)
+            describe_store(self.backend, self.encoder, self.decoded_attributes)
         finally:
-            lease.finish(JobState.DONE)
             self.reader.refresh()
 
     def prime(
@@ -340,20 +321,9 @@ class BatchStash:
                 lease.finish(JobState.FAILED)
             raise ConflictError("a prime is already running")
         try:
-            lease = lease or self.acquire_lease("prime")
-            spec = {
-                "store_url": self.path,
-                "factory": self.factory,
-                "factory_kwargs": self.factory_kwargs,
-            }
             return prime_store(
-                lease,
-                self.backend,
-                self.encoder,
-                make_executor(self.executor, self.workers, self.ray_address),
-                spec,
-                decoded_attributes=self.decoded_attributes,
-                chunk_size=self.chunk_size,
+                self.prime_inputs(),
+                lease=lease,
                 progress=progress,
                 cancel=cancel,
                 demand=self.reader.demand,  # batches the server's reads found missing go first
@@ -361,6 +331,18 @@ class BatchStash:
         finally:
             self.reader.refresh()  # this process wrote the records: read them again
             self._priming.release()
+
+    def prime_inputs(self) -> PrimeInputs:
+        """What :meth:`prime` primes with: this stash's encoder, store and executor settings."""
+        recipe = None if self.factory is None else Recipe(self.factory, self.factory_kwargs)
+        return PrimeInputs.of(
+            self,
+            recipe,
+            executor=self.executor,
+            workers=self.workers,
+            chunk_size=self.chunk_size,
+            address=self.ray_address,
+        )
 
     @property
     def is_priming(self) -> bool:

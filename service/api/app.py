@@ -1,4 +1,4 @@
-"""The application factory: ``create_app(settings)`` builds the stash and wires the routes."""
+"""The application factory: ``create_app(settings)`` builds the reader and the job, wires routes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from fastapi import FastAPI
 
 from batchstash.client import ConflictError
 from batchstash.service.config import Settings
+from batchstash.service.prime.inputs import PrimeInputs
 from batchstash.service.prime.job import PrimeJob
-from batchstash.service.stash import BatchStash
 from batchstash.service.store.backend import open_backend
 from batchstash.service.store.reader import StoreReader
 
@@ -20,49 +20,54 @@ from .datapath import advertise_data_port
 from .docs import install_docs
 from .errors import install_error_handlers
 from .metrics import Metrics, RequestMetrics
+from .openapi import install_openapi
 from .routes import admin, batches, health
-from .state import ServerState, build_stash, object_cache
+from .state import ServerState, prime_inputs
 
 __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, stash: BatchStash | None = None) -> FastAPI:
+def create_app(settings: Settings, inputs: PrimeInputs | None = None) -> FastAPI:
     """Build the FastAPI app serving the store at ``settings.data_dir``.
 
-    With role ``all`` the dataset factory builds the stash (or ``stash`` is given, in tests),
-    which primes the store and describes it on start if it has no plan yet; with role ``serve``
-    no dataset code is imported: every read comes from the store alone.
+    With role ``all`` the dataset factory builds what the job primes with (or ``inputs`` are
+    given, in tests), and the store is described on start if it has no plan yet; with role
+    ``serve`` no dataset code is imported: every read comes from the store alone.
 
     Args:
         settings: the server settings.
-        stash: a ready stash (tests); by default the dataset factory builds one in ``data_dir``.
+        inputs: what the job primes with (tests); by default the dataset factory's, in
+            ``data_dir``, with the settings' executor.
 
     Raises:
         StoreError: the store cannot be used (a file where a directory should be, unwritable).
     """
     if settings.role == "serve":
-        stash = None
+        inputs = None
         backend = open_backend(settings.data_dir)
         expect, default = None, None
     else:
-        stash = stash or build_stash(settings)
-        backend = stash.backend
-        expect, default = stash.config_hash, stash.decoded_attributes
+        inputs = inputs or prime_inputs(settings)
+        backend = inputs.backend
+        expect, default = inputs.encoder.fingerprint, inputs.decoded_attributes
     backend.check()
-    reader = StoreReader(
-        backend, expect, default, settings.records_refresh_s, cache=object_cache(settings, backend)
+    reader = StoreReader.serving(
+        backend,
+        expect,
+        default,
+        settings.records_refresh_s,
+        cache_dir=settings.cache_dir,
+        cache_max_bytes=settings.cache_max_bytes,
     )
-    if stash is not None:
-        stash.reader = reader  # in-process loads share the server's record cache
-        try:
-            stash.describe()
-        except ConflictError:
-            pass  # a job elsewhere holds the store's lease: it writes the plan
     metrics = Metrics()
-    job = PrimeJob(backend, reader, stash, metrics.observe_job)
-    state = ServerState(settings, reader, job, metrics, settings.admin_token(), stash)
+    job = PrimeJob(reader, inputs, metrics.observe_job)
+    try:
+        job.describe()
+    except ConflictError:
+        pass  # a job elsewhere holds the store's lease: it writes the plan
+    state = ServerState(settings, reader, job, metrics, settings.admin_token())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -92,6 +97,7 @@ def create_app(settings: Settings, stash: BatchStash | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(health.router)
     if docs:
+        install_openapi(app, state, [batches.router, admin.router, health.router])
         install_docs(app)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(advertise_data_port, state=state)
@@ -104,7 +110,7 @@ def log_summary(state: ServerState) -> None:
     The same facts are the line's fields (``log_format=json``).
     """
     settings, reader = state.settings, state.reader
-    stash = state.stash
+    dataset = state.has_dataset
     primed, address = reader.is_primed, f"{settings.host}:{settings.port}"
     read_only = settings.role == "serve"  # its admin endpoints never change the store
     fields: dict[str, Any] = {
@@ -112,24 +118,24 @@ def log_summary(state: ServerState) -> None:
         "data_port": state.data_port,
         "store": reader.backend.url,
         "role": settings.role,
-        "dataset": settings.dataset if stash is not None else None,
+        "dataset": settings.dataset if dataset else None,
         "fingerprint": (reader.fingerprint or "")[:12] or None,
         "primed": primed,
         "problem": None if primed else reader.problem(),
         "token": state.token is not None,
-        "executor": settings.executor if stash is not None else None,
-        "workers": settings.workers if stash is not None else None,
+        "executor": settings.executor if dataset else None,
+        "workers": settings.workers if dataset else None,
     }
     logger.info(
         "batchstash %s: store %s, role %s, dataset %s, fingerprint %s, %s, token %s%s",
         address + (f" (data {state.data_port})" if state.data_port is not None else ""),
         fields["store"],
         settings.role,
-        settings.dataset if stash is not None else "(none: serving the store alone)",
+        settings.dataset if dataset else "(none: serving the store alone)",
         fields["fingerprint"] or "none yet",
         "primed" if primed else (fields["problem"] or "not primed yet"),
         "on" if state.token else ("off" if read_only else "off (admin endpoints are open)"),
-        f", priming with {settings.executor} x{settings.workers}" if stash is not None else "",
+        f", priming with {settings.executor} x{settings.workers}" if dataset else "",
         extra=fields,
     )
 

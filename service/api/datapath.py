@@ -2,8 +2,9 @@
 
 uvicorn's write path is non-blocking: what the socket does not take at once is copied into the
 transport's buffer and written on later wake-ups, chunk by chunk, on the one event-loop thread.
-For megabytes of mapped batch bytes a request that is a copy and several wake-ups per batch, which
-measured 2.5 x the CPU per GB of a plain ``sendall``. This listener answers the two batch routes,
+For megabytes of mapped batch bytes a request, that is a copy and several wake-ups per batch,
+where a blocking ``sendall`` hands the kernel the bytes once. This listener answers the two
+batch routes,
 
 * ``GET /v1/splits/{split}/payloads?ids=...&attributes=...``
 * ``GET /v1/splits/{split}/batches/{batch_id}?attributes=...`` (``If-None-Match`` too)
@@ -20,16 +21,14 @@ speed, not function.
 The API advertises the port in the ``X-Batchstash-Data-Port`` header; clients send their batch
 requests there (see :class:`batchstash.client.endpoints.Endpoint`).
 
-A stored object that verified before reaches the listener unread: the reader holds the file
-open at the version that verified (:class:`~batchstash.service.store.local.StoredFile`) and it
-goes out from that descriptor, either with ``os.sendfile`` (the kernel sends from the page cache,
-no mapping, no read, no copy in Python; the memory before it, head and frame prefix, goes with
+A stored object that verified before reaches the listener unread: the reader holds it open at
+the version that verified (a :class:`~batchstash.service.store.backend.Sendable`) and it goes
+out from that descriptor, either with ``os.sendfile`` (the kernel sends from the page cache, no
+mapping, no read, no copy in Python; the memory before it, head and frame prefix, goes with
 ``MSG_MORE``) or mapped and sent with ``sendmsg``; the descriptor is closed once the reply is
-sent. Which way costs less depends on the machine (on loopback ``sendfile`` cost 0.7 x the server
-CPU per GB of the mapped pages on a 2-core AMD VM, 1.3-1.4 x on a 2-core Intel VM), so by default
-(``data_sendfile=auto``) :class:`~.sending.SendWays` tries both while it serves and keeps the
-cheaper. A reply holds a descriptor per object, so :func:`start_data_listener` raises the
-open-files soft limit.
+sent. Which way costs less CPU depends on the machine, so by default (``data_sendfile=auto``)
+:class:`~.sending.SendWays` tries both while it serves and keeps the cheaper. A reply holds a
+descriptor per object, so :func:`start_data_listener` raises the open-files soft limit.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from batchstash.client import InvalidRequestError
-from batchstash.service.store.local import StoredFile, nbytes
+from batchstash.service.store.backend import Sendable, nbytes
 
 from .dataroutes import DataRoutes, Reply, error_reply
 from .http1 import ProtocolError, Request, RequestParser, response_head
@@ -265,7 +264,7 @@ class DataListener:
         buffers.extend(reply.chunks)
         conn.settimeout(self.send_timeout)
         ways = self.ways
-        if ways is None or not any(isinstance(c, StoredFile) for c in reply.chunks):
+        if ways is None or not any(isinstance(c, Sendable) for c in reply.chunks):
             send_chunks(conn, buffers, self.sendfile)
             return
         sendfile = ways.way()

@@ -17,9 +17,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from batchstash.client import BatchstashError, NotFoundError
 from batchstash.client.frames import FRAMES_MEDIA_TYPE
-from batchstash.service.store.local import nbytes
+from batchstash.service.store.backend import nbytes
 
-from .deps import check_read_token
+from .deps import bearer_token, check_read_token
 from .errors import error_body, error_headers
 from .reads import (
     FINGERPRINT_HEADER,
@@ -61,7 +61,7 @@ class Reply:
     """One response: status, headers, and the body as chunks.
 
     A chunk is a buffer (mapped store bytes included) or a stored file held open
-    (:class:`~batchstash.service.store.local.StoredFile`, sent with ``sendfile``).
+    (a :class:`~batchstash.service.store.backend.Sendable`, sent with ``sendfile``).
     """
 
     def __init__(
@@ -146,8 +146,7 @@ class DataRoutes:
         )
 
     def _authorize(self, header: str | None) -> None:
-        scheme, _, given = (header or "").partition(" ")
-        check_read_token(self.state, given.strip() if scheme.lower() == "bearer" else "")
+        check_read_token(self.state, bearer_token(header))
 
     def _payloads(self, split: str, query: dict[str, str]) -> Reply:
         if "ids" not in query:

@@ -1,4 +1,9 @@
-"""Request dependencies: the server state and bearer-token checks (``Annotated`` aliases)."""
+"""Request dependencies: the server state and bearer-token checks (``Annotated`` aliases).
+
+The token checks read the ``Authorization`` header themselves: the OpenAPI document says where
+the server asks for the token in its configuration (:mod:`.openapi`), which a security
+dependency would mark as required on every route.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,21 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from batchstash.client import AuthError
 
 from .state import ServerState
 
-__all__ = ["AdminAccess", "ReadAccess", "State", "check_read_token", "check_token"]
-
-_bearer = HTTPBearer(auto_error=False, description="The server's token (BATCHSTASH_TOKEN)")
+__all__ = [
+    "AdminAccess",
+    "ReadAccess",
+    "State",
+    "bearer_token",
+    "check_read_token",
+    "check_token",
+    "require_admin",
+    "require_read",
+]
 
 
 def get_state(request: Request) -> ServerState:
@@ -24,7 +35,12 @@ def get_state(request: Request) -> ServerState:
 
 
 State = Annotated[ServerState, Depends(get_state)]
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header (``""``: none given)."""
+    scheme, _, given = (authorization or "").partition(" ")
+    return given.strip() if scheme.lower() == "bearer" else ""
 
 
 def check_token(state: ServerState, given: str) -> None:
@@ -46,18 +62,14 @@ def check_read_token(state: ServerState, given: str) -> None:
         check_token(state, given)
 
 
-def _check(state: ServerState, credentials: HTTPAuthorizationCredentials | None) -> None:
-    check_token(state, "" if credentials is None else credentials.credentials)
-
-
-def require_admin(state: State, credentials: Credentials) -> None:
+def require_admin(state: State, request: Request) -> None:
     """Admin endpoints need the token whenever one is configured."""
-    _check(state, credentials)
+    check_token(state, bearer_token(request.headers.get("authorization")))
 
 
-def require_read(state: State, credentials: Credentials) -> None:
+def require_read(state: State, request: Request) -> None:
     """Reads need the token only when ``read_requires_token`` is set."""
-    check_read_token(state, "" if credentials is None else credentials.credentials)
+    check_read_token(state, bearer_token(request.headers.get("authorization")))
 
 
 AdminAccess = Depends(require_admin)

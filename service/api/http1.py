@@ -1,13 +1,12 @@
 """HTTP/1.1 framing for the data listener: requests parsed by httptools, response heads written.
 
 The listener's requests are small GETs and its answers are megabytes of stored bytes, so what
-HTTP costs there is a fixed cost a request. h11 (pure Python) cost about 40 us a request cycle
-(parse a request, write a head, start the next cycle); httptools, the C parser (llhttp) uvicorn
-itself runs on, parses one in about 1 us, and a head is a string join. What h11 checked is kept:
-heads longer than ``max_head`` (``414`` for the request line, ``431`` for the headers), bodies
-longer than ``max_body`` (``413``), anything malformed (``400``), keep-alive by the request's
-version and ``Connection`` header, pipelined requests answered in order, and header values of a
-reply refused if they hold a line break.
+HTTP costs there is a fixed cost a request: requests are parsed by httptools, the C parser
+(llhttp) uvicorn itself runs on, and a head is a string join. The parser refuses heads longer
+than ``max_head`` (``414`` for the request line, ``431`` for the headers), bodies longer than
+``max_body`` (``413``) and anything malformed (``400``); keep-alive follows the request's
+version and ``Connection`` header, pipelined requests are answered in order, and a reply's
+header values are refused if they hold a line break.
 """
 
 from __future__ import annotations

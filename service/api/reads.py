@@ -17,7 +17,7 @@ import xxhash
 from batchstash.client import InvalidRequestError
 from batchstash.client.frames import frame_prefix
 from batchstash.client.headers import DATA_PORT_HEADER, FINGERPRINT_HEADER
-from batchstash.service.store.local import nbytes
+from batchstash.service.store.backend import nbytes
 from batchstash.service.store.reader import StoreReader
 from batchstash.service.store.records import StoreInfo
 

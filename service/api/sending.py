@@ -1,15 +1,13 @@
 """Writing a reply's bytes to a socket: memory with ``sendmsg``, stored files with ``sendfile``.
 
 Used by the data listener (:mod:`.datapath`) for every response. A stored object that verified
-before reaches it unread, as the :class:`~batchstash.service.store.local.StoredFile` the reader
+before reaches it unread, as the :class:`~batchstash.service.store.backend.Sendable` the reader
 holds open at that version; it goes out with ``os.sendfile`` from that descriptor, so the bytes
 sent are the inode's that verified even if the key was replaced since. Any other chunk, and
 such a file when ``sendfile`` is off, is sent as memory (the file mapped).
 
-Which of the two ways costs less depends on the machine: on loopback, ``sendfile`` cost 0.7 x
-the server CPU per GB of the mapped pages on a 2-core AMD VM and 1.3-1.4 x on a 2-core Intel VM
-(the client's CPU moved the same way on both). :class:`SendWays` measures it as it serves
-(``data_sendfile=auto``).
+Which of the two ways costs less CPU depends on the machine (see the benchmarks), so
+:class:`SendWays` measures it as it serves (``data_sendfile=auto``).
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..store.local import StoredFile
+from batchstash.service.store.backend import Sendable
 
 __all__ = ["SendWays", "close_files", "send_all", "send_chunks"]
 
@@ -52,18 +50,18 @@ def send_all(sock: socket.socket, buffers: list[Any], flags: int = 0) -> None:
 def close_files(chunks: Iterable[Any]) -> None:
     """Close the stored files among a reply's chunks (sent or not)."""
     for chunk in chunks:
-        if isinstance(chunk, StoredFile):
+        if isinstance(chunk, Sendable):
             chunk.close()
 
 
-def _sendfile(sock: socket.socket, stored: StoredFile) -> None:
+def _sendfile(sock: socket.socket, stored: Sendable) -> None:
     """Send the whole held-open file with ``os.sendfile`` (its inode, whatever the path holds)."""
     size, offset, timeout = stored.size, 0, sock.gettimeout()
-    out = sock.fileno()
+    out, source = sock.fileno(), stored.fileno()
     poller: select.poll | None = None
     while offset < size:
         try:
-            sent = os.sendfile(out, stored.fd, offset, size - offset)
+            sent = os.sendfile(out, source, offset, size - offset)
         except BlockingIOError:  # the socket has a timeout, so it is non-blocking
             if poller is None:
                 poller = select.poll()
@@ -85,7 +83,7 @@ def send_chunks(sock: socket.socket, buffers: list[Any], sendfile: bool = True) 
     """
     pending: list[Any] = []
     for chunk in buffers:
-        if not isinstance(chunk, StoredFile):
+        if not isinstance(chunk, Sendable):
             pending.append(chunk)
         elif not sendfile:
             pending.append(chunk.view())
@@ -105,13 +103,12 @@ class SendWays:
     ``window_bytes``, ``windows`` of each, and each window's cost is this process's CPU time
     (every thread, kernel time included) per byte sent in it. The process's, not the sending
     thread's: on loopback much of a send's kernel work runs later, in whichever thread takes
-    the acknowledgements, and ``sendfile``'s part of it was invisible to the thread's own clock
-    (measured: 0.23-0.37 s/GB on the thread against 0.50 for the process). Then the way whose
-    median window cost less is kept, ``sendfile`` unless the mapped pages cost ``margin`` times
-    as much or less; after ``retrial_bytes`` more the trial runs again, so a change of load or
-    peers is followed (the choice is logged when it changes). Other work of the process (API
-    requests) adds to whichever window it falls in: the median of several windows keeps one
-    burst from deciding. Thread safe.
+    the acknowledgements, and ``sendfile``'s part of it does not show on the sending thread's
+    own clock. Then the way whose median window cost less is kept, ``sendfile`` unless the
+    mapped pages cost ``margin`` times as much or less; after ``retrial_bytes`` more the trial
+    runs again, so a change of load or peers is followed (the choice is logged when it
+    changes). Other work of the process (API requests) adds to whichever window it falls in:
+    the median of several windows keeps one burst from deciding. Thread safe.
 
     Args:
         window_bytes: bytes sent in one window.

@@ -1,72 +1,109 @@
 """Priming executors by name: where the encoding of id sets runs (``EXECUTORS``).
 
-Each runs the same plain-data task (:mod:`.worker`): a chunk of id sets plus a
-:class:`WorkSpec` naming the importable dataset factory and the store, so a worker rebuilds
-everything itself and writes straight into the store. Nothing is pickled but plain data. Chunks
-are taken from their iterable only when there is room for one (a few per worker in flight), so
-the priming order can change while it runs (:class:`.schedule.WorkQueue`).
+Each runs the same plain-data task (:mod:`.worker`): a chunk of id sets plus the prime's
+:class:`~.work.Work`, so a worker rebuilds the dataset from its importable factory and writes
+straight into the store. Nothing is pickled but plain data. Chunks are taken from their iterable
+only when there is room for one (:func:`submit_bounded`: a few per worker in flight), so the
+priming order can change while it runs (:class:`.schedule.WorkQueue`).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import multiprocessing
 import os
 import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from batchstash.client import BatchError, PrimeCancelledError
 from batchstash.service.dataset.idset import DataPointIDSet
 
 from ..logs import worker_log_config
 from . import guard, worker
+from .work import Work
 
 __all__ = [
     "EXECUTORS",
+    "Chunk",
     "Executor",
     "InlineExecutor",
     "OnDone",
     "ProcessExecutor",
-    "WorkSpec",
     "make_executor",
+    "submit_bounded",
 ]
 
 logger = logging.getLogger(__name__)
 
+Chunk = Sequence[DataPointIDSet]
+"""The id sets of one task."""
+
 OnDone = Callable[[DataPointIDSet, int], None]
 """Called in the priming process as ``on_done(id_set, bytes_written)`` per stored batch."""
 
+Handle = TypeVar("Handle", bound=Hashable)
 
-@dataclass(frozen=True)
-class WorkSpec:
-    """What a worker needs to encode and store id sets, as plain data.
+WAIT_S = 0.1
+"""How long one wait for a finished task lasts: cancel is noticed this often."""
 
-    Attributes:
-        store_url: the store to write into.
-        factory: the ``module:function`` that builds the stash (``None``: in-process only).
-        factory_kwargs: its JSON-able keyword arguments.
-        fingerprint: the plan's fingerprint (workers never recompute it).
-        generation: the plan's generation.
-        groups: the attribute groups, as sorted lists.
+
+def submit_bounded(
+    chunks: Iterable[Chunk],
+    limit: int,
+    submit: Callable[[Chunk], Handle],
+    finished: Callable[[list[Handle]], Iterable[Handle]],
+    result: Callable[[Handle], Sequence[int]],
+    on_done: OnDone,
+    cancel: threading.Event,
+    abandon: Callable[[list[Handle]], None] | None = None,
+) -> None:
+    """Run every chunk as a task, at most ``limit`` submitted at once, to the end or first error.
+
+    A chunk is taken from ``chunks`` only when a task slot frees: enough submitted to keep every
+    worker busy, few enough that the next chunk is chosen late (a demanded batch waits for about
+    one chunk a worker).
+
+    Args:
+        chunks: the id sets, one chunk per task.
+        limit: tasks submitted and not finished at most.
+        submit: starts a task; returns its handle.
+        finished: the handles of those given that finished, waiting at most :data:`WAIT_S`.
+        result: a finished task's bytes written per id set, or its error raised.
+        on_done: called for each stored id set.
+        cancel: set it to stop; raises :class:`PrimeCancelledError`.
+        abandon: called with the tasks still in flight when this stops early.
     """
+    todo = iter(chunks)
+    flight: dict[Handle, Chunk] = {}
+    try:
+        while True:
+            if cancel.is_set():
+                raise PrimeCancelledError("prime cancelled")
+            while len(flight) < limit:
+                chunk = next(todo, None)
+                if chunk is None:
+                    break
+                flight[submit(chunk)] = chunk
+            if not flight:
+                return
+            for handle in finished(list(flight)):
+                for id_set, size in zip(flight.pop(handle), result(handle), strict=True):
+                    on_done(id_set, size)
+    finally:
+        if flight and abandon is not None:
+            abandon(list(flight))
 
-    store_url: str
-    factory: str | None
-    factory_kwargs: dict[str, Any]
-    fingerprint: str
-    generation: str
-    groups: list[list[str]]
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return asdict(self)
+def plain(chunk: Chunk) -> list[dict[str, Any]]:
+    """A chunk as the plain data a worker takes."""
+    return [s.to_dict() for s in chunk]
 
 
 class Executor(ABC):
@@ -74,18 +111,21 @@ class Executor(ABC):
 
     Args:
         workers: how many tasks run at once.
-        ray_address: the Ray cluster to join (``ray`` only; ``""`` starts a local one).
     """
 
-    def __init__(self, workers: int, ray_address: str = "") -> None:
+    def __init__(self, workers: int) -> None:
         self.workers = workers
-        self.ray_address = ray_address
+
+    @property
+    def limit(self) -> int:
+        """Tasks submitted at once: two a worker."""
+        return 2 * max(self.workers, 1)
 
     @abstractmethod
     def run(
         self,
-        chunks: Iterable[Sequence[DataPointIDSet]],
-        spec: WorkSpec,
+        chunks: Iterable[Chunk],
+        work: Work,
         local: Callable[[DataPointIDSet], int],
         on_done: OnDone,
         cancel: threading.Event,
@@ -94,7 +134,7 @@ class Executor(ABC):
 
         Args:
             chunks: the id sets, one list per task, taken when there is room for a task.
-            spec: the plain-data description workers rebuild from.
+            work: what workers rebuild the dataset from and write into.
             local: encodes and stores one id set in this process (returns bytes written).
             on_done: called here for each stored id set.
             cancel: set it to stop; raises :class:`PrimeCancelledError`.
@@ -110,8 +150,8 @@ class InlineExecutor(Executor):
 
     def run(
         self,
-        chunks: Iterable[Sequence[DataPointIDSet]],
-        spec: WorkSpec,
+        chunks: Iterable[Chunk],
+        work: Work,
         local: Callable[[DataPointIDSet], int],
         on_done: OnDone,
         cancel: threading.Event,
@@ -129,8 +169,8 @@ class ProcessExecutor(Executor):
 
     def run(
         self,
-        chunks: Iterable[Sequence[DataPointIDSet]],
-        spec: WorkSpec,
+        chunks: Iterable[Chunk],
+        work: Work,
         local: Callable[[DataPointIDSet], int],
         on_done: OnDone,
         cancel: threading.Event,
@@ -139,12 +179,9 @@ class ProcessExecutor(Executor):
 
         Stops at cancel or the first error.
         """
-        if spec.factory is None:
-            raise BatchError(
-                f"workers={self.workers} needs a stash built with "
-                "BatchStash.from_factory('package.module:function'); "
-                "or set workers=0 to encode in this process"
-            )
+        work.required_recipe(
+            f"workers={self.workers}", "; or set workers=0 to encode in this process"
+        )
         ctx = multiprocessing.get_context("spawn")  # not fork: torch and threads stay safe
         pool = ProcessPoolExecutor(
             max_workers=self.workers,
@@ -152,37 +189,30 @@ class ProcessExecutor(Executor):
             initializer=guard.init_worker,
             initargs=(os.getpid(), worker_log_config()),
         )
-        task = spec.to_dict()
-        todo: Iterator[Sequence[DataPointIDSet]] = iter(chunks)
-        futures: dict[Future[list[int]], Sequence[DataPointIDSet]] = {}
+
+        def finished(futures: list[Future[list[int]]]) -> set[Future[list[int]]]:
+            return wait(futures, timeout=WAIT_S, return_when=FIRST_COMPLETED)[0]
+
         try:
-            while True:
-                if cancel.is_set():
-                    raise PrimeCancelledError("prime cancelled")
-                # enough submitted to keep every worker busy, few enough that the next chunk
-                # is chosen late (a demanded batch waits for about one chunk a worker)
-                while len(futures) < 2 * max(self.workers, 1):
-                    chunk = next(todo, None)
-                    if chunk is None:
-                        break
-                    payload = [s.to_dict() for s in chunk]
-                    futures[pool.submit(worker.encode_chunk, task, payload)] = chunk
-                if not futures:
-                    break
-                done, _ = wait(futures, timeout=0.1, return_when=FIRST_COMPLETED)
-                for future in done:
-                    for id_set, size in zip(futures.pop(future), future.result(), strict=True):
-                        on_done(id_set, size)
+            submit_bounded(
+                chunks,
+                self.limit,
+                lambda chunk: pool.submit(worker.encode_chunk, work, plain(chunk)),
+                finished,
+                lambda future: future.result(),
+                on_done,
+                cancel,
+            )
         except BrokenProcessPool as exc:
             raise BatchError(f"a priming worker died: {exc}{_main_guard_hint()}") from exc
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ray(workers: int, ray_address: str = "") -> Executor:
+def _ray(workers: int, address: str = "") -> Executor:
     from .ray_executor import RayExecutor  # imported only when chosen: the ray extra
 
-    return RayExecutor(workers, ray_address)
+    return RayExecutor(workers, address=address)
 
 
 def _main_guard_hint() -> str:
@@ -199,26 +229,28 @@ def _main_guard_hint() -> str:
         return ""
     return (
         f" (spawned workers import {Path(path).name}, which primes at import time: put the "
-        "priming under `if __name__ == \"__main__\":`)"
+        'priming under `if __name__ == "__main__":`)'
     )
 
 
-EXECUTORS: dict[str, Callable[[int, str], Executor]] = {
+EXECUTORS: dict[str, Callable[..., Executor]] = {
     "inline": InlineExecutor,
     "process": ProcessExecutor,
     "ray": _ray,
 }
-"""Priming executors by name (the ``executor`` setting)."""
+"""Priming executors by name (the ``executor`` setting), each called as ``(workers, **options)``."""
 
 
-def make_executor(name: str, workers: int, ray_address: str = "") -> Executor:
+def make_executor(name: str, workers: int, **options: Any) -> Executor:
     """The executor ``name`` with ``workers`` (``workers=0`` always encodes inline).
 
     Args:
         name: a key of :data:`EXECUTORS`.
         workers: processes (``process``), or tasks in flight (``ray``).
-        ray_address: ``""`` starts a local Ray for this process; ``auto`` or
-            ``ray://host:port`` joins a running cluster.
+        **options: the chosen executor's own options, by name: ``ray`` takes ``address``
+            (``""`` starts a local Ray for this process; ``auto`` or ``ray://host:port`` joins a
+            running cluster). Options the chosen executor does not take are ignored, so a
+            caller passes every executor's settings alike.
 
     Raises:
         BatchError: no executor has that name.
@@ -229,4 +261,5 @@ def make_executor(name: str, workers: int, ray_address: str = "") -> Executor:
         make = EXECUTORS[name]
     except KeyError:
         raise BatchError(f"unknown executor {name!r}; choose one of {sorted(EXECUTORS)}") from None
-    return make(workers, ray_address)
+    taken = inspect.signature(make).parameters
+    return make(workers, **{k: v for k, v in options.items() if k in taken})

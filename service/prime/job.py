@@ -11,58 +11,48 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-from batchstash.client import BatchstashError, ConflictError, NotPrimedError, StaleStoreError
+from batchstash.client import (
+    BatchstashError,
+    ConflictError,
+    NotPrimedError,
+    StaleStoreError,
+)
 
-from ..store.backend import StoreBackend
 from ..store.lease import JobLease, JobRecord, JobState, read_job, request_cancel
 from ..store.reader import StoreReader
-from .plan import clear_store
+from .inputs import PrimeInputs
+from .plan import clear_store, describe_store
+from .run import prime_store
 
-__all__ = ["JobState", "PrimeJob", "Primer"]
+__all__ = ["JobState", "PrimeJob"]
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_LOG_S = 5.0
 
 
-class Primer(Protocol):
-    """What a server with the dataset primes and clears with (``BatchStash``)."""
-
-    def check_fresh(self) -> None:
-        """Raise ``StaleStoreError`` if the store holds another configuration."""
-
-    def acquire_lease(self, kind: str) -> JobLease:
-        """Take the store's job lease for a ``prime`` or ``clear``."""
-
-    def prime(self, progress: Any = None, cancel: Any = None, lease: Any = None) -> int:
-        """Prime under ``lease``."""
-
-    def describe(self) -> None:
-        """Write the plan and the store's description if there is none."""
-
-
 class PrimeJob:
     """Starts, cancels and reports the store's prime; clears it.
 
     Args:
-        backend: the store.
-        reader: the store's reader (split totals before any prime).
-        primer: the stash, when this server has the dataset (``None``: a read-only replica).
+        reader: the store's reader (split totals before any prime, records read again after
+            this process writes them).
+        inputs: what a prime needs, when this server has the dataset (``None``: a read-only
+            replica).
         on_change: called after every progress update (metrics).
     """
 
     def __init__(
         self,
-        backend: StoreBackend,
         reader: StoreReader,
-        primer: Primer | None = None,
+        inputs: PrimeInputs | None = None,
         on_change: Callable[[PrimeJob], None] | None = None,
     ) -> None:
-        self.backend = backend
+        self.backend = reader.backend
         self.reader = reader
-        self.primer = primer
+        self.inputs = inputs
         self._on_change = on_change
         self._cancel = threading.Event()
         self._lock = threading.Lock()
@@ -91,13 +81,20 @@ class PrimeJob:
         record, _ = read_job(self.backend)
         return record is not None and record.kind == "prime" and record.holds_lease()
 
-    def _read_only(self) -> Primer:
-        if self.primer is None:
+    def _read_only(self) -> PrimeInputs:
+        if self.inputs is None:
             raise ConflictError(
                 "this server is a read-only replica (role serve, no dataset): "
                 "prime from a server that has the dataset"
             )
-        return self.primer
+        return self.inputs
+
+    def _check_fresh(self) -> None:
+        """Raise :class:`StaleStoreError` if the store holds another configuration."""
+        try:
+            self.reader.check_fresh()
+        except NotPrimedError:
+            pass  # nothing planned yet (or damaged records a prime repairs): not stale
 
     def start(self) -> bool:
         """Start priming unless a prime runs already (then the caller joins it).
@@ -111,9 +108,9 @@ class PrimeJob:
             ConflictError: a read-only replica, or a clear holds the lease.
             StaleStoreError: the store holds another configuration's batches.
         """
-        if self.primer is None and self._prime_elsewhere():
+        if self.inputs is None and self._prime_elsewhere():
             return False  # a replica joins the prime another server runs
-        primer = self._read_only()
+        inputs = self._read_only()
         with self._lock:
             thread = self._thread
             if thread is not None and thread.is_alive():
@@ -123,9 +120,9 @@ class PrimeJob:
                 thread.join(timeout=30)  # a cancelled prime stops within a task
                 if thread.is_alive():
                     raise ConflictError("the previous prime is still stopping: retry shortly")
-            primer.check_fresh()
+            self._check_fresh()
             try:
-                lease = primer.acquire_lease("prime")
+                lease = JobLease.acquire(self.backend, "prime")
             except ConflictError:
                 if self._prime_elsewhere():
                     return False  # another server primes this store: join its job
@@ -134,14 +131,23 @@ class PrimeJob:
             self._job_id = lease.job_id
             self._counts, self._last_log = {}, time.monotonic()
             self._thread = threading.Thread(
-                target=self._run, args=(primer, lease), name="batchstash-prime", daemon=True
+                target=self._run, args=(inputs, lease), name="batchstash-prime", daemon=True
             )
             self._thread.start()
             return True
 
-    def _run(self, primer: Primer, lease: JobLease) -> None:
+    def _run(self, inputs: PrimeInputs, lease: JobLease) -> None:
         try:
-            encoded = primer.prime(progress=self._progress, cancel=self._cancel, lease=lease)
+            try:
+                encoded = prime_store(
+                    inputs,
+                    lease=lease,
+                    progress=self._progress,
+                    cancel=self._cancel,
+                    demand=self.reader.demand,  # batches the server's reads found missing go first
+                )
+            finally:
+                self.reader.refresh()  # this process wrote the records: read them again
             stored = sum(c[0] for c in self._counts.values())
             logger.info(
                 "prime done: %d batches encoded, %d stored: the store is primed",
@@ -206,8 +212,20 @@ class PrimeJob:
             clear_store(self.backend)
         finally:
             self.reader.refresh()
-        if self.primer is not None:
-            self.primer.describe()  # a server with the dataset keeps serving metadata and splits
+        self.describe()  # a server with the dataset keeps serving metadata and splits
+
+    def describe(self) -> None:
+        """Write the plan and the store's description if there is none (a server with the dataset).
+
+        Raises:
+            ConflictError: the store has no description and another job holds its lease.
+        """
+        if self.inputs is None:
+            return
+        try:
+            describe_store(self.backend, self.inputs.encoder, self.inputs.decoded_attributes)
+        finally:
+            self.reader.refresh()
 
     def snapshot(self) -> dict[str, Any]:
         """The store's job: state, per-split progress, rate, ETA, error, owner."""

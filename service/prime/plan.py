@@ -1,6 +1,6 @@
 """The store's plan on the writer side: made once, read back after, repaired when damaged; clear.
 
-Both functions here run under the store's job lease (:mod:`batchstash.service.store.lease`).
+The functions here run under the store's job lease (:mod:`batchstash.service.store.lease`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..store.backend import StoreBackend
 from ..store.lease import JobLease, JobState
 from ..store.records import Manifest, Plan, StoreInfo, read_record, write_record
 
-__all__ = ["clear_store", "ensure_plan", "split_totals"]
+__all__ = ["clear_store", "describe_store", "ensure_plan", "split_totals"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,25 @@ def ensure_plan(
     if info != wanted:
         write_record(backend, wanted)
     return id_sets, wanted
+
+
+def describe_store(
+    backend: StoreBackend, encoder: Encoder, decoded_attributes: Iterable[str] | None
+) -> None:
+    """Write the plan and the store's description if the store has none (nothing encoded).
+
+    A server with the dataset serves metadata and split counts before any prime.
+
+    Raises:
+        ConflictError: the store has no description and another job holds its lease.
+    """
+    if backend.version(layout.STORE_INFO) is not None:
+        return
+    lease = JobLease.acquire(backend, "plan")
+    try:
+        ensure_plan(backend, encoder, decoded_attributes)
+    finally:
+        lease.finish(JobState.DONE)
 
 
 def clear_store(backend: StoreBackend) -> None:

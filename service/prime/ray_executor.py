@@ -2,8 +2,9 @@
 
 Each Ray task encodes a chunk of id sets from the importable dataset factory and writes straight
 into the store (a shared directory or an object store), exactly as a pool worker does, so the
-bytes are the same. Tasks in flight are bounded; Ray retries a task whose worker or node was
-lost. ``ray`` is imported only when this executor is chosen (the ``ray`` extra).
+bytes are the same. Tasks in flight are bounded (:func:`.executors.submit_bounded`); Ray retries
+a task whose worker or node was lost. ``ray`` is imported only when this executor is chosen (the
+``ray`` extra).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from batchstash.client import BatchError, BatchstashError, PrimeCancelledError
+from batchstash.client import BatchError, BatchstashError
 from batchstash.service.dataset.idset import DataPointIDSet
 
 from . import worker
-from .executors import Executor, OnDone, WorkSpec
+from .executors import WAIT_S, Chunk, Executor, OnDone, plain, submit_bounded
+from .work import Work
 
 __all__ = ["RayExecutor", "encode_chunk_task"]
 
@@ -27,12 +29,12 @@ logger = logging.getLogger(__name__)
 TASK_RETRIES = 3
 
 
-def encode_chunk_task(spec: dict[str, Any], id_sets: list[dict[str, Any]]) -> list[int]:
+def encode_chunk_task(work: Work, id_sets: list[dict[str, Any]]) -> list[int]:
     """A Ray task: one intra-op thread (one task a CPU), then the pool worker's own function."""
     import torch
 
     torch.set_num_threads(1)
-    return worker.encode_chunk(spec, id_sets)
+    return worker.encode_chunk(work, id_sets)
 
 
 def _ray() -> Any:
@@ -50,8 +52,12 @@ class RayExecutor(Executor):
 
     Args:
         workers: tasks in flight at most (and the CPUs of a local Ray).
-        ray_address: ``""`` starts a local Ray; ``auto`` or ``ray://host:port`` joins a cluster.
+        address: ``""`` starts a local Ray; ``auto`` or ``ray://host:port`` joins a cluster.
     """
+
+    def __init__(self, workers: int, *, address: str = "") -> None:
+        super().__init__(workers)
+        self.address = address
 
     def _connect(self, ray: Any) -> None:
         if ray.is_initialized():
@@ -69,52 +75,44 @@ class RayExecutor(Executor):
                 }
             },
         }
-        if self.ray_address:
-            options["address"] = self.ray_address
+        if self.address:
+            options["address"] = self.address
         else:
             options["num_cpus"] = self.workers
-        logger.info("connecting to Ray (%s)", self.ray_address or f"local, {self.workers} CPUs")
+        logger.info("connecting to Ray (%s)", self.address or f"local, {self.workers} CPUs")
         ray.init(**options)
 
     def run(
         self,
-        chunks: Iterable[Sequence[DataPointIDSet]],
-        spec: WorkSpec,
+        chunks: Iterable[Chunk],
+        work: Work,
         local: Callable[[DataPointIDSet], int],
         on_done: OnDone,
         cancel: threading.Event,
     ) -> None:
         """Submit chunks as Ray tasks, at most ``2 * workers`` in flight; stop at cancel."""
-        if spec.factory is None:
-            raise BatchError(
-                "the ray executor needs a stash built with "
-                "BatchStash.from_factory('package.module:function')"
-            )
+        work.required_recipe("the ray executor")
         ray = _ray()
         self._connect(ray)
         task = ray.remote(encode_chunk_task).options(num_cpus=1, max_retries=TASK_RETRIES)
-        plain = spec.to_dict()
-        todo = iter(chunks)  # taken when a task slot frees: the order may change meanwhile
-        flight: dict[Any, Sequence[DataPointIDSet]] = {}
-        try:
-            while True:
-                if cancel.is_set():
-                    raise PrimeCancelledError("prime cancelled")
-                while len(flight) < 2 * max(self.workers, 1):
-                    chunk = next(todo, None)
-                    if chunk is None:
-                        break
-                    flight[task.remote(plain, [s.to_dict() for s in chunk])] = chunk
-                if not flight:
-                    break
-                ready, _ = ray.wait(list(flight), num_returns=1, timeout=0.1)
-                for ref in ready:
-                    chunk = flight.pop(ref)
-                    for id_set, size in zip(chunk, self._result(ray, ref), strict=True):
-                        on_done(id_set, size)
-        finally:
-            for ref in flight:
+
+        def finished(refs: list[Any]) -> list[Any]:
+            return list(ray.wait(refs, num_returns=1, timeout=WAIT_S)[0])
+
+        def abandon(refs: list[Any]) -> None:
+            for ref in refs:
                 ray.cancel(ref)
+
+        submit_bounded(
+            chunks,
+            self.limit,
+            lambda chunk: task.remote(work, plain(chunk)),
+            finished,
+            lambda ref: self._result(ray, ref),
+            on_done,
+            cancel,
+            abandon,
+        )
 
     @staticmethod
     def _result(ray: Any, ref: Any) -> list[int]:

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable
 from typing import Any
 
 from batchstash.client import BatchstashError, PrimeCancelledError, StoreError
 
-from ..encode import Encoder
 from ..store import layout
 from ..store.backend import StoreBackend
 from ..store.demand import Demand
 from ..store.lease import JobLease, JobState, LeaseLostError
 from ..store.records import Manifest, write_record
 from ..store.writer import BatchWriter
-from .executors import Executor, WorkSpec
+from .inputs import PrimeInputs
 from .plan import ensure_plan
 from .schedule import WorkQueue
+from .work import Work
 from .worker import write_batch
 
-__all__ = ["MAX_AUTO_CHUNK", "ProgressCallback", "auto_chunk_size", "chunked", "prime_store"]
+__all__ = ["MAX_AUTO_CHUNK", "ProgressCallback", "auto_chunk_size", "prime_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +39,6 @@ def auto_chunk_size(batches: int, workers: int) -> int:
     one small message each way.
     """
     return max(1, min(MAX_AUTO_CHUNK, batches // (max(workers, 1) * 4)))
-
-
-def chunked(items: list[Any], size: int) -> list[list[Any]]:
-    """Cut ``items`` into chunks of ``size``."""
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class _Heartbeat:
@@ -105,14 +99,9 @@ class _Heartbeat:
 
 
 def prime_store(
-    lease: JobLease,
-    backend: StoreBackend,
-    encoder: Encoder,
-    executor: Executor,
-    spec: dict[str, Any],
+    inputs: PrimeInputs,
     *,
-    decoded_attributes: Iterable[str] | None = None,
-    chunk_size: int = 0,
+    lease: JobLease | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     demand: Demand | None = None,
@@ -120,35 +109,25 @@ def prime_store(
     """Encode and store every planned batch not stored yet, then write the manifest.
 
     Args:
-        lease: the held job lease; finished here in every case.
-        backend: the store.
-        encoder: the dataset definition.
-        executor: where the encoding runs.
-        spec: ``factory``, ``factory_kwargs`` and ``store_url`` for the workers.
-        decoded_attributes: the attributes the store serves by default.
-        chunk_size: id sets per task (``0``: :func:`auto_chunk_size`).
+        inputs: the encoder, the store, the executor and the workers' recipe.
+        lease: the held job lease (else taken here); finished here in every case.
         progress: called once per split at the start, then after every stored batch.
         cancel: set it to stop (raises :class:`PrimeCancelledError`).
-        demand: batches readers were asked for: each goes into the next chunk handed out
-            (also those published in the store by other processes' readers).
+        demand: batches this process's readers were asked for: each goes into the next chunk
+            handed out, as do those other processes' readers publish in the store (``None``:
+            those only).
 
     Returns:
         The number of batches encoded.
+
+    Raises:
+        ConflictError: no lease was given and another job holds the store's.
     """
+    lease = lease or JobLease.acquire(inputs.backend, "prime")
     cancel = cancel or threading.Event()
+    demand = demand if demand is not None else Demand()
     try:
-        encoded = _prime(
-            lease,
-            backend,
-            encoder,
-            executor,
-            spec,
-            decoded_attributes,
-            chunk_size,
-            progress,
-            cancel,
-            demand,
-        )
+        encoded = _prime(lease, inputs, progress, cancel, demand)
     except LeaseLostError:
         raise  # another job owns the record now: write nothing
     except PrimeCancelledError as exc:
@@ -166,20 +145,16 @@ def prime_store(
 
 def _prime(
     lease: JobLease,
-    backend: StoreBackend,
-    encoder: Encoder,
-    executor: Executor,
-    spec: dict[str, Any],
-    decoded_attributes: Iterable[str] | None,
-    chunk_size: int,
+    inputs: PrimeInputs,
     progress: ProgressCallback | None,
     cancel: threading.Event,
-    demand: Demand | None,
+    demand: Demand,
 ) -> int:
+    backend, encoder, executor = inputs.backend, inputs.encoder, inputs.executor
     swept = backend.sweep_temporaries()
     if swept:
         logger.info("removed %d temporary files of interrupted writes", swept)
-    id_sets, info = ensure_plan(backend, encoder, decoded_attributes)
+    id_sets, info = ensure_plan(backend, encoder, inputs.decoded_attributes)
     lease.heartbeat(generation=info.generation)
     writer = BatchWriter(backend, encoder.groups, info.fingerprint, info.generation)
     for generation in _other_generations(backend, info.generation):
@@ -219,19 +194,20 @@ def _prime(
             if progress:
                 progress(split, beat.progress[split][0], totals[split])
 
-        job = WorkSpec(
-            spec["store_url"],
-            spec.get("factory"),
-            dict(spec.get("factory_kwargs") or {}),
+        work = Work(
+            inputs.recipe,
+            backend.url,
             info.fingerprint,
             info.generation,
-            [sorted(g) for g in encoder.groups],
+            tuple(tuple(sorted(g)) for g in encoder.groups),
         )
-        size = chunk_size or auto_chunk_size(len(todo), executor.workers)
+        size = inputs.chunk_size or auto_chunk_size(len(todo), executor.workers)
         queue = WorkQueue(todo, size, demand)
         try:
-            with demand.consuming() if demand is not None else nullcontext():
-                executor.run(queue, job, lambda s: write_batch(encoder, writer, s), on_done, cancel)
+            with demand.consuming():
+                executor.run(
+                    queue, work, lambda s: write_batch(encoder, writer, s), on_done, cancel
+                )
         except PrimeCancelledError:
             if beat.lost is not None:
                 raise beat.lost from None

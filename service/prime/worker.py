@@ -1,8 +1,8 @@
-"""The priming worker: plain data in (a spec and id sets), batch objects written to the store.
+"""The priming worker: plain data in (a :class:`~.work.Work` and id sets), objects written.
 
-A worker rebuilds the dataset from its importable factory (never from pickled closures), opens
-the store by URL and writes each encoded batch itself; only byte counts go back. It dies with the
-process that started it (:mod:`.guard`, its initializer).
+A worker rebuilds the dataset from its importable factory (never from pickled closures), keeps
+its encoder, opens the store by URL and writes each encoded batch itself; only byte counts go
+back. It dies with the process that started it (:mod:`.guard`, its initializer).
 """
 
 from __future__ import annotations
@@ -11,41 +11,39 @@ from typing import Any
 
 import torch
 
-from batchstash.client import BatchError
 from batchstash.service.dataset.idset import DataPointIDSet
 from batchstash.service.encode import Encoder
-from batchstash.service.factory import load_factory
 from batchstash.service.store.backend import open_backend
 from batchstash.service.store.writer import BatchWriter
+
+from .work import Work
 
 __all__ = ["encode_chunk", "write_batch"]
 
 _contexts: dict[str, tuple[Encoder, BatchWriter]] = {}
 
 
-def _context(spec: dict[str, Any]) -> tuple[Encoder, BatchWriter]:
-    key = repr(sorted(spec.items()))
+def _context(work: Work) -> tuple[Encoder, BatchWriter]:
+    key = repr(work)
     if key not in _contexts:
+        recipe = work.required_recipe("a priming worker")
         torch.set_num_threads(1)  # one process per core: no intra-op oversubscription
-        built = load_factory(spec["factory"])(**spec["factory_kwargs"])
-        encoder = getattr(built, "encoder", built)
-        if not isinstance(encoder, Encoder):
-            raise BatchError(f"dataset factory {spec['factory']!r} did not build a BatchStash")
-        groups = [frozenset(g) for g in spec["groups"]]
+        encoder = recipe.build().encoder
+        groups = [frozenset(g) for g in work.groups]
         writer = BatchWriter(
-            open_backend(spec["store_url"]), groups, spec["fingerprint"], spec["generation"]
+            open_backend(work.store_url), groups, work.fingerprint, work.generation
         )
         _contexts[key] = (encoder, writer)
     return _contexts[key]
 
 
-def encode_chunk(spec: dict[str, Any], id_sets: list[dict[str, Any]]) -> list[int]:
+def encode_chunk(work: Work, id_sets: list[dict[str, Any]]) -> list[int]:
     """Encode and store a chunk of id sets (arguments are plain data).
 
     Returns:
         The bytes written for each id set, in order.
     """
-    encoder, writer = _context(spec)
+    encoder, writer = _context(work)
     sizes = []
     for data in id_sets:
         id_set = DataPointIDSet.from_dict(data)

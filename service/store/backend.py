@@ -8,7 +8,7 @@ same few operations; nothing outside ``store/`` sees a path or a bucket:
 | :meth:`~StoreBackend.read` | the whole object as a writable buffer, or :class:`NoSuchKey` |
 | :meth:`~StoreBackend.read_mapped` | the same, possibly mapped read-only (serving) |
 | :meth:`~StoreBackend.read_mapped_versioned` | and the version read, for the verified cache |
-| :meth:`~StoreBackend.open_versioned` | held open unread, with its version (local files only) |
+| :meth:`~StoreBackend.open_versioned` | a :class:`Sendable`: held open unread, with its version |
 | :meth:`~StoreBackend.version` | a token that changes whenever the object is replaced |
 | :meth:`~StoreBackend.write` | all or nothing: readers see the old object or the new one |
 | :meth:`~StoreBackend.create` | write only if the key is absent (the lease's first claim) |
@@ -17,6 +17,7 @@ same few operations; nothing outside ``store/`` sees a path or a bucket:
 | :meth:`~StoreBackend.delete` / :meth:`~StoreBackend.delete_prefix` | remove; absent is fine |
 
 ``BACKENDS`` maps URL schemes to classes: a plain path or ``file://`` is :class:`LocalBackend`.
+What a server sends a stored object from is a :class:`Sendable`, whichever backend made it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from urllib.parse import urlsplit
 
 from batchstash.client import InvalidRequestError
 
-__all__ = ["BACKENDS", "NoSuchKey", "StoreBackend", "open_backend"]
+__all__ = ["BACKENDS", "NoSuchKey", "Sendable", "StoreBackend", "nbytes", "open_backend"]
 
 
 class NoSuchKey(LookupError):
@@ -38,6 +39,48 @@ class NoSuchKey(LookupError):
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
+
+
+class Sendable:
+    """A stored object held open, unread, at the version it was opened: what a server sends.
+
+    :meth:`StoreBackend.open_versioned` returns one where a backend's objects are files on this
+    machine. The data listener hands the kernel :meth:`fileno` (``os.sendfile``) once the
+    reader knows :attr:`version` verified; what needs the bytes takes :meth:`view`. Whoever
+    holds one closes it.
+
+    A plain base class rather than a ``typing.Protocol``: ``isinstance`` runs on every chunk of
+    every reply, and a protocol's runtime check looks up each member every time.
+
+    Attributes:
+        size: the object's size in bytes (``len()`` too).
+        version: its version when opened (the backend's :meth:`StoreBackend.version` format).
+    """
+
+    __slots__ = ()
+
+    size: int
+    version: str
+
+    def __len__(self) -> int:
+        return self.size
+
+    def fileno(self) -> int:
+        """The descriptor the object's bytes are sent from."""
+        raise NotImplementedError
+
+    def view(self) -> memoryview:
+        """The object's bytes, read or mapped."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Let go of the object (a view taken stays valid)."""
+        raise NotImplementedError
+
+
+def nbytes(chunk: Any) -> int:
+    """The bytes of a payload chunk: a buffer, or a :class:`Sendable` held open unread."""
+    return chunk.size if isinstance(chunk, Sendable) else memoryview(chunk).nbytes
 
 
 class StoreBackend(ABC):
@@ -49,6 +92,8 @@ class StoreBackend(ABC):
     records_refresh_s: float = 0.0
     #: how many objects a reader fetches at once for one request (1: one after the other)
     concurrent_reads: int = 1
+    #: whether the objects are files on this machine (a local cache of them would only copy)
+    is_local: bool = False
 
     @abstractmethod
     def read(self, key: str) -> bytearray:
@@ -76,12 +121,12 @@ class StoreBackend(ABC):
         data = self.read_mapped(key)
         return data, before if before is not None and self.version(key) == before else None
 
-    def open_versioned(self, key: str) -> Any | None:
+    def open_versioned(self, key: str) -> Sendable | None:
         """The object held open without reading it, with its version, where it is a local file.
 
-        A :class:`~batchstash.service.store.local.StoredFile` the data listener can send with
-        ``sendfile`` once the reader knows that version verified; ``None`` (the default): this
-        backend's objects are not local files, read them with :meth:`read_mapped_versioned`.
+        A :class:`Sendable` the data listener can send with ``sendfile`` once the reader knows
+        that version verified; ``None`` (the default): this backend's objects are not local
+        files, read them with :meth:`read_mapped_versioned`.
 
         Raises:
             NoSuchKey: the object does not exist.

@@ -14,12 +14,15 @@ import mmap
 import os
 import secrets
 import shutil
+import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ObjectCache"]
+from .backend import StoreBackend
+
+__all__ = ["ObjectCache", "object_cache"]
 
 _MAP_AT = 512 * 1024
 
@@ -90,3 +93,22 @@ class ObjectCache:
                 old, size = self._sizes.popitem(last=False)
                 self._bytes -= size
                 (self.directory / old).unlink(missing_ok=True)
+
+
+def object_cache(
+    backend: StoreBackend, directory: str | None, max_bytes: int
+) -> ObjectCache | None:
+    """A server's cache of verified objects for a remote store (``None`` for local files).
+
+    Args:
+        backend: the store.
+        directory: where the cache keeps its files (``None``: a directory under the system's
+            temp dir, named after the store's URL).
+        max_bytes: the most bytes it holds (``0``: no cache).
+    """
+    if backend.is_local or max_bytes == 0:
+        return None
+    if directory is None:
+        name = hashlib.sha256(backend.url.encode()).hexdigest()[:16]
+        directory = str(Path(tempfile.gettempdir()) / f"batchstash-cache-{name}")
+    return ObjectCache(directory, max_bytes, namespace=backend.url)

@@ -28,11 +28,10 @@ from batchstash.client import (
 )
 
 from . import layout
-from .backend import NoSuchKey, StoreBackend
-from .cache import ObjectCache
+from .backend import NoSuchKey, Sendable, StoreBackend
+from .cache import ObjectCache, object_cache
 from .demand import Demand
 from .lease import read_job
-from .local import StoredFile
 from .records import KEYS, Manifest, StoreInfo, decode_record
 from .verified import VerifiedObjects
 from .writer import check_object
@@ -86,6 +85,30 @@ class StoreReader:
         self._cache: dict[str, tuple[str | None, float, Any]] = {}
         self._derived: dict[str, tuple[StoreInfo, Any]] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def serving(
+        cls,
+        backend: StoreBackend,
+        expect_fingerprint: str | None = None,
+        default_attributes: Iterable[str] | None = None,
+        refresh_s: float | None = None,
+        *,
+        cache_dir: str | None = None,
+        cache_max_bytes: int = 0,
+    ) -> StoreReader:
+        """A server's reader: a remote store's verified objects also kept on local disk.
+
+        Args:
+            backend: the store.
+            expect_fingerprint: see the class.
+            default_attributes: see the class.
+            refresh_s: see the class.
+            cache_dir: where a remote store's objects are cached (``None``: under the temp dir).
+            cache_max_bytes: the most bytes cached (``0``: no cache; local files never are).
+        """
+        cache = object_cache(backend, cache_dir, cache_max_bytes)
+        return cls(backend, expect_fingerprint, default_attributes, refresh_s, cache=cache)
 
     # records -------------------------------------------------------------------------------
 
@@ -235,6 +258,15 @@ class StoreReader:
             "groups", info, lambda i: {name: frozenset(name.split("+")) for name in i.groups}
         )
 
+    def attributes(self) -> set[str]:
+        """The attribute names the store serves.
+
+        Raises:
+            NotPrimedError: see :meth:`info`.
+            StaleStoreError: the store was encoded with another configuration.
+        """
+        return {a for g in self._groups(self.check_fresh()).values() for a in g}
+
     def resolve(self, info: StoreInfo, attributes: Iterable[str] | None) -> set[str] | None:
         """The attributes to serve (``None``: every stored one)."""
         if attributes is None:
@@ -288,7 +320,7 @@ class StoreReader:
         on their data point ids. Serving (``mapped``) skips the tensor checksums of objects that
         verified before and have not changed since; everything else verifies every tensor.
         With ``files`` (serving too) such an object of a local store is not read at all: its
-        source is the :class:`~batchstash.service.store.local.StoredFile` held open at the
+        source is the :class:`~batchstash.service.store.backend.Sendable` held open at the
         version that verified (its header known), for the data listener to ``sendfile``.
 
         Returns:
@@ -316,7 +348,7 @@ class StoreReader:
                 self.demand.add(split, [batch_id])
                 raise
             known = self.verified.header(key, version) if trusted else None
-            if known is None and isinstance(buf, StoredFile):  # its header is no longer kept
+            if known is None and isinstance(buf, Sendable):  # its header is no longer kept
                 buf = buf.view()
             header = check_object(key, buf, group, expect, tensors=not trusted, header=known)
             if mapped and not trusted:  # verified just now
@@ -381,7 +413,7 @@ class StoreReader:
             batch_ids: the batches, in the order of the result.
             attributes: the attributes wanted (``None``: the default ones).
             files: such a whole object of a local store that verified before may be its
-                :class:`~batchstash.service.store.local.StoredFile` (open, unread) instead of
+                :class:`~batchstash.service.store.backend.Sendable` (open, unread) instead of
                 its bytes; without, every chunk is a buffer.
         """
         info = self.check_fresh()
@@ -417,7 +449,7 @@ class StoreReader:
 
 def _bytes(source: Any) -> Any:
     """A source's bytes (a held-open file is read or mapped, then closed)."""
-    if isinstance(source, StoredFile):
+    if isinstance(source, Sendable):
         with closing(source):
             return source.view()
     return source

@@ -126,7 +126,7 @@ def test_a_store_of_another_configuration_is_stale(client: TestClient, tmp_path:
     prime(client)
     other = iris(path=str(tmp_path / "data"), batch_size=10)
     with TestClient(
-        create_app(build_settings(data_dir=tmp_path / "data", token=TOKEN), stash=other)
+        create_app(build_settings(data_dir=tmp_path / "data", token=TOKEN), other.prime_inputs())
     ) as stale:
         assert stale.get("/readyz").status_code == 503
         response = stale.get("/v1/splits/train/batches/0")
@@ -171,7 +171,9 @@ def test_several_batches_in_one_response_as_frames(client: TestClient) -> None:
 def test_a_whole_group_file_is_served_byte_for_byte(tmp_path: Path) -> None:
     stash = iris(path=str(tmp_path / "one"), groups=[{"label", "flower_dims"}])
     stash.prime()
-    with TestClient(create_app(build_settings(data_dir=tmp_path / "one"), stash=stash)) as one:
+    with TestClient(
+        create_app(build_settings(data_dir=tmp_path / "one"), stash.prime_inputs())
+    ) as one:
         served = one.get("/v1/splits/test/batches/1").content
     stored = stored_object(tmp_path / "one", "test", 1, "flower_dims+label")
     assert served == stored.read_bytes()
@@ -203,8 +205,14 @@ def test_the_api_contract_has_no_silent_gaps(client: TestClient, tmp_path: Path)
     assert client.post("/v1/admin/prime", headers=AUTH, json={}).status_code == 202
     schema = client.get("/openapi.json").json()
     responses = schema["paths"]["/v1/splits/{split}/batches/{batch_id}"]["get"]["responses"]
-    for code in ("400", "401", "404", "409", "503"):
-        ref = responses[code]["content"]["application/json"]["schema"]["$ref"]
+    admin = schema["paths"]["/v1/admin/status"]["get"]["responses"]
+    # reads are open on this server (a token, no read_requires_token): no 401 but on admin
+    assert "401" not in responses
+    for code, documented in [
+        *[(c, responses) for c in ("400", "404", "409", "503")],
+        ("401", admin),
+    ]:
+        ref = documented[code]["content"]["application/json"]["schema"]["$ref"]
         assert ref.endswith("/ErrorBody"), code
     assert set(schema["components"]["schemas"]["ErrorBody"]["properties"]) == {"error"}
     assert "detail" not in json.dumps(responses["404"])

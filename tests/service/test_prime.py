@@ -12,8 +12,7 @@ import torch
 
 from batchstash.client import PrimeCancelledError, VectorizerError
 from batchstash.service import BatchStash
-from batchstash.service.dataset.idset import DataPointIDSet
-from batchstash.service.prime.run import MAX_AUTO_CHUNK, auto_chunk_size, chunked
+from batchstash.service.prime.run import MAX_AUTO_CHUNK, auto_chunk_size
 
 from .factories import exploding_iris, noisy_iris, stored_files, stored_object
 
@@ -25,13 +24,6 @@ def _where(stash, data_point_id):
         if data_point_id in id_set.data_point_ids:
             return id_set.split_name, id_set.batch_id
     raise AssertionError(data_point_id)
-
-
-def test_chunked():
-    sets = [DataPointIDSet(i, (i,), "train") for i in range(5)]
-    assert [[s.batch_id for s in c] for c in chunked(sets, 2)] == [[0, 1], [2, 3], [4]]
-    assert chunked(sets, 10) == [sets]
-    assert chunked([], 3) == []
 
 
 @pytest.mark.parametrize(
@@ -184,7 +176,8 @@ def test_a_script_that_primes_at_import_time_gets_the_main_guard_hint(tmp_path):
         f"path={str(tmp_path / 'store')!r}, workers=2)\n"
         "stash.prime()\n"
     )
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1
     assert 'put the priming under `if __name__ == "__main__":`' in done.stderr.splitlines()[-1]

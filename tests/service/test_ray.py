@@ -37,8 +37,10 @@ def ray_local():
 
 
 def test_the_ray_executor_is_chosen_by_name():
-    executor = make_executor("ray", 2, "auto")
-    assert isinstance(executor, RayExecutor) and executor.ray_address == "auto"
+    executor = make_executor("ray", 2, address="auto")
+    assert isinstance(executor, RayExecutor) and executor.address == "auto"
+    pool = make_executor("process", 2, address="auto")  # an option of another executor
+    assert pool.__class__.__name__ == "ProcessExecutor" and pool.workers == 2
     assert make_executor("ray", 0).__class__.__name__ == "InlineExecutor"
     with pytest.raises(BatchError, match="unknown executor 'spark'"):
         make_executor("spark", 2)

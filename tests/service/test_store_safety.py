@@ -34,7 +34,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def app_for(stash: BatchStash, **settings: object) -> TestClient:
     """A TestClient over ``stash`` (its store is the stash's path)."""
     config = build_settings(data_dir=Path(stash.path), workers=0, token=TOKEN, **settings)
-    return TestClient(create_app(config, stash=stash))
+    return TestClient(create_app(config, stash.prime_inputs()))
 
 
 @pytest.fixture

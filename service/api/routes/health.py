@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..deps import ReadAccess, State
+from ..schemas import NOT_READY
 
 __all__ = ["router"]
 
@@ -21,7 +22,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get("/readyz", response_model=None, responses=NOT_READY)
 def readyz(state: State) -> dict[str, Any] | JSONResponse:
     """Readiness: the store has a readable plan of this server's configuration (primed or not)."""
     reader = state.reader
