@@ -205,16 +205,6 @@ class BatchIterator:
     def __iter__(self) -> BatchIterator:
         return self
 
-    def fetch_many(self, batch_ids: list[int]) -> list[Batch]:
-        """Fetch several batches of the plan in one request."""
-        return self.client.batches(
-            self.plan.split,
-            batch_ids,
-            self.attributes,
-            self.device,
-            fingerprint=self.plan.fingerprint,
-        )
-
     def _fetch_group(self, batch_ids: list[int]) -> list[Batch]:
         """A group of the iteration, copied by its stage (handed over in :meth:`__next__`)."""
         batches = self.client.batches(

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
             local disk (unset: a directory under the system's temp dir); emptied at start.
         cache_max_bytes: the most bytes that cache holds (0: no cache).
         data_listener: serve batch payloads on a second port too, from threads that hand the
-            mapped bytes to the kernel (about 2 x cheaper per GB than the API port); the API
+            mapped bytes to the kernel (less CPU per GB than the API port); the API
             advertises it in the ``X-Batchstash-Data-Port`` header and clients use it when
             they can reach it, else the API port.
         data_port: the data listener's port (unset: ``port + 1``, and no listener, with a
