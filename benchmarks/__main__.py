@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -24,13 +25,13 @@ from .servers import REPO_ROOT
 
 logger = logging.getLogger("benchmarks")
 
-DOC = REPO_ROOT / "BENCHMARKS.md"
+DOC = REPO_ROOT / "docs" / "benchmarks.md"
 CHART = REPO_ROOT / "benchmarks" / "chart.png"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def _update_doc(markdown: str, chart: str) -> None:
-    """Replace the results block of BENCHMARKS.md with this run's machine, table and chart."""
+    """Replace the results block of docs/benchmarks.md with this run's machine, table and chart."""
     text = DOC.read_text(encoding="utf-8")
     if START not in text or END not in text:
         raise SystemExit(f"{DOC} has no {START} ... {END} block")
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"run only these sections: {', '.join([*SECTIONS, *ALIASES])} "
                         "(wire: ceiling and serving)")
     parser.add_argument("--update-doc", action="store_true",
-                        help="put the table in BENCHMARKS.md, the chart in benchmarks/chart.png")
+                        help="put the table in docs/benchmarks.md, "
+                        "the chart in benchmarks/chart.png")
     args = parser.parse_args(argv)
     try:
         select(args.only)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.update_doc:  # results/ is git-ignored: the chart the doc shows is kept beside it
         shutil.copyfile(out / "results.png", CHART)
         _update_doc((out / "results.md").read_text(encoding="utf-8"),
-                    CHART.relative_to(REPO_ROOT).as_posix())
+                    Path(os.path.relpath(CHART, DOC.parent)).as_posix())
         print(f"updated {DOC} and {CHART}")
     return 0
 

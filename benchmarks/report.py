@@ -93,8 +93,9 @@ def write(results: dict[str, Any], out: Path) -> str:
     (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     draw(results, out / "results.png")
     tables = render(goals, table)
+    run = f"Run {results['created']} on: " if results.get("created") else "Machine: "
     (out / "results.md").write_text(
-        f"Machine: {machine_markdown(results['machine'])}\n\n"
+        f"{run}{machine_markdown(results['machine'])}\n\n"
         f"Mode: `{results['mode']}`, sections {', '.join(results['sections'])}, "
         f"{results['elapsed_s']:.0f} s.\n\n{tables}")
     return tables

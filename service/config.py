@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         token_file: a file holding the token (a Compose secret), used when ``token`` is unset.
         read_requires_token: also require the token to read metadata, batches and /metrics
             (and turn off /docs and /openapi.json, which cannot carry it).
-        docs: serve /openapi.json and /docs (Swagger UI, whose assets load from a CDN).
+        docs: serve /openapi.json and /docs (Swagger UI from the server's own assets, no CDN).
         workers: priming processes.
         executor: where priming runs: ``process`` (a local pool), ``inline`` (this process) or
             ``ray`` (a Ray cluster; the ``ray`` extra).

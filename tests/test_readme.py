@@ -1,4 +1,9 @@
-"""Every runnable Python snippet of the README runs verbatim (a newcomer pastes them)."""
+"""Every runnable Python snippet of the README runs verbatim (a newcomer pastes them).
+
+The docs under ``docs/`` hold no ``python`` blocks (their code is ``text`` or ``bash``), so every
+``python`` block a reader meets is run here or in tests/e2e/test_frameworks.py, or is a listed
+fragment.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +20,15 @@ import pytest
 from .e2e.conftest import start_server
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_BLOCKS = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+ALL_BLOCKS = PYTHON_BLOCK.findall((REPO / "README.md").read_text())
 # the training-framework scripts (first line "# train_*.py: how to run it") run in
 # tests/e2e/test_frameworks.py, under their launchers
 FRAMEWORK_BLOCKS = {
     b.split(":", 1)[0].removeprefix("# "): b for b in ALL_BLOCKS if b.startswith("# train_")
 }
 BLOCKS = [b for b in ALL_BLOCKS if not b.startswith("# train_")]
-FRAGMENTS = {3}  # a loop body that continues the client snippet (it, checkpoint): not a program
+FRAGMENTS = {1}  # a loop body that continues the client snippet (it, checkpoint): not a program
 
 pytestmark = pytest.mark.slow
 
@@ -41,19 +47,38 @@ def run(code: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProce
 
 
 def test_the_readme_has_the_snippets_this_test_knows() -> None:
-    assert len(BLOCKS) == 4
+    assert len(BLOCKS) == 4 and FRAGMENTS == {1}
     assert sorted(FRAMEWORK_BLOCKS) == [
         "train_accelerate.py",
         "train_dataloader.py",
         "train_ddp.py",
         "train_lightning.py",
     ]
-    assert "BatchClient(" in BLOCKS[0] and "class IrisDataPoint" in BLOCKS[1]
-    assert "from_factory" in BLOCKS[2] and "load_state_dict" in BLOCKS[3]
+    assert "BatchClient(" in BLOCKS[0] and "load_state_dict" in BLOCKS[1]
+    assert "class IrisDataPoint" in BLOCKS[2] and "from_factory" in BLOCKS[3]
+    for index in FRAGMENTS:  # not run, but valid Python
+        compile(BLOCKS[index], f"README fragment {index}", "exec")
+
+
+def test_the_docs_have_no_python_block_that_no_test_runs() -> None:
+    docs = sorted((REPO / "docs").glob("*.md"))
+    assert docs, "docs/*.md not found"
+    found = {d.name: PYTHON_BLOCK.findall(d.read_text()) for d in docs}
+    assert {name: blocks for name, blocks in found.items() if blocks} == {}
+
+
+def test_the_configuration_table_names_every_setting() -> None:
+    from batchstash.service.config import Settings
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    named = {name for cell in rows for name in re.findall(r"`(\w+)`", cell)}
+    assert named == set(Settings.model_fields)
 
 
 def test_the_dataset_snippet_defines_a_stash_that_primes(tmp_path: Path) -> None:
-    (tmp_path / "my_dataset.py").write_text(BLOCKS[1])
+    (tmp_path / "my_dataset.py").write_text(BLOCKS[2])
     done = run(
         "import my_dataset; s = my_dataset.iris(path='store'); print(s.prime(), "
         "s.is_primed, s.load('train', 0)['flower_dims'].shape)",
@@ -65,7 +90,7 @@ def test_the_dataset_snippet_defines_a_stash_that_primes(tmp_path: Path) -> None
 
 def test_the_prime_and_load_snippet_runs_as_a_script(tmp_path: Path) -> None:
     script = tmp_path / "prime_and_load.py"
-    script.write_text(BLOCKS[2])
+    script.write_text(BLOCKS[3])
     done = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=180
     )

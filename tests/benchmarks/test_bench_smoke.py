@@ -8,6 +8,7 @@ some sections only (what ``--only`` gives) judges the others' targets ``n/a``.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,7 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
 
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
+    assert re.match(r"Run \d{4}-\d{2}-\d{2} \d{2}:\d{2} on: ", table), table[:200]  # dated
     assert table.count("\n| ") >= 50 and "| section | measurement |" in table
     assert "Targets" in table and "| server CPU s/GB | client CPU s/GB |" in table
     results = json.loads((out / "results.json").read_text())

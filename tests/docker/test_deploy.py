@@ -322,7 +322,7 @@ def test_healthchecks_probe_a_real_route(tmp_path: Path) -> None:
 
 
 def test_every_batchstash_variable_is_read_by_the_code() -> None:
-    files = [DOCKERFILE, COMPOSE, GPU_OVERRIDE, REPO / "README.md"]
+    files = [DOCKERFILE, COMPOSE, GPU_OVERRIDE, REPO / "README.md", *(REPO / "docs").glob("*.md")]
     named = {name for f in files for name in ENV_NAME.findall(f.read_text())}
     assert {"BATCHSTASH_DATA_DIR", "BATCHSTASH_HOST", "BATCHSTASH_TOKEN_FILE"} <= named
     assert named - setting_env_names() == set()
