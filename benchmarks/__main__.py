@@ -43,20 +43,34 @@ def _update_doc(markdown: str, chart: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, run the suite, write and print the report."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="CI smoke sizes (about a minute)")
     parser.add_argument("--out", type=Path, help="where results.{json,png,md} go")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cuda adds host-to-device copies and a trainer loop")
-    parser.add_argument("--work-dir", type=Path,
-                        help="where the stores go (default: a temporary directory, removed)")
-    parser.add_argument("--only", type=lambda text: text.split(","), metavar="SECTION[,...]",
-                        help=f"run only these sections: {', '.join([*SECTIONS, *ALIASES])} "
-                        "(wire: ceiling and serving)")
-    parser.add_argument("--update-doc", action="store_true",
-                        help="put the table in docs/benchmarks.md, "
-                        "the chart in benchmarks/chart.png")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda adds host-to-device copies and a trainer loop",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="where the stores go (default: a temporary directory, removed)",
+    )
+    parser.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        metavar="SECTION[,...]",
+        help=f"run only these sections: {', '.join([*SECTIONS, *ALIASES])} "
+        "(wire: ceiling and serving)",
+    )
+    parser.add_argument(
+        "--update-doc",
+        action="store_true",
+        help="put the table in docs/benchmarks.md, the chart in benchmarks/chart.png",
+    )
     args = parser.parse_args(argv)
     try:
         select(args.only)
@@ -76,15 +90,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
-    results.update(mode=profile.name, profile=profile.__dict__, machine=report.machine(),
-                   elapsed_s=time.perf_counter() - start, created=time.strftime("%Y-%m-%d %H:%M"))
+    results.update(
+        mode=profile.name,
+        profile=profile.__dict__,
+        machine=report.machine(),
+        elapsed_s=time.perf_counter() - start,
+        created=time.strftime("%Y-%m-%d %H:%M"),
+    )
     print(report.write(results, out))
     print(f"machine: {report.machine_markdown(results['machine'])}")
     print(f"wrote {out / 'results.json'}, {out / 'results.png'} in {results['elapsed_s']:.0f} s")
     if args.update_doc:  # results/ is git-ignored: the chart the doc shows is kept beside it
         shutil.copyfile(out / "results.png", CHART)
-        _update_doc((out / "results.md").read_text(encoding="utf-8"),
-                    Path(os.path.relpath(CHART, DOC.parent)).as_posix())
+        _update_doc(
+            (out / "results.md").read_text(encoding="utf-8"),
+            Path(os.path.relpath(CHART, DOC.parent)).as_posix(),
+        )
         print(f"updated {DOC} and {CHART}")
     return 0
 

@@ -69,19 +69,32 @@ def _timed(batches: Any, max_batches: int, max_seconds: float) -> dict[str, Any]
     seconds = time.perf_counter() - start
     del it  # stops DataLoader workers
     latencies.sort()
-    return {"batches": count, "bytes": size, "seconds": seconds,
-            "mb_s": size / seconds / 1e6, "batches_s": count / seconds,
-            "p50_ms": latencies[len(latencies) // 2] * 1e3 if latencies else None,
-            "p99_ms": latencies[round(0.99 * (len(latencies) - 1))] * 1e3 if latencies else None}
+    return {
+        "batches": count,
+        "bytes": size,
+        "seconds": seconds,
+        "mb_s": size / seconds / 1e6,
+        "batches_s": count / seconds,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3 if latencies else None,
+        "p99_ms": latencies[round(0.99 * (len(latencies) - 1))] * 1e3 if latencies else None,
+    }
 
 
 def dataloader(
-    paths: list[Path], num_workers: int, max_batches: int, max_seconds: float,
+    paths: list[Path],
+    num_workers: int,
+    max_batches: int,
+    max_seconds: float,
     pin_memory: bool = False,
 ) -> dict[str, Any]:
     """A local ``DataLoader`` over ``torch.save`` files (worker start-up included in the time)."""
-    loader = DataLoader(TorchFileDataset(paths), batch_size=None, shuffle=True,
-                        num_workers=num_workers, pin_memory=pin_memory)
+    loader = DataLoader(
+        TorchFileDataset(paths),
+        batch_size=None,
+        shuffle=True,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )
     return {"num_workers": num_workers, **_timed(loader, max_batches, max_seconds)}
 
 

@@ -36,24 +36,43 @@ from urllib.parse import urlsplit
 
 from .servers import REPO_ROOT, Server, child_env, stop
 
-__all__ = ["FILE_RUNS", "KINDS", "MESSAGE_BYTES", "RECEIVE_BUFFERS", "RUNS", "SEND_BUFFERS",
-           "Receiver", "sender"]
+__all__ = [
+    "FILE_RUNS",
+    "KINDS",
+    "MESSAGE_BYTES",
+    "RECEIVE_BUFFERS",
+    "RUNS",
+    "SEND_BUFFERS",
+    "Receiver",
+    "sender",
+]
 
 MESSAGE_BYTES = 1 << 20
 SEND_BUFFERS = 256
 RECEIVE_BUFFERS = 32
 HOST = "127.0.0.1"
 
-KINDS = {"tcp_distinct": (b"D", b"S"), "tcp_hot": (b"H", b"S"), "tcp_hot_request": (b"H", b"R"),
-         "tcp_files_sendfile": (b"F", b"S"), "tcp_files_mapped": (b"M", b"S")}
+KINDS = {
+    "tcp_distinct": (b"D", b"S"),
+    "tcp_hot": (b"H", b"S"),
+    "tcp_hot_request": (b"H", b"R"),
+    "tcp_files_sendfile": (b"F", b"S"),
+    "tcp_files_mapped": (b"M", b"S"),
+}
 """Consumer kinds of the ceiling: their opening bytes (buffers, shape)."""
 
-RUNS = {"distinct_1": ("tcp_distinct", 1), "distinct_4": ("tcp_distinct", 4),
-        "hot_stream_1": ("tcp_hot", 1), "hot_request_1": ("tcp_hot_request", 1)}
+RUNS = {
+    "distinct_1": ("tcp_distinct", 1),
+    "distinct_4": ("tcp_distinct", 4),
+    "hot_stream_1": ("tcp_hot", 1),
+    "hot_request_1": ("tcp_hot_request", 1),
+}
 """The ceiling rows: consumer kind and sender/receiver pairs."""
 
-FILE_RUNS = {"files_sendfile_1": ("tcp_files_sendfile", 1),
-             "files_mapped_1": ("tcp_files_mapped", 1)}
+FILE_RUNS = {
+    "files_sendfile_1": ("tcp_files_sendfile", 1),
+    "files_mapped_1": ("tcp_files_mapped", 1),
+}
 """The stored-file rows (a sender given ``--files``): consumer kind and pairs."""
 
 
@@ -123,8 +142,9 @@ def _stored_files(directory: str | None) -> list[str]:
 def _serve(files_dir: str | None = None) -> None:
     """The sender: fill the buffers, print the port, fork a sender per connection."""
     files = _stored_files(files_dir)
-    buffers = [memoryview(bytearray(bytes([1 + i % 255]) * MESSAGE_BYTES))
-               for i in range(SEND_BUFFERS)]
+    buffers = [
+        memoryview(bytearray(bytes([1 + i % 255]) * MESSAGE_BYTES)) for i in range(SEND_BUFFERS)
+    ]
     children: list[int] = []
 
     def on_term(*_: Any) -> None:  # stop the senders this process forked, by pid
@@ -163,8 +183,9 @@ def sender(log: Path, files: Path | None = None, timeout: float = 300.0) -> Iter
     if files is not None:
         argv += ["--files", str(files)]
     with log.open("wb") as err:
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE,
-                                stderr=err)
+        proc = subprocess.Popen(
+            argv, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=err
+        )
     out = cast(IO[bytes], proc.stdout)  # stdout=PIPE
     try:
         if not select.select([out], [], [], timeout)[0]:

@@ -42,8 +42,9 @@ SMALL_BARS = {
 }
 
 
-def _bars(results: dict[str, Any], bars: dict[str, tuple[str, str]],
-          metric: str) -> dict[str, float]:
+def _bars(
+    results: dict[str, Any], bars: dict[str, tuple[str, str]], metric: str
+) -> dict[str, float]:
     """The measured bars (runs not measured or skipped are left out)."""
     out = {}
     for label, (section, key) in bars.items():
@@ -72,19 +73,28 @@ def _size(results: dict[str, Any], size: str) -> str:
 
 
 def _throughput(axes: Any, results: dict[str, Any]) -> None:
-    _barh(axes[0, 0], f"{_size(results, 'large')}: MB/s", _bars(results, LARGE_BARS, "mb_s"),
-          "MB/s")
+    _barh(
+        axes[0, 0], f"{_size(results, 'large')}: MB/s", _bars(results, LARGE_BARS, "mb_s"), "MB/s"
+    )
     top = results.get("ceiling", {}).get("distinct_1", {}).get("mb_s")
     _line(axes[0, 0], top and 0.85 * top, "0.85 x ceiling distinct")
-    _barh(axes[0, 1], f"{_size(results, 'small')}: batches/s",
-          _bars(results, SMALL_BARS, "batches_s"), "batches/s")
+    _barh(
+        axes[0, 1],
+        f"{_size(results, 'small')}: batches/s",
+        _bars(results, SMALL_BARS, "batches_s"),
+        "batches/s",
+    )
     _line(axes[0, 1], 6000, "target 6,000/s")
 
 
 def _priming(axes: Any, prime: dict[str, Any]) -> None:
     one = prime["workers_1"]["rate"]
-    _barh(axes[0, 2], "priming: batches/s",
-          {"1 worker": one or 0, "2 workers": prime["workers_2"]["rate"] or 0}, "batches/s")
+    _barh(
+        axes[0, 2],
+        "priming: batches/s",
+        {"1 worker": one or 0, "2 workers": prime["workers_2"]["rate"] or 0},
+        "batches/s",
+    )
     _line(axes[0, 2], one and 1.8 * one, "1.8 x 1 worker")
     ax, left = axes[1, 0], None
     for step in ("data_points", "vectorize", "persist"):
@@ -105,8 +115,13 @@ def _memory(axes: Any, mem: dict[str, Any]) -> None:
     ax = axes[1, 2]
     depths = [c["prefetch"] for c in mem["client"]]
     ax.plot(depths, [c["growth"] / MB for c in mem["client"]], "o-", label="client RSS growth")
-    ax.plot(depths, [c["limit"] / MB for c in mem["client"]], "--", color="tab:red",
-            label="3 x prefetch x batch")
+    ax.plot(
+        depths,
+        [c["limit"] / MB for c in mem["client"]],
+        "--",
+        color="tab:red",
+        label="3 x prefetch x batch",
+    )
     ax.set_title("client memory vs prefetch")
     ax.set_xlabel("prefetch")
     ax.set_ylabel("MB")
@@ -122,8 +137,10 @@ def draw(results: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
     _throughput(axes, results)
-    for key, panels, draw_section in (("priming", (axes[0, 2], axes[1, 0]), _priming),
-                                      ("memory", (axes[1, 1], axes[1, 2]), _memory)):
+    for key, panels, draw_section in (
+        ("priming", (axes[0, 2], axes[1, 0]), _priming),
+        ("memory", (axes[1, 1], axes[1, 2]), _memory),
+    ):
         if key in results:
             draw_section(axes, results[key])
             continue

@@ -47,9 +47,19 @@ def _consumer_main(rank: int, tasks: Any, results: Any) -> None:
             count, size, latencies = fetch(fetcher, go["quota"], start + go["seconds"])
             end = time.perf_counter()
             after, cpu = memory(), self_cpu_seconds() - cpu
-            results.put({"rank": rank, "start": start, "end": end, "batches": count,
-                         "bytes": size, "latencies": latencies, "rss_before": before["rss"],
-                         "peak": after["peak"], "cpu_s": cpu})
+            results.put(
+                {
+                    "rank": rank,
+                    "start": start,
+                    "end": end,
+                    "batches": count,
+                    "bytes": size,
+                    "latencies": latencies,
+                    "rss_before": before["rss"],
+                    "peak": after["peak"],
+                    "cpu_s": cpu,
+                }
+            )
         except Exception as exc:
             results.put({"rank": rank, "error": f"run: {type(exc).__name__}: {exc}"})
         finally:
@@ -68,8 +78,12 @@ class ConsumerPool:
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(size)]
         self.procs = [
-            ctx.Process(target=_consumer_main, args=(rank, self.tasks[rank], self.results),
-                        name=f"bench-consumer-{rank}", daemon=True)
+            ctx.Process(
+                target=_consumer_main,
+                args=(rank, self.tasks[rank], self.results),
+                name=f"bench-consumer-{rank}",
+                daemon=True,
+            )
             for rank in range(size)
         ]
         for proc in self.procs:
@@ -133,8 +147,9 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def summarize(parts: list[dict[str, Any]],
-              server: tuple[float, int] | None = None) -> dict[str, Any]:
+def summarize(
+    parts: list[dict[str, Any]], server: tuple[float, int] | None = None
+) -> dict[str, Any]:
     """Join consumer reports: MB/s (10^6 bytes) and batches/s over the common wall time.
 
     Args:

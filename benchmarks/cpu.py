@@ -84,8 +84,9 @@ def _cores(seconds: float | None, wall: float) -> float | None:
     return None if seconds is None or wall <= 0 else seconds / wall
 
 
-def _limit(server: float | None, server_procs: int, client: float | None, consumers: int,
-           usable: int) -> str | None:
+def _limit(
+    server: float | None, server_procs: int, client: float | None, consumers: int, usable: int
+) -> str | None:
     """``machine``, ``server`` or ``client``: the side nearer to a full core per process."""
     if server is None or client is None:
         return None
@@ -94,8 +95,14 @@ def _limit(server: float | None, server_procs: int, client: float | None, consum
     return "server" if server / max(1, server_procs) >= client / max(1, consumers) else "client"
 
 
-def usage(server: tuple[float, int] | None, client_seconds: Iterable[float], consumers: int,
-          size: int, wall: float, usable: int | None = None) -> dict[str, Any]:
+def usage(
+    server: tuple[float, int] | None,
+    client_seconds: Iterable[float],
+    consumers: int,
+    size: int,
+    wall: float,
+    usable: int | None = None,
+) -> dict[str, Any]:
     """CPU columns of one run.
 
     Args:
@@ -118,8 +125,11 @@ def usage(server: tuple[float, int] | None, client_seconds: Iterable[float], con
     if usable is None:
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     return {
-        "server_cpu_s": server_s, "client_cpu_s": client_s,
-        "server_s_gb": _per_gb(server_s, size), "client_s_gb": _per_gb(client_s, size),
-        "server_cores": server_cores, "client_cores": client_cores,
+        "server_cpu_s": server_s,
+        "client_cpu_s": client_s,
+        "server_s_gb": _per_gb(server_s, size),
+        "client_s_gb": _per_gb(client_s, size),
+        "server_cores": server_cores,
+        "client_cores": client_cores,
         "limit": _limit(server_cores, procs, client_cores, consumers, usable),
     }

@@ -130,9 +130,16 @@ class _Iter(_ClientFetcher):
 
     def _iterator(self, epoch: int) -> Any:
         t = self.task
-        return self.client.iter_batches(t.split, epoch=epoch, shuffle=True, rank=self.rank,
-                                        world_size=t.consumers, prefetch=t.prefetch,
-                                        device=t.device, pipelined=t.pipelined)
+        return self.client.iter_batches(
+            t.split,
+            epoch=epoch,
+            shuffle=True,
+            rank=self.rank,
+            world_size=t.consumers,
+            prefetch=t.prefetch,
+            device=t.device,
+            pipelined=t.pipelined,
+        )
 
     def begin(self) -> None:
         """Create the iterator (its prefetching starts with the clock)."""

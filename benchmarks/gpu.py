@@ -32,8 +32,9 @@ def copy_bandwidth(nbytes: int, repeats: int = 20) -> dict[str, Any]:
     return result
 
 
-def delivered(make_iter: Any, batch_bytes: int, max_batches: int,
-              max_seconds: float) -> dict[str, Any]:
+def delivered(
+    make_iter: Any, batch_bytes: int, max_batches: int, max_seconds: float
+) -> dict[str, Any]:
     """MB/s of an iteration drained with no trainer, ending when its last copy has landed.
 
     Args:
@@ -63,8 +64,9 @@ def delivered(make_iter: Any, batch_bytes: int, max_batches: int,
 def _train(batches: Any, dims: int, max_batches: int, max_seconds: float) -> dict[str, Any]:
     """Step a small MLP on each batch; time spent waiting for data versus the whole step."""
     device = torch.device("cuda")
-    model = torch.nn.Sequential(torch.nn.Linear(dims, 1024), torch.nn.ReLU(),
-                                torch.nn.Linear(1024, 10)).to(device)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(dims, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10)
+    ).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     wait = total = 0.0
     count = 0
@@ -89,8 +91,11 @@ def _train(batches: Any, dims: int, max_batches: int, max_seconds: float) -> dic
             wait += t1 - t0
             total += t2 - t0
         count += 1
-    return {"batches": count, "wait_share": wait / total if total else None,
-            "step_ms": 1e3 * total / max(1, count - 1)}
+    return {
+        "batches": count,
+        "wait_share": wait / total if total else None,
+        "step_ms": 1e3 * total / max(1, count - 1),
+    }
 
 
 def trainer_wait(
@@ -105,7 +110,10 @@ def trainer_wait(
         max_batches: steps at most, each loop.
         max_seconds: seconds at most, each loop.
     """
-    local = DataLoader(TorchFileDataset(paths), batch_size=None, shuffle=True, num_workers=2,
-                       pin_memory=True)
-    return {"batchstash": _train(client_iter, dims, max_batches, max_seconds),
-            "dataloader_pinned": _train(local, dims, max_batches, max_seconds)}
+    local = DataLoader(
+        TorchFileDataset(paths), batch_size=None, shuffle=True, num_workers=2, pin_memory=True
+    )
+    return {
+        "batchstash": _train(client_iter, dims, max_batches, max_seconds),
+        "dataloader_pinned": _train(local, dims, max_batches, max_seconds),
+    }

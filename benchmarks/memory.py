@@ -21,8 +21,13 @@ def server_peak(
     idle = server.memory()
     load = pool.run(LoadTask(server.url, "iter", 1, max_batches, max_seconds))
     after = server.memory()
-    return {"store_batches": store_batches, "idle_rss": idle["rss"], "peak": after["peak"],
-            "rss_after": after["rss"], "batches_read": load["batches"]}
+    return {
+        "store_batches": store_batches,
+        "idle_rss": idle["rss"],
+        "peak": after["peak"],
+        "rss_after": after["rss"],
+        "batches_read": load["batches"],
+    }
 
 
 def client_growth(
@@ -32,7 +37,13 @@ def client_growth(
     with ConsumerPool(1) as pool:
         load = pool.run(LoadTask(url, "iter", 1, max_batches, max_seconds, prefetch=prefetch))
     limit = 3 * prefetch * batch_bytes
-    return {"prefetch": prefetch, "growth": load["client_growth"],
-            "rss_before": load["client_rss_before"], "peak": load["client_peak"],
-            "limit": limit, "ratio": load["client_growth"] / (prefetch * batch_bytes),
-            "batches": load["batches"], "mb_s": load["mb_s"]}
+    return {
+        "prefetch": prefetch,
+        "growth": load["client_growth"],
+        "rss_before": load["client_rss_before"],
+        "peak": load["client_peak"],
+        "limit": limit,
+        "ratio": load["client_growth"] / (prefetch * batch_bytes),
+        "batches": load["batches"],
+        "mb_s": load["mb_s"],
+    }

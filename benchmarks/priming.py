@@ -38,8 +38,9 @@ def breakdown(path: Path, options: dict[str, Any], sample: int) -> dict[str, Any
         batch = stash.create_batch(points, id_set.split_name, id_set.batch_id)
         batch.encode()
         t2 = time.perf_counter()
-        expect = identity_metadata(id_set.split_name, id_set.batch_id, stash.config_hash,
-                                   id_set.data_point_ids)
+        expect = identity_metadata(
+            id_set.split_name, id_set.batch_id, stash.config_hash, id_set.data_point_ids
+        )
         wire.encode_parts(batch.attributes, expect)
         t3 = time.perf_counter()
         writer.write(id_set.split_name, id_set.batch_id, id_set.data_point_ids, batch.attributes)
@@ -50,7 +51,11 @@ def breakdown(path: Path, options: dict[str, Any], sample: int) -> dict[str, Any
         steps["persist"] += t4 - t3
     total = steps["data_points"] + steps["vectorize"] + steps["persist"]
     stash.clear_all()
-    return {"batches": sample, "vectorizer": options.get("vectorizer", "series"),
-            "seconds": steps, "total_s": total,
-            "persist_share": steps["persist"] / total if total else None,
-            "ms_per_batch": 1e3 * total / sample if sample else None}
+    return {
+        "batches": sample,
+        "vectorizer": options.get("vectorizer", "series"),
+        "seconds": steps,
+        "total_s": total,
+        "persist_share": steps["persist"] / total if total else None,
+        "ms_per_batch": 1e3 * total / sample if sample else None,
+    }

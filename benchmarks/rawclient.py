@@ -21,9 +21,18 @@ __all__ = ["DATA_PORT_HEADER", "RawClient", "connect", "data_port", "frames", "t
 
 DATA_PORT_HEADER = "x-batchstash-data-port"
 _LENGTH = struct.Struct("<Q")
-_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16,
-           "I32": torch.int32, "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16,
-           "F32": torch.float32, "F64": torch.float64}
+_DTYPES = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
 
 
 def tensors(payload: memoryview) -> dict[str, torch.Tensor]:
@@ -34,8 +43,9 @@ def tensors(payload: memoryview) -> dict[str, torch.Tensor]:
     out = {}
     for name, entry in header.items():
         dtype, (begin, end) = _DTYPES[entry["dtype"]], entry["data_offsets"]
-        flat = torch.frombuffer(payload, dtype=dtype, count=(end - begin) // dtype.itemsize,
-                                offset=8 + size + begin)
+        flat = torch.frombuffer(
+            payload, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=8 + size + begin
+        )
         out[name] = flat.reshape(entry["shape"])
     return out
 
@@ -76,8 +86,7 @@ class RawClient:
 
     def get(self, target: str) -> tuple[dict[str, str], memoryview]:
         """``GET target``: the headers (names lower-cased) and the body; raises unless 200."""
-        self.sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {self.host}\r\n{self.auth}\r\n"
-                          .encode())
+        self.sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {self.host}\r\n{self.auth}\r\n".encode())
         head = bytearray()
         while (end := head.find(b"\r\n\r\n")) < 0:
             chunk = self.sock.recv(4096)
@@ -138,8 +147,9 @@ def data_port(url: str, split: str, token: str | None = None) -> int | None:
         client.close()
 
 
-def connect(url: str, split: str, token: str | None = None,
-            data_port: bool = False) -> tuple[RawClient, list[int]]:
+def connect(
+    url: str, split: str, token: str | None = None, data_port: bool = False
+) -> tuple[RawClient, list[int]]:
     """A client for ``split``'s payloads, and the split's batch ids.
 
     Args:

@@ -31,8 +31,9 @@ def prime_in_process(path: Path, options: dict[str, Any], executor: str) -> dict
         batches are reported together when it ends), ``first_batch_s`` (the call's
         start to the first stored batch) and ``first_at`` (that moment, ``perf_counter``).
     """
-    stash = BatchStash.from_factory(DATASET, path=str(path), workers=WORKERS,
-                                    executor=executor, **options)
+    stash = BatchStash.from_factory(
+        DATASET, path=str(path), workers=WORKERS, executor=executor, **options
+    )
     marks: list[tuple[float, int]] = []
     start = time.perf_counter()
     encoded = stash.prime(lambda _split, done, _total: marks.append((time.perf_counter(), done)))
@@ -44,9 +45,16 @@ def prime_in_process(path: Path, options: dict[str, Any], executor: str) -> dict
     first, (last, done_last) = stored[0][0], stored[-1]
     burst = max(d for t, d in stored if t - first < BURST_S)  # the first task's batches
     steady = (done_last - burst) / (last - first) if last > first else None
-    return {"executor": executor, "workers": WORKERS, "batches": encoded, "wall_s": wall,
-            "rate": encoded / wall, "steady_rate": steady, "first_batch_s": first - start,
-            "first_at": first}
+    return {
+        "executor": executor,
+        "workers": WORKERS,
+        "batches": encoded,
+        "wall_s": wall,
+        "rate": encoded / wall,
+        "steady_rate": steady,
+        "first_batch_s": first - start,
+        "first_at": first,
+    }
 
 
 def measure(work: Path, options: dict[str, Any], step: Step) -> dict[str, Any]:
@@ -64,8 +72,10 @@ def measure(work: Path, options: dict[str, Any], step: Step) -> dict[str, Any]:
     if ray.is_initialized():
         raise RuntimeError("Ray is already running in this process: start-up cannot be timed")
     count = options["batches"]
-    pool = step(f"prime {count} large batches, process pool, {WORKERS} workers",
-                lambda: prime_in_process(work / "ray-pool-store", options, "process"))
+    pool = step(
+        f"prime {count} large batches, process pool, {WORKERS} workers",
+        lambda: prime_in_process(work / "ray-pool-store", options, "process"),
+    )
     original = ray.init
     calls: list[tuple[float, float]] = []
 
@@ -78,11 +88,14 @@ def measure(work: Path, options: dict[str, Any], step: Step) -> dict[str, Any]:
 
     ray.init = timed_init
     try:
-        on_ray = step(f"prime {count} large batches, Ray (local, started by the executor), "
-                      f"{WORKERS} workers",
-                      lambda: prime_in_process(work / "ray-store", options, "ray"))
-        warm = step(f"prime {count} large batches, Ray already running, {WORKERS} workers",
-                    lambda: prime_in_process(work / "ray-store-2", options, "ray"))
+        on_ray = step(
+            f"prime {count} large batches, Ray (local, started by the executor), {WORKERS} workers",
+            lambda: prime_in_process(work / "ray-store", options, "ray"),
+        )
+        warm = step(
+            f"prime {count} large batches, Ray already running, {WORKERS} workers",
+            lambda: prime_in_process(work / "ray-store-2", options, "ray"),
+        )
     finally:
         ray.init = original
         began = time.perf_counter()
@@ -94,14 +107,27 @@ def measure(work: Path, options: dict[str, Any], step: Step) -> dict[str, Any]:
     if len(calls) != 1:
         raise RuntimeError(f"the Ray executor called ray.init {len(calls)} times, not once")
     init_start, init_end = calls[0]
-    startup = {"import_s": import_s, "init_s": init_end - init_start,
-               "init_to_first_batch_s": on_ray["first_at"] - init_start,
-               "shutdown_s": shutdown_s}
+    startup = {
+        "import_s": import_s,
+        "init_s": init_end - init_start,
+        "init_to_first_batch_s": on_ray["first_at"] - init_start,
+        "shutdown_s": shutdown_s,
+    }
     for run in (pool, on_ray, warm):
         run.pop("first_at")
-    steady = (on_ray["steady_rate"] / pool["steady_rate"]
-              if on_ray["steady_rate"] and pool["steady_rate"] else None)
-    return {"version": metadata.version("ray"), "batches": count, "process": pool,
-            "ray": on_ray, "ray_warm": warm, "startup": startup,
-            "ratio": on_ray["rate"] / pool["rate"], "steady_ratio": steady,
-            "warm_ratio": warm["rate"] / pool["rate"]}
+    steady = (
+        on_ray["steady_rate"] / pool["steady_rate"]
+        if on_ray["steady_rate"] and pool["steady_rate"]
+        else None
+    )
+    return {
+        "version": metadata.version("ray"),
+        "batches": count,
+        "process": pool,
+        "ray": on_ray,
+        "ray_warm": warm,
+        "startup": startup,
+        "ratio": on_ray["rate"] / pool["rate"],
+        "steady_ratio": steady,
+        "warm_ratio": warm["rate"] / pool["rate"],
+    }

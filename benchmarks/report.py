@@ -55,11 +55,22 @@ def _commit() -> str | None:
     """The repository's commit, ``+changes`` when the package code differs from it."""
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "client", "service"],
-                               cwd=root, check=True, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "client", "service"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + (" +changes" if dirty else "")
@@ -69,15 +80,19 @@ def machine_markdown(info: dict[str, Any]) -> str:
     """The machine as one markdown paragraph."""
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
     commit = f" Commit {info['commit']}." if info.get("commit") else ""
-    return (f"{info['cpu']}, {info['usable_cpus']} usable of {info['logical_cpus']} logical "
-            f"CPUs, {info['memory_gb']} GB RAM; {info['platform']}; Python {info['python']}; "
-            f"{versions}.{commit}")
+    return (
+        f"{info['cpu']}, {info['usable_cpus']} usable of {info['logical_cpus']} logical "
+        f"CPUs, {info['memory_gb']} GB RAM; {info['platform']}; Python {info['python']}; "
+        f"{versions}.{commit}"
+    )
 
 
 def render(goals: list[Row], table: list[Row]) -> str:
     """The targets table, then every row (with the CPU columns), as markdown."""
-    return (f"Targets (ratios of this run):\n\n{markdown(goals, cpu=False)}\n"
-            f"Every measurement:\n\n{markdown(table)}")
+    return (
+        f"Targets (ratios of this run):\n\n{markdown(goals, cpu=False)}\n"
+        f"Every measurement:\n\n{markdown(table)}"
+    )
 
 
 def write(results: dict[str, Any], out: Path) -> str:
@@ -97,5 +112,6 @@ def write(results: dict[str, Any], out: Path) -> str:
     (out / "results.md").write_text(
         f"{run}{machine_markdown(results['machine'])}\n\n"
         f"Mode: `{results['mode']}`, sections {', '.join(results['sections'])}, "
-        f"{results['elapsed_s']:.0f} s.\n\n{tables}")
+        f"{results['elapsed_s']:.0f} s.\n\n{tables}"
+    )
     return tables

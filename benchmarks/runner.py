@@ -63,13 +63,16 @@ def select(only: Sequence[str] | None = None) -> list[str]:
     names = {n for name in only for n in ALIASES.get(name, (name,))}
     unknown = sorted(names - SECTIONS.keys())
     if unknown:
-        raise ValueError(f"unknown section(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join([*SECTIONS, *ALIASES])}")
+        raise ValueError(
+            f"unknown section(s) {', '.join(unknown)}; choose from "
+            f"{', '.join([*SECTIONS, *ALIASES])}"
+        )
     return [name for name in SECTIONS if name in names]
 
 
-def run(profile: Profile, work: Path, logs: Path, device: str,
-        only: Sequence[str] | None = None) -> dict[str, Any]:
+def run(
+    profile: Profile, work: Path, logs: Path, device: str, only: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Measure the chosen sections; servers and consumers are stopped whatever happens."""
     suite = Suite(profile, work, logs, device)
     chosen = select(only)

@@ -21,8 +21,11 @@ from .servers import DATASET, HOST, Server, child_env, free_port, prime, stop, s
 __all__ = ["BUCKET", "measure", "moto_server"]
 
 BUCKET = "batchstash-bench"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-               "AWS_REGION": "us-east-1"}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_REGION": "us-east-1",
+}
 """moto checks no signature; these only have to be present."""
 
 REPEATS = 3
@@ -44,8 +47,9 @@ def moto_server(log: Path, timeout: float = 60.0) -> Iterator[str]:
     endpoint = f"http://{HOST}:{port}"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        proc = subprocess.Popen([*argv, "-H", HOST, "-p", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*argv, "-H", HOST, "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -65,15 +69,33 @@ def moto_server(log: Path, timeout: float = 60.0) -> Iterator[str]:
 
 
 @contextmanager
-def _server(store: str, role: str, log: Path, env: dict[str, str],
-            options: dict[str, Any]) -> Iterator[Server]:
+def _server(
+    store: str, role: str, log: Path, env: dict[str, str], options: dict[str, Any]
+) -> Iterator[Server]:
     """``batchstash serve --role <role>`` on ``store`` (2 priming workers when it primes)."""
     port = free_port()
-    argv = [sys.executable, "-c", "from batchstash.service.cli import main; main()", "serve",
-            "--host", HOST, "--port", str(port), "--data-dir", store, "--role", role,
-            "--dataset", DATASET, "--workers", "2", "--no-prime"]
-    env = child_env(BATCHSTASH_DATASET_OPTIONS=json.dumps(options),
-                    BATCHSTASH_LOG_LEVEL="warning", **env)
+    argv = [
+        sys.executable,
+        "-c",
+        "from batchstash.service.cli import main; main()",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--data-dir",
+        store,
+        "--role",
+        role,
+        "--dataset",
+        DATASET,
+        "--workers",
+        "2",
+        "--no-prime",
+    ]
+    env = child_env(
+        BATCHSTASH_DATASET_OPTIONS=json.dumps(options), BATCHSTASH_LOG_LEVEL="warning", **env
+    )
     with subprocess_server(argv, port, log, env) as server:
         yield server
 
@@ -94,8 +116,16 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ordered[len(ordered) // 2], "passes_mb_s": [r["mb_s"] for r in runs]}
 
 
-def _passes(work: Path, logs: Path, options: dict[str, Any], load: Callable[[Server], Any],
-            timeout: float, step: Step, aws: dict[str, str], result: dict[str, Any]) -> None:
+def _passes(
+    work: Path,
+    logs: Path,
+    options: dict[str, Any],
+    load: Callable[[Server], Any],
+    timeout: float,
+    step: Step,
+    aws: dict[str, str],
+    result: dict[str, Any],
+) -> None:
     """Prime both stores; serve each once (first reads), then warm passes alternated."""
     moto_log = logs / "moto.log"
     stores = {"local": str(work / "s3-local-store"), "s3": f"s3://{BUCKET}/store"}
@@ -104,11 +134,14 @@ def _passes(work: Path, logs: Path, options: dict[str, Any], load: Callable[[Ser
         with _server(store, "all", logs / f"s3-prime-{name}.log", env, options) as server:
             result[f"prime_{name}"] = step(
                 f"prime {options['batches']} large batches into {name}, 2 workers",
-                partial(prime, server.url, timeout))
+                partial(prime, server.url, timeout),
+            )
     cache = work / "s3-cache"
     env = {**aws, "BATCHSTASH_CACHE_DIR": str(cache)}
-    with _server(stores["local"], "serve", logs / "s3-serve-local.log", aws, options) as local, \
-            _server(stores["s3"], "serve", logs / "s3-serve.log", env, options) as remote:
+    with (
+        _server(stores["local"], "serve", logs / "s3-serve-local.log", aws, options) as local,
+        _server(stores["s3"], "serve", logs / "s3-serve.log", env, options) as remote,
+    ):
         result["local_1"] = step("serve the directory store, pass 1", lambda: load(local))
         before = _batch_gets(moto_log)
         result["cold"] = step("serve the S3 store, cold cache", lambda: load(remote))
@@ -116,17 +149,25 @@ def _passes(work: Path, logs: Path, options: dict[str, Any], load: Callable[[Ser
         before = _batch_gets(moto_log)
         again: dict[str, list[dict[str, Any]]] = {"local": [], "warm": []}
         for n in range(REPEATS):  # alternated: background load hits both alike
-            again["local"].append(step(f"serve the directory store, pass {n + 2}",
-                                       lambda: load(local)))
-            again["warm"].append(step(f"serve the S3 store, warm cache, pass {n + 1}",
-                                      lambda: load(remote)))
+            again["local"].append(
+                step(f"serve the directory store, pass {n + 2}", lambda: load(local))
+            )
+            again["warm"].append(
+                step(f"serve the S3 store, warm cache, pass {n + 1}", lambda: load(remote))
+            )
         result["local_2"], result["warm"] = _median(again["local"]), _median(again["warm"])
         result["warm"]["s3_gets"] = _batch_gets(moto_log) - before
         result["cache_objects"] = sum(1 for f in cache.iterdir() if f.suffix != ".tmp")
 
 
-def measure(work: Path, logs: Path, options: dict[str, Any], load: Callable[[Server], Any],
-            timeout: float, step: Step) -> dict[str, Any]:
+def measure(
+    work: Path,
+    logs: Path,
+    options: dict[str, Any],
+    load: Callable[[Server], Any],
+    timeout: float,
+    step: Step,
+) -> dict[str, Any]:
     """Prime ``options``' store into a directory and into moto, then serve both with ``load``.
 
     Both are served by ``--role serve`` servers, the S3 one with a fresh cache: a first pass of
@@ -134,8 +175,10 @@ def measure(work: Path, logs: Path, options: dict[str, Any], load: Callable[[Ser
     alternated (S3 warm: from the cache), their medians compared.
     """
     moto_log = logs / "moto.log"
-    result: dict[str, Any] = {"moto": f"moto_server {metadata.version('moto')} (subprocess)",
-                              "batches": options["batches"]}
+    result: dict[str, Any] = {
+        "moto": f"moto_server {metadata.version('moto')} (subprocess)",
+        "batches": options["batches"],
+    }
     try:
         with moto_server(moto_log) as endpoint:
             httpx.put(f"{endpoint}/{BUCKET}", timeout=10).raise_for_status()  # moto: unsigned

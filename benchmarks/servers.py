@@ -88,8 +88,9 @@ def subprocess_server(
     url = f"http://{HOST}:{port}"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        proc = subprocess.Popen(list(argv), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=REPO_ROOT)
+        proc = subprocess.Popen(
+            list(argv), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+        )
     try:
         _wait_healthy(url, proc, log, timeout)
         yield Server(url, proc.pid, log)
@@ -117,16 +118,33 @@ def batchstash_server(
     ``env_extra``: more environment variables (settings such as ``BATCHSTASH_DATA_SENDFILE``).
     """
     port = free_port()
-    argv = [sys.executable, "-c", "from batchstash.service.cli import main; main()", "serve",
-            "--host", HOST, "--port", str(port), "--data-dir", str(data_dir),
-            "--dataset", DATASET, "--workers", str(workers), "--no-prime"]
+    argv = [
+        sys.executable,
+        "-c",
+        "from batchstash.service.cli import main; main()",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--dataset",
+        DATASET,
+        "--workers",
+        str(workers),
+        "--no-prime",
+    ]
     # a free data port of its own: ``port + 1`` (the default) may be a client's ephemeral port
     data_port = free_port()
     while data_port == port:
         data_port = free_port()
-    env = child_env(BATCHSTASH_DATASET_OPTIONS=json.dumps(options),
-                    BATCHSTASH_LOG_LEVEL="warning", BATCHSTASH_DATA_PORT=str(data_port),
-                    **env_extra)
+    env = child_env(
+        BATCHSTASH_DATASET_OPTIONS=json.dumps(options),
+        BATCHSTASH_LOG_LEVEL="warning",
+        BATCHSTASH_DATA_PORT=str(data_port),
+        **env_extra,
+    )
     with subprocess_server(argv, port, log, env) as server:
         yield server
 
@@ -136,8 +154,9 @@ def auto_way(url: str) -> str:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     for line in text.splitlines():
         if line.startswith('batchstash_data_sendfile{setting="auto"}'):
-            return {1: "sendfile", 0: "mapped pages"}.get(int(float(line.split()[-1])),
-                                                          "still measuring")
+            return {1: "sendfile", 0: "mapped pages"}.get(
+                int(float(line.split()[-1])), "still measuring"
+            )
     return "no choice (data_sendfile is not auto)"
 
 
@@ -174,5 +193,10 @@ def prime(url: str, timeout: float) -> dict[str, Any]:
     steady = None
     if first is not None and samples[-1][0] > first[0] and samples[-1][1] > first[1]:
         steady = (samples[-1][1] - first[1]) / (samples[-1][0] - first[0])
-    return {"batches": encoded, "already": initial, "wall_s": wall,
-            "rate": encoded / wall if wall > 0 and encoded else None, "steady_rate": steady}
+    return {
+        "batches": encoded,
+        "already": initial,
+        "wall_s": wall,
+        "rate": encoded / wall if wall > 0 and encoded else None,
+        "steady_rate": steady,
+    }

@@ -14,8 +14,17 @@ from typing import Any
 
 from .servers import Server, child_env, free_port, subprocess_server
 
-__all__ = ["BATCHSTASH_RUNS", "FLOOR_RUNS", "FORCED_RUNS", "MMAP_RUNS", "PER_REQUEST", "PREFETCH",
-           "SENDFILE_RUNS", "Run", "floor_server"]
+__all__ = [
+    "BATCHSTASH_RUNS",
+    "FLOOR_RUNS",
+    "FORCED_RUNS",
+    "MMAP_RUNS",
+    "PER_REQUEST",
+    "PREFETCH",
+    "SENDFILE_RUNS",
+    "Run",
+    "floor_server",
+]
 
 Run = tuple[str, int, dict[str, Any]]
 
@@ -75,7 +84,16 @@ time, so the deeper request is its best)."""
 def floor_server(store: Path, from_url: str, log: Path) -> Iterator[Server]:
     """Run ``benchmarks.floor_server`` on ``store`` (JSON answers captured from ``from_url``)."""
     port = free_port()
-    argv = [sys.executable, "-m", "benchmarks.floor_server", "--port", str(port),
-            "--store", str(store), "--from-url", from_url]
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.floor_server",
+        "--port",
+        str(port),
+        "--store",
+        str(store),
+        "--from-url",
+        from_url,
+    ]
     with subprocess_server(argv, port, log, child_env()) as server:
         yield server

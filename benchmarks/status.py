@@ -60,32 +60,44 @@ def build_store(root: Path, batches: int) -> dict[str, Any]:
     for split, count in splits.items():
         for batch_id in range(count):
             ids = [point]
-            id_sets.append({"batch_id": batch_id, "data_point_ids": ids, "split_name": split,
-                            "torch_seed_context": {}})
+            id_sets.append(
+                {
+                    "batch_id": batch_id,
+                    "data_point_ids": ids,
+                    "split_name": split,
+                    "torch_seed_context": {},
+                }
+            )
             meta = identity_metadata(split, batch_id, fingerprint, ids)
             tensors = {"flower_dims": torch.rand(1, 4), "label": torch.tensor([point % 3])}
             directory = store / layout.batch_prefix(generation, split, batch_id)
             directory.mkdir(parents=True)
             for group in groups:
                 payload = wire.encode({group: tensors[group]}, meta)
-                with open(store / layout.group_key(generation, split, batch_id, group),
-                          "wb") as fh:
+                with open(store / layout.group_key(generation, split, batch_id, group), "wb") as fh:
                     stored += fh.write(payload)
             point += 1
     write_record(backend, Plan(fingerprint, generation, id_sets))
     counts = {s: {"batches": n, "data_points": n} for s, n in splits.items()}
-    write_record(backend, StoreInfo(fingerprint, generation, groups, counts,
-                                    stash.batch_metadata.to_dict()))
+    write_record(
+        backend, StoreInfo(fingerprint, generation, groups, counts, stash.batch_metadata.to_dict())
+    )
     write_record(backend, Manifest(fingerprint, generation, splits, stored))
     progress = {s: [n, n] for s, n in splits.items()}
     lease = JobLease.acquire(backend, "prime", generation=generation, progress=progress)
     lease.finish(JobState.DONE, progress=progress, stored_bytes=stored)
-    return {"batches": batches, "objects": batches * len(groups), "bytes": stored,
-            "build_s": time.perf_counter() - start, "dir": str(store)}
+    return {
+        "batches": batches,
+        "objects": batches * len(groups),
+        "bytes": stored,
+        "build_s": time.perf_counter() - start,
+        "dir": str(store),
+    }
 
 
-def timings(calls: list[Callable[[], Any]], count: int = CALLS,
-            warmup: int = WARMUP) -> list[dict[str, float]]:
+def timings(
+    calls: list[Callable[[], Any]], count: int = CALLS, warmup: int = WARMUP
+) -> list[dict[str, float]]:
     """Median and p99 microseconds of each call, the calls interleaved (one load for all)."""
     samples: list[list[float]] = [[] for _ in calls]
     for i in range(warmup + count):
@@ -94,8 +106,14 @@ def timings(calls: list[Callable[[], Any]], count: int = CALLS,
             call()
             if i >= warmup:
                 times.append((time.perf_counter_ns() - start) / 1e3)
-    return [{"p50_us": statistics.median(t), "p99_us": sorted(t)[round(0.99 * (count - 1))],
-             "calls": count} for t in samples]
+    return [
+        {
+            "p50_us": statistics.median(t),
+            "p99_us": sorted(t)[round(0.99 * (count - 1))],
+            "calls": count,
+        }
+        for t in samples
+    ]
 
 
 def _get(client: TestClient, path: str, batches: int) -> Callable[[], Any]:
@@ -127,11 +145,13 @@ def _time_calls(dirs: list[str], sizes: tuple[int, int]) -> list[dict[str, Any]]
     apps = [create_app(build_settings(data_dir=d, role="serve")) for d in dirs]
     with TestClient(apps[0]) as first, TestClient(apps[1]) as second:
         for key, path in (("status", "/v1/admin/status"), ("splits", "/v1/splits")):
-            out[0][key], out[1][key] = timings([_get(first, path, sizes[0]),
-                                                _get(second, path, sizes[1])])
+            out[0][key], out[1][key] = timings(
+                [_get(first, path, sizes[0]), _get(second, path, sizes[1])]
+            )
     states = [app.state.batchstash for app in apps]
     out[0]["status_body"], out[1]["status_body"] = timings(
-        [partial(status_body, s) for s in states])
+        [partial(status_body, s) for s in states]
+    )
     readers = [StoreReader(open_backend(d)).split_counts for d in dirs]
     out[0]["split_counts"], out[1]["split_counts"] = timings(readers)
     return out

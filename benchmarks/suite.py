@@ -78,15 +78,22 @@ class Suite:
         logger.info("%s done in %.1fs", name, time.perf_counter() - start)
         return result
 
-    def load(self, server: Server, kind: str, consumers: int, max_batches: int | None = None,
-             **options: Any) -> dict[str, Any]:
+    def load(
+        self,
+        server: Server,
+        kind: str,
+        consumers: int,
+        max_batches: int | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
         """One bounded load run on the consumer pool, ``server``'s process tree's CPU accounted.
 
         ``options`` are further :class:`LoadTask` fields.
         """
         p = self.profile
-        task = LoadTask(server.url, kind, consumers, max_batches or p.max_batches, p.max_seconds,
-                        **options)
+        task = LoadTask(
+            server.url, kind, consumers, max_batches or p.max_batches, p.max_seconds, **options
+        )
         return self.consumers.run(task, (server.pid,))
 
     # -- stores and files ---------------------------------------------------------------------
@@ -107,13 +114,18 @@ class Suite:
         if name in self.built:
             return directory
         options = self.store_options(name)
-        with batchstash_server(directory, options, self.logs / f"build-{name}.log",
-                               workers=2) as server:
-            built = self.step(f"prime the {name} store ({options['batches']} batches)",
-                              lambda: prime(server.url, self.profile.prime_timeout))
+        with batchstash_server(
+            directory, options, self.logs / f"build-{name}.log", workers=2
+        ) as server:
+            built = self.step(
+                f"prime the {name} store ({options['batches']} batches)",
+                lambda: prime(server.url, self.profile.prime_timeout),
+            )
         self.results["builds"][name] = {
-            **built, "store_batches": options["batches"],
-            "batch_bytes": batch_bytes(options["rows"], options["dims"])}
+            **built,
+            "store_batches": options["batches"],
+            "batch_bytes": batch_bytes(options["rows"], options["dims"]),
+        }
         self.built.add(name)
         return directory
 
@@ -121,8 +133,12 @@ class Suite:
         """The large store's first batches as ``torch.save`` and pickle files (written once)."""
         if not self.files:
             stash = factory(path=str(self.store("large")), **self.options("large"))
-            self.files = self.step("write torch.save and pickle files", lambda: (
-                baselines.write_files(stash, self.work / "files", self.profile.baseline_files)))
+            self.files = self.step(
+                "write torch.save and pickle files",
+                lambda: baselines.write_files(
+                    stash, self.work / "files", self.profile.baseline_files
+                ),
+            )
         return self.files
 
     # -- sections -----------------------------------------------------------------------------
@@ -134,17 +150,23 @@ class Suite:
         options = self.store_options("prime")
         rates = {}
         for workers in (1, 2):
-            with batchstash_server(directory, options, self.logs / f"prime-{workers}w.log",
-                                   workers=workers) as server:
+            with batchstash_server(
+                directory, options, self.logs / f"prime-{workers}w.log", workers=workers
+            ) as server:
                 # each prime starts from an empty store (a kept --work-dir holds a primed one)
                 httpx.post(f"{server.url}/v1/admin/clear", timeout=60).raise_for_status()
                 rates[f"workers_{workers}"] = self.step(
                     f"prime {p.prime_batches} large batches, {workers} worker(s)",
-                    lambda s=server: prime(s.url, p.prime_timeout))
+                    lambda s=server: prime(s.url, p.prime_timeout),
+                )
         self.built.add("prime")  # the memory section's small store
         breakdown = {
-            vec: self.step(f"priming breakdown ({vec})", lambda v=vec: priming.breakdown(
-                self.work / f"breakdown-{v}", {**options, "vectorizer": v}, p.breakdown_sample))
+            vec: self.step(
+                f"priming breakdown ({vec})",
+                lambda v=vec: priming.breakdown(
+                    self.work / f"breakdown-{v}", {**options, "vectorizer": v}, p.breakdown_sample
+                ),
+            )
             for vec in ("series", "tensor")
         }
         self.results["priming"] = {"batches": p.prime_batches, **rates, "breakdown": breakdown}
@@ -154,8 +176,12 @@ class Suite:
         runs = {**ceiling.RUNS, **ceiling.FILE_RUNS}
         with ceiling.sender(self.logs / "ceiling.log", files=self.store("large")) as sender:
             self.results["ceiling"] = {
-                name: self.step(f"ceiling {name}", lambda k=kind, c=pairs: self.load(
-                    sender, k, c, max_batches=self.profile.ceiling_messages))
+                name: self.step(
+                    f"ceiling {name}",
+                    lambda k=kind, c=pairs: self.load(
+                        sender, k, c, max_batches=self.profile.ceiling_messages
+                    ),
+                )
                 for name, (kind, pairs) in runs.items()
             }
 
@@ -166,10 +192,13 @@ class Suite:
 
     def _runs(self, server: Server, table: dict[str, Run], size: str) -> dict[str, Any]:
         sized = {"prefetch": PREFETCH[size], "per_request": PER_REQUEST[size]}
-        return {key: self.step(f"{size}: {key} ({kind}, {consumers} consumer(s))",
-                               lambda k=kind, c=consumers, e=extra: self.load(
-                                   server, k, c, **sized, **e))
-                for key, (kind, consumers, extra) in table.items()}
+        return {
+            key: self.step(
+                f"{size}: {key} ({kind}, {consumers} consumer(s))",
+                lambda k=kind, c=consumers, e=extra: self.load(server, k, c, **sized, **e),
+            )
+            for key, (kind, consumers, extra) in table.items()
+        }
 
     def warm(self, server: Server, size: str) -> None:
         """Serve every batch once, untimed.
@@ -177,8 +206,10 @@ class Suite:
         Each row then measures a server that has verified its objects, as one that has served
         an epoch has.
         """
-        self.step(f"{size}: warm-up read of every batch", lambda: rawclient.warm(
-            server.url, "train", PER_REQUEST[size]))
+        self.step(
+            f"{size}: warm-up read of every batch",
+            lambda: rawclient.warm(server.url, "train", PER_REQUEST[size]),
+        )
 
     def serve(self, size: str) -> None:
         """Serve one store by batchstash and by the I/O floor server, to each client."""
@@ -186,25 +217,38 @@ class Suite:
         with batchstash_server(directory, options, self.logs / f"serve-{size}.log") as server:
             self.warm(server, size)
             advertised = rawclient.data_port(server.url, "train")
-            skipped = {} if advertised is not None else {
-                key: NO_DATA_PORT for key, r in BATCHSTASH_RUNS.items() if r[0] == "raw_data"}
+            skipped = (
+                {}
+                if advertised is not None
+                else {key: NO_DATA_PORT for key, r in BATCHSTASH_RUNS.items() if r[0] == "raw_data"}
+            )
             table = {key: r for key, r in BATCHSTASH_RUNS.items() if key not in skipped}
             runs = {**skipped, **self._runs(server, table, size)}
             way = auto_way(server.url)
             with floor_server(directory, server.url, self.logs / f"floor-{size}.log") as floor:
                 runs.update(self._runs(floor, FLOOR_RUNS, size))
         for name, (setting, forced) in FORCED_RUNS.items():
-            with batchstash_server(directory, options, self.logs / f"serve-{size}-{name}.log",
-                                   BATCHSTASH_DATA_SENDFILE=setting) as server:
+            with batchstash_server(
+                directory,
+                options,
+                self.logs / f"serve-{size}-{name}.log",
+                BATCHSTASH_DATA_SENDFILE=setting,
+            ) as server:
                 self.warm(server, size)
-                table = {k: r for k, r in forced.items() if advertised is not None
-                         or r[0] != "raw_data"}
+                table = {
+                    k: r for k, r in forced.items() if advertised is not None or r[0] != "raw_data"
+                }
                 runs.update({k: NO_DATA_PORT for k in forced if k not in table})
                 runs.update(self._runs(server, table, size))
         self.results[f"batchstash_{size}"] = {
-            "prefetch": PREFETCH[size], "per_request": PER_REQUEST[size],
-            "data_port": advertised, "batch_bytes": batch_bytes(options["rows"], options["dims"]),
-            "store_batches": options["batches"], "auto_way": way, **runs}
+            "prefetch": PREFETCH[size],
+            "per_request": PER_REQUEST[size],
+            "data_port": advertised,
+            "batch_bytes": batch_bytes(options["rows"], options["dims"]),
+            "store_batches": options["batches"],
+            "auto_way": way,
+            **runs,
+        }
 
     def local_baselines(self) -> None:
         """A local DataLoader over torch.save files, pickled files: the same batches."""
@@ -214,12 +258,17 @@ class Suite:
         pickles = [files["pickle"][i % len(files["pickle"])] for i in range(p.max_batches)]
         self.results["baselines"] = {
             "files": len(files["torch"]),
-            "dataloader_0": self.step("DataLoader num_workers=0", lambda: baselines.dataloader(
-                cycle, 0, p.max_batches, p.max_seconds)),
-            "dataloader_2": self.step("DataLoader num_workers=2", lambda: baselines.dataloader(
-                cycle, 2, p.max_batches, p.max_seconds)),
-            "pickle": self.step("pickled files", lambda: baselines.pickled(
-                pickles, p.max_batches, p.max_seconds)),
+            "dataloader_0": self.step(
+                "DataLoader num_workers=0",
+                lambda: baselines.dataloader(cycle, 0, p.max_batches, p.max_seconds),
+            ),
+            "dataloader_2": self.step(
+                "DataLoader num_workers=2",
+                lambda: baselines.dataloader(cycle, 2, p.max_batches, p.max_seconds),
+            ),
+            "pickle": self.step(
+                "pickled files", lambda: baselines.pickled(pickles, p.max_batches, p.max_seconds)
+            ),
         }
 
     def naive(self) -> None:
@@ -227,15 +276,33 @@ class Suite:
         p = self.profile
         port = free_port()
         limit = min(p.baseline_files, p.large_batches, p.small_batches)
-        argv = [sys.executable, "-m", "benchmarks.naive_server", "--port", str(port),
-                "--limit", str(limit), "--store", f"large={self.store('large')}",
-                "--store", f"small={self.store('small')}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "benchmarks.naive_server",
+            "--port",
+            str(port),
+            "--limit",
+            str(limit),
+            "--store",
+            f"large={self.store('large')}",
+            "--store",
+            f"small={self.store('small')}",
+        ]
         runs = {"large_1": ("large", 1), "large_4": ("large", 4), "small_1": ("small", 1)}
         with subprocess_server(argv, port, self.logs / "naive.log", child_env()) as server:
-            self.results["naive"] = {"payloads": limit, **{
-                key: self.step(f"naive FastAPI, {split}, {n} consumer(s)", lambda s=split, c=n: (
-                    self.load(server, "naive", c, split=s, batch_ids=tuple(range(limit)))))
-                for key, (split, n) in runs.items()}}
+            self.results["naive"] = {
+                "payloads": limit,
+                **{
+                    key: self.step(
+                        f"naive FastAPI, {split}, {n} consumer(s)",
+                        lambda s=split, c=n: self.load(
+                            server, "naive", c, split=s, batch_ids=tuple(range(limit))
+                        ),
+                    )
+                    for key, (split, n) in runs.items()
+                },
+            }
 
     def memory(self) -> None:
         """Server peak RSS on two store sizes; a fresh client's RSS growth by prefetch."""
@@ -243,19 +310,25 @@ class Suite:
         result: dict[str, Any] = {}
         for name, store in (("small", "prime"), ("large", "large")):
             options = self.store_options(store)
-            with batchstash_server(self.store(store), options,
-                                   self.logs / f"memory-{name}.log") as server:
+            with batchstash_server(
+                self.store(store), options, self.logs / f"memory-{name}.log"
+            ) as server:
                 result[f"server_{name}_store"] = self.step(
                     f"server RSS, {name} store ({options['batches']} batches)",
                     lambda s=server, o=options: memory.server_peak(
-                        s, self.consumers, o["batches"], p.memory_reads, p.max_seconds))
+                        s, self.consumers, o["batches"], p.memory_reads, p.max_seconds
+                    ),
+                )
                 if name != "large":
                     continue
                 size = batch_bytes(options["rows"], options["dims"])
                 result["client"] = [
-                    self.step(f"client RSS, prefetch {depth}",
-                              lambda d=depth, s=server, b=size: memory.client_growth(
-                                  s.url, d, b, p.max_batches, p.max_seconds))
+                    self.step(
+                        f"client RSS, prefetch {depth}",
+                        lambda d=depth, s=server, b=size: memory.client_growth(
+                            s.url, d, b, p.max_batches, p.max_seconds
+                        ),
+                    )
                     for depth in p.prefetch_depths
                 ]
         self.results["memory"] = result
@@ -263,25 +336,36 @@ class Suite:
     def status_cost(self) -> None:
         """Status and split counts on a small and a large store, in process."""
         sizes = status.SIZES[self.profile.name]
-        self.results["status"] = self.step(f"status cost, {sizes[0]} vs {sizes[1]} batch stores",
-                                           lambda: status.measure(self.work, sizes))
+        self.results["status"] = self.step(
+            f"status cost, {sizes[0]} vs {sizes[1]} batch stores",
+            lambda: status.measure(self.work, sizes),
+        )
 
     def ray(self) -> None:
         """Priming on Ray vs the process pool, in process; Ray shut down after."""
         p = self.profile
         self.results["ray"] = ray_priming.measure(
-            self.work, self.options("large", p.ray_batches), self.step)
+            self.work, self.options("large", p.ray_batches), self.step
+        )
 
     def s3_store(self) -> None:
         """Priming into and serving from moto vs a directory, with the large serving client."""
         p = self.profile
         prefetch = PREFETCH["large"]
         options = self.options("large", p.s3_batches)
-        result = s3.measure(self.work, self.logs, options,
-                            lambda server: self.load(server, "iter", 1, prefetch=prefetch),
-                            p.prime_timeout, self.step)
-        self.results["s3"] = {**result, "prefetch": prefetch,
-                              "batch_bytes": batch_bytes(options["rows"], options["dims"])}
+        result = s3.measure(
+            self.work,
+            self.logs,
+            options,
+            lambda server: self.load(server, "iter", 1, prefetch=prefetch),
+            p.prime_timeout,
+            self.step,
+        )
+        self.results["s3"] = {
+            **result,
+            "prefetch": prefetch,
+            "batch_bytes": batch_bytes(options["rows"], options["dims"]),
+        }
 
     def cuda(self) -> None:
         """``--device cuda``: host-to-device copies and a trainer's data wait."""
@@ -296,21 +380,35 @@ class Suite:
         p = self.profile
         options = self.options("large")
         files = self.torch_files()["torch"]
-        with batchstash_server(self.store("large"), options,
-                               self.logs / "gpu.log") as server, BatchClient(server.url) as client:
+        with (
+            batchstash_server(self.store("large"), options, self.logs / "gpu.log") as server,
+            BatchClient(server.url) as client,
+        ):
             it = client.iter_batches("train", prefetch=4, device="cuda")
             try:
-                wait = self.step("trainer data wait", lambda: gpu.trainer_wait(
-                    it, files, options["dims"], p.max_batches, p.max_seconds))
+                wait = self.step(
+                    "trainer data wait",
+                    lambda: gpu.trainer_wait(
+                        it, files, options["dims"], p.max_batches, p.max_seconds
+                    ),
+                )
             finally:
                 it.close()
-            rate = self.step("delivered to the GPU", lambda: gpu.delivered(
-                lambda device: client.iter_batches("train", prefetch=24, device=device),
-                batch_bytes(options["rows"], options["dims"]), p.max_batches, p.max_seconds))
+            rate = self.step(
+                "delivered to the GPU",
+                lambda: gpu.delivered(
+                    lambda device: client.iter_batches("train", prefetch=24, device=device),
+                    batch_bytes(options["rows"], options["dims"]),
+                    p.max_batches,
+                    p.max_seconds,
+                ),
+            )
         self.results["gpu"] = {
             "device": torch.cuda.get_device_name(0),
-            "copy": self.step("host-to-device copies", lambda: gpu.copy_bandwidth(
-                batch_bytes(options["rows"], options["dims"]))),
+            "copy": self.step(
+                "host-to-device copies",
+                lambda: gpu.copy_bandwidth(batch_bytes(options["rows"], options["dims"])),
+            ),
             "trainer": wait,
             "delivered": rate,
         }

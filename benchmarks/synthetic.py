@@ -94,8 +94,14 @@ class SyntheticSplitStashContainer(SplitStashContainer):
 
     def fingerprint(self) -> str:
         """Hash of the generator parameters (the data is a pure function of them)."""
-        doc = {"rows": self.rows, "dims": self.dims, "batches": self.batches,
-               "classes": self.classes, "seed": self.seed, "generator": "torch.randn/v1"}
+        doc = {
+            "rows": self.rows,
+            "dims": self.dims,
+            "batches": self.batches,
+            "classes": self.classes,
+            "seed": self.seed,
+            "generator": "torch.randn/v1",
+        }
         return str(xxhash.xxh3_128_hexdigest(json.dumps(doc, sort_keys=True).encode()))
 
 

@@ -68,24 +68,43 @@ class Row:
         run = self.run
         if run is None or "client_cpu_s" not in run:
             return dict.fromkeys(CPU_COLUMNS, "")
-        return dict(zip(CPU_COLUMNS, (
-            fmt(run["server_s_gb"], 2), fmt(run["client_s_gb"], 2),
-            f"{fmt(run['server_cores'], 2)} / {fmt(run['client_cores'], 2)}",
-            run["limit"] or "n/a"), strict=True))
+        return dict(
+            zip(
+                CPU_COLUMNS,
+                (
+                    fmt(run["server_s_gb"], 2),
+                    fmt(run["client_s_gb"], 2),
+                    f"{fmt(run['server_cores'], 2)} / {fmt(run['client_cores'], 2)}",
+                    run["limit"] or "n/a",
+                ),
+                strict=True,
+            )
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The row for ``results.json``: its cells, the verdict as a boolean or ``None``."""
-        return {"section": self.section, "measurement": self.measurement,
-                "result": self.result, **self.cpu(), "target": self.target, "met": self.met}
+        return {
+            "section": self.section,
+            "measurement": self.measurement,
+            "result": self.result,
+            **self.cpu(),
+            "target": self.target,
+            "met": self.met,
+        }
 
 
 def markdown(table: list[Row], cpu: bool = True) -> str:
     """The rows as a GitHub markdown table, with the CPU columns or without."""
-    names = ["section", "measurement", "result", *(CPU_COLUMNS if cpu else ()), "target",
-             "status"]
+    names = ["section", "measurement", "result", *(CPU_COLUMNS if cpu else ()), "target", "status"]
     lines = ["| " + " | ".join(names) + " |", "|" + " --- |" * len(names)]
     for r in table:
-        cells = [r.section, r.measurement, r.result, *(r.cpu().values() if cpu else ()),
-                 r.target, r.status]
+        cells = [
+            r.section,
+            r.measurement,
+            r.result,
+            *(r.cpu().values() if cpu else ()),
+            r.target,
+            r.status,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -76,7 +76,6 @@ _LAZY = {
 }
 
 
-
 __all__ = [
     "Batch",
     "BatchError",

@@ -65,6 +65,7 @@ ONLY = {
 # the routes serve from the server state (the store's reader and the job) alone
 ROUTES_ALLOWED = {"client", "service.api"}
 
+
 def layer_of(module: str) -> str:
     """``batchstash.service.store.reader`` -> ``service.store``."""
     parts = module.split(".")[1:]

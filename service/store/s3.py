@@ -33,9 +33,7 @@ def _obstore() -> Any:
     try:
         import obstore
     except ImportError:
-        raise StoreError(
-            "s3:// stores need the s3 extra: pip install 'batchstash[s3]'"
-        ) from None
+        raise StoreError("s3:// stores need the s3 extra: pip install 'batchstash[s3]'") from None
     return obstore
 
 
@@ -63,15 +61,20 @@ class S3Backend(StoreBackend):
         from obstore.store import S3Store
 
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        client: dict[str, Any] = {"timeout": timedelta(seconds=timeout_s),
-                                  "connect_timeout": timedelta(seconds=5)}
+        client: dict[str, Any] = {
+            "timeout": timedelta(seconds=timeout_s),
+            "connect_timeout": timedelta(seconds=5),
+        }
         if endpoint and endpoint.startswith("http://"):
             client["allow_http"] = True
         retry = {
             "max_retries": 10,
             "retry_timeout": timedelta(seconds=retry_s),
-            "backoff": {"init_backoff": timedelta(milliseconds=100),
-                        "max_backoff": timedelta(seconds=5), "base": 2},
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=100),
+                "max_backoff": timedelta(seconds=5),
+                "base": 2,
+            },
         }
         self.prefix = parts.path.strip("/")
         self._obstore = obstore
@@ -135,8 +138,12 @@ class S3Backend(StoreBackend):
         """A PUT with ``If-Match: <version>``."""
         try:
             self._obstore.put(self.store, key, data, mode={"e_tag": version})
-        except (self._errors.PreconditionError, self._errors.NotFoundError,
-                FileNotFoundError, self._errors.AlreadyExistsError):
+        except (
+            self._errors.PreconditionError,
+            self._errors.NotFoundError,
+            FileNotFoundError,
+            self._errors.AlreadyExistsError,
+        ):
             return False
         return True
 
@@ -184,5 +191,6 @@ class S3Backend(StoreBackend):
         if not self.conditional:
             logger.warning(
                 "store %s does not enforce conditional writes (If-None-Match / If-Match): "
-                "run a single priming role against it", self.url,
+                "run a single priming role against it",
+                self.url,
             )

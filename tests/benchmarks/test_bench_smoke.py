@@ -20,16 +20,48 @@ from benchmarks.__main__ import main
 from benchmarks.runner import select
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("ceiling", "priming", "builds", "batchstash_large", "batchstash_small", "baselines",
-            "naive", "memory", "status", "s3", "ray", "gpu", "targets", "table", "machine",
-            "sections")
+SECTIONS = (
+    "ceiling",
+    "priming",
+    "builds",
+    "batchstash_large",
+    "batchstash_small",
+    "baselines",
+    "naive",
+    "memory",
+    "status",
+    "s3",
+    "ray",
+    "gpu",
+    "targets",
+    "table",
+    "machine",
+    "sections",
+)
 TARGETS = 15  # wire: 4, DataLoader: 1, small: 1, memory: 1 + 1 per client depth (2),
 # priming: 2, status: 4 (the S3 and Ray sections are information rows: no target)
-CEILINGS = {"distinct_1": 1, "distinct_4": 4, "hot_stream_1": 1, "hot_request_1": 1,
-            "files_sendfile_1": 1, "files_mapped_1": 1}
-SERVING = {"raw_1": 1, "iter_1": 1, "iter_threads_1": 1, "iter_mmap_1": 1, "iter_sendfile_1": 1,
-           "iter_cpu_1": 1,
-           "iter_4": 4, "seq_1": 1, "seq_4": 4, "floor_raw_1": 1, "floor_1": 1, "floor_4": 4}
+CEILINGS = {
+    "distinct_1": 1,
+    "distinct_4": 4,
+    "hot_stream_1": 1,
+    "hot_request_1": 1,
+    "files_sendfile_1": 1,
+    "files_mapped_1": 1,
+}
+SERVING = {
+    "raw_1": 1,
+    "iter_1": 1,
+    "iter_threads_1": 1,
+    "iter_mmap_1": 1,
+    "iter_sendfile_1": 1,
+    "iter_cpu_1": 1,
+    "iter_4": 4,
+    "seq_1": 1,
+    "seq_4": 4,
+    "floor_raw_1": 1,
+    "floor_1": 1,
+    "floor_4": 4,
+}
 CPU_COLUMNS = ("server CPU s/GB", "client CPU s/GB", "cores: server / client", "limit")
 
 
@@ -56,9 +88,20 @@ def test_only_names_sections_and_aliases() -> None:
 def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out),
-         "--work-dir", str(tmp_path / "work")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=420,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -77,9 +120,11 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     for size, per_request in (("large", 8), ("small", 32)):
         runs = results[f"batchstash_{size}"]
         assert runs["per_request"] == per_request
-        data_port = ({"raw_data_1": 1, "raw_data_mmap_1": 1, "raw_data_sendfile_1": 1}
-                     if runs["data_port"] is not None
-                     else {})
+        data_port = (
+            {"raw_data_1": 1, "raw_data_mmap_1": 1, "raw_data_sendfile_1": 1}
+            if runs["data_port"] is not None
+            else {}
+        )
         if not data_port:
             assert "no x-batchstash-data-port header" in runs["raw_data_1"]["skipped"]
         for key, consumers in {**SERVING, **data_port}.items():
@@ -104,7 +149,8 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert {"workers_1", "workers_2", "breakdown"} <= set(results["priming"])
     assert [c["prefetch"] for c in results["memory"]["client"]] == [1, 4]
     assert results["memory"]["server_large_store"]["store_batches"] == (
-        5 * results["memory"]["server_small_store"]["store_batches"])
+        5 * results["memory"]["server_small_store"]["store_batches"]
+    )
     status = results["status"]
     assert status["sizes"] == [100, 10_000]
     for name, size in (("small", 100), ("large", 10_000)):
@@ -133,8 +179,9 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         run = ray[key]
         assert run["batches"] == 8 and run["rate"] > 0 and run["first_batch_s"] > 0, key
     startup = ray["startup"]
-    assert all(startup[k] > 0 for k in ("import_s", "init_s", "init_to_first_batch_s",
-                                        "shutdown_s"))
+    assert all(
+        startup[k] > 0 for k in ("import_s", "init_s", "init_to_first_batch_s", "shutdown_s")
+    )
     assert startup["init_to_first_batch_s"] > startup["init_s"]
     assert ray["ratio"] > 0 and ray["warm_ratio"] > 0
     assert len(results["targets"]) == TARGETS
@@ -142,10 +189,21 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert "skipped" in results["gpu"]  # --device cpu
 
     # what --only wire reports: the wire targets judged, the others n/a; every panel drawn
-    wire = {k: results[k] for k in ("ceiling", "batchstash_large", "batchstash_small", "builds",
-                                    "mode", "machine", "elapsed_s")}
+    wire = {
+        k: results[k]
+        for k in (
+            "ceiling",
+            "batchstash_large",
+            "batchstash_small",
+            "builds",
+            "mode",
+            "machine",
+            "elapsed_s",
+        )
+    }
     text = report.write({**wire, "sections": ["ceiling", "serving"]}, tmp_path / "wire")
-    verdicts = [t["met"] for t in json.loads((tmp_path / "wire" / "results.json").read_text())[
-        "targets"]]
+    verdicts = [
+        t["met"] for t in json.loads((tmp_path / "wire" / "results.json").read_text())["targets"]
+    ]
     assert [v is None for v in verdicts] == [False] * 4 + [True, False, True, True], text
     assert (tmp_path / "wire" / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -13,7 +13,9 @@ from benchmarks import cpu
 SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
 # the root spins, runs a child that spins and exits (reaped: its CPU lands in the root's
 # cutime + cstime), starts a child that spins and stays, then waits for stdin to close
-TREE = SPIN + f"""
+TREE = (
+    SPIN
+    + f"""
 import subprocess, sys
 subprocess.run([sys.executable, "-c", {SPIN!r}], check=True)
 live = subprocess.Popen([sys.executable, "-c", {SPIN!r} + "print('ready', flush=True)\\n"
@@ -25,21 +27,25 @@ sys.stdin.read()
 live.stdin.close()
 live.wait(timeout=30)
 """
+)
 
 
 def test_parse_stat_counts_fields_after_the_last_parenthesis() -> None:
     tick = cpu.TICK
     # name "a) (b c" as the kernel shows it, then state, ppid, ... utime stime cutime cstime
-    line = (f"4242 (a) (b c) S 17 4242 4242 0 -1 4194560 100 0 0 0 {3 * tick} {tick} "
-            f"{2 * tick} {tick // 2} 20 0 3 0 123 456 789")
+    line = (
+        f"4242 (a) (b c) S 17 4242 4242 0 -1 4194560 100 0 0 0 {3 * tick} {tick} "
+        f"{2 * tick} {tick // 2} 20 0 3 0 123 456 789"
+    )
     ppid, seconds = cpu.parse_stat(line)
     assert ppid == 17
     assert seconds == pytest.approx(3 + 1 + 2 + (tick // 2) / tick)
 
 
 def test_tree_cpu_counts_descendants_and_reaped_children() -> None:
-    root = subprocess.Popen([sys.executable, "-c", TREE], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    root = subprocess.Popen(
+        [sys.executable, "-c", TREE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert root.stdout is not None and root.stdin is not None
         grandchild = int(root.stdout.readline())
@@ -78,8 +84,9 @@ def test_self_cpu_seconds_grows_with_work() -> None:
         (None, 0.9, 1, 2, None),
     ],
 )
-def test_usage_columns(server: tuple[float, int] | None, client: float, consumers: int,
-                       usable: int, limit: str | None) -> None:
+def test_usage_columns(
+    server: tuple[float, int] | None, client: float, consumers: int, usable: int, limit: str | None
+) -> None:
     parts = [client / consumers] * consumers
     got = cpu.usage(server, parts, consumers, size=2 * 10**9, wall=1.0, usable=usable)
     assert got["client_cpu_s"] == pytest.approx(client)

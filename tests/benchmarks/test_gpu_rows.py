@@ -13,8 +13,10 @@ def test_gpu_rows_report_copies_trainer_wait_and_delivered_rate() -> None:
             "batchstash": {"batches": 90, "wait_share": 0.125, "step_ms": 2.0},
             "dataloader_pinned": {"batches": 90, "wait_share": None, "step_ms": 3.0},
         },
-        "delivered": {"cuda": {"batches": 500, "mb_s": 1800.0},
-                      "none": {"batches": 500, "mb_s": 2400.0}},
+        "delivered": {
+            "cuda": {"batches": 500, "mb_s": 1800.0},
+            "none": {"batches": 500, "mb_s": 2400.0},
+        },
     }
     rows = SECTION_ROWS["gpu"]({"gpu": gpu})
     results = [row.result for row in rows]

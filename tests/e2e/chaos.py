@@ -182,8 +182,16 @@ def _kill_procs(procs: dict[int, str]) -> None:
 
 def _start(data_dir: Path, log: Path) -> Server:
     env = {"BATCHSTASH_DATASET_OPTIONS": json.dumps(OPTIONS)}
-    return start_server(data_dir, log, "--dataset", FACTORY, "--workers", str(WORKERS), env=env,
-                        timeout=START_TIMEOUT_S)
+    return start_server(
+        data_dir,
+        log,
+        "--dataset",
+        FACTORY,
+        "--workers",
+        str(WORKERS),
+        env=env,
+        timeout=START_TIMEOUT_S,
+    )
 
 
 def _stop(server: Server, seen: dict[int, str]) -> list[dict[str, Any]]:
@@ -211,9 +219,7 @@ def _client(url: str) -> BatchClient:
     return BatchClient(url, token=TOKEN, timeout=10, retries=2, backoff=0.1, max_delay=1)
 
 
-def _wait(
-    what: str, check: Callable[[], dict[str, Any] | None], timeout: float
-) -> dict[str, Any]:
+def _wait(what: str, check: Callable[[], dict[str, Any] | None], timeout: float) -> dict[str, Any]:
     """Poll ``check`` until it returns a body (never past ``timeout``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -241,8 +247,11 @@ class TrialError(Exception):
 
 def _stored_batches(data_dir: Path, groups: int) -> int:
     """Batches whose every group object is in the data dir."""
-    return sum(1 for d in data_dir.glob("batches/*/*/*")
-               if d.is_dir() and len(list(d.glob("*.safetensors"))) == groups)
+    return sum(
+        1
+        for d in data_dir.glob("batches/*/*/*")
+        if d.is_dir() and len(list(d.glob("*.safetensors"))) == groups
+    )
 
 
 def _leftover_tmp(data_dir: Path) -> tuple[list[str], list[str]]:
@@ -328,8 +337,7 @@ def _reference(workdir: Path) -> BatchStash:
 # -- one trial --------------------------------------------------------------------------------
 
 
-def _kill_point(rng: random.Random, started: float, data_dir: Path, groups: int,
-                total: int) -> str:
+def _kill_point(rng: random.Random, started: float, data_dir: Path, groups: int, total: int) -> str:
     """Wait for a random moment of the prime: a random time, or a random number of batches
     stored (counted in the data dir, so at least a third of them are left) plus a jitter."""
     if rng.random() < 0.5:
@@ -338,8 +346,11 @@ def _kill_point(rng: random.Random, started: float, data_dir: Path, groups: int,
         return f"t+{delay:.2f}s"
     target = rng.randint(1, max(1, total * 2 // 3))
     jitter = rng.uniform(0.0, 0.2)
-    _wait(f"{target} stored batches",
-          lambda: {} if _stored_batches(data_dir, groups) >= target else None, 15.0)
+    _wait(
+        f"{target} stored batches",
+        lambda: {} if _stored_batches(data_dir, groups) >= target else None,
+        15.0,
+    )
     time.sleep(jitter)
     return f"{target} stored+{jitter:.2f}s"
 
@@ -359,8 +370,9 @@ def _kill_server(server: Server, result: dict[str, Any], seen: dict[int, str]) -
     gone, survivors = _watch_gone(tree, killed, OBSERVE_S)
     result["descendants"] = sorted(roles.values())
     result["orphans_gone_s"] = max(gone.values(), default=0.0) if not survivors else None
-    result["orphans"] = [{"pid": p, "role": roles[p], "gone_s": round(gone[p], 3)}
-                         for p in sorted(gone)]
+    result["orphans"] = [
+        {"pid": p, "role": roles[p], "gone_s": round(gone[p], 3)} for p in sorted(gone)
+    ]
     result["survivors"] = survivors
     if survivors or max(gone.values(), default=0.0) > ORPHAN_LIMIT_S:
         result["problems"].append(
@@ -370,8 +382,9 @@ def _kill_server(server: Server, result: dict[str, Any], seen: dict[int, str]) -
     _kill_procs(tree)
 
 
-def _kill_worker(server: Server, rng: random.Random, result: dict[str, Any],
-                 seen: dict[int, str]) -> None:
+def _kill_worker(
+    server: Server, rng: random.Random, result: dict[str, Any], seen: dict[int, str]
+) -> None:
     pid = server.process.pid
     workers = _workers(pid)
     if not workers:
@@ -409,8 +422,9 @@ def _prime_until_done(client: BatchClient, result: dict[str, Any]) -> dict[str, 
         if body.get("state") == "running":
             result["problems"].append(f"the resuming prime joined a running job: {body}")
             break
-        result["join_race"].append({"state": body.get("state"), "job_id": body.get("job_id"),
-                                    "error": body.get("error")})
+        result["join_race"].append(
+            {"state": body.get("state"), "job_id": body.get("job_id"), "error": body.get("error")}
+        )
         if time.monotonic() >= deadline:
             result["problems"].append(f"every prime POSTed for 5 s joined a finished job: {body}")
             break
@@ -418,15 +432,25 @@ def _prime_until_done(client: BatchClient, result: dict[str, Any]) -> dict[str, 
     return _until_not_running(client, PRIME_TIMEOUT_S)
 
 
-def run_trial(index: int, kind: str, rng: random.Random, workdir: Path,
-              reference: BatchStash) -> dict[str, Any]:
+def run_trial(
+    index: int, kind: str, rng: random.Random, workdir: Path, reference: BatchStash
+) -> dict[str, Any]:
     """One trial (``kind`` is ``server`` or ``worker``); the result says what happened."""
     root = workdir / f"trial-{index:02d}-{kind}"
     root.mkdir(parents=True, exist_ok=False)
     data = root / "data"
-    result: dict[str, Any] = {"trial": index, "kind": kind, "dir": str(root), "problems": [],
-                              "lost": None, "corrupt": None, "resumed": False,
-                              "orphans_gone_s": None, "pool_gone_s": None, "join_race": []}
+    result: dict[str, Any] = {
+        "trial": index,
+        "kind": kind,
+        "dir": str(root),
+        "problems": [],
+        "lost": None,
+        "corrupt": None,
+        "resumed": False,
+        "orphans_gone_s": None,
+        "pool_gone_s": None,
+        "join_race": [],
+    }
     groups = len(reference.groups)
     servers: list[Server] = []
     seen: dict[int, str] = {}
@@ -441,8 +465,7 @@ def run_trial(index: int, kind: str, rng: random.Random, workdir: Path,
             started = time.monotonic()
             if body.get("joined"):
                 raise TrialError(f"the first prime joined a job: {body}")
-            _wait("the priming workers", lambda: {} if _workers(server.process.pid) else None,
-                  10.0)
+            _wait("the priming workers", lambda: {} if _workers(server.process.pid) else None, 10.0)
             result["kill_point"] = _kill_point(rng, started, data, groups, total)
             result["state_at_kill"] = client.status()["state"]
             result["stored_before_kill"] = _stored_batches(data, groups)
@@ -475,22 +498,24 @@ def run_trial(index: int, kind: str, rng: random.Random, workdir: Path,
             result["resume_error"] = final.get("error")
             result["resumed"] = final["state"] == "done" and final.get("error") is None
             if not result["resumed"]:
-                result["problems"].append(f"the resumed prime ended {final['state']!r}: "
-                                          f"{final.get('error')}")
+                result["problems"].append(
+                    f"the resumed prime ended {final['state']!r}: {final.get('error')}"
+                )
         result["tmp_files"], result["transient_tmp"] = _leftover_tmp(data)
         if result["tmp_files"]:
             result["problems"].append(
-                f".tmp files left after the resumed prime: {result['tmp_files']}")
+                f".tmp files left after the resumed prime: {result['tmp_files']}"
+            )
         checked = _verify(server.url, data, reference)
-        result.update(lost=checked["lost"], corrupt=checked["corrupt"],
-                      checked=checked["checked"])
+        result.update(lost=checked["lost"], corrupt=checked["corrupt"], checked=checked["checked"])
         result["problems"].extend(checked["problems"])
     except TrialError as exc:
         result["problems"].append(str(exc))
     except Exception as exc:  # whatever broke, the trial is reported and the next one runs
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        result["problems"].append(f"{type(exc).__name__} at {Path(where.filename).name}:"
-                                  f"{where.lineno}: {exc}")
+        result["problems"].append(
+            f"{type(exc).__name__} at {Path(where.filename).name}:{where.lineno}: {exc}"
+        )
     finally:
         for server in servers:
             try:
@@ -502,8 +527,12 @@ def run_trial(index: int, kind: str, rng: random.Random, workdir: Path,
         _kill_procs(seen)
     result["logs"] = [str(p) for p in sorted(root.glob("*.log"))]
     result["seconds"] = round(time.monotonic() - began, 2)
-    result["ok"] = (not result["problems"] and result["resumed"] and result["lost"] == 0
-                    and result["corrupt"] == 0)
+    result["ok"] = (
+        not result["problems"]
+        and result["resumed"]
+        and result["lost"] == 0
+        and result["corrupt"] == 0
+    )
     return result
 
 
@@ -512,8 +541,9 @@ def _kind(seed: int, index: int) -> str:
     return ("server", "worker")[(index + random.Random(seed).randrange(2)) % 2]
 
 
-def _run_here(trials: int, seed: int, workdir: Path,
-               report: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+def _run_here(
+    trials: int, seed: int, workdir: Path, report: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
     """The trials, in this process (see :func:`run_trials`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     reference = _reference(workdir)
@@ -536,21 +566,41 @@ def _snapshot(workdir: Path) -> Path:
     shutil.copytree(REPO_ROOT / "client", code / "batchstash" / "client", ignore=skip)
     shutil.copytree(REPO_ROOT / "service", code / "batchstash" / "service", ignore=skip)
     (code / "tests" / "e2e").mkdir(parents=True)
-    for name in ("tests/__init__.py", "tests/e2e/__init__.py", "tests/e2e/conftest.py",
-                 "tests/e2e/factories.py", "tests/e2e/chaos.py"):
+    for name in (
+        "tests/__init__.py",
+        "tests/e2e/__init__.py",
+        "tests/e2e/conftest.py",
+        "tests/e2e/factories.py",
+        "tests/e2e/chaos.py",
+    ):
         shutil.copy2(REPO_ROOT / name, code / name)
     return code
 
 
 def _placeholder(index: int, kind: str, why: str) -> dict[str, Any]:
-    return {"trial": index, "kind": kind, "ok": False, "problems": [why], "lost": None,
-            "corrupt": None, "resumed": False, "orphans_gone_s": None, "pool_gone_s": None,
-            "join_race": [], "logs": [], "seconds": 0.0}
+    return {
+        "trial": index,
+        "kind": kind,
+        "ok": False,
+        "problems": [why],
+        "lost": None,
+        "corrupt": None,
+        "resumed": False,
+        "orphans_gone_s": None,
+        "pool_gone_s": None,
+        "join_race": [],
+        "logs": [],
+        "seconds": 0.0,
+    }
 
 
-def run_trials(trials: int, seed: int, workdir: Path,
-               report: Callable[[dict[str, Any]], None] | None = None,
-               echo: bool = True) -> list[dict[str, Any]]:
+def run_trials(
+    trials: int,
+    seed: int,
+    workdir: Path,
+    report: Callable[[dict[str, Any]], None] | None = None,
+    echo: bool = True,
+) -> list[dict[str, Any]]:
     """Run ``trials`` crash trials under ``workdir``; kills alternate between server and worker.
 
     The trials run in a child process against a copy of the code taken now (under
@@ -571,10 +621,21 @@ def run_trials(trials: int, seed: int, workdir: Path,
     code = _snapshot(workdir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSTASH_")}
     env["PYTHONPATH"] = str(code)
-    command = [sys.executable, "-m", "tests.e2e.chaos", "--child", "--trials", str(trials),
-               "--seed", str(seed), "--workdir", str(workdir)]
-    child = subprocess.Popen(command, cwd=code, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "tests.e2e.chaos",
+        "--child",
+        "--trials",
+        str(trials),
+        "--seed",
+        str(seed),
+        "--workdir",
+        str(workdir),
+    ]
+    child = subprocess.Popen(
+        command, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:
@@ -596,7 +657,7 @@ def run_trials(trials: int, seed: int, workdir: Path,
         if text is None:
             ended = True
         elif text.startswith(RESULT_MARK):
-            result = json.loads(text[len(RESULT_MARK):])
+            result = json.loads(text[len(RESULT_MARK) :])
             results[result["trial"]] = result
             if report:
                 report(result)
@@ -620,8 +681,9 @@ def run_trials(trials: int, seed: int, workdir: Path,
 
 
 def _line(result: dict[str, Any]) -> str:
-    orphans = result.get("orphans_gone_s") if result["kind"] == "server" else result.get(
-        "pool_gone_s")
+    orphans = (
+        result.get("orphans_gone_s") if result["kind"] == "server" else result.get("pool_gone_s")
+    )
     gone = "-" if orphans is None else f"{orphans:.2f}s"
     return (
         f"trial {result['trial']:2d} {'PASS' if result['ok'] else 'FAIL'} kill {result['kind']:6s}"
@@ -636,6 +698,7 @@ def _line(result: dict[str, Any]) -> str:
 
 def summarize(results: list[dict[str, Any]], seconds: float) -> str:
     """The summary table of a run."""
+
     def count(key: str, value: Any) -> int:
         return sum(1 for r in results if r.get(key) == value)
 
@@ -645,21 +708,38 @@ def summarize(results: list[dict[str, Any]], seconds: float) -> str:
         ("trials", str(len(results))),
         ("passed", str(count("ok", True))),
         ("kills: server / worker", f"{count('kind', 'server')} / {count('kind', 'worker')}"),
-        ("kills landing while priming", str(sum(
-            1 for r in results if r.get("state_at_kill") == "running"
-            and r.get("stored_before_kill", 0) < r.get("total_batches", 0)))),
-        ("lost batches", str(sum(r["lost"] or 0 for r in results))
-         + ("" if all(r["lost"] is not None for r in results) else " (some not verified)")),
+        (
+            "kills landing while priming",
+            str(
+                sum(
+                    1
+                    for r in results
+                    if r.get("state_at_kill") == "running"
+                    and r.get("stored_before_kill", 0) < r.get("total_batches", 0)
+                )
+            ),
+        ),
+        (
+            "lost batches",
+            str(sum(r["lost"] or 0 for r in results))
+            + ("" if all(r["lost"] is not None for r in results) else " (some not verified)"),
+        ),
         ("corrupt batches", str(sum(r["corrupt"] or 0 for r in results))),
         ("max s until orphans gone (server kill)", f"{max(orphan):.2f}" if orphan else "-"),
         ("max s until pool gone (worker kill)", f"{max(pool):.2f}" if pool else "-"),
         ("resumes completed", f"{count('resumed', True)} / {len(results)}"),
-        ("re-primes joining a finished job (race)", str(sum(
-            1 for r in results if r.get("join_race")))),
-        ("transient .tmp (writes in flight) seen", str(sum(
-            len(r.get("transient_tmp", [])) for r in results))),
-        ("processes left after a graceful stop", str(sum(
-            len(r.get("left_after_stop", [])) for r in results))),
+        (
+            "re-primes joining a finished job (race)",
+            str(sum(1 for r in results if r.get("join_race"))),
+        ),
+        (
+            "transient .tmp (writes in flight) seen",
+            str(sum(len(r.get("transient_tmp", [])) for r in results)),
+        ),
+        (
+            "processes left after a graceful stop",
+            str(sum(len(r.get("left_after_stop", [])) for r in results)),
+        ),
         ("total time", f"{seconds:.1f}s"),
     ]
     width = max(len(name) for name, _ in rows)
@@ -690,12 +770,17 @@ def _child(trials: int, seed: int, workdir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the trials, print a line each and a summary; non-zero exit if any failed."""
-    parser = argparse.ArgumentParser(prog="python -m tests.e2e.chaos", description=__doc__.split(
-        "\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.e2e.chaos", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=None, help="default: random (printed)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="default: a new temporary directory (kept, printed)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="default: a new temporary directory (kept, printed)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)

@@ -51,19 +51,36 @@ class Server:
                 self.process.wait(timeout=10)
 
 
-def start_server(data_dir: Path, log: Path, *args: str, env: dict[str, str] | None = None,
-                 timeout: float = 60.0, port: int | None = None) -> Server:
+def start_server(
+    data_dir: Path,
+    log: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    port: int | None = None,
+) -> Server:
     """Start ``batchstash serve`` (on ``port``, else a free one); wait for ``/healthz``."""
     port = port or free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSTASH_")}
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
-                                                          environ.get("PYTHONPATH")]))
+    environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO_ROOT), environ.get("PYTHONPATH")])
+    )
     environ.update(env or {})
-    command = [CLI, "serve", "--port", str(port), "--data-dir", str(data_dir), "--token", TOKEN,
-               *args]
+    command = [
+        CLI,
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--token",
+        TOKEN,
+        *args,
+    ]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ,
-                                   cwd=data_dir.parent)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=environ, cwd=data_dir.parent
+        )
     server = Server(f"http://127.0.0.1:{port}", data_dir, process, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -33,12 +33,22 @@ class SlowSeriesVectorizer(SeriesFeatureVectorizer):
 def slow_iris(path: str, delay: float = 0.02, **kwargs: Any) -> BatchStash:
     """The iris stash with a slow ``flower_dims`` vectorizer (about ``20 * delay`` s a batch)."""
     stash = iris(path=path, **kwargs)
-    manager = FeatureVectorizerManager("iris_vectorizer_manager", [
-        CategoryEncodableFeatureVectorizer("ilabel", categories=IRIS_CLASSES),
-        SlowSeriesVectorizer("iseries", dims=4, delay=delay),
-    ])
-    return BatchStash(path, stash.split_stash_container, [manager], stash.batch_feature_mappings,
-                      stash.data_point_type, batch_size=stash.batch_size, seed=stash.seed)
+    manager = FeatureVectorizerManager(
+        "iris_vectorizer_manager",
+        [
+            CategoryEncodableFeatureVectorizer("ilabel", categories=IRIS_CLASSES),
+            SlowSeriesVectorizer("iseries", dims=4, delay=delay),
+        ],
+    )
+    return BatchStash(
+        path,
+        stash.split_stash_container,
+        [manager],
+        stash.batch_feature_mappings,
+        stash.data_point_type,
+        batch_size=stash.batch_size,
+        seed=stash.seed,
+    )
 
 
 def iris_from_csv(path: str, csv_path: str, **kwargs: Any) -> BatchStash:
@@ -46,10 +56,16 @@ def iris_from_csv(path: str, csv_path: str, **kwargs: Any) -> BatchStash:
     from batchstash.service import CsvSplitStashContainer
 
     stash = iris(path=path, **kwargs)
-    container = CsvSplitStashContainer(csv_path, split_column=None, ratios={"train": 1.0},
-                                       id_column="id")
-    return BatchStash(path, container, stash.vectorizer_manager_set,
-                      stash.batch_feature_mappings, stash.data_point_type)
+    container = CsvSplitStashContainer(
+        csv_path, split_column=None, ratios={"train": 1.0}, id_column="id"
+    )
+    return BatchStash(
+        path,
+        container,
+        stash.vectorizer_manager_set,
+        stash.batch_feature_mappings,
+        stash.data_point_type,
+    )
 
 
 @dataclass
@@ -68,9 +84,19 @@ class WarningSeriesVectorizer(SeriesFeatureVectorizer):
 def warning_iris(path: str, **kwargs: Any) -> BatchStash:
     """The iris stash whose ``flower_dims`` vectorizer warns (what a dataset's code may do)."""
     stash = iris(path=path, **kwargs)
-    manager = FeatureVectorizerManager("iris_vectorizer_manager", [
-        CategoryEncodableFeatureVectorizer("ilabel", categories=IRIS_CLASSES),
-        WarningSeriesVectorizer("iseries", dims=4),
-    ])
-    return BatchStash(path, stash.split_stash_container, [manager], stash.batch_feature_mappings,
-                      stash.data_point_type, batch_size=stash.batch_size, seed=stash.seed)
+    manager = FeatureVectorizerManager(
+        "iris_vectorizer_manager",
+        [
+            CategoryEncodableFeatureVectorizer("ilabel", categories=IRIS_CLASSES),
+            WarningSeriesVectorizer("iseries", dims=4),
+        ],
+    )
+    return BatchStash(
+        path,
+        stash.split_stash_container,
+        [manager],
+        stash.batch_feature_mappings,
+        stash.data_point_type,
+        batch_size=stash.batch_size,
+        seed=stash.seed,
+    )

@@ -14,8 +14,13 @@ pytestmark = pytest.mark.slow
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "120"})
+    return subprocess.run(
+        [CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "120"},
+    )
 
 
 def test_prime_wait_status_clear(serve: Callable[..., Server]) -> None:
@@ -61,8 +66,13 @@ def test_serve_rejects_bad_settings_in_one_line(args: tuple[str, ...], message: 
 
 
 def run_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "120", **env})
+    return subprocess.run(
+        [CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "120", **env},
+    )
 
 
 @pytest.mark.parametrize(
@@ -76,8 +86,9 @@ def run_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     ids=["options-not-json", "unknown-option", "log-level", "no-such-factory"],
 )
 def test_config_mistakes_are_one_line(env, args, message, tmp_path) -> None:
-    result = run_env({"PYTHONPATH": str(REPO_ROOT), **env}, "serve", "--data-dir",
-                     str(tmp_path / "d"), *args)
+    result = run_env(
+        {"PYTHONPATH": str(REPO_ROOT), **env}, "serve", "--data-dir", str(tmp_path / "d"), *args
+    )
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("error:") and message in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
@@ -101,9 +112,22 @@ def test_a_factory_in_the_working_directory_imports_without_pythonpath(tmp_path)
         "def factory(path):\n    return iris(path=path, batch_size=50)\n"
     )
     result = subprocess.run(
-        [CLI, "serve", "--role", "prime", "--workers", "0", "--dataset", "my_data:factory",
-         "--data-dir", str(tmp_path / "d")],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            CLI,
+            "serve",
+            "--role",
+            "prime",
+            "--workers",
+            "0",
+            "--dataset",
+            "my_data:factory",
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr

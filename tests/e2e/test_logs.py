@@ -48,7 +48,11 @@ def test_a_json_server_writes_json_lines_only_uvicorns_and_its_workers_too(
     serve: Callable[..., Server],
 ) -> None:
     server = serve(
-        "--dataset", WARNING, "--workers", "1", "--prime",
+        "--dataset",
+        WARNING,
+        "--workers",
+        "1",
+        "--prime",
         env={**JSON_ENV, "BATCHSTASH_ACCESS_LOG": "true"},
     )
     wait_primed(server)
@@ -86,7 +90,11 @@ def test_a_json_prime_job_logs_progress_fields_and_fails_in_json(tmp_path: Path)
     env = {"PATH": "/usr/bin:/bin", **JSON_ENV}
     primed = subprocess.run(
         [CLI, "serve", "--role", "prime", "--data-dir", str(tmp_path / "store"), "--workers", "0"],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
     )
     assert primed.returncode == 0, primed.stderr
     assert primed.stdout == ""
@@ -98,7 +106,11 @@ def test_a_json_prime_job_logs_progress_fields_and_fails_in_json(tmp_path: Path)
     (tmp_path / "a-file").write_text("")
     failed = subprocess.run(
         [CLI, "serve", "--role", "prime", "--data-dir", str(tmp_path / "a-file")],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
     )
     assert failed.returncode == 1
     [error] = json_lines(failed.stderr)

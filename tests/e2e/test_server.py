@@ -78,8 +78,10 @@ def test_plain_http_payload_is_standard_safetensors(primed_iris: Server) -> None
     assert ours.split == "test" and ours.batch_id == 0 and len(ours.data_point_ids) == 20
     assert torch.equal(ours.tensors["flower_dims"], tensors["flower_dims"])
     etag = response.headers["etag"]
-    again = httpx.get(f"{primed_iris.url}/v1/splits/test/batches/0?attributes=flower_dims",
-                      headers={"If-None-Match": etag})
+    again = httpx.get(
+        f"{primed_iris.url}/v1/splits/test/batches/0?attributes=flower_dims",
+        headers={"If-None-Match": etag},
+    )
     assert again.status_code == 304 and again.content == b""
 
 
@@ -122,8 +124,12 @@ def test_errors_map_back_to_client_exceptions(primed_iris: Server) -> None:
 
 
 def test_admin_needs_the_token_and_reads_do_not(primed_iris: Server) -> None:
-    for method, path in [("POST", "/v1/admin/prime"), ("GET", "/v1/admin/status"),
-                         ("POST", "/v1/admin/clear"), ("DELETE", "/v1/admin/prime")]:
+    for method, path in [
+        ("POST", "/v1/admin/prime"),
+        ("GET", "/v1/admin/status"),
+        ("POST", "/v1/admin/clear"),
+        ("DELETE", "/v1/admin/prime"),
+    ]:
         for headers in [{}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"}]:
             response = httpx.request(method, primed_iris.url + path, headers=headers)
             assert response.status_code == 401, (method, path, headers)
@@ -153,8 +159,9 @@ def test_reads_require_the_token_when_configured(serve: Callable[..., Server]) -
 def test_serving_goes_on_while_priming_then_clear_and_cancel(
     serve: Callable[..., Server],
 ) -> None:
-    server = serve("--dataset", SLOW, "--workers", "1",
-                   env={"BATCHSTASH_DATASET_OPTIONS": '{"delay": 0.03}'})
+    server = serve(
+        "--dataset", SLOW, "--workers", "1", env={"BATCHSTASH_DATASET_OPTIONS": '{"delay": 0.03}'}
+    )
     with BatchClient(server.url, token=TOKEN, retries=0) as client:
         with pytest.raises(NotPrimedError):
             client.batch("train", 0)
@@ -166,8 +173,12 @@ def test_serving_goes_on_while_priming_then_clear_and_cancel(
         assert status["state"] == "running"
         with pytest.raises(ConflictError):
             client.clear()
-        stored = [(split, i) for split in ("dev", "test", "train") for i in client.batch_ids(split)
-                  if list(server.data_dir.glob(f"batches/*/{split}/{i}"))]
+        stored = [
+            (split, i)
+            for split in ("dev", "test", "train")
+            for i in client.batch_ids(split)
+            if list(server.data_dir.glob(f"batches/*/{split}/{i}"))
+        ]
         split, batch_id = stored[0]
         assert client.batch(split, batch_id).id == batch_id  # served during the prime
         cancelled = client.cancel()
@@ -192,10 +203,16 @@ def test_serving_goes_on_while_priming_then_clear_and_cancel(
 
 def test_a_failing_prime_reports_its_error(serve: Callable[..., Server], tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
-    bad.write_text("id,sepal_length,sepal_width,petal_length,petal_width,species\n"
-                   "0,1,2,3,4,tulip\n")
-    server = serve("--dataset", "tests.e2e.factories:iris_from_csv", "--workers", "0",
-                   env={"BATCHSTASH_DATASET_OPTIONS": f'{{"csv_path": "{bad}"}}'})
+    bad.write_text(
+        "id,sepal_length,sepal_width,petal_length,petal_width,species\n0,1,2,3,4,tulip\n"
+    )
+    server = serve(
+        "--dataset",
+        "tests.e2e.factories:iris_from_csv",
+        "--workers",
+        "0",
+        env={"BATCHSTASH_DATASET_OPTIONS": f'{{"csv_path": "{bad}"}}'},
+    )
     with BatchClient(server.url, token=TOKEN) as client:
         client.prime()
         status = wait_state(client, lambda s: s["state"] != "running")

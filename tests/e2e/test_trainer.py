@@ -28,8 +28,7 @@ def test_two_ranks_two_epochs_cover_each_batch_once(primed_iris: Server) -> None
         assert len(all_ids) == 6
         orders = []
         for epoch in range(2):
-            per_rank = [ids_of(client, epoch=epoch, rank=r, world_size=2, seed=7)
-                        for r in range(2)]
+            per_rank = [ids_of(client, epoch=epoch, rank=r, world_size=2, seed=7) for r in range(2)]
             assert len(per_rank[0]) == len(per_rank[1]) == 3
             assert Counter(per_rank[0] + per_rank[1]) == Counter(all_ids)
             orders.append(per_rank)
@@ -53,8 +52,10 @@ def test_resume_mid_epoch_without_repeat_or_skip(primed_iris: Server, new_world:
         state = first[0].state_dict()
         for it in first:
             it.close()
-        resumed = [client.iter_batches("train", epoch=3, rank=r, world_size=new_world,
-                                       state=state) for r in range(new_world)]
+        resumed = [
+            client.iter_batches("train", epoch=3, rank=r, world_size=new_world, state=state)
+            for r in range(new_world)
+        ]
         rest = [[b.id for b in it] for it in resumed]
     assert len({len(r) for r in rest}) == 1  # equal lengths after the re-plan
     seen = read + [i for r in rest for i in r]
@@ -80,8 +81,11 @@ def test_dataloader_with_two_workers_reads_each_batch_once(primed_iris: Server) 
     assert sorted(b.id for b in batches) == list(range(6))
     points = [p for b in batches for p in b.data_point_ids]
     assert len(points) == len(set(points)) == 105
-    as_dicts = list(DataLoader(BatchDataset(primed_iris.url, "train", as_dict=True),
-                               batch_size=None, num_workers=2))
+    as_dicts = list(
+        DataLoader(
+            BatchDataset(primed_iris.url, "train", as_dict=True), batch_size=None, num_workers=2
+        )
+    )
     assert sum(len(d["label"]) for d in as_dicts) == 105
     assert all(d["flower_dims"].dtype == torch.float32 for d in as_dicts)
 
@@ -89,9 +93,15 @@ def test_dataloader_with_two_workers_reads_each_batch_once(primed_iris: Server) 
 def test_demo_trainer_reaches_ninety_percent_on_iris(primed_iris: Server) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "batchstash.client.demo", "--url", primed_iris.url],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
     assert result.returncode == 0, result.stderr
-    accuracies = [float(a) for a in re.findall(r"test acc(?:uracy)?[ =:]+([0-9.]+)",
-                                               result.stdout, flags=re.I)]
+    accuracies = [
+        float(a)
+        for a in re.findall(r"test acc(?:uracy)?[ =:]+([0-9.]+)", result.stdout, flags=re.I)
+    ]
     assert accuracies, result.stdout
     assert accuracies[-1] >= 0.9, result.stdout

@@ -28,8 +28,9 @@ def test_defaults_serve_the_iris_example_from_data_on_loopback() -> None:
 
 def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "batchstash.toml"
-    config.write_text('port = 9001\nworkers = 3\ndata_dir = "/srv/a"\n'
-                      '[dataset_options]\nbatch_size = 7\n')
+    config.write_text(
+        'port = 9001\nworkers = 3\ndata_dir = "/srv/a"\n[dataset_options]\nbatch_size = 7\n'
+    )
     assert build_settings(config).port == 9001
     monkeypatch.setenv("BATCHSTASH_PORT", "9002")
     monkeypatch.setenv("BATCHSTASH_DATASET_OPTIONS", '{"batch_size": 9}')

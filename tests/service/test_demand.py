@@ -24,9 +24,7 @@ SLOW = "tests.e2e.factories:slow_iris"
 
 def id_sets(**counts: int) -> list[DataPointIDSet]:
     return [
-        DataPointIDSet(i, (f"{split}-{i}",), split)
-        for split, n in counts.items()
-        for i in range(n)
+        DataPointIDSet(i, (f"{split}-{i}",), split) for split, n in counts.items() for i in range(n)
     ]
 
 

@@ -359,9 +359,7 @@ def test_batch_limit(make_iris):
     stash = make_iris(batch_limit=1)
     assert stash.prime() == 3
     assert sorted(stored_files(stash.path)) == [
-        f"{s}/0/{g}.safetensors"
-        for s in ("dev", "test", "train")
-        for g in ("flower_dims", "label")
+        f"{s}/0/{g}.safetensors" for s in ("dev", "test", "train") for g in ("flower_dims", "label")
     ]
     assert stash.keys("train") == [0]
     with pytest.raises(NotFoundError, match="split 'train' has no batch 1"):

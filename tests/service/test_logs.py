@@ -29,16 +29,29 @@ def record(name: str, msg: str, *args: object, **kwargs: object) -> logging.LogR
 
 def test_json_lines_carry_time_level_logger_message_and_the_extra_fields() -> None:
     line = formatter("json").format(
-        record("batchstash.x", "primed %d/%d", 3, 9, split="train", done=3, total=9,
-               color_message="\x1b[1mprimed\x1b[0m")
+        record(
+            "batchstash.x",
+            "primed %d/%d",
+            3,
+            9,
+            split="train",
+            done=3,
+            total=9,
+            color_message="\x1b[1mprimed\x1b[0m",
+        )
     )
     body = json.loads(line)
     assert "\n" not in line
     assert body.pop("message") == "primed 3/9"
     stamp = datetime.fromisoformat(body.pop("time"))
     assert stamp.utcoffset() == timedelta(0)
-    assert body == {"level": "INFO", "logger": "batchstash.x", "split": "train", "done": 3,
-                    "total": 9}
+    assert body == {
+        "level": "INFO",
+        "logger": "batchstash.x",
+        "split": "train",
+        "done": 3,
+        "total": 9,
+    }
 
 
 def test_an_exception_is_one_string_field() -> None:
@@ -49,19 +62,30 @@ def test_an_exception_is_one_string_field() -> None:
         made.exc_info = sys.exc_info()
     body = json.loads(formatter("json").format(made))
     assert isinstance(body["exception"], str)
-    assert body["exception"].startswith("Traceback") and "ValueError: bad vectorizer" in body[
-        "exception"
-    ]
+    assert (
+        body["exception"].startswith("Traceback")
+        and "ValueError: bad vectorizer" in body["exception"]
+    )
 
 
 def test_access_lines_get_fields_of_their_own() -> None:
-    made = record("uvicorn.access", '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET",
-                  "/v1/splits?x=1", "1.1", 200)
+    made = record(
+        "uvicorn.access",
+        '%s - "%s %s HTTP/%s" %d',
+        "127.0.0.1:5",
+        "GET",
+        "/v1/splits?x=1",
+        "1.1",
+        200,
+    )
     assert AccessFields().filter(made)
     body = json.loads(formatter("json").format(made))
     assert body["message"] == '127.0.0.1:5 - "GET /v1/splits?x=1 HTTP/1.1" 200'
     assert (body["client"], body["method"], body["path"], body["status"]) == (
-        "127.0.0.1:5", "GET", "/v1/splits?x=1", 200
+        "127.0.0.1:5",
+        "GET",
+        "/v1/splits?x=1",
+        200,
     )
 
 
