@@ -267,3 +267,51 @@ def test_the_api_may_not_reach_the_stash_or_a_backend(tmp_path: Path) -> None:
         "batchstash.service.store.local",
         "batchstash.service.prime.run",
     }
+
+
+# registries that import the implementation a URL or a name asks for, when asked: the
+# implementations import the registry's interface (cycles through a call, never at import)
+REGISTRY_EDGES = {
+    ("batchstash.service.store.backend", "batchstash.service.store.local"),
+    ("batchstash.service.store.backend", "batchstash.service.store.s3"),
+    ("batchstash.service.prime.executors", "batchstash.service.prime.ray_executor"),
+}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph`` (module -> modules it imports), each once."""
+    cycles, state, stack = [], {}, []
+
+    def visit(node: str) -> None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycles_in_the_service_but_its_registries() -> None:
+    graph = {
+        name: {m for m in imports_of(name, path) if m in NAMES and m != name}
+        - {b for a, b in REGISTRY_EDGES if a == name}
+        for name, path in MODULES
+        if path.name != "__init__.py"  # packages re-export lazily
+    }
+    cycles = [c for c in import_cycles(graph) if c[0].startswith("batchstash.service")]
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+    for registry, implementation in REGISTRY_EDGES:
+        assert implementation in imports_of(registry, dict(MODULES)[registry])
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
