@@ -41,7 +41,7 @@ class NoSuchKey(LookupError):
         self.key = key
 
 
-class Sendable:
+class Sendable(ABC):
     """A stored object held open, unread, at the version it was opened: what a server sends.
 
     :meth:`StoreBackend.open_versioned` returns one where a backend's objects are files on this
@@ -49,8 +49,9 @@ class Sendable:
     reader knows :attr:`version` verified; what needs the bytes takes :meth:`view`. Whoever
     holds one closes it.
 
-    A plain base class rather than a ``typing.Protocol``: ``isinstance`` runs on every chunk of
-    every reply, and a protocol's runtime check looks up each member every time.
+    An abstract base class rather than a ``typing.Protocol``: ``isinstance`` runs on every chunk
+    of every reply, and ABCMeta caches its answer per type where a protocol's runtime check
+    looks up each member every time.
 
     Attributes:
         size: the object's size in bytes (``len()`` too).
@@ -65,17 +66,17 @@ class Sendable:
     def __len__(self) -> int:
         return self.size
 
+    @abstractmethod
     def fileno(self) -> int:
         """The descriptor the object's bytes are sent from."""
-        raise NotImplementedError
 
+    @abstractmethod
     def view(self) -> memoryview:
         """The object's bytes, read or mapped."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self) -> None:
         """Let go of the object (a view taken stays valid)."""
-        raise NotImplementedError
 
 
 def nbytes(chunk: Any) -> int:
