@@ -105,35 +105,28 @@ def _not_running(progress: _Progress, url: str) -> str:
 
     A server with role ``serve`` refuses to prime: the advice names the servers that prime.
     """
+    what = {
+        "failed": f"the prime failed at {progress}: see `batchstash status --url {url}` for its "
+        "error, ",
+        "cancelled": f"the prime was cancelled at {progress}: ",
+        "interrupted": f"the priming process died at {progress}: ",
+    }
     if progress.role == "serve":
-        return _not_running_on_replica(progress, url)
-    prime = f"`batchstash prime --url {url}`"
-    if progress.state == "failed":
-        return (
-            f"the prime failed at {progress}: see `batchstash status --url {url}` for its error, "
-            f"fix it and run {prime} again"
-        )
-    if progress.state == "cancelled":
-        return f"the prime was cancelled at {progress}: run {prime} to finish it"
-    if progress.state == "interrupted":
-        return f"the priming process died at {progress}: run {prime} to resume it"
-    return f"nothing is priming this store: run {prime}"
-
-
-def _not_running_on_replica(progress: _Progress, url: str) -> str:
-    """:func:`_not_running` for a server with role ``serve``, which cannot prime the store."""
-    if progress.state == "failed":
-        return (
-            f"the prime failed at {progress}: see `batchstash status --url {url}` for its error, "
-            f"fix it and prime again with {_PRIMERS} ({_REPLICA})"
-        )
-    if progress.state == "cancelled":
-        return f"the prime was cancelled at {progress}: {_PRIMERS} finishes it ({_REPLICA})"
-    if progress.state == "interrupted":
-        return f"the priming process died at {progress}: {_PRIMERS} resumes it ({_REPLICA})"
-    return (
-        f"the store is not primed yet and nothing is priming it: {_PRIMERS} primes it ({_REPLICA})"
-    )
+        idle = "the store is not primed yet and nothing is priming it: "
+        fix = {
+            "failed": f"fix it and prime again with {_PRIMERS}",
+            "cancelled": f"{_PRIMERS} finishes it",
+            "interrupted": f"{_PRIMERS} resumes it",
+        }.get(progress.state, f"{_PRIMERS} primes it")
+        fix += f" ({_REPLICA})"
+    else:
+        idle, prime = "nothing is priming this store: ", f"`batchstash prime --url {url}`"
+        fix = {
+            "failed": f"fix it and run {prime} again",
+            "cancelled": f"run {prime} to finish it",
+            "interrupted": f"run {prime} to resume it",
+        }.get(progress.state, f"run {prime}")
+    return what.get(progress.state, idle) + fix
 
 
 class PrimeWait:
