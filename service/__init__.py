@@ -25,12 +25,16 @@ if TYPE_CHECKING:
 
     from .dataset.batch import DefaultBatch
     from .dataset.datapoint import DataPoint
+    from .dataset.frames import ArraySplitStashContainer, DataFrameSplitStashContainer
+    from .dataset.hf import HuggingFaceSplitStashContainer
     from .dataset.idset import DataPointIDSet
+    from .dataset.parquet import ParquetSplitStashContainer
     from .dataset.split import (
         CsvSplitStashContainer,
         MemorySplitStashContainer,
         SplitStashContainer,
     )
+    from .dataset.tables import TableSplitStashContainer
     from .dataset.vectorize import (
         CategoryEncodableFeatureVectorizer,
         FeatureVectorizer,
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
     from .stash import BatchStash
 
 _LAZY = {
+    "ArraySplitStashContainer": ".dataset.frames",
     "Batch": "batchstash.client",
     "BatchError": "batchstash.client",
     "BatchFeatureMapping": "batchstash.client",
@@ -55,6 +60,7 @@ _LAZY = {
     "CategoryEncodableFeatureVectorizer": ".dataset.vectorize",
     "ConfigBatchFeatureMapping": "batchstash.client",
     "CsvSplitStashContainer": ".dataset.split",
+    "DataFrameSplitStashContainer": ".dataset.frames",
     "DataPoint": ".dataset.datapoint",
     "DataPointIDSet": ".dataset.idset",
     "DefaultBatch": ".dataset.batch",
@@ -62,13 +68,16 @@ _LAZY = {
     "FeatureVectorizerManager": ".dataset.vectorize",
     "FeatureVectorizerManagerSet": ".dataset.vectorize",
     "FieldFeatureMapping": "batchstash.client",
+    "HuggingFaceSplitStashContainer": ".dataset.hf",
     "ManagerFeatureMapping": "batchstash.client",
     "MemorySplitStashContainer": ".dataset.split",
     "MetadataNetworkSettings": "batchstash.client",
     "OneHotEncodedFeatureVectorizer": ".dataset.vectorize",
+    "ParquetSplitStashContainer": ".dataset.parquet",
     "ProgressCallback": ".prime.run",
     "SeriesFeatureVectorizer": ".dataset.vectorize",
     "SplitStashContainer": ".dataset.split",
+    "TableSplitStashContainer": ".dataset.tables",
     "TokenIdFeatureVectorizer": ".dataset.vectorize",
     "TokenLengthFeatureVectorizer": ".dataset.vectorize",
     "TorchConfig": "batchstash.client",
@@ -77,6 +86,7 @@ _LAZY = {
 
 
 __all__ = [
+    "ArraySplitStashContainer",
     "Batch",
     "BatchError",
     "BatchFeatureMapping",
@@ -86,6 +96,7 @@ __all__ = [
     "CategoryEncodableFeatureVectorizer",
     "ConfigBatchFeatureMapping",
     "CsvSplitStashContainer",
+    "DataFrameSplitStashContainer",
     "DataPoint",
     "DataPointIDSet",
     "DefaultBatch",
@@ -93,13 +104,16 @@ __all__ = [
     "FeatureVectorizerManager",
     "FeatureVectorizerManagerSet",
     "FieldFeatureMapping",
+    "HuggingFaceSplitStashContainer",
     "ManagerFeatureMapping",
     "MemorySplitStashContainer",
     "MetadataNetworkSettings",
     "OneHotEncodedFeatureVectorizer",
+    "ParquetSplitStashContainer",
     "ProgressCallback",
     "SeriesFeatureVectorizer",
     "SplitStashContainer",
+    "TableSplitStashContainer",
     "TokenIdFeatureVectorizer",
     "TokenLengthFeatureVectorizer",
     "TorchConfig",

@@ -186,7 +186,9 @@ class Encoder:
         """Build the data points of an id set from the split container."""
         container = self.split_stash_container
         make: Callable[..., DataPoint] = self.data_point_type  # subclasses add the raw field
-        return [make(i, self.owner, container[i]) for i in id_set.data_point_ids]
+        ids = id_set.data_point_ids
+        raws = container.get_many(ids)  # one read of the batch's rows
+        return [make(i, self.owner, raw) for i, raw in zip(ids, raws, strict=True)]
 
     def create_batch(
         self,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,9 +10,14 @@ from typing import Any, ClassVar
 
 from batchstash.client import BatchError
 
-from .fingerprint import ContentHasher, Unfingerprintable, ordered_ids
+from .fingerprint import ContentHasher, Unfingerprintable, ordered_ids, type_name
+from .splitting import assign_splits, plain_id
 
-__all__ = ["CsvSplitStashContainer", "MemorySplitStashContainer", "SplitStashContainer"]
+__all__ = [
+    "CsvSplitStashContainer",
+    "MemorySplitStashContainer",
+    "SplitStashContainer",
+]
 
 
 class SplitStashContainer(ABC):
@@ -40,31 +44,79 @@ class SplitStashContainer(ABC):
     def fingerprint(self) -> str:
         """A hash of the ids and the content of the data: a change marks the store stale."""
 
+    def get_many(self, data_point_ids: Sequence[Any]) -> list[Any]:
+        """The raw data of several data points, in order.
+
+        A batch's rows are asked for at once: containers over columns or files read them
+        together.
+        """
+        return [self[i] for i in data_point_ids]
+
+    def version(self) -> str:
+        """A token that changes whenever the data does.
+
+        Each priming worker checks its own against the priming process's before it encodes.
+        It is the fingerprint unless a subclass has a cheaper one (its files' ``stat``
+        signatures).
+        """
+        return self.fingerprint()
+
 
 class MemorySplitStashContainer(SplitStashContainer):
-    """A container over in-memory records.
+    """A container over in-memory records: a mapping of id to record, or a sequence of records.
+
+    Records are any raw data (dicts of column values for :class:`RowDataPoint`). Splits come
+    from exactly one rule, as for the table containers: ``splits`` (the ids of each split),
+    ``ratios`` (a seeded shuffle) or ``split_column`` (a key of each record). Ids are the
+    mapping's keys, or for a sequence its positions or each record's ``id_column``.
 
     Its fingerprint covers the content of every record exactly (see
     :mod:`batchstash.service.dataset.fingerprint` for the types it covers); a record holding
     anything else is refused when the container is made.
 
     Args:
-        records: raw data by data point id.
+        records: raw data by data point id, or a sequence of records.
         splits: the ids of each split.
+        split_column: the key of each record naming its split.
+        ratios: split name to fraction of a seeded shuffle.
+        seed: the shuffle seed for ``ratios``.
+        id_column: the key of each record holding its id (a sequence of records only).
 
     Raises:
-        BatchError: a split names an id without a record, or a record (or id) holds a value
-            that cannot be fingerprinted.
+        BatchError: a split names an id without a record, duplicate ids, no split rule, or a
+            record (or id) holds a value that cannot be fingerprinted.
     """
 
     FINGERPRINT_FORMAT: ClassVar[bytes] = b"batchstash.memory-split.v2"
 
-    def __init__(self, records: Mapping[Any, Any], splits: Mapping[str, Sequence[Any]]) -> None:
-        self._records = dict(records)
-        self._splits = {name: tuple(ids) for name, ids in splits.items()}
-        missing = [i for ids in self._splits.values() for i in ids if i not in self._records]
-        if missing:
-            raise BatchError(f"split ids without a record: {missing[:5]}")
+    def __init__(
+        self,
+        records: Mapping[Any, Any] | Sequence[Any],
+        splits: Mapping[str, Sequence[Any]] | None = None,
+        *,
+        split_column: str | None = None,
+        ratios: Mapping[str, float] | None = None,
+        seed: int = 0,
+        id_column: str | None = None,
+    ) -> None:
+        self._records = _records(records, id_column)
+        if splits is not None and ratios is None:
+            self._splits = {name: tuple(ids) for name, ids in splits.items()}
+            missing = [i for ids in self._splits.values() for i in ids if i not in self._records]
+            if missing:
+                raise BatchError(f"split ids without a record: {missing[:5]}")
+        else:
+            ids = list(self._records)
+
+            def column(name: str) -> list[Any]:
+                return [_field(self._records[i], name, i) for i in ids]
+
+            keys = [] if split_column is None else [split_column]
+            chosen = assign_splits(
+                ids, column, keys, split_column=split_column, splits=splits, ratios=ratios,
+                seed=seed, where="records",
+            )  # fmt: skip
+            self._splits = {name: tuple(listed) for name, listed in chosen.items()}
         self._content_digest()  # refuses what it cannot fingerprint now, not at a prime
 
     @property
@@ -148,33 +200,45 @@ class CsvSplitStashContainer(MemorySplitStashContainer):
         self.path = Path(path)
         with self.path.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
-        records: dict[Any, Any] = {}
-        for number, row in enumerate(rows):
-            key: Any = number if id_column is None else row[id_column]
-            if key in records:
-                raise BatchError(f"{self.path}: duplicate id {key!r} in column {id_column!r}")
-            records[key] = row
-        if ratios is not None:
-            splits = _ratio_splits(list(records), ratios, seed)
-        elif split_column is not None:
-            splits = {}
-            for key, row in records.items():
-                if split_column not in row:
-                    raise BatchError(f"{self.path}: no column {split_column!r}")
-                splits.setdefault(row[split_column], []).append(key)
-        else:
+        if ratios is None and split_column is None:
             raise BatchError("give a split_column or ratios")
-        super().__init__(records, splits)
+        if ratios is None and rows and split_column not in rows[0]:
+            raise BatchError(f"{self.path}: no column {split_column!r}")
+        try:
+            super().__init__(
+                rows,
+                split_column=None if ratios is not None else split_column,
+                ratios=ratios,
+                seed=seed,
+                id_column=id_column,
+            )
+        except BatchError as exc:
+            raise BatchError(f"{self.path}: {exc.message}") from None
 
 
-def _ratio_splits(ids: list[Any], ratios: Mapping[str, float], seed: int) -> dict[str, list[Any]]:
-    if not ratios or any(r < 0 for r in ratios.values()) or abs(sum(ratios.values()) - 1) > 1e-6:
-        raise BatchError(f"split ratios must be non-negative and sum to 1, got {dict(ratios)}")
-    random.Random(seed).shuffle(ids)
-    splits, start = {}, 0
-    names = list(ratios)
-    for i, name in enumerate(names):
-        end = len(ids) if i == len(names) - 1 else start + round(ratios[name] * len(ids))
-        splits[name] = ids[start:end]
-        start = end
-    return splits
+def _records(records: Any, id_column: str | None) -> dict[Any, Any]:
+    """Records by id: a mapping as it is, a sequence by position or by ``id_column``."""
+    if type(records).__module__.startswith("pandas"):
+        raise BatchError("for a pandas DataFrame, use DataFrameSplitStashContainer(df, ...)")
+    if isinstance(records, Mapping):
+        if id_column is not None:
+            raise BatchError("id_column= is for a sequence of records; a mapping's keys are ids")
+        return dict(records)
+    if isinstance(records, (str, bytes)) or not isinstance(records, Sequence):
+        raise BatchError(f"records must be a mapping or a sequence, not {type_name(records)}")
+    if id_column is None:
+        return dict(enumerate(records))
+    found: dict[Any, Any] = {}
+    for n, record in enumerate(records):
+        key = plain_id(_field(record, id_column, n), f"records, id column {id_column!r}")
+        if key in found:
+            raise BatchError(f"records: duplicate id {key!r} in column {id_column!r}")
+        found[key] = record
+    return found
+
+
+def _field(record: Any, name: str, where: Any) -> Any:
+    try:
+        return record[name]
+    except (KeyError, TypeError, IndexError):
+        raise BatchError(f"record {where!r} has no {name!r}") from None

@@ -200,6 +200,8 @@ def _prime(
             info.fingerprint,
             info.generation,
             tuple(tuple(sorted(g)) for g in encoder.groups),
+            # workers rebuild the data: they check it is this one (inline encoding uses it)
+            encoder.split_stash_container.version() if executor.workers else "",
         )
         size = inputs.chunk_size or auto_chunk_size(len(todo), executor.workers)
         queue = WorkQueue(todo, size, demand)

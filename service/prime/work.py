@@ -74,6 +74,8 @@ class Work:
         fingerprint: the plan's fingerprint (workers never recompute it).
         generation: the plan's generation.
         groups: the attribute groups, each sorted.
+        data_version: the priming process's data version (``SplitStashContainer.version()``):
+            a worker whose rebuilt dataset has another refuses to encode (``""``: unchecked).
     """
 
     recipe: Recipe | None
@@ -81,6 +83,25 @@ class Work:
     fingerprint: str
     generation: str
     groups: tuple[tuple[str, ...], ...]
+    data_version: str = ""
+
+    def build(self, what: str) -> Dataset:
+        """Rebuild the dataset in a worker, checking its data is the priming process's.
+
+        Raises:
+            BatchError: no recipe, the factory failed, or the data changed since the prime
+                started.
+        """
+        dataset = self.required_recipe(what).build()
+        if self.data_version:
+            version = dataset.encoder.split_stash_container.version()
+            if version != self.data_version:
+                raise BatchError(
+                    "the dataset's data changed since this prime started (a priming worker "
+                    "rebuilt it and found other data): restart the server, or build the stash "
+                    "again, to prime the new data"
+                )
+        return dataset
 
     def required_recipe(self, what: str, hint: str = "") -> Recipe:
         """The recipe, which ``what`` (an executor whose workers rebuild the dataset) needs.

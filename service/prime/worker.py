@@ -26,9 +26,8 @@ _contexts: dict[str, tuple[Encoder, BatchWriter]] = {}
 def _context(work: Work) -> tuple[Encoder, BatchWriter]:
     key = repr(work)
     if key not in _contexts:
-        recipe = work.required_recipe("a priming worker")
         torch.set_num_threads(1)  # one process per core: no intra-op oversubscription
-        encoder = recipe.build().encoder
+        encoder = work.build("a priming worker").encoder
         groups = [frozenset(g) for g in work.groups]
         writer = BatchWriter(
             open_backend(work.store_url), groups, work.fingerprint, work.generation
