@@ -30,6 +30,8 @@ class Profile:
         prime_timeout: seconds a prime may take before the run fails.
         s3_batches: large batches primed into S3 (moto) and into a directory, then served.
         ray_batches: large batches primed on Ray and on the process pool (2 workers each).
+        parquet_rows: rows of the own-data section's Parquet file.
+        parquet_dims: float32 values a row of it (2,048 x 262,144 rows: 2.1 GB).
     """
 
     name: str
@@ -49,6 +51,8 @@ class Profile:
     prime_timeout: float = 600.0
     s3_batches: int = 200
     ray_batches: int = 200
+    parquet_rows: int = 262144
+    parquet_dims: int = 2048
 
 
 PROFILES = {
@@ -68,5 +72,7 @@ PROFILES = {
         prime_timeout=120.0,
         s3_batches=10,
         ray_batches=8,
+        parquet_rows=3000,
+        parquet_dims=64,
     ),
 }

@@ -38,6 +38,7 @@ SECTIONS: dict[str, Section] = {
     "priming": Section(Suite.priming, pool=False),
     "status": Section(Suite.status_cost, pool=False),  # in process: before the consumer pool
     "ray": Section(Suite.ray, pool=False),  # priming too
+    "own_data": Section(Suite.own_data, pool=False),  # priming too
     "baselines": Section(Suite.local_baselines, ("large",), pool=False),
     "gpu": Section(Suite.cuda, pool=False),
     "ceiling": Section(Suite.ceilings),

@@ -16,7 +16,18 @@ from typing import Any
 import httpx
 import torch
 
-from . import baselines, ceiling, gpu, memory, priming, rawclient, ray_priming, s3, status
+from . import (
+    baselines,
+    ceiling,
+    gpu,
+    memory,
+    own_data,
+    priming,
+    rawclient,
+    ray_priming,
+    s3,
+    status,
+)
 from .consumers import ConsumerPool, LoadTask
 from .profiles import Profile
 from .servers import (
@@ -346,6 +357,16 @@ class Suite:
         p = self.profile
         self.results["ray"] = ray_priming.measure(
             self.work, self.options("large", p.ray_batches), self.step
+        )
+
+    def own_data(self) -> None:
+        """A Parquet file primed by 2 workers that read their rows vs reading the whole table."""
+        p = self.profile
+        self.results["own_data"] = self.step(
+            f"own data: {p.parquet_rows:,} Parquet rows of {p.parquet_dims} floats",
+            lambda: own_data.measure(
+                self.work / "own_data", p.parquet_rows, p.parquet_dims, p.prime_timeout
+            ),
         )
 
     def s3_store(self) -> None:

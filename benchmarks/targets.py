@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import own_data
 from .rows import ceiling_run
 from .table import Row, div, fmt, latency, times
 
@@ -164,5 +165,11 @@ def _memory(results: dict[str, Any]) -> list[Row]:
 
 
 def targets(results: dict[str, Any]) -> list[Row]:
-    """The targets of the wire, the local baseline, small batches and memory."""
-    return [*_wire(results), _local(results), *_small(results), *_memory(results)]
+    """The targets of the wire, the local baseline, small batches, memory and own data."""
+    return [
+        *_wire(results),
+        _local(results),
+        *_small(results),
+        *_memory(results),
+        *own_data.targets(results.get("own_data")),
+    ]

@@ -32,14 +32,15 @@ SECTIONS = (
     "status",
     "s3",
     "ray",
+    "own_data",
     "gpu",
     "targets",
     "table",
     "machine",
     "sections",
 )
-TARGETS = 15  # wire: 4, DataLoader: 1, small: 1, memory: 1 + 1 per client depth (2),
-# priming: 2, status: 4 (the S3 and Ray sections are information rows: no target)
+TARGETS = 17  # wire: 4, DataLoader: 1, small: 1, memory: 1 + 1 per client depth (2),
+# priming: 2, status: 4, own data: 2 (the S3 and Ray sections are information rows: no target)
 CEILINGS = {
     "distinct_1": 1,
     "distinct_4": 4,
