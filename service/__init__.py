@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     )
 
     from .dataset.batch import DefaultBatch
-    from .dataset.datapoint import DataPoint
+    from .dataset.datapoint import DataPoint, RowDataPoint
     from .dataset.idset import DataPointIDSet
     from .dataset.split import (
         CsvSplitStashContainer,
@@ -67,6 +67,7 @@ _LAZY = {
     "MetadataNetworkSettings": "batchstash.client",
     "OneHotEncodedFeatureVectorizer": ".dataset.vectorize",
     "ProgressCallback": ".prime.run",
+    "RowDataPoint": ".dataset.datapoint",
     "SeriesFeatureVectorizer": ".dataset.vectorize",
     "SplitStashContainer": ".dataset.split",
     "TokenIdFeatureVectorizer": ".dataset.vectorize",
@@ -98,6 +99,7 @@ __all__ = [
     "MetadataNetworkSettings",
     "OneHotEncodedFeatureVectorizer",
     "ProgressCallback",
+    "RowDataPoint",
     "SeriesFeatureVectorizer",
     "SplitStashContainer",
     "TokenIdFeatureVectorizer",

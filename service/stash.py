@@ -28,7 +28,7 @@ from batchstash.client import (
 )
 
 from .dataset.batch import DefaultBatch
-from .dataset.datapoint import DataPoint
+from .dataset.datapoint import DataPoint, RowDataPoint
 from .dataset.idset import DataPointIDSet
 from .dataset.split import SplitStashContainer
 from .dataset.vectorize import FeatureVectorizerManager, FeatureVectorizerManagerSet
@@ -55,7 +55,8 @@ class BatchStash:
         split_stash_container: ids by split and raw data by id.
         vectorizer_manager_set: the vectorizers, by manager.
         batch_feature_mappings: which attribute each vectorizer encodes.
-        data_point_type: the :class:`DataPoint` subclass, built as ``(id, stash, raw)``.
+        data_point_type: the :class:`DataPoint` subclass, built as ``(id, stash, raw)``
+            (:class:`RowDataPoint` by default: a row's columns are its attributes).
         batch_type: the batch class (:class:`DefaultBatch` by default).
         batch_size: data points a batch (the last batch of a split may be smaller).
         workers: priming processes; ``0`` encodes in this process.
@@ -77,7 +78,7 @@ class BatchStash:
         split_stash_container: SplitStashContainer,
         vectorizer_manager_set: FeatureVectorizerManagerSet | Sequence[FeatureVectorizerManager],
         batch_feature_mappings: BatchFeatureMapping,
-        data_point_type: type[DataPoint],
+        data_point_type: type[DataPoint] = RowDataPoint,
         batch_type: type[DefaultBatch] = DefaultBatch,
         batch_size: int = 32,
         workers: int = 0,
