@@ -155,5 +155,17 @@ class DefaultBatch(Batch):
                 return (
                     f"{where}: tensors of different shapes do not stack: {points[0].id!r} gave "
                     f"{tuple(first.shape)}, {point.id!r} gave {tuple(tensor.shape)}"
+                    f"{_padding_hint(vectorizer, attr)}"
                 )
         return f"{self._where(attr, vectorizer, 'data points')}: the tensors do not stack"
+
+
+def _padding_hint(vectorizer: FeatureVectorizer, attr: str) -> str:
+    """Advice for a field whose vectorizer pads a varying shape in ``encode_batch``."""
+    pads = type(vectorizer).encode_batch is not FeatureVectorizer.encode_batch
+    if not pads or all(d is not None and d >= 0 for d in vectorizer.shape):
+        return ""
+    return (
+        f"; its shape {tuple(vectorizer.shape)} varies: set is_agg=True on the field mapping "
+        f"of {attr!r} so the vectorizer pads the batch"
+    )
