@@ -64,7 +64,8 @@ class BatchStash:
         batch_limit: the most batches made per split (for debugging).
         decoded_attributes: the attributes :meth:`load` returns by default (``None``: all).
         seed: drives the shuffle of the ``train`` split and each batch's seed.
-        groups: attribute groups stored together (default: one object per attribute).
+        groups: attribute groups stored together (default: one object per attribute);
+            attributes a field edit of the mapping dropped are pruned from them.
         model_torch_config: the device and dtype batches are copied to by ``Batch.to()``.
         executor: where priming runs: ``process``, ``inline`` or ``ray`` (``workers=0`` is
             inline).
@@ -120,7 +121,9 @@ class BatchStash:
             batch_size,
             batch_limit,
             seed,
-            layout.resolve_groups(groups, batch_feature_mappings.attributes),
+            layout.resolve_groups(
+                groups, batch_feature_mappings.attributes, batch_feature_mappings.dropped_attributes
+            ),
             owner=self,
         )
         self.factory: str | None = None

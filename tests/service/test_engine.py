@@ -422,6 +422,28 @@ def test_field_edits_change_what_is_stored(make_iris, edit, files):
     assert sorted(f"{a}.safetensors" for a in batch.attributes) == files
 
 
+@pytest.mark.parametrize(
+    ("edit", "groups", "files"),
+    [
+        (
+            {"field_remove": frozenset({"flower_dims"})},
+            [["label", "flower_dims"]],
+            ["label.safetensors"],
+        ),
+        ({"field_keep": frozenset({"label"})}, [["flower_dims"]], ["label.safetensors"]),
+    ],
+    ids=["pruned", "emptied"],
+)
+def test_groups_drop_what_field_edits_dropped(make_iris, edit, groups, files):
+    mapping = ConfigBatchFeatureMapping("label", IRIS_MAPPINGS.manager_mappings, **edit)
+    stash = make_iris(mappings=mapping, groups=groups)
+    assert stash.groups == (frozenset({"label"}),)
+    stash.prime()
+    assert os.listdir(stored_object(stash.path, "dev", 0, "label").parent) == files
+    with pytest.raises(BatchError, match=r"\['nope'\] not mapped"):
+        make_iris(mappings=mapping, groups=[["label", "nope"]])
+
+
 def test_groups_store_attributes_together(make_iris):
     stash = make_iris(groups=[["label", "flower_dims"]])
     stash.prime()
