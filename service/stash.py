@@ -12,7 +12,6 @@ from typing import Any, TextIO
 import torch
 
 from batchstash.client import (
-    Batch,
     BatchError,
     BatchFeatureMapping,
     BatchMetadata,
@@ -253,8 +252,13 @@ class BatchStash:
         """One batch as wire payload chunks."""
         return self.payloads(split, [batch_id], attributes)[0]
 
-    def load(self, split: str, batch_id: int, attributes: Iterable[str] | None = None) -> Batch:
+    def load(
+        self, split: str, batch_id: int, attributes: Iterable[str] | None = None
+    ) -> DefaultBatch:
         """Load one decoded batch; only the groups holding the wanted attributes are read.
+
+        The batch is of :attr:`batch_type`, holds this stash as its ``batch_stash``, and
+        rebuilds its ``data_points`` from the split container when first asked for them.
 
         Args:
             split: the split name.
@@ -271,10 +275,9 @@ class BatchStash:
                 raise CorruptStoreError(exc.message) from None
         meta = sources[0][1].metadata if sources else {}
         identity = {k: v for k, v in meta.items() if k in wire.IDENTITY_KEYS}
-        payload = wire.Payload(tensors, identity)
-        return Batch.from_payload(payload, self.batch_metadata, self.model_torch_config)
+        return self.encoder.batch_type.from_stored(self, wire.Payload(tensors, identity))
 
-    def get(self, split: str, batch_id: int, default: Any = None) -> Batch | Any:
+    def get(self, split: str, batch_id: int, default: Any = None) -> DefaultBatch | Any:
         """Like :meth:`load`, but ``default`` when the batch is unknown or not stored yet."""
         try:
             return self.load(split, batch_id)

@@ -126,3 +126,18 @@ def test_the_stash_reads_rows_with_no_data_point_class(tmp_path):
     ids = list(batch.data_point_ids)
     assert batch["xy"].tolist() == [[float(i), -float(i)] for i in ids]
     assert batch["kind"].tolist() == [i % 2 for i in ids]
+    assert [p.row for p in batch.data_points] == [records[i] for i in ids]
+
+
+def test_a_loaded_batch_rebuilds_data_points_of_tuple_ids(tmp_path):
+    records = {("a", i): {"xy": [float(i), 0.0]} for i in range(3)}
+    mapping = BatchFeatureMapping(
+        None, [ManagerFeatureMapping("m", [FieldFeatureMapping("xy", "series")])]
+    )
+    managers = [FeatureVectorizerManager("m", [SeriesFeatureVectorizer("series", dims=2)])]
+    container = MemorySplitStashContainer(records, {"test": list(records)})
+    stash = BatchStash(tmp_path / "s", container, managers, mapping, batch_size=3)
+    stash.prime()
+    batch = stash.load("test", 0)
+    assert [p.id for p in batch.data_points] == list(records)
+    assert [p.xy for p in batch.data_points] == [r["xy"] for r in records.values()]
