@@ -92,10 +92,14 @@ class Batch:
             metadata=metadata,
             torch_config=torch_config,
         )
-        batch._attributes = dict(payload.tensors)
-        batch._data_point_ids = payload.metadata.get(wire.KEY_DATA_POINT_IDS, "[]")
-        batch.state = "d"
+        batch._take_payload(payload)
         return batch
+
+    def _take_payload(self, payload: Payload) -> None:
+        """Hold a decoded payload's tensors and data point ids: the batch is then *decoded*."""
+        self._attributes = dict(payload.tensors)
+        self._data_point_ids = payload.metadata.get(wire.KEY_DATA_POINT_IDS, "[]")
+        self.state = "d"
 
     @property
     def data_point_ids(self) -> tuple[Any, ...]:

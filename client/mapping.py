@@ -121,6 +121,11 @@ class BatchFeatureMapping:
         """The attribute names of every field, in order."""
         return tuple(f.attr for f in self.fields)
 
+    @property
+    def dropped_attributes(self) -> frozenset[str]:
+        """Attributes a field edit removed: none here (see :class:`ConfigBatchFeatureMapping`)."""
+        return frozenset()
+
     def field(self, attr: str) -> FieldFeatureMapping:
         """Return the field mapping of attribute ``attr``."""
         for fld in self.fields:
@@ -197,11 +202,16 @@ class ConfigBatchFeatureMapping(BatchFeatureMapping):
         batch_feature_mapping_adds: mappings whose manager mappings are appended.
         field_remove: attribute names to drop.
         field_keep: if given, only these attribute names are kept.
+        dropped_attributes: the attributes the edits dropped (set on creation): a stash prunes
+            them from its attribute groups, as the reference does.
     """
 
     batch_feature_mapping_adds: tuple[BatchFeatureMapping, ...] = ()
     field_remove: frozenset[str] = field(default_factory=frozenset)
     field_keep: frozenset[str] | None = None
+    dropped_attributes: frozenset[str] = field(
+        init=False, default=frozenset(), repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         managers = list(self.manager_mappings)
@@ -219,5 +229,8 @@ class ConfigBatchFeatureMapping(BatchFeatureMapping):
                 f"{', '.join(repr(f.attr) for m in managers for f in m.fields) or 'none'} "
                 "(label_attribute_name=None for unlabelled data)"
             )
-        object.__setattr__(self, "manager_mappings", _edit(managers, keep, set(self.field_remove)))
+        edited = _edit(managers, keep, set(self.field_remove))
+        object.__setattr__(self, "manager_mappings", edited)
+        kept = {f.attr for m in edited for f in m.fields}
+        object.__setattr__(self, "dropped_attributes", frozenset(known - kept))
         super().__post_init__()

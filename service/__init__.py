@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     )
 
     from .dataset.batch import DefaultBatch
-    from .dataset.datapoint import DataPoint
+    from .dataset.datapoint import DataPoint, RowDataPoint
     from .dataset.frames import ArraySplitStashContainer, DataFrameSplitStashContainer
     from .dataset.hf import HuggingFaceSplitStashContainer
     from .dataset.idset import DataPointIDSet
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         SplitStashContainer,
     )
     from .dataset.tables import TableSplitStashContainer
+    from .dataset.tensors import MultiLabelFeatureVectorizer, TensorFeatureVectorizer
     from .dataset.vectorize import (
         CategoryEncodableFeatureVectorizer,
         FeatureVectorizer,
@@ -72,12 +73,15 @@ _LAZY = {
     "ManagerFeatureMapping": "batchstash.client",
     "MemorySplitStashContainer": ".dataset.split",
     "MetadataNetworkSettings": "batchstash.client",
+    "MultiLabelFeatureVectorizer": ".dataset.tensors",
     "OneHotEncodedFeatureVectorizer": ".dataset.vectorize",
     "ParquetSplitStashContainer": ".dataset.parquet",
     "ProgressCallback": ".prime.run",
+    "RowDataPoint": ".dataset.datapoint",
     "SeriesFeatureVectorizer": ".dataset.vectorize",
     "SplitStashContainer": ".dataset.split",
     "TableSplitStashContainer": ".dataset.tables",
+    "TensorFeatureVectorizer": ".dataset.tensors",
     "TokenIdFeatureVectorizer": ".dataset.vectorize",
     "TokenLengthFeatureVectorizer": ".dataset.vectorize",
     "TorchConfig": "batchstash.client",
@@ -108,12 +112,15 @@ __all__ = [
     "ManagerFeatureMapping",
     "MemorySplitStashContainer",
     "MetadataNetworkSettings",
+    "MultiLabelFeatureVectorizer",
     "OneHotEncodedFeatureVectorizer",
     "ParquetSplitStashContainer",
     "ProgressCallback",
+    "RowDataPoint",
     "SeriesFeatureVectorizer",
     "SplitStashContainer",
     "TableSplitStashContainer",
+    "TensorFeatureVectorizer",
     "TokenIdFeatureVectorizer",
     "TokenLengthFeatureVectorizer",
     "TorchConfig",

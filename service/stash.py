@@ -12,7 +12,6 @@ from typing import Any, TextIO
 import torch
 
 from batchstash.client import (
-    Batch,
     BatchError,
     BatchFeatureMapping,
     BatchMetadata,
@@ -28,7 +27,7 @@ from batchstash.client import (
 )
 
 from .dataset.batch import DefaultBatch
-from .dataset.datapoint import DataPoint
+from .dataset.datapoint import DataPoint, RowDataPoint
 from .dataset.idset import DataPointIDSet
 from .dataset.split import SplitStashContainer
 from .dataset.vectorize import FeatureVectorizerManager, FeatureVectorizerManagerSet
@@ -55,7 +54,8 @@ class BatchStash:
         split_stash_container: ids by split and raw data by id.
         vectorizer_manager_set: the vectorizers, by manager.
         batch_feature_mappings: which attribute each vectorizer encodes.
-        data_point_type: the :class:`DataPoint` subclass, built as ``(id, stash, raw)``.
+        data_point_type: the :class:`DataPoint` subclass, built as ``(id, stash, raw)``
+            (:class:`RowDataPoint` by default: a row's columns are its attributes).
         batch_type: the batch class (:class:`DefaultBatch` by default).
         batch_size: data points a batch (the last batch of a split may be smaller).
         workers: priming processes; ``0`` encodes in this process.
@@ -63,7 +63,8 @@ class BatchStash:
         batch_limit: the most batches made per split (for debugging).
         decoded_attributes: the attributes :meth:`load` returns by default (``None``: all).
         seed: drives the shuffle of the ``train`` split and each batch's seed.
-        groups: attribute groups stored together (default: one object per attribute).
+        groups: attribute groups stored together (default: one object per attribute);
+            attributes a field edit of the mapping dropped are pruned from them.
         model_torch_config: the device and dtype batches are copied to by ``Batch.to()``.
         executor: where priming runs: ``process``, ``inline`` or ``ray`` (``workers=0`` is
             inline).
@@ -77,7 +78,7 @@ class BatchStash:
         split_stash_container: SplitStashContainer,
         vectorizer_manager_set: FeatureVectorizerManagerSet | Sequence[FeatureVectorizerManager],
         batch_feature_mappings: BatchFeatureMapping,
-        data_point_type: type[DataPoint],
+        data_point_type: type[DataPoint] = RowDataPoint,
         batch_type: type[DefaultBatch] = DefaultBatch,
         batch_size: int = 32,
         workers: int = 0,
@@ -119,7 +120,9 @@ class BatchStash:
             batch_size,
             batch_limit,
             seed,
-            layout.resolve_groups(groups, batch_feature_mappings.attributes),
+            layout.resolve_groups(
+                groups, batch_feature_mappings.attributes, batch_feature_mappings.dropped_attributes
+            ),
             owner=self,
         )
         self.factory: str | None = None
@@ -249,8 +252,13 @@ class BatchStash:
         """One batch as wire payload chunks."""
         return self.payloads(split, [batch_id], attributes)[0]
 
-    def load(self, split: str, batch_id: int, attributes: Iterable[str] | None = None) -> Batch:
+    def load(
+        self, split: str, batch_id: int, attributes: Iterable[str] | None = None
+    ) -> DefaultBatch:
         """Load one decoded batch; only the groups holding the wanted attributes are read.
+
+        The batch is of :attr:`batch_type`, holds this stash as its ``batch_stash``, and
+        rebuilds its ``data_points`` from the split container when first asked for them.
 
         Args:
             split: the split name.
@@ -267,10 +275,9 @@ class BatchStash:
                 raise CorruptStoreError(exc.message) from None
         meta = sources[0][1].metadata if sources else {}
         identity = {k: v for k, v in meta.items() if k in wire.IDENTITY_KEYS}
-        payload = wire.Payload(tensors, identity)
-        return Batch.from_payload(payload, self.batch_metadata, self.model_torch_config)
+        return self.encoder.batch_type.from_stored(self, wire.Payload(tensors, identity))
 
-    def get(self, split: str, batch_id: int, default: Any = None) -> Batch | Any:
+    def get(self, split: str, batch_id: int, default: Any = None) -> DefaultBatch | Any:
         """Like :meth:`load`, but ``default`` when the batch is unknown or not stored yet."""
         try:
             return self.load(split, batch_id)

@@ -78,6 +78,26 @@ def test_the_client_exports_what_trainers_use():
         assert getattr(batchstash.client, name) is not None
 
 
+# what a dataset's code uses: each from batchstash.service, the very class its module defines
+SERVICE_API = {
+    "BatchStash": "batchstash.service.stash",
+    "DataPoint": "batchstash.service.dataset.datapoint",
+    "RowDataPoint": "batchstash.service.dataset.datapoint",
+    "CategoryEncodableFeatureVectorizer": "batchstash.service.dataset.vectorize",
+    "TokenIdFeatureVectorizer": "batchstash.service.dataset.vectorize",
+    "TensorFeatureVectorizer": "batchstash.service.dataset.tensors",
+    "MultiLabelFeatureVectorizer": "batchstash.service.dataset.tensors",
+}
+
+
+@pytest.mark.parametrize(("name", "module"), sorted(SERVICE_API.items()))
+def test_the_service_exports_what_datasets_use(name, module):
+    import batchstash.service as service
+
+    assert name in service.__all__ and name in dir(service)
+    assert getattr(service, name) is getattr(importlib.import_module(module), name)
+
+
 def test_wire_classes_are_reached_through_the_wire_namespace():
     from batchstash.client import wire
 

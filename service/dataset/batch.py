@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from batchstash.client import Batch, BatchError, BatchFeatureMapping, VectorizerError
+from batchstash.client.wire import Payload
 
+from .idset import DataPointIDSet
 from .vectorize import FeatureVectorizer
 
 __all__ = ["DefaultBatch"]
+
+D = TypeVar("D", bound="DefaultBatch")
 
 
 class DefaultBatch(Batch):
     """A batch encoded with ``batch_feature_mappings`` (by default the stash's mappings).
 
+    A stash builds it nascent from its data points to encode it, and decoded (with no data
+    points) when it loads it from the store (:meth:`from_stored`).
+
     Args:
         batch_stash: the stash that creates the batch.
         id: the batch id.
         split_name: the batch's split.
-        data_points: the data points to encode.
+        data_points: the data points to encode (``None`` for a batch read from the store).
         batch_feature_mappings: the mappings to use instead of the stash's.
     """
 
@@ -30,7 +37,7 @@ class DefaultBatch(Batch):
         batch_stash: Any,
         id: int,
         split_name: str,
-        data_points: Sequence[Any],
+        data_points: Sequence[Any] | None,
         batch_feature_mappings: BatchFeatureMapping | None = None,
     ) -> None:
         super().__init__(
@@ -42,6 +49,31 @@ class DefaultBatch(Batch):
             torch_config=batch_stash.model_torch_config,
         )
         self.batch_feature_mappings = batch_feature_mappings
+
+    @classmethod
+    def from_stored(cls: type[D], batch_stash: Any, payload: Payload) -> D:
+        """Build a *decoded* batch of this class from a payload read from ``batch_stash``'s store.
+
+        The batch holds the stash; its :attr:`data_points` are rebuilt on first access. It is
+        built as ``cls(batch_stash, id, split_name, None)``: a subclass with another
+        constructor overrides this method.
+        """
+        batch = cls(batch_stash, payload.batch_id, payload.split, None)
+        batch._take_payload(payload)
+        return batch
+
+    @property
+    def data_points(self) -> tuple[Any, ...] | None:
+        """The data points; ``None`` once the batch is encoded (or deallocated).
+
+        A batch loaded from the store (decoded, or copied by :meth:`to`) rebuilds them from
+        its stash's split container on first access, by its :attr:`data_point_ids`.
+        """
+        if self._data_points is None and self.state in ("d", "t") and self.batch_stash is not None:
+            ids = tuple(_id_key(i) for i in self.data_point_ids)
+            id_set = DataPointIDSet(self.id, ids, self.split_name)
+            self._data_points = tuple(self.batch_stash.data_points(id_set))
+        return self._data_points
 
     @property
     def mapping(self) -> BatchFeatureMapping:
@@ -155,5 +187,24 @@ class DefaultBatch(Batch):
                 return (
                     f"{where}: tensors of different shapes do not stack: {points[0].id!r} gave "
                     f"{tuple(first.shape)}, {point.id!r} gave {tuple(tensor.shape)}"
+                    f"{_padding_hint(vectorizer, attr)}"
                 )
         return f"{self._where(attr, vectorizer, 'data points')}: the tensors do not stack"
+
+
+def _id_key(data_point_id: Any) -> Any:
+    """A data point id as a container key: a JSON array (a stored tuple id) as a tuple."""
+    if isinstance(data_point_id, list):
+        return tuple(_id_key(i) for i in data_point_id)
+    return data_point_id
+
+
+def _padding_hint(vectorizer: FeatureVectorizer, attr: str) -> str:
+    """Advice for a field whose vectorizer pads a varying shape in ``encode_batch``."""
+    pads = type(vectorizer).encode_batch is not FeatureVectorizer.encode_batch
+    if not pads or all(d is not None and d >= 0 for d in vectorizer.shape):
+        return ""
+    return (
+        f"; its shape {tuple(vectorizer.shape)} varies: set is_agg=True on the field mapping "
+        f"of {attr!r} so the vectorizer pads the batch"
+    )

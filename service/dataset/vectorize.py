@@ -204,9 +204,13 @@ def _labelled(value: Any) -> str:
 class CategoryEncodableFeatureVectorizer(FeatureVectorizer):
     """Encodes a class label as its index in :attr:`categories` (class <-> index).
 
-    Categories are strings, integers or booleans (numpy's included, kept as Python values). A
-    label matches a category of equal value in the same family: ``1`` and ``np.int64(1)``
-    match ``1``, while ``"1"`` (say, read from a CSV) matches ``"1"`` only.
+    The vectorizer of integer and string class labels alike: categories are strings, integers
+    or booleans (numpy's included, kept as Python values), and the encoded label is a scalar
+    ``int64`` index (what ``cross_entropy`` takes). A label matches a category of equal value
+    in the same family: ``1`` and ``np.int64(1)`` match ``1``, while ``"1"`` (say, read from a
+    CSV) matches ``"1"`` only. For integer labels ``0..k-1``, ``categories=range(k)`` maps each
+    label to itself. Use :class:`OneHotEncodedFeatureVectorizer` for a one-hot vector and
+    :class:`~batchstash.service.MultiLabelFeatureVectorizer` for several labels a data point.
 
     Attributes:
         categories: the classes, in index order.
@@ -315,6 +319,12 @@ class SeriesFeatureVectorizer(FeatureVectorizer):
 class TokenIdFeatureVectorizer(FeatureVectorizer):
     """Maps token sequences to ids, padded to the batch's longest sequence (an ``is_agg`` field).
 
+    Ids: :attr:`PAD` ``= 0`` pads each sequence on the right to the batch's longest,
+    :attr:`UNK` ``= 1`` is a token not in the vocabulary, and ``vocab[i]`` is id ``i + 2``; so
+    an embedding layer takes ``vocab_size = len(vocab) + 2`` and ``padding_idx=0``, and the
+    mask of the real tokens is ``ids != 0``. The metadata's ``extra`` holds ``pad_id`` and
+    ``unk_id``. Without ``is_agg=True`` the sequences of a batch must all be of one length.
+
     Attributes:
         vocab: the tokens; id ``i + 2`` is ``vocab[i]``; id 0 pads, id 1 is unknown.
         max_length: sequences are cut to this many tokens.
@@ -340,7 +350,7 @@ class TokenIdFeatureVectorizer(FeatureVectorizer):
         return torch.tensor(self.ids(value), dtype=torch.int64)
 
     def encode_batch(self, values: Sequence[Any]) -> torch.Tensor:
-        """Return ``[batch, longest]`` ids, right-padded with :attr:`PAD`."""
+        """Return ``[batch, longest]`` ids, right-padded with :attr:`PAD` (``0``)."""
         rows = [self.ids(v) for v in values]
         out = torch.full(
             (len(rows), max((len(r) for r in rows), default=0)), self.PAD, dtype=torch.int64

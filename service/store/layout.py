@@ -85,22 +85,40 @@ def parse_group_key(key: str) -> tuple[str, str, int, str] | None:
 
 
 def resolve_groups(
-    groups: Iterable[Iterable[str]] | None, attributes: Sequence[str]
+    groups: Iterable[Iterable[str]] | None,
+    attributes: Sequence[str],
+    dropped: Iterable[str] = (),
 ) -> list[frozenset[str]]:
     """The attribute groups of a store: ``groups`` plus one group per attribute left out.
 
+    As the reference does, attributes a mapping's field edits ``dropped`` are pruned from the
+    groups, and a group left empty is dropped.
+
     Raises:
-        BatchError: groups overlap, are empty or name unmapped attributes.
+        BatchError: groups overlap, are empty or name attributes that are neither mapped nor
+            ``dropped`` (a typo).
     """
-    result = [frozenset(g) for g in groups or ()]
+    given = [frozenset(g) for g in groups or ()]
+    mapped, gone = set(attributes), set(dropped)
+    result: list[frozenset[str]] = []
     seen: set[str] = set()
-    for group in result:
-        if not group or group & seen or not group <= set(attributes):
+    for group in given:
+        unknown, twice = sorted(group - mapped - gone), sorted(group & seen)
+        if not group or unknown or twice:
+            reason = (
+                f"{unknown} not mapped (mapped: {sorted(mapped)})"
+                if unknown
+                else f"{twice} in two groups"
+                if twice
+                else "an empty group"
+            )
             raise BatchError(
                 f"groups must be disjoint, non-empty sets of mapped attributes: "
-                f"{[sorted(g) for g in result]}"
+                f"{[sorted(g) for g in given]}: {reason}"
             )
         seen |= group
+        if group & mapped:
+            result.append(frozenset(group & mapped))
     result.extend(frozenset([a]) for a in attributes if a not in seen)
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 
@@ -161,6 +162,31 @@ def test_config_mapping_edits(kwargs, attributes, managers):
     assert [m.vectorizer_manager_name for m in mapping.manager_mappings] == managers
     # the edited mapping serializes as a plain mapping of the resolved fields
     assert BatchFeatureMapping.from_dict(mapping.to_dict()).attributes == attributes
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "dropped"),
+    [
+        ({}, set()),
+        ({"field_remove": frozenset({"flower_dims"})}, {"flower_dims"}),
+        (
+            {
+                "batch_feature_mapping_adds": (BatchFeatureMapping(None, [TEXT]),),
+                "field_keep": frozenset({"tokens"}),
+            },
+            {"label", "flower_dims", "lengths"},
+        ),
+    ],
+    ids=["plain", "remove", "add-keep"],
+)
+def test_config_mapping_records_what_its_edits_dropped(kwargs, dropped):
+    mapping = ConfigBatchFeatureMapping("label", IRIS.manager_mappings, **kwargs)
+    assert mapping.dropped_attributes == dropped
+    assert not dropped & set(mapping.attributes)
+    assert pickle.loads(pickle.dumps(mapping)).dropped_attributes == dropped
+    assert mapping == ConfigBatchFeatureMapping("label", IRIS.manager_mappings, **kwargs)
+    assert "dropped_attributes" not in mapping.to_dict() and "dropped" not in repr(mapping)
+    assert IRIS.dropped_attributes == frozenset()
 
 
 @pytest.mark.parametrize("edit", ["field_keep", "field_remove"])

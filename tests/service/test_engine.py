@@ -221,8 +221,10 @@ def test_batch_lifecycle(primed):
 
     loaded = primed.load(id_set.split_name, id_set.batch_id)
     assert loaded.state_name == "decoded"
+    assert type(loaded) is DefaultBatch and loaded.batch_stash is primed
     for name in ("label", "flower_dims"):
         assert torch.equal(loaded[name], batch[name])
+    assert loaded.mapping == primed.batch_feature_mappings and loaded.has_labels
 
     copied = loaded.to("cpu")
     assert (copied.state_name, loaded.state_name) == ("memory copied", "decoded")
@@ -230,8 +232,13 @@ def test_batch_lifecycle(primed):
     assert copied["flower_dims"].data_ptr() == loaded["flower_dims"].data_ptr()
     assert torch.equal(copied["flower_dims"], batch["flower_dims"])
 
+    assert "_data_points" in loaded.__dict__ and loaded.__dict__["_data_points"] is None  # lazy
+    assert loaded.data_points == tuple(points) and copied.data_points == tuple(points)
+    assert all(p.batch_stash is primed for p in loaded.data_points)
+
     loaded.deallocate()
     assert loaded.state_name == "deallocated" and loaded.attributes == {}
+    assert loaded.data_points is None
     assert copied["label"].shape == (len(points),)
 
 
@@ -302,6 +309,25 @@ def test_default_batch_with_its_own_mappings(make_iris):
     assert torch.equal(batch["dims"], expected_iris(["0", "1", "2"])["flower_dims"])
 
 
+class FlowerBatch(DefaultBatch):
+    @property
+    def species(self):
+        return [p.label for p in self.data_points]
+
+
+def test_load_builds_the_stash_batch_type_with_its_data_points(make_iris):
+    stash = make_iris(batch_type=FlowerBatch)
+    stash.prime()
+    batch = stash.load("dev", 0)
+    assert type(batch) is FlowerBatch and batch.batch_stash is stash
+    assert batch.species == batch.get_label_classes()
+    assert [p.id for p in batch.data_points] == list(batch.data_point_ids)
+    copied = batch.to("cpu")
+    assert type(copied) is FlowerBatch and copied.species == batch.species
+    assert type(stash.load("dev", 0, ["label"])) is FlowerBatch
+    assert stash.get("dev", 99) is None
+
+
 def test_label_vectorizer_of_a_batch(primed):
     batch = primed.load("test", 1)
     vec = batch.get_label_feature_vectorizer()
@@ -313,7 +339,7 @@ def test_batch_write(primed):
     out = io.StringIO()
     primed.load("test", 1).write(writer=out)
     assert out.getvalue().splitlines() == [
-        "Batch: id=1, split=test, size=10, state=decoded",
+        "DefaultBatch: id=1, split=test, size=10, state=decoded",
         "  label: shape=(10,), dtype=torch.int64, device=cpu",
         "  flower_dims: shape=(10, 4), dtype=torch.float32, device=cpu",
     ]
@@ -420,6 +446,28 @@ def test_field_edits_change_what_is_stored(make_iris, edit, files):
     assert sorted(os.listdir(stored_object(stash.path, "train", 0, files[0][:-12]).parent)) == files
     batch = stash.load("train", 0)
     assert sorted(f"{a}.safetensors" for a in batch.attributes) == files
+
+
+@pytest.mark.parametrize(
+    ("edit", "groups", "files"),
+    [
+        (
+            {"field_remove": frozenset({"flower_dims"})},
+            [["label", "flower_dims"]],
+            ["label.safetensors"],
+        ),
+        ({"field_keep": frozenset({"label"})}, [["flower_dims"]], ["label.safetensors"]),
+    ],
+    ids=["pruned", "emptied"],
+)
+def test_groups_drop_what_field_edits_dropped(make_iris, edit, groups, files):
+    mapping = ConfigBatchFeatureMapping("label", IRIS_MAPPINGS.manager_mappings, **edit)
+    stash = make_iris(mappings=mapping, groups=groups)
+    assert stash.groups == (frozenset({"label"}),)
+    stash.prime()
+    assert os.listdir(stored_object(stash.path, "dev", 0, "label").parent) == files
+    with pytest.raises(BatchError, match=r"\['nope'\] not mapped"):
+        make_iris(mappings=mapping, groups=[["label", "nope"]])
 
 
 def test_groups_store_attributes_together(make_iris):

@@ -79,13 +79,34 @@ def test_resolve_groups(groups, attributes, expected):
 
 
 @pytest.mark.parametrize(
-    "groups",
-    [[["x"], ["x", "ids"]], [[]], [["x", "nope"]]],
-    ids=["overlap", "empty", "unmapped"],
+    ("groups", "reason"),
+    [
+        ([["x"], ["x", "ids"]], r"\['x'\] in two groups"),
+        ([[]], "an empty group"),
+        ([["x", "nope"]], r"\['nope'\] not mapped \(mapped: \['ids', 'label', 'x'\]\)"),
+        ([["x", "gone"], ["gone", "ids"]], r"\['gone'\] in two groups"),
+    ],
+    ids=["overlap", "empty", "unmapped", "overlap-on-a-dropped-one"],
 )
-def test_resolve_groups_refuses_bad_groups(groups):
-    with pytest.raises(BatchError, match="disjoint, non-empty sets of mapped attributes"):
-        layout.resolve_groups(groups, ["x", "ids", "label"])
+def test_resolve_groups_refuses_bad_groups(groups, reason):
+    with pytest.raises(
+        BatchError, match=f"disjoint, non-empty sets of mapped attributes: .*{reason}"
+    ):
+        layout.resolve_groups(groups, ["x", "ids", "label"], dropped=["gone"])
+
+
+@pytest.mark.parametrize(
+    ("groups", "expected"),
+    [
+        ([["x", "gone"]], [{"x"}, {"ids"}, {"label"}]),
+        ([["gone", "lost"], ["ids", "label"]], [{"ids", "label"}, {"x"}]),
+        ([["x", "ids", "gone"], ["lost"]], [{"x", "ids"}, {"label"}]),
+    ],
+    ids=["pruned", "emptied-and-dropped", "both"],
+)
+def test_resolve_groups_prunes_what_field_edits_dropped(groups, expected):
+    result = layout.resolve_groups(groups, ["x", "ids", "label"], dropped={"gone", "lost"})
+    assert result == [frozenset(g) for g in expected]
 
 
 def test_keys():
