@@ -27,7 +27,16 @@ ALL_BLOCKS = PYTHON_BLOCK.findall((REPO / "README.md").read_text())
 FRAMEWORK_BLOCKS = {
     b.split(":", 1)[0].removeprefix("# "): b for b in ALL_BLOCKS if b.startswith("# train_")
 }
-BLOCKS = [b for b in ALL_BLOCKS if not b.startswith("# train_")]
+# the bring-your-own-data tutorial's files (first line "# digits_*.py: ..." or "# my_digits.py")
+# run in tests/e2e/test_tutorial.py, against servers of each of its factories
+TUTORIAL_BLOCKS = {
+    b.split(":", 1)[0].removeprefix("# "): b
+    for b in ALL_BLOCKS
+    if b.startswith(("# digits_", "# my_digits"))
+}
+BLOCKS = [
+    b for b in ALL_BLOCKS if not b.startswith("# train_") and b not in TUTORIAL_BLOCKS.values()
+]
 FRAGMENTS = {1}  # a loop body that continues the client snippet (it, checkpoint): not a program
 
 pytestmark = pytest.mark.slow
@@ -54,6 +63,7 @@ def test_the_readme_has_the_snippets_this_test_knows() -> None:
         "train_ddp.py",
         "train_lightning.py",
     ]
+    assert sorted(TUTORIAL_BLOCKS) == ["digits_files.py", "digits_train.py", "my_digits.py"]
     assert "BatchClient(" in BLOCKS[0] and "load_state_dict" in BLOCKS[1]
     assert "class IrisDataPoint" in BLOCKS[2] and "from_factory" in BLOCKS[3]
     for index in FRAGMENTS:  # not run, but valid Python

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xxhash
 
 from batchstash.client import BatchError
@@ -104,7 +105,8 @@ class ParquetSplitStashContainer(TableSplitStashContainer):
         assert schema is not None
         self.columns = picked_columns(schema.names, columns, where)
         self._schema = pa.schema([schema.field(c) for c in self.columns])
-        self._table: Any = None
+        self._batches: list[Any] | None = None
+        self._starts: np.ndarray[Any, Any] | None = None
         self._map: mmap.mmap | None = None
         self._index(
             sum(counts),
@@ -148,28 +150,44 @@ class ParquetSplitStashContainer(TableSplitStashContainer):
 
     def _read_rows(self, rows: Sequence[int]) -> list[dict[str, Any]]:
         pa = _pyarrow()
-        table = self._mapped()
+        batches, starts = self._mapped()
+        wanted = np.asarray(rows, dtype=np.int64)
+        which = np.searchsorted(starts, wanted, side="right") - 1
+        parts, placed = [], []
         try:
-            part = table.take(pa.array(rows, type=pa.int64()))
-            return arrow_rows(part)
+            # a take per record batch of the cache: a take over the whole (chunked) table
+            # would first join every chunk, copying the dataset
+            for index in np.unique(which):
+                chosen = np.flatnonzero(which == index)
+                local = wanted[chosen] - starts[index]
+                parts.append(batches[index].take(pa.array(local)))
+                placed.append(chosen)
+            table = pa.Table.from_batches(parts, schema=self._schema).combine_chunks()
         finally:
             assert self._map is not None
             self._map.madvise(mmap.MADV_DONTNEED)  # the pages go back: memory holds one batch
+        order = np.empty(len(wanted), dtype=np.int64)
+        order[np.concatenate(placed) if placed else order[:0]] = np.arange(len(wanted))
+        return arrow_rows(table.take(pa.array(order)))
 
-    def _mapped(self) -> Any:
-        if self._table is None:
+    def _mapped(self) -> tuple[list[Any], np.ndarray[Any, Any]]:
+        """The cache's record batches (memory-mapped) and the first row of each."""
+        if self._batches is None:
             pa = _pyarrow()
             path = self._cached()
             with open(path, "rb") as fh:
                 self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             try:
-                table = pa.ipc.open_file(pa.py_buffer(self._map)).read_all()
+                reader = pa.ipc.open_file(pa.py_buffer(self._map))
+                batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
             except (OSError, ValueError) as exc:
                 raise BatchError(f"{path}: a damaged row cache ({exc}); delete it") from None
-            if table.num_rows != len(self) or table.schema.names != list(self.columns):
+            starts = np.cumsum([0] + [b.num_rows for b in batches])
+            if starts[-1] != len(self) or reader.schema.names != list(self.columns):
                 raise BatchError(f"{path}: a row cache of another table; delete it")
-            self._table = table
-        return self._table
+            self._batches, self._starts = batches, starts
+        assert self._starts is not None
+        return self._batches, self._starts
 
     # the row cache -------------------------------------------------------------------------
 
