@@ -92,6 +92,7 @@ class HuggingFaceSplitStashContainer(TableSplitStashContainer):
             ratios=ratios,
             seed=seed,
             source_splits=source if isinstance(dataset, datasets.DatasetDict) else None,
+            available=names,
             where="the dataset",
         )
 

@@ -114,6 +114,7 @@ class ParquetSplitStashContainer(TableSplitStashContainer):
             splits=splits,
             ratios=ratios,
             seed=seed,
+            available=schema.names,
             where=where,
         )
         self._check_source()
