@@ -161,9 +161,9 @@ class ParquetSplitStashContainer(TableSplitStashContainer):
         if self._table is None:
             pa = _pyarrow()
             path = self._cached()
-            with open(path, "rb") as fh:
-                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             try:
+                with open(path, "rb") as fh:  # an empty file cannot be mapped: damaged too
+                    self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
                 table = pa.ipc.open_file(pa.py_buffer(self._map)).read_all()
             except (OSError, ValueError) as exc:
                 raise BatchError(f"{path}: a damaged row cache ({exc}); delete it") from None
