@@ -285,7 +285,8 @@ def _column_values(column: Any) -> Sequence[Any]:
             flat = column.combine_chunks().flatten()
             for _ in shape[1:]:
                 flat = flat.flatten()
-            return list(flat.to_numpy().reshape(len(column), *shape))
+            # booleans are bits in Arrow: copied, never zero-copy
+            return list(flat.to_numpy(zero_copy_only=False).reshape(len(column), *shape))
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
         return list(column.to_numpy(zero_copy_only=False))
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
