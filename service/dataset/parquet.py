@@ -272,8 +272,10 @@ def arrow_rows(table: Any) -> list[dict[str, Any]]:
 def _column_values(column: Any) -> Sequence[Any]:
     pa = _pyarrow()
     kind = column.type
-    if column.null_count:
-        return list(column.to_pylist())
+    if column.null_count:  # nulls are None; the other values as a column without nulls gives them
+        valid = column.is_valid()
+        present = iter(_column_values(column.filter(valid)))
+        return [next(present) if ok else None for ok in valid.to_pylist()]
     if isinstance(kind, pa.FixedShapeTensorType):
         return list(column.combine_chunks().to_numpy_ndarray())
     if pa.types.is_fixed_size_list(kind):
