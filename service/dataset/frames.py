@@ -90,6 +90,7 @@ class DataFrameSplitStashContainer(TableSplitStashContainer):
             ratios=ratios,
             seed=seed,
             row_ids=None if plain_index or id_column else df.index.tolist(),
+            available=names,
             where="DataFrame",
         )
         self._source_digest()  # refuses what it cannot fingerprint now, not at a prime
@@ -154,6 +155,7 @@ class ArraySplitStashContainer(TableSplitStashContainer):
             splits=splits,
             ratios=ratios,
             seed=seed,
+            available=list(self._arrays),
             where="arrays",
         )
         self._source_digest()

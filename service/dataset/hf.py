@@ -92,13 +92,17 @@ class HuggingFaceSplitStashContainer(TableSplitStashContainer):
             ratios=ratios,
             seed=seed,
             source_splits=source if isinstance(dataset, datasets.DatasetDict) else None,
+            available=names,
             where="the dataset",
         )
 
     def _read_column(self, name: str) -> list[Any]:
         values: list[Any] = []
         for _, part in self._parts:
-            values.extend(part.data.column(name).to_pylist())
+            # the rows as the dataset shows them: ``part.data`` is the table under a
+            # ``select``, ``shuffle`` or ``filter``, whose indices say which rows and in what order
+            shown = part.select_columns([name]).with_format("arrow")[:]
+            values.extend(shown.column(name).to_pylist())
         return values
 
     def _read_rows(self, rows: Sequence[int]) -> list[dict[str, Any]]:

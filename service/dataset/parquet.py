@@ -116,6 +116,7 @@ class ParquetSplitStashContainer(TableSplitStashContainer):
             splits=splits,
             ratios=ratios,
             seed=seed,
+            available=schema.names,
             where=where,
         )
         self._check_source()
@@ -175,9 +176,9 @@ class ParquetSplitStashContainer(TableSplitStashContainer):
         if self._batches is None:
             pa = _pyarrow()
             path = self._cached()
-            with open(path, "rb") as fh:
-                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             try:
+                with open(path, "rb") as fh:  # an empty file cannot be mapped: damaged too
+                    self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
                 reader = pa.ipc.open_file(pa.py_buffer(self._map))
                 batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
             except (OSError, ValueError) as exc:
@@ -289,8 +290,10 @@ def arrow_rows(table: Any) -> list[dict[str, Any]]:
 def _column_values(column: Any) -> Sequence[Any]:
     pa = _pyarrow()
     kind = column.type
-    if column.null_count:
-        return list(column.to_pylist())
+    if column.null_count:  # nulls are None; the other values as a column without nulls gives them
+        valid = column.is_valid()
+        present = iter(_column_values(column.filter(valid)))
+        return [next(present) if ok else None for ok in valid.to_pylist()]
     if isinstance(kind, pa.FixedShapeTensorType):
         return list(column.combine_chunks().to_numpy_ndarray())
     if pa.types.is_fixed_size_list(kind):
@@ -302,7 +305,8 @@ def _column_values(column: Any) -> Sequence[Any]:
             flat = column.combine_chunks().flatten()
             for _ in shape[1:]:
                 flat = flat.flatten()
-            return list(flat.to_numpy().reshape(len(column), *shape))
+            # booleans are bits in Arrow: copied, never zero-copy
+            return list(flat.to_numpy(zero_copy_only=False).reshape(len(column), *shape))
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
         return list(column.to_numpy(zero_copy_only=False))
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):

@@ -105,6 +105,7 @@ class MemorySplitStashContainer(SplitStashContainer):
             missing = [i for ids in self._splits.values() for i in ids if i not in self._records]
             if missing:
                 raise BatchError(f"split ids without a record: {missing[:5]}")
+            _refuse_repeated(self._splits)
         else:
             ids = list(self._records)
 
@@ -161,6 +162,17 @@ class MemorySplitStashContainer(SplitStashContainer):
         except Unfingerprintable as exc:
             raise BatchError(exc.message(_where(stage, key))) from None
         return hasher.hexdigest()
+
+
+def _refuse_repeated(splits: Mapping[str, Sequence[Any]]) -> None:
+    """Refuse an id listed twice: a data point is in one split, once (as table rows are)."""
+    seen: dict[Any, str] = {}
+    for name, ids in splits.items():
+        for i in ids:
+            if i in seen:
+                where = f"twice in split {name!r}" if seen[i] == name else "in more than one split"
+                raise BatchError(f"records: id {i!r} is listed {where}")
+            seen[i] = name
 
 
 def _where(stage: str, key: Any) -> str:

@@ -76,6 +76,7 @@ class TableSplitStashContainer(SplitStashContainer):
         seed: int,
         row_ids: Sequence[Any] | None = None,
         source_splits: Mapping[str, Sequence[Any]] | None = None,
+        available: Sequence[str] | None = None,
         where: str = "the data",
     ) -> None:
         """Build the index: ids, the row of each id, and the splits.
@@ -90,16 +91,19 @@ class TableSplitStashContainer(SplitStashContainer):
             seed: see :func:`assign_splits`.
             row_ids: the ids when there is no ``id_column`` (a DataFrame's index).
             source_splits: the source's own splits, by row number.
+            available: every column of the source (default :attr:`columns`): the id and split
+                columns need not be among the columns a row holds.
             where: the source, as error messages name it.
 
         Raises:
             BatchError: an unknown or non-unique id column, or a bad split rule.
         """
         self._where, self._row_count = where, num_rows
+        names = tuple(self.columns if available is None else available)
         if id_column is not None:
-            if id_column not in self.columns:
+            if id_column not in names:
                 raise BatchError(
-                    f"{where}: no id column {id_column!r} (columns: {', '.join(self.columns)})"
+                    f"{where}: no id column {id_column!r} (columns: {', '.join(names)})"
                 )
             row_ids = column(id_column)
         if row_ids is None:
@@ -120,7 +124,7 @@ class TableSplitStashContainer(SplitStashContainer):
         self._splits = assign_splits(
             ids,
             column,
-            self.columns,
+            names,
             split_column=split_column,
             splits=splits,
             ratios=ratios,
