@@ -21,7 +21,20 @@ import xxhash
 
 from batchstash.client import BatchError
 
-__all__ = ["FileVersion", "cache_dir", "changed_files", "file_digest", "versions_of"]
+__all__ = [
+    "CHANGED_HINT",
+    "FileVersion",
+    "cache_dir",
+    "changed_files",
+    "file_digest",
+    "versions_of",
+]
+
+CHANGED_HINT = (
+    "restart the server (or build the stash again) on the new data, then clear the store "
+    "(batchstash clear) and prime it: batches stored so far hold the old data"
+)
+"""What to do when a dataset's data changed under a prime (the end of each such error)."""
 
 CHUNK = 8 << 20
 """Bytes read at a time when hashing a file."""

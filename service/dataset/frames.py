@@ -20,7 +20,8 @@ import torch
 
 from batchstash.client import BatchError
 
-from .files import FileVersion, cache_dir, changed_files, file_digest, versions_of
+from .files import CHANGED_HINT, FileVersion, changed_files, file_digest, versions_of
+from .files import cache_dir as cache_dir_of
 from .fingerprint import ContentHasher, Unfingerprintable, type_name
 from .tables import TableSplitStashContainer, picked_columns
 
@@ -121,6 +122,8 @@ class ArraySplitStashContainer(TableSplitStashContainer):
         columns: the arrays a row holds (default: all).
         files: the files the arrays are memory-mapped from (:meth:`open` gives them): their
             digests are the content, and a change to one fails the next read.
+        cache_dir: where the files' digests are kept (default ``$BATCHSTASH_CACHE_DIR`` or
+            ``~/.cache/batchstash``).
 
     Raises:
         BatchError: no arrays, arrays of different lengths, a missing name, a bad split rule,
@@ -138,6 +141,7 @@ class ArraySplitStashContainer(TableSplitStashContainer):
         id_column: str | None = None,
         columns: Sequence[str] | None = None,
         files: Sequence[FileVersion] = (),
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self._arrays = {str(k): v if _indexable(v) else np.asarray(v) for k, v in arrays.items()}
         if not self._arrays:
@@ -146,6 +150,7 @@ class ArraySplitStashContainer(TableSplitStashContainer):
         if len(set(lengths.values())) != 1:
             raise BatchError(f"arrays must have the same length on dim 0: {lengths}")
         self._files = tuple(files)
+        self._cache_root = cache_dir_of(cache_dir)
         self.columns = picked_columns(list(self._arrays), columns, "arrays")
         self._index(
             next(iter(lengths.values())),
@@ -174,7 +179,7 @@ class ArraySplitStashContainer(TableSplitStashContainer):
         Args:
             path: the directory.
             split_column: as for the constructor.
-            **options: the constructor's other keywords.
+            **options: the constructor's other keywords (``cache_dir`` among them).
         """
         files = sorted(Path(path).glob("*.npy"))
         if not files:
@@ -198,16 +203,14 @@ class ArraySplitStashContainer(TableSplitStashContainer):
 
     def _source_digest(self) -> str:
         if self._files:
-            return _digest([file_digest(v, cache_dir()) for v in self._files], "the array files")
+            digests = [file_digest(v, self._cache_root) for v in self._files]
+            return _digest(digests, "the array files")
         return _digest(self._arrays, "the arrays")
 
     def _check_source(self) -> None:
         changed = changed_files(self._files)
         if changed:
-            raise BatchError(
-                f"{changed[0]} changed since the dataset was opened; restart to read the new "
-                "data (the store then turns stale)"
-            )
+            raise BatchError(f"{changed[0]} changed since the dataset was opened: {CHANGED_HINT}")
 
     def version(self) -> str:
         """The files' ``stat`` signatures and the index (opened from files).

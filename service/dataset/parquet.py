@@ -29,7 +29,7 @@ import xxhash
 
 from batchstash.client import BatchError
 
-from .files import FileVersion, changed_files, file_digest
+from .files import CHANGED_HINT, FileVersion, changed_files, file_digest
 from .files import cache_dir as cache_dir_of
 from .tables import TableSplitStashContainer, picked_columns
 
@@ -39,7 +39,12 @@ CACHE_FORMAT = "batchstash.parquet-rows.v1"
 """Part of every cache file's name: a new layout never reads an old one."""
 
 BATCH_ROWS = 8192
-"""Rows copied at a time into the cache (its memory bound, with one row group's pages)."""
+"""Rows a record batch of the cache holds at most (a batch's rows are taken per record batch).
+
+Building the cache streams a local file page by page and a remote one a row group at a time
+(pyarrow's ``iter_batches`` over a whole pre-buffered file keeps every range it read until the
+end: the file's size in memory).
+"""
 
 
 def _pyarrow() -> Any:
@@ -91,6 +96,7 @@ class ParquetSplitStashContainer(TableSplitStashContainer):
     ) -> None:
         pa = _pyarrow()
         self._fs, self._paths, where = _resolve(pa, path_or_paths)
+        self._source_url = "" if self._fs is None else where  # its endpoint, for the cache
         self._versions = tuple(self._version(p) for p in self._paths)
         self._cache_root = cache_dir_of(cache_dir)
         schema, counts = None, []
@@ -133,12 +139,13 @@ class ParquetSplitStashContainer(TableSplitStashContainer):
 
     # reading -------------------------------------------------------------------------------
 
-    def _file(self, path: str) -> Any:
+    def _file(self, path: str, streaming: bool = False) -> Any:
+        """One file; ``streaming``: read page by page (a local file), not a row group at once."""
         import pyarrow.parquet as pq
 
         try:
             if self._fs is None:
-                return pq.ParquetFile(path)
+                return pq.ParquetFile(path, pre_buffer=not streaming)
             return pq.ParquetFile(self._fs.open_input_file(path))
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise BatchError(f"{path}: not a readable Parquet file: {exc}") from None
@@ -194,7 +201,8 @@ class ParquetSplitStashContainer(TableSplitStashContainer):
 
     def _cached(self) -> Path:
         """The row cache of this version of the files, built if there is none."""
-        named = "\n".join(os.path.abspath(p) if self._fs is None else p for p in self._paths)
+        sources = [os.path.abspath(p) if self._fs is None else p for p in self._paths]
+        named = "\n".join([self._source_url, *sources, "", *self.columns])
         stem = xxhash.xxh3_64_hexdigest(named.encode())
         key = "\n".join([CACHE_FORMAT, *self.columns, *(v.key() for v in self._versions)])
         root = self._cache_root / "parquet"
@@ -219,9 +227,12 @@ class ParquetSplitStashContainer(TableSplitStashContainer):
             with pa.OSFile(str(tmp), "wb") as sink:
                 with pa.ipc.new_file(sink, self._schema) as writer:
                     for file_path in self._paths:
-                        source = self._file(file_path)
-                        for part in source.iter_batches(BATCH_ROWS, columns=list(self.columns)):
-                            writer.write_batch(part)
+                        source = self._file(file_path, streaming=True)
+                        for group in range(source.num_row_groups):
+                            for part in source.iter_batches(
+                                BATCH_ROWS, row_groups=[group], columns=list(self.columns)
+                            ):
+                                writer.write_batch(part)
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -229,6 +240,7 @@ class ParquetSplitStashContainer(TableSplitStashContainer):
                 os.close(fd)
             self._check_source(remote=True)  # nothing read from a file that changed meanwhile
             os.replace(tmp, path)
+            pa.default_memory_pool().release_unused()  # the decoded pages, back to the system
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -253,7 +265,7 @@ class ParquetSplitStashContainer(TableSplitStashContainer):
         if changed:
             raise BatchError(
                 f"{changed[0]} changed since the dataset was opened: nothing of it is encoded; "
-                "restart the server (or build the stash again) to prime the new data"
+                f"{CHANGED_HINT}"
             )
 
     def _source_digest(self) -> str:

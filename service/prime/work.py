@@ -13,6 +13,7 @@ from typing import Any, Protocol, cast
 
 from batchstash.client import BatchError
 
+from ..dataset.files import CHANGED_HINT
 from ..encode import Encoder
 from ..factory import call_factory
 from ..store.backend import StoreBackend
@@ -98,8 +99,7 @@ class Work:
             if version != self.data_version:
                 raise BatchError(
                     "the dataset's data changed since this prime started (a priming worker "
-                    "rebuilt it and found other data): restart the server, or build the stash "
-                    "again, to prime the new data"
+                    f"rebuilt it and found other data): {CHANGED_HINT}"
                 )
         return dataset
 
