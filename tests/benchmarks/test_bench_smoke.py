@@ -77,7 +77,7 @@ def _assert_cpu(run: dict, what: object) -> None:
 def test_only_names_sections_and_aliases() -> None:
     assert select(["wire"]) == ["ceiling", "serving"]
     assert select(["memory", "wire"]) == ["ceiling", "serving", "memory"]
-    assert select(None)[0] == "priming" and len(select(None)) == 10
+    assert select(None)[0] == "priming" and len(select(None)) == 11
     with pytest.raises(ValueError, match="unknown section"):
         select(["wire", "nope"])
     with pytest.raises(SystemExit) as exc:  # refused before anything starts
@@ -206,5 +206,5 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     verdicts = [
         t["met"] for t in json.loads((tmp_path / "wire" / "results.json").read_text())["targets"]
     ]
-    assert [v is None for v in verdicts] == [False] * 4 + [True, False, True, True], text
+    assert [v is None for v in verdicts] == [False] * 4 + [True, False, True, True, True, True], text
     assert (tmp_path / "wire" / "results.png").read_bytes()[:4] == b"\x89PNG"
