@@ -206,5 +206,7 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     verdicts = [
         t["met"] for t in json.loads((tmp_path / "wire" / "results.json").read_text())["targets"]
     ]
-    assert [v is None for v in verdicts] == [False] * 4 + [True, False, True, True, True, True], text
+    assert [v is None for v in verdicts] == [False] * 4 + [True, False, True, True, True, True], (
+        text
+    )
     assert (tmp_path / "wire" / "results.png").read_bytes()[:4] == b"\x89PNG"
