@@ -8,7 +8,10 @@ are decoded as ``datasets`` decodes them (an ``Image`` feature as an array, a ``
 its integer).
 
 The fingerprint is the content of each split's rows as the dataset shows them (after a
-``select``, ``shuffle`` or ``filter`` too), streamed through the hash as Arrow IPC.
+``select``, ``shuffle`` or ``filter`` too), streamed through the hash as Arrow IPC. It is also
+the data version each priming worker checks, so each worker reads the whole dataset once per
+prime (for data of many GB, a Parquet file and :class:`ParquetSplitStashContainer`, whose
+version is its files' ``stat`` signatures, start faster).
 """
 
 from __future__ import annotations

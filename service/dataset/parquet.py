@@ -67,7 +67,10 @@ class ParquetSplitStashContainer(TableSplitStashContainer):
 
     Args:
         path_or_paths: a file, a directory or a list of files; a URL (``s3://bucket/key``)
-            goes through pyarrow's filesystems (credentials as pyarrow reads them).
+            goes through pyarrow's filesystems (credentials as pyarrow reads them). A remote
+            file's version is its size and modification time, which S3 keeps to the second:
+            an object rewritten with the same size within one second goes unnoticed until its
+            content digest is taken again (a restart).
         split_column: the column naming each row's split.
         splits: the ids of each split, given.
         ratios: split name to fraction of a seeded shuffle.
