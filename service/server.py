@@ -65,7 +65,10 @@ def prime_once(settings: Settings) -> int:
         fingerprint,
         extra={"store": store, "fingerprint": fingerprint},
     )
-    encoded = prime_store(inputs, progress=progress)
+    try:
+        encoded = prime_store(inputs, progress=progress)
+    finally:
+        inputs.executor.close()  # one prime: its workers need not wait for another
     seconds = time.monotonic() - started
     logger.info(
         "prime done: %d batches encoded in %.1f s, the store is primed",

@@ -79,6 +79,8 @@ def create_app(settings: Settings, inputs: PrimeInputs | None = None) -> FastAPI
         if state.job.local and state.job.cancel():
             logger.info("shutting down: cancelling the running prime")
             state.job.wait(timeout=30)
+        if state.job.inputs is not None:
+            state.job.inputs.executor.close()  # warm priming workers stop with the server
 
     # with read_requires_token the OpenAPI document and /docs would be the only open reads
     docs = settings.docs and not settings.read_requires_token

@@ -11,7 +11,11 @@ from batchstash.service.store.reader import StoreReader
 
 from .metrics import Metrics
 
-__all__ = ["ServerState", "prime_inputs"]
+__all__ = ["WARM_WORKERS_S", "ServerState", "prime_inputs"]
+
+WARM_WORKERS_S = 600.0
+"""Seconds a server keeps its idle priming workers (torch imported, the dataset built), so a
+prime after a prime starts without spawning them again."""
 
 
 @dataclass
@@ -57,4 +61,5 @@ def prime_inputs(settings: Settings) -> PrimeInputs:
         workers=settings.workers,
         chunk_size=settings.chunk_size,
         address=settings.ray_address,
+        keep_s=WARM_WORKERS_S,
     )

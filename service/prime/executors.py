@@ -121,6 +121,9 @@ class Executor(ABC):
         """Tasks submitted at once: two a worker."""
         return 2 * max(self.workers, 1)
 
+    def close(self) -> None:  # noqa: B027 (only executors that keep workers have to stop them)
+        """Stop what the executor keeps between runs (warm workers); a later run starts anew."""
+
     @abstractmethod
     def run(
         self,
@@ -165,7 +168,26 @@ class InlineExecutor(Executor):
 
 
 class ProcessExecutor(Executor):
-    """A spawn-started process pool on this machine; its workers die with the priming process."""
+    """A spawn-started process pool on this machine; its workers die with the priming process.
+
+    With ``keep_s``, the pool outlives a run by that many seconds, so the next prime finds its
+    workers warm: torch imported, the dataset built (a worker rebuilds it only when the data
+    version or the factory changes). :meth:`close` stops it at once (the server does when it
+    stops). Without it, each run starts its workers and stops them at its end.
+
+    Args:
+        workers: processes.
+        keep_s: seconds an idle pool is kept (``0``: not kept).
+    """
+
+    def __init__(self, workers: int, keep_s: float = 0.0) -> None:
+        super().__init__(workers)
+        self.keep_s = keep_s
+        self._pool: ProcessPoolExecutor | None = None
+        self._keeper: _Keeper | None = None
+        self._timer: threading.Timer | None = None
+        self._active = 0  # runs using the pool now
+        self._lock = threading.Lock()
 
     def run(
         self,
@@ -177,22 +199,22 @@ class ProcessExecutor(Executor):
     ) -> None:
         """Run the chunks on ``workers`` spawned processes, at most ``2 * workers`` submitted.
 
-        Stops at cancel or the first error.
+        Stops at cancel or the first error, once the tasks already running have ended.
         """
         work.required_recipe(
             f"workers={self.workers}", "; or set workers=0 to encode in this process"
         )
-        ctx = multiprocessing.get_context("spawn")  # not fork: torch and threads stay safe
-        pool = ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=ctx,
-            initializer=guard.init_worker,
-            initargs=(os.getpid(), worker_log_config()),
-        )
+        pool = self._take()
 
         def finished(futures: list[Future[list[int]]]) -> set[Future[list[int]]]:
             return wait(futures, timeout=WAIT_S, return_when=FIRST_COMPLETED)[0]
 
+        def settle(futures: list[Future[list[int]]]) -> None:
+            for future in futures:  # those not started never start; the others end first
+                future.cancel()
+            wait(futures)
+
+        broken = False
         try:
             submit_bounded(
                 chunks,
@@ -202,11 +224,110 @@ class ProcessExecutor(Executor):
                 lambda future: future.result(),
                 on_done,
                 cancel,
+                settle,
             )
         except BrokenProcessPool as exc:
+            broken = True
             raise BatchError(f"a priming worker died: {exc}{_main_guard_hint()}") from exc
         finally:
+            self._give_back(pool, broken)
+
+    def close(self) -> None:
+        """Stop the pool now, waiting for its workers to exit."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            keeper, self._keeper = self._keeper, None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if keeper is not None:
+            keeper.stop()
+        elif pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _take(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._active += 1
+            if self._pool is None:
+                if self.keep_s > 0:
+                    self._keeper = _Keeper(self._new_pool, self.workers)
+                    self._pool = self._keeper.pool
+                else:
+                    self._pool = self._new_pool()
+            return self._pool
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),  # not fork: torch, threads stay safe
+            initializer=guard.init_worker,
+            initargs=(os.getpid(), worker_log_config()),
+        )
+
+    def _give_back(self, pool: ProcessPoolExecutor, broken: bool) -> None:
+        with self._lock:
+            keep = not broken and self.keep_s > 0 and self._pool is pool
+            if keep:
+                self._timer = threading.Timer(self.keep_s, self._expire)
+                self._timer.daemon = True
+                self._timer.start()
+            self._active -= 1
+        if keep:
+            return
+        if self._pool is pool:
+            self.close()
+        else:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _expire(self) -> None:
+        """The idle timer: stop the pool unless a run took it meanwhile."""
+        with self._lock:
+            if self._active:
+                return
+        self.close()
+
+
+class _Keeper:
+    """A pool whose workers are started by a thread that lives as long as the pool.
+
+    Linux sends a worker its parent-death signal (:mod:`.guard`) when the *thread* that started
+    it ends: workers started by one prime's thread would die with that thread, so a pool kept
+    between primes starts every worker from this thread, which waits until the pool stops.
+
+    Args:
+        make: builds the pool.
+        workers: its processes, all started here before it is used.
+    """
+
+    def __init__(self, make: Callable[[], ProcessPoolExecutor], workers: int) -> None:
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._make, self._workers = make, workers
+        self._thread = threading.Thread(target=self._keep, name="batchstash-workers", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise BatchError(f"priming workers did not start: {self._error}") from self._error
+
+    def _keep(self) -> None:
+        self.pool = self._make()
+        try:
+            for future in [self.pool.submit(os.getpid) for _ in range(self._workers)]:
+                future.result()  # each submit while none is idle starts a worker, here
+        except BaseException as exc:  # a worker that cannot start: the caller raises it
+            self._error = exc
+        self._ready.set()
+        self._stopping.wait()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def stop(self) -> None:
+        """Stop the pool and wait for its workers and this thread to end."""
+        self._stopping.set()
+        self._thread.join()
 
 
 def _ray(workers: int, address: str = "") -> Executor:
@@ -249,7 +370,8 @@ def make_executor(name: str, workers: int, **options: Any) -> Executor:
         workers: processes (``process``), or tasks in flight (``ray``).
         **options: the chosen executor's own options, by name: ``ray`` takes ``address``
             (``""`` starts a local Ray for this process; ``auto`` or ``ray://host:port`` joins a
-            running cluster). Options the chosen executor does not take are ignored, so a
+            running cluster), ``process`` takes ``keep_s`` (seconds its idle workers are kept
+            warm). Options the chosen executor does not take are ignored, so a
             caller passes every executor's settings alike.
 
     Raises:

@@ -20,20 +20,26 @@ from .work import Work
 
 __all__ = ["encode_chunk", "write_batch"]
 
-_contexts: dict[str, tuple[Encoder, BatchWriter]] = {}
+_encoders: dict[tuple[str, str], Encoder] = {}
+_writers: dict[str, BatchWriter] = {}
 
 
 def _context(work: Work) -> tuple[Encoder, BatchWriter]:
-    key = repr(work)
-    if key not in _contexts:
+    """The dataset (kept across primes while its recipe and data version stay) and the writer."""
+    recipe = work.required_recipe("a priming worker")
+    dataset_key = (repr(recipe), work.data_version)
+    if dataset_key not in _encoders:
         torch.set_num_threads(1)  # one process per core: no intra-op oversubscription
-        encoder = work.build("a priming worker").encoder
+        _encoders.clear()  # a warm worker keeps one dataset: the current one
+        _encoders[dataset_key] = work.build("a priming worker").encoder
+    key = repr(work)
+    if key not in _writers:
         groups = [frozenset(g) for g in work.groups]
-        writer = BatchWriter(
+        _writers.clear()
+        _writers[key] = BatchWriter(
             open_backend(work.store_url), groups, work.fingerprint, work.generation
         )
-        _contexts[key] = (encoder, writer)
-    return _contexts[key]
+    return _encoders[dataset_key], _writers[key]
 
 
 def encode_chunk(work: Work, id_sets: list[dict[str, Any]]) -> list[int]:
