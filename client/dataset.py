@@ -15,7 +15,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .batch import Batch, check_batch_type
 from .frameworks import accelerate_wraps
 from .http import BatchClient
-from .iterate import BatchIterator, prefetched
+from .iterate import BatchIterator
 from .passes import EpochCursor
 from .ranks import Ranks, detect_rank
 
@@ -93,7 +93,10 @@ class BatchDataset(IterableDataset[Any]):
             ``RANK``/``WORLD_SIZE`` environment torchrun sets, else 0 (see
             :func:`~batchstash.client.ranks.resolve_rank`).
         world_size: the number of ranks; ``None``: detected like ``rank`` (else 1).
-        prefetch: batches each worker fetches ahead in threads.
+        prefetch: batches fetched ahead by the process that reads (the training process
+            with ``num_workers=0``, else each DataLoader worker), as in
+            :meth:`BatchClient.iter_batches`: pipelined on one connection to the server's
+            data listener when it has one, else a thread a request.
         attributes: only these attributes.
         token: the bearer token.
         as_dict: yield ``{attribute: tensor}`` dicts instead of :class:`Batch` objects.
@@ -123,7 +126,7 @@ class BatchDataset(IterableDataset[Any]):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        prefetch: int = 2,
+        prefetch: int = 4,
         attributes: Iterable[str] | None = None,
         token: str | None = None,
         as_dict: bool = False,
@@ -246,17 +249,26 @@ class BatchDataset(IterableDataset[Any]):
         self.state = state
         self.epoch = it.plan.epoch
 
-    def iterator(self, client: BatchClient, epoch: int | None = None) -> BatchIterator:
+    def iterator(
+        self, client: BatchClient, epoch: int | None = None, *, prefetch: int = 0
+    ) -> BatchIterator:
         """The rank's :class:`BatchIterator` of ``epoch`` (default: the current pass's).
 
-        It starts from the resume state where that is of the same epoch; no prefetching.
+        It starts from the resume state where that is of the same epoch; ``prefetch`` as
+        :meth:`BatchClient.iter_batches`' (default: none).
         """
         epoch = self.current_epoch if epoch is None else epoch
         state = self.state
-        return self._iterator(client, epoch, state if _state_epoch(state) == epoch else None)
+        return self._iterator(
+            client, epoch, state if _state_epoch(state) == epoch else None, prefetch
+        )
 
     def _iterator(
-        self, client: BatchClient, epoch: int, state: Mapping[str, Any] | None
+        self,
+        client: BatchClient,
+        epoch: int,
+        state: Mapping[str, Any] | None,
+        prefetch: int = 0,
     ) -> BatchIterator:
         rank, world_size = self._ranks()
         return client.iter_batches(
@@ -266,7 +278,7 @@ class BatchDataset(IterableDataset[Any]):
             seed=self.seed,
             rank=rank,
             world_size=world_size,
-            prefetch=0,
+            prefetch=prefetch,
             attributes=self.attributes,
             state=state,
             pad_ranks=self.pad_ranks,
@@ -321,7 +333,7 @@ class BatchDataset(IterableDataset[Any]):
         self, epoch: int, worker_id: int, num_workers: int
     ) -> Iterator[Batch | dict[str, torch.Tensor]]:
         with self.client_factory() as client:
-            it = self.iterator(client, epoch)
+            it = self.iterator(client, epoch, prefetch=self.prefetch)
             ids = worker_shard(it.remaining_ids(), worker_id, num_workers)
             logger.debug(
                 "worker %d/%d of rank %d reads %d batches of %s epoch %d",
@@ -332,8 +344,12 @@ class BatchDataset(IterableDataset[Any]):
                 self.split,
                 it.plan.epoch,
             )
-            for batch in prefetched(it.fetch, ids, self.prefetch):
-                yield self._item(batch)
+            stream = it.stream(ids)
+            try:
+                for batch in stream:
+                    yield self._item(batch)
+            finally:
+                stream.close()  # stops the reader before its client closes
 
     def __len__(self) -> int:
         """Batches this rank reads in the next pass (what a ``batch_size=None`` loader yields)."""
