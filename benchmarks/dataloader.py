@@ -55,9 +55,12 @@ class _Ways:
             next(iter(loader))
 
     def reader(self, way: str, epoch: int) -> Iterator[Batch]:
+        batches: Iterator[Batch]
         if way == "iter":
-            return self.client.iter_batches("train", epoch=epoch, prefetch=self.prefetch)
-        return iter(self.loaders[int(way.rsplit("_", 1)[1])])
+            batches = self.client.iter_batches("train", epoch=epoch, prefetch=self.prefetch)
+        else:
+            batches = iter(self.loaders[int(way.rsplit("_", 1)[1])])
+        return batches
 
     def close(self) -> None:
         self.loaders.clear()  # stops the workers
@@ -83,12 +86,12 @@ def compare(
     try:
         for repeat in range(repeats):
             for way in WAYS:
-                series[way].append(
-                    step(
-                        f"DataLoader path: {way}, run {repeat + 1} of {repeats}",
-                        lambda w=way, r=repeat: _timed(ways.reader(w, r), max_batches, max_seconds),
-                    )
-                )
+
+                def run(w: str = way, r: int = repeat) -> dict[str, Any]:
+                    return _timed(ways.reader(w, r), max_batches, max_seconds)
+
+                name = f"DataLoader path: {way}, run {repeat + 1} of {repeats}"
+                series[way].append(step(name, run))
     finally:
         ways.close()
     out: dict[str, Any] = {"prefetch": prefetch, "repeats": repeats}
