@@ -129,6 +129,27 @@ def _baseline_rows(base: dict[str, Any]) -> list[Row]:
     return out
 
 
+DATALOADER = {
+    "iter": "BatchClient.iter_batches prefetch {prefetch}",
+    "dataset_0": "DataLoader(BatchDataset prefetch {prefetch}), num_workers=0",
+    "dataset_2": "DataLoader(BatchDataset prefetch {prefetch}), num_workers=2, persistent",
+}
+"""The DataLoader path's rows by way (one process; median of the interleaved runs)."""
+
+
+def _dataloader_rows(dl: dict[str, Any]) -> list[Row]:
+    sec = f"DataLoader path, large ({dl['batch_bytes']:,} B)"
+    out = []
+    for way, label in DATALOADER.items():
+        run = dl[way]
+        runs = ", ".join(fmt(r) for r in run["runs_mb_s"])
+        result = f"{fmt(run['mb_s'])} MB/s (median of {runs})"
+        if way != "iter":
+            result += f"; {times(dl[f'{way}_vs_iter'])} iter_batches"
+        out.append(Row(sec, label.format(**dl), result))
+    return out
+
+
 def _naive_rows(naive: dict[str, Any]) -> list[Row]:
     labels = {
         "large_1": ("large", "1 consumer"),
@@ -419,6 +440,7 @@ SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "batchstash_large": lambda r: _serving_rows(r, "large"),
     "batchstash_small": lambda r: _serving_rows(r, "small"),
     "baselines": lambda r: _baseline_rows(r["baselines"]),
+    "dataloader": lambda r: _dataloader_rows(r["dataloader"]),
     "naive": lambda r: _naive_rows(r["naive"]),
     "priming": lambda r: _priming_rows(r["priming"]),
     "builds": lambda r: _build_rows(r["builds"]),

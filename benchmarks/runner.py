@@ -41,6 +41,7 @@ SECTIONS: dict[str, Section] = {
     "own_data": Section(Suite.own_data, pool=False),  # priming too
     "baselines": Section(Suite.local_baselines, ("large",), pool=False),
     "gpu": Section(Suite.cuda, pool=False),
+    "dataloader": Section(Suite.dataloader, ("large",), pool=False),
     "ceiling": Section(Suite.ceilings),
     "serving": Section(Suite.serving, ("large", "small")),
     "naive": Section(Suite.naive, ("large", "small")),

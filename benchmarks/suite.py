@@ -19,6 +19,7 @@ import torch
 from . import (
     baselines,
     ceiling,
+    dataloader,
     gpu,
     memory,
     own_data,
@@ -281,6 +282,19 @@ class Suite:
                 "pickled files", lambda: baselines.pickled(pickles, p.max_batches, p.max_seconds)
             ),
         }
+
+    def dataloader(self) -> None:
+        """``DataLoader(BatchDataset)``, 0 and 2 workers, against ``iter_batches`` in process."""
+        directory, options = self.store("large"), self.options("large")
+        with batchstash_server(directory, options, self.logs / "serve-dataloader.log") as server:
+            self.warm(server, "large")
+            p = self.profile
+            self.results["dataloader"] = {
+                "batch_bytes": batch_bytes(options["rows"], options["dims"]),
+                **dataloader.compare(
+                    server.url, PREFETCH["large"], p.max_batches, p.max_seconds, step=self.step
+                ),
+            }
 
     def naive(self) -> None:
         """The minimal FastAPI endpoint returning payload bytes from memory."""

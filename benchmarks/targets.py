@@ -108,6 +108,20 @@ def _local(results: dict[str, Any]) -> Row:
     )
 
 
+def _dataloader(results: dict[str, Any]) -> Row:
+    dl = results.get("dataloader")
+    return _bound(
+        "DataLoader path",
+        "DataLoader(BatchDataset), num_workers=0, vs BatchClient.iter_batches (same prefetch, "
+        "same process, interleaved medians): MB/s",
+        None if dl is None else dl["dataset_0"]["mb_s"],
+        None if dl is None else dl["iter"]["mb_s"],
+        0.9,
+        True,
+        "MB/s",
+    )
+
+
 def _small(results: dict[str, Any]) -> list[Row]:
     small = results.get("batchstash_small", {})
     one, seq = small.get("iter_1"), small.get("seq_1")
@@ -165,10 +179,11 @@ def _memory(results: dict[str, Any]) -> list[Row]:
 
 
 def targets(results: dict[str, Any]) -> list[Row]:
-    """The targets of the wire, the local baseline, small batches, memory and own data."""
+    """Every target: wire, local baseline, DataLoader path, small batches, memory, own data."""
     return [
         *_wire(results),
         _local(results),
+        _dataloader(results),
         *_small(results),
         *_memory(results),
         *own_data.targets(results.get("own_data")),

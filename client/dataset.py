@@ -9,13 +9,12 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .batch import Batch, check_batch_type
 from .frameworks import accelerate_wraps
 from .http import BatchClient
-from .iterate import BatchIterator, prefetched
+from .iterate import BatchIterator
 from .passes import EpochCursor
 from .ranks import Ranks, detect_rank
 
@@ -60,6 +59,16 @@ class BatchDataset(IterableDataset[Any]):
     persistent ones included: the epochs, passes and the resume state live in a small
     shared-memory tensor the workers read each time they start a pass.
 
+    **Reading.** The process that reads (the training process with ``num_workers=0``, else
+    each worker) reads its share as :meth:`BatchClient.iter_batches` does: requests pipelined on
+    one connection to the server's data listener (else a thread a request), bodies received
+    into reused buffers and decoded in place. With ``num_workers=0`` that is as fast as
+    ``iter_batches``, and the fastest way to read. Workers make reading slower, not faster:
+    every tensor a worker yields reaches the training process through a new block of shared
+    memory that torch's DataLoader allocates and copies it into (the dataset adds no copy of
+    its own). They pay off when per-batch CPU work (a ``transform``) costs more than that
+    hand-over, as they then run it in parallel; docs/benchmarks.md has the numbers.
+
     **Batch composition is fixed when the store is primed**: which examples share a batch never
     changes between epochs; shuffling reorders whole batches.
 
@@ -93,10 +102,17 @@ class BatchDataset(IterableDataset[Any]):
             ``RANK``/``WORLD_SIZE`` environment torchrun sets, else 0 (see
             :func:`~batchstash.client.ranks.resolve_rank`).
         world_size: the number of ranks; ``None``: detected like ``rank`` (else 1).
-        prefetch: batches each worker fetches ahead in threads.
+        prefetch: batches fetched ahead by the process that reads (the training process
+            with ``num_workers=0``, else each DataLoader worker), as in
+            :meth:`BatchClient.iter_batches`: pipelined on one connection to the server's
+            data listener when it has one, else a thread a request.
         attributes: only these attributes.
         token: the bearer token.
         as_dict: yield ``{attribute: tensor}`` dicts instead of :class:`Batch` objects.
+        transform: called on each item (a :class:`Batch`, or its dict with ``as_dict``) in the
+            process that reads it, a DataLoader worker where there are workers; the dataset
+            yields what it returns. Per-batch CPU work placed here runs in parallel in the
+            workers (see "Reading"); it must be picklable when workers are spawned.
         state: a :meth:`state_dict` to resume from (as :meth:`load_state_dict`, checked only
             when iterated).
         client_factory: builds the client in each worker (default: ``BatchClient(url, token,
@@ -123,10 +139,11 @@ class BatchDataset(IterableDataset[Any]):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        prefetch: int = 2,
+        prefetch: int = 4,
         attributes: Iterable[str] | None = None,
         token: str | None = None,
         as_dict: bool = False,
+        transform: Callable[[Any], Any] | None = None,
         state: Mapping[str, Any] | None = None,
         client_factory: Callable[[], BatchClient] | None = None,
         batch_type: type[Batch] | None = None,
@@ -148,6 +165,7 @@ class BatchDataset(IterableDataset[Any]):
         self.prefetch = prefetch
         self.attributes = None if attributes is None else sorted(set(attributes))
         self.as_dict = as_dict
+        self.transform = transform
         self.pad_ranks = pad_ranks
         state_epoch = _state_epoch(state)
         self._cursor = EpochCursor(epoch if state_epoch is None else state_epoch, state)
@@ -246,17 +264,26 @@ class BatchDataset(IterableDataset[Any]):
         self.state = state
         self.epoch = it.plan.epoch
 
-    def iterator(self, client: BatchClient, epoch: int | None = None) -> BatchIterator:
+    def iterator(
+        self, client: BatchClient, epoch: int | None = None, *, prefetch: int = 0
+    ) -> BatchIterator:
         """The rank's :class:`BatchIterator` of ``epoch`` (default: the current pass's).
 
-        It starts from the resume state where that is of the same epoch; no prefetching.
+        It starts from the resume state where that is of the same epoch; ``prefetch`` as
+        :meth:`BatchClient.iter_batches`' (default: none).
         """
         epoch = self.current_epoch if epoch is None else epoch
         state = self.state
-        return self._iterator(client, epoch, state if _state_epoch(state) == epoch else None)
+        return self._iterator(
+            client, epoch, state if _state_epoch(state) == epoch else None, prefetch
+        )
 
     def _iterator(
-        self, client: BatchClient, epoch: int, state: Mapping[str, Any] | None
+        self,
+        client: BatchClient,
+        epoch: int,
+        state: Mapping[str, Any] | None,
+        prefetch: int = 0,
     ) -> BatchIterator:
         rank, world_size = self._ranks()
         return client.iter_batches(
@@ -266,7 +293,7 @@ class BatchDataset(IterableDataset[Any]):
             seed=self.seed,
             rank=rank,
             world_size=world_size,
-            prefetch=0,
+            prefetch=prefetch,
             attributes=self.attributes,
             state=state,
             pad_ranks=self.pad_ranks,
@@ -289,8 +316,9 @@ class BatchDataset(IterableDataset[Any]):
             it.position += position
             return it.state_dict()
 
-    def _item(self, batch: Batch) -> Batch | dict[str, torch.Tensor]:
-        return dict(batch.attributes) if self.as_dict else batch
+    def _item(self, batch: Batch) -> Any:
+        item = dict(batch.attributes) if self.as_dict else batch
+        return item if self.transform is None else self.transform(item)
 
     def _refuse_accelerate(self) -> None:
         if self._prepared_by_accelerate or accelerate_wraps(self):
@@ -302,7 +330,7 @@ class BatchDataset(IterableDataset[Any]):
                 "batch.to(accelerator.device)"
             )
 
-    def __iter__(self) -> Iterator[Batch | dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Any]:
         # not a generator: the pass is claimed when the DataLoader makes its fetcher, before
         # any batch is asked for, so every worker of a pass claims it while the pass is on
         self._refuse_accelerate()
@@ -317,11 +345,9 @@ class BatchDataset(IterableDataset[Any]):
         epoch = self._cursor.start_pass(key, worker_id)
         return self._pass(epoch, worker_id, num_workers)
 
-    def _pass(
-        self, epoch: int, worker_id: int, num_workers: int
-    ) -> Iterator[Batch | dict[str, torch.Tensor]]:
+    def _pass(self, epoch: int, worker_id: int, num_workers: int) -> Iterator[Any]:
         with self.client_factory() as client:
-            it = self.iterator(client, epoch)
+            it = self.iterator(client, epoch, prefetch=self.prefetch)
             ids = worker_shard(it.remaining_ids(), worker_id, num_workers)
             logger.debug(
                 "worker %d/%d of rank %d reads %d batches of %s epoch %d",
@@ -332,8 +358,12 @@ class BatchDataset(IterableDataset[Any]):
                 self.split,
                 it.plan.epoch,
             )
-            for batch in prefetched(it.fetch, ids, self.prefetch):
-                yield self._item(batch)
+            stream = it.stream(ids)
+            try:
+                for batch in stream:
+                    yield self._item(batch)
+            finally:
+                stream.close()  # stops the reader before its client closes
 
     def __len__(self) -> int:
         """Batches this rank reads in the next pass (what a ``batch_size=None`` loader yields)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -212,35 +212,48 @@ class BatchIterator:
         )
         return batches if self._stage is None else self._stage.copy(batches)
 
-    def _batches(self) -> Generator[Batch, None, None]:
-        ids, size = self.remaining_ids(), self.batches_per_request
+    def stream(self, batch_ids: Sequence[int]) -> Generator[Batch, None, None]:
+        """Yield the batches ``batch_ids`` of this plan's store in order, read as iteration reads.
+
+        Pipelined on the data listener when the server has one (see ``pipelined``), else a
+        prefetch thread a request, with this iterator's ``prefetch``, ``batches_per_request``,
+        ``attributes`` and ``device``; :attr:`position` does not move. For a reader of part of
+        the rank's list, such as a DataLoader worker's shard of :meth:`remaining_ids`; close
+        the generator to stop its reader early.
+        """
+        ids, size = list(batch_ids), self.batches_per_request
         groups = [ids[i : i + size] for i in range(0, len(ids), size)]
         # the group being yielded counts against prefetch, so at most prefetch batches are
         # requested and not yet yielded (at least one request ahead)
         in_flight = 0 if self.prefetch == 0 else max(1, self.prefetch // size - 1)
         stream: Generator[list[Batch], None, None]
-        if self.device is not None:
+        if self.device is not None and self._stage is None:
             self._stage = DeviceStage(self.device, self.client.buffers)
+        reader = None
         if in_flight and self.pipelined:
-            self.reader = self.client.pipelined_reader(
+            reader = self.client.pipelined_reader(
                 self.plan.split, self.attributes, self._stage, self.plan.fingerprint, in_flight
             )
-        if self.reader is not None:
-            stream = self.reader.groups(groups)
+        if reader is not None:
+            self.reader = reader
+            stream = reader.groups(groups)
         else:
             stream = prefetched(self._fetch_group, groups, in_flight)
+        stage = self._stage
         try:
             for group in stream:
-                yield from group
+                for batch in group:
+                    # in the thread that takes it: ready on that thread's current stream
+                    yield batch if stage is None else stage.hand_over(batch)
         finally:
             stream.close()
 
     def __next__(self) -> Batch:
         if self._stream is None:
-            self._stream = self._batches()
+            self._stream = self.stream(self.remaining_ids())
         batch = next(self._stream)
         self.position += 1
-        return batch if self._stage is None else self._stage.hand_over(batch)
+        return batch
 
     def close(self) -> None:
         """Stop prefetching and release the worker threads."""

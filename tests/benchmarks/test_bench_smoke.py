@@ -27,6 +27,7 @@ SECTIONS = (
     "batchstash_large",
     "batchstash_small",
     "baselines",
+    "dataloader",
     "naive",
     "memory",
     "status",
@@ -39,8 +40,9 @@ SECTIONS = (
     "machine",
     "sections",
 )
-TARGETS = 17  # wire: 4, DataLoader: 1, small: 1, memory: 1 + 1 per client depth (2),
-# priming: 2, status: 4, own data: 2 (the S3 and Ray sections are information rows: no target)
+TARGETS = 18  # wire: 4, local DataLoader: 1, DataLoader path: 1, small: 1, memory: 1 + 1 per
+# client depth (2), priming: 2, status: 4, own data: 2 (the S3 and Ray sections are information
+# rows: no target)
 CEILINGS = {
     "distinct_1": 1,
     "distinct_4": 4,
@@ -77,7 +79,7 @@ def _assert_cpu(run: dict, what: object) -> None:
 def test_only_names_sections_and_aliases() -> None:
     assert select(["wire"]) == ["ceiling", "serving"]
     assert select(["memory", "wire"]) == ["ceiling", "serving", "memory"]
-    assert select(None)[0] == "priming" and len(select(None)) == 11
+    assert select(None)[0] == "priming" and len(select(None)) == 12
     with pytest.raises(ValueError, match="unknown section"):
         select(["wire", "nope"])
     with pytest.raises(SystemExit) as exc:  # refused before anything starts
@@ -146,6 +148,12 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert all(set(CPU_COLUMNS) <= set(row) for row in rows)
     assert sum(1 for row in rows if row["limit"]) >= len(CEILINGS) + 2 * len(SERVING)
     assert {"dataloader_0", "dataloader_2", "pickle"} <= set(results["baselines"])
+    dl = results["dataloader"]
+    assert dl["batch_bytes"] == 1_050_624 and dl["repeats"] == 3
+    for way in ("iter", "dataset_0", "dataset_2"):
+        assert len(dl[way]["runs_mb_s"]) == 3 and dl[way]["mb_s"] in dl[way]["runs_mb_s"], way
+        assert dl[way]["batches"] > 0 and dl[way]["bytes"] == dl[way]["batches"] * 1_050_624, way
+    assert dl["dataset_0_vs_iter"] > 0 and dl["dataset_2_vs_iter"] > 0
     assert set(results["naive"]) >= {"large_1", "large_4", "small_1"}
     assert {"workers_1", "workers_2", "breakdown"} <= set(results["priming"])
     assert [c["prefetch"] for c in results["memory"]["client"]] == [1, 4]
@@ -206,7 +214,6 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     verdicts = [
         t["met"] for t in json.loads((tmp_path / "wire" / "results.json").read_text())["targets"]
     ]
-    assert [v is None for v in verdicts] == [False] * 4 + [True, False, True, True, True, True], (
-        text
-    )
+    judged = [False] * 4 + [True, True, False, True, True, True, True]
+    assert [v is None for v in verdicts] == judged, text
     assert (tmp_path / "wire" / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections import Counter
 
 import pytest
@@ -69,6 +70,25 @@ def test_dataloader_as_dict_and_attributes() -> None:
     assert all(isinstance(i, dict) and list(i) == ["x"] for i in items)
     assert [i["x"].shape for i in items] == [torch.Size([4, 3])] * 4
     assert torch.equal(items[2]["x"], make_tensors("train", 2)["x"])
+
+
+def _scaled(item: dict[str, torch.Tensor]) -> tuple[int, torch.Tensor]:
+    return os.getpid(), item["x"] * 2
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_transform_runs_in_the_reading_process(num_workers: int) -> None:
+    server = FakeServer({"train": range(4)})
+    ds = dataset(server, as_dict=True, shuffle=False, transform=_scaled)
+    items = list(DataLoader(ds, batch_size=None, num_workers=num_workers))
+    assert [x.tolist() for _, x in items] == [
+        (make_tensors("train", i)["x"] * 2).tolist() for i in range(4)
+    ]
+    pids = {pid for pid, _ in items}
+    if num_workers == 0:
+        assert pids == {os.getpid()}
+    else:  # each worker transforms its own shard
+        assert len(pids) == 2 and os.getpid() not in pids
 
 
 @pytest.mark.slow

@@ -28,7 +28,6 @@ pytestmark = pytest.mark.slow
 
 RECORDER = Path(__file__).with_name("recorder")
 TRAIN_BATCHES, DEV_EXAMPLES = 18, 15
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +77,10 @@ def launch(
 
 
 def torchrun(port: int) -> list[str]:
-    return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(port)]
+    # ``torchrun`` run by this interpreter: an entry-point script's shebang may name another
+    # environment's Python (a copied virtual environment), which would test that one's code
+    run = [sys.executable, "-m", "torch.distributed.run"]
+    return [*run, "--nproc_per_node", "2", "--master_port", str(port)]
 
 
 def by_rank(records: list[dict[str, Any]], split: str) -> dict[int, dict[int, list[int]]]:

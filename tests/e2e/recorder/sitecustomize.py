@@ -1,9 +1,10 @@
 """Loaded at start-up by every process of a framework test: records each batch a rank reads.
 
 With ``BATCHSTASH_TEST_RECORD`` set to a directory, every batch a :class:`BatchIterator`
-yields or fetches is written there as one JSON line: the rank process (a DataLoader worker's
-parent), the split, the epoch, the plan's rank and world size, the batch id and its data point
-ids. The training scripts under test stay as the README shows them.
+streams (its own iteration, a ``BatchDataset`` pass) or fetches is written there as one JSON
+line: the rank process (a DataLoader worker's parent), the split, the epoch, the plan's rank and
+world size, the batch id and its data point ids. The training scripts under test stay as the
+README shows them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ if os.environ.get("BATCHSTASH_TEST_RECORD"):
 
     from batchstash.client.iterate import BatchIterator
 
-    _fetch, _next = BatchIterator.fetch, BatchIterator.__next__
+    _fetch, _stream = BatchIterator.fetch, BatchIterator.stream
 
     def _record(it: BatchIterator, batch: Any) -> None:
         owner = os.getpid() if get_worker_info() is None else os.getppid()
@@ -39,10 +40,14 @@ if os.environ.get("BATCHSTASH_TEST_RECORD"):
         _record(self, batch)
         return batch
 
-    def next_batch(self: BatchIterator) -> Any:
-        batch = _next(self)
-        _record(self, batch)
-        return batch
+    def stream(self: BatchIterator, batch_ids: Any) -> Any:
+        inner = _stream(self, batch_ids)
+        try:
+            for batch in inner:
+                _record(self, batch)
+                yield batch
+        finally:
+            inner.close()
 
     BatchIterator.fetch = fetch  # type: ignore[method-assign]
-    BatchIterator.__next__ = next_batch  # type: ignore[method-assign]
+    BatchIterator.stream = stream  # type: ignore[method-assign]
