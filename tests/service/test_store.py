@@ -532,3 +532,20 @@ def test_the_writer_refuses_an_unsafe_split(tmp_path):
     with pytest.raises(InvalidRequestError, match="split 'a/b' must match"):
         writer.write("a/b", 0, [1], {"x": torch.zeros(1)})
     assert list(LocalBackend(tmp_path).list()) == []
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [3, 1, 2],
+        ["b", "a", "\u00e9"],
+        [["doc", 1], ["doc", 2]],
+        [2**70, -(2**65)],  # beyond orjson's 64 bits: json writes them exactly
+    ],
+)
+def test_plan_record_keeps_every_id_exactly(ids):
+    plan = Plan("fp", "g", [{"batch_id": 0, "data_point_ids": ids, "split_name": "train"}])
+    raw = encode_record(plan)
+    assert json.loads(raw) == {"format": FORMAT, **plan.__dict__}
+    assert decode_record(Plan, "plan.json", raw) == plan
+    assert list(json.loads(raw)) == sorted(json.loads(raw))  # key-sorted
