@@ -11,7 +11,7 @@ from batchstash.client import Batch, BatchError, BatchFeatureMapping, Vectorizer
 from batchstash.client.wire import Payload
 
 from .idset import DataPointIDSet
-from .vectorize import FeatureVectorizer
+from .vectorize import FeatureVectorizer, encodes_many
 
 __all__ = ["DefaultBatch"]
 
@@ -151,6 +151,17 @@ class DefaultBatch(Batch):
                 ids = [p.id for p in points]
                 where = self._where(attr, vectorizer, f"data points {ids!r}")
                 raise VectorizerError(f"{where}: {exc!r}") from exc
+        if encodes_many(type(vectorizer)):
+            try:
+                many = vectorizer.encode_many(values)
+            except Exception:  # value by value, below, names the data point that fails
+                many = None
+            if (
+                isinstance(many, torch.Tensor)
+                and many.layout == torch.strided
+                and many.shape[:1] == (len(values),)
+            ):
+                return many
         encoded = []
         for point, value in zip(points, values, strict=True):
             try:

@@ -12,7 +12,7 @@ import torch
 
 from batchstash.client import BatchError, VectorizerMetadata
 
-from .vectorize import CategoryEncodableFeatureVectorizer, FeatureVectorizer
+from .vectorize import CategoryEncodableFeatureVectorizer, FeatureVectorizer, encodes_many
 
 __all__ = ["MultiLabelFeatureVectorizer", "TensorFeatureVectorizer", "as_torch_dtype"]
 
@@ -131,6 +131,16 @@ class TensorFeatureVectorizer(FeatureVectorizer):
             BatchError: the value is not numeric, or not of :attr:`shape`.
         """
         return self._assemble([value], pad=False)[0]
+
+    def encode_many(self, values: Sequence[Any]) -> torch.Tensor:
+        """Return ``(len(values), *shape)`` (one buffer, no stack); shapes must agree.
+
+        Raises:
+            BatchError: a value is not numeric, or not of :attr:`shape`, or shapes differ.
+        """
+        if not encodes_many(type(self)):
+            return super().encode_many(values)
+        return self._assemble(values, pad=False)
 
     def encode_batch(self, values: Sequence[Any]) -> torch.Tensor:
         """Return ``(len(values), *shape)``, varying dims right-padded with :attr:`pad_value`.
