@@ -549,3 +549,15 @@ def test_plan_record_keeps_every_id_exactly(ids):
     assert json.loads(raw) == {"format": FORMAT, **plan.__dict__}
     assert decode_record(Plan, "plan.json", raw) == plan
     assert list(json.loads(raw)) == sorted(json.loads(raw))  # key-sorted
+
+
+def test_write_unsynced_is_whole_and_visible_at_once_and_sync_flushes(backend, monkeypatch):
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    backend.write_unsynced("b/c/x.safetensors", [b"abc", memoryview(b"def")])
+    assert backend.read("b/c/x.safetensors") == b"abcdef"
+    assert _files(backend.root) == ["b/c/x.safetensors"]  # no temp file left
+    assert synced == []  # durable at sync(), not per object
+    backend.sync()  # one syncfs of the store's filesystem
+    backend.write("rec.json", [b"{}"])
+    assert len(synced) == 2  # a record is synced as it is written: the file and its directory
