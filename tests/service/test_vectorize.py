@@ -268,6 +268,13 @@ class _Doubling(FeatureVectorizer):
         (SeriesFeatureVectorizer("s", dims=3), [[1, 2.5, 3], np.arange(3.0)], True),
         (SeriesFeatureVectorizer("s", dims=0), [[], []], True),
         (TensorFeatureVectorizer("t", shape=(2,), dtype="uint8"), [[1, 2], np.ones(2)], True),
+        (  # rows already tensors of its dtype and shape: stacked as they are
+            TensorFeatureVectorizer("t", shape=(3,)),
+            [torch.tensor([1.0, float("nan"), -0.0]), torch.ones(3, requires_grad=True)],
+            True,
+        ),
+        (TensorFeatureVectorizer("t", shape=(2,)), [torch.tensor([1, 2]), torch.ones(2)], True),
+        (TensorFeatureVectorizer("t", shape=(2, 1)), [torch.ones(2, 1), torch.zeros(2, 1)], True),
         (MultiLabelFeatureVectorizer("m", categories=("a", "b")), [["a"], ["a", "b"]], False),
         (_OneHotByHand("h", categories=("a", "b")), ["b", "a"], False),
         (_Doubling("d"), [1.0, 2.0], False),
@@ -279,7 +286,7 @@ def test_encode_many_gives_the_stacked_encodes(vectorizer, values, many):
     stacked = torch.stack([vectorizer.encode(v) for v in values])
     got = vectorizer.encode_many(values)
     assert got.dtype == stacked.dtype and got.shape == stacked.shape
-    assert got.numpy().tobytes() == stacked.numpy().tobytes()
+    assert got.detach().numpy().tobytes() == stacked.detach().numpy().tobytes()
 
 
 @pytest.mark.parametrize(
