@@ -141,7 +141,8 @@ class TensorFeatureVectorizer(FeatureVectorizer):
         if not encodes_many(type(self)):
             return super().encode_many(values)
         if self._stackable(values):  # rows already tensors of this dtype and shape: no cast
-            return torch.stack([v.detach() for v in values])
+            with torch.no_grad():
+                return torch.stack(list(values))
         return self._assemble(values, pad=False)
 
     def _stackable(self, values: Sequence[Any]) -> bool:

@@ -261,6 +261,8 @@ class CategoryEncodableFeatureVectorizer(FeatureVectorizer):
             raise BatchError(f"{self.feature_id}: categories must be unique and non-empty")
         self.categories = tuple(k[1] for k in keys)
         self._index = {k: i for i, k in enumerate(keys)}
+        # plain str, int and bool labels by exact type: one lookup (True is not 1 here either)
+        self._plain = {(type(k[1]), k[1]): i for i, k in enumerate(keys)}
 
     def index(self, value: Any) -> int:
         """Return the index of class ``value``.
@@ -288,7 +290,14 @@ class CategoryEncodableFeatureVectorizer(FeatureVectorizer):
         """Return the class indices as one ``int64`` vector."""
         if not encodes_many(type(self)):
             return super().encode_many(values)
-        return torch.tensor([self.index(v) for v in values], dtype=torch.int64)
+        plain, index = self._plain, self.index
+        try:
+            found = [plain.get((type(v), v)) for v in values]
+        except TypeError:  # an unhashable value: refused below
+            found = [None]
+        if None in found:  # numpy scalars, unknown labels: the full match and its errors
+            found = [index(v) for v in values]
+        return torch.tensor(found, dtype=torch.int64)
 
     @property
     def dtype(self) -> torch.dtype:

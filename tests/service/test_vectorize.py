@@ -264,6 +264,11 @@ class _Doubling(FeatureVectorizer):
     [
         (CategoryEncodableFeatureVectorizer("c", categories=("a", "b")), ["b", "a", "b"], True),
         (CategoryEncodableFeatureVectorizer("c", categories=range(3)), [2, np.int64(0)], True),
+        (
+            CategoryEncodableFeatureVectorizer("c", categories=(0, 1, True, "1")),
+            [0, 1, True, "1", np.int64(1), np.bool_(True), np.str_("1")],
+            True,
+        ),
         (OneHotEncodedFeatureVectorizer("o", categories=("a", "b", "c")), ["c", "a"], True),
         (SeriesFeatureVectorizer("s", dims=3), [[1, 2.5, 3], np.arange(3.0)], True),
         (SeriesFeatureVectorizer("s", dims=0), [[], []], True),
@@ -293,6 +298,8 @@ def test_encode_many_gives_the_stacked_encodes(vectorizer, values, many):
     ("vectorizer", "bad"),
     [
         (CategoryEncodableFeatureVectorizer("c", categories=("a", "b")), "z"),
+        (CategoryEncodableFeatureVectorizer("c", categories=("a", "b")), ["a"]),
+        (CategoryEncodableFeatureVectorizer("c", categories=(0, 1)), 1.0),
         (SeriesFeatureVectorizer("s", dims=2), [1, 2, 3]),
         (TensorFeatureVectorizer("t", shape=(2,)), [1, 2, 3]),
     ],
@@ -301,4 +308,5 @@ def test_encode_many_refuses_what_encode_refuses(vectorizer, bad):
     with pytest.raises(BatchError):
         vectorizer.encode(bad)
     with pytest.raises(BatchError):
-        vectorizer.encode_many([vectorizer.categories[0] if bad == "z" else [1, 2], bad])
+        first = vectorizer.categories[0] if hasattr(vectorizer, "categories") else [1, 2]
+        vectorizer.encode_many([first, bad])
