@@ -137,13 +137,16 @@ class DefaultBatch(Batch):
         self, vectorizer: FeatureVectorizer, attr: str, accessor: str, is_agg: bool
     ) -> torch.Tensor:
         points = self._data_points or ()
-        values = []
-        for point in points:
-            try:
-                values.append(getattr(point, accessor))
-            except Exception as exc:
-                where = self._where(attr, vectorizer, f"data point {point.id!r}")
-                raise VectorizerError(f"{where}: cannot read {accessor!r}: {exc!r}") from exc
+        try:
+            values = [getattr(point, accessor) for point in points]
+        except Exception:  # read again one by one, to name the data point
+            values = []
+            for point in points:
+                try:
+                    values.append(getattr(point, accessor))
+                except Exception as exc:
+                    where = self._where(attr, vectorizer, f"data point {point.id!r}")
+                    raise VectorizerError(f"{where}: cannot read {accessor!r}: {exc!r}") from exc
         if is_agg:
             try:
                 return vectorizer.encode_batch(values)
