@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import own_data
+from . import own_data, reference_prime
 from .rows import ceiling_run
 from .table import Row, div, fmt, latency, times
 
@@ -165,11 +165,12 @@ def _memory(results: dict[str, Any]) -> list[Row]:
 
 
 def targets(results: dict[str, Any]) -> list[Row]:
-    """The targets of the wire, the local baseline, small batches, memory and own data."""
+    """The targets of the wire, the local baseline, small batches, memory, own data, priming."""
     return [
         *_wire(results),
         _local(results),
         *_small(results),
         *_memory(results),
         *own_data.targets(results.get("own_data")),
+        *reference_prime.targets(results.get("reference_prime")),
     ]
