@@ -279,6 +279,11 @@ class _Doubling(FeatureVectorizer):
             True,
         ),
         (TensorFeatureVectorizer("t", shape=(2,)), [torch.tensor([1, 2]), torch.ones(2)], True),
+        (  # a sparse row: assembled, not stacked
+            TensorFeatureVectorizer("t", shape=(2,)),
+            [torch.ones(2).to_sparse(), torch.ones(2)],
+            True,
+        ),
         (TensorFeatureVectorizer("t", shape=(2, 1)), [torch.ones(2, 1), torch.zeros(2, 1)], True),
         (MultiLabelFeatureVectorizer("m", categories=("a", "b")), [["a"], ["a", "b"]], False),
         (_OneHotByHand("h", categories=("a", "b")), ["b", "a"], False),
