@@ -126,6 +126,27 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
+def _subdirs(root: Path, depth: int) -> list[Path]:
+    """Directories under ``root`` down to ``depth`` levels (``batches/<generation>/<split>``)."""
+    found, level = [], [root]
+    for _ in range(depth):
+        level = [
+            Path(e.path)
+            for d in level
+            for e in _scan(d)
+            if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+        ]
+        found.extend(level)
+    return found
+
+
+def _scan(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 class LocalBackend(StoreBackend):
     """Objects as files under one directory (a volume shared by the processes of one host).
 
@@ -250,8 +271,16 @@ class LocalBackend(StoreBackend):
             tmp.unlink(missing_ok=True)
 
     def sync(self) -> None:
-        """One ``syncfs`` of the store's filesystem: every process's unsynced objects, durable."""
-        _syncfs(self.root)
+        """``syncfs`` of the store's filesystem: every process's unsynced objects, durable.
+
+        Each filesystem the store's directories down to a split's live on is synced once (a
+        ``batches`` folder mounted from another disk is covered too).
+        """
+        seen: dict[int, Path] = {}
+        for directory in (self.root, *_subdirs(self.root, 3)):
+            seen.setdefault(directory.stat().st_dev, directory)
+        for directory in seen.values():
+            _syncfs(directory)
 
     def write(self, key: str, chunks: Iterable[bytes | memoryview]) -> None:
         """Temp file, fsync, rename over the target, fsync the directory."""

@@ -17,7 +17,7 @@ from batchstash.client import (
     StoreError,
     wire,
 )
-from batchstash.service.store import layout
+from batchstash.service.store import layout, local
 from batchstash.service.store.backend import NoSuchKey, open_backend
 from batchstash.service.store.local import LocalBackend
 from batchstash.service.store.records import (
@@ -558,6 +558,10 @@ def test_write_unsynced_is_whole_and_visible_at_once_and_sync_flushes(backend, m
     assert backend.read("b/c/x.safetensors") == b"abcdef"
     assert _files(backend.root) == ["b/c/x.safetensors"]  # no temp file left
     assert synced == []  # durable at sync(), not per object
-    backend.sync()  # one syncfs of the store's filesystem
+    backend.sync()  # really: one syncfs of the store's filesystem
+    flushed = []
+    monkeypatch.setattr(local, "_syncfs", flushed.append)
+    backend.sync()
+    assert flushed == [backend.root]  # one filesystem: one syncfs, whatever the directories
     backend.write("rec.json", [b"{}"])
     assert len(synced) == 2  # a record is synced as it is written: the file and its directory
