@@ -267,8 +267,9 @@ class LocalBackend(StoreBackend):
         tmp = self._temp(path, chunks, sync=False)
         try:
             os.replace(tmp, path)
-        finally:
+        except BaseException:  # renamed: nothing left to remove (one syscall an object saved)
             tmp.unlink(missing_ok=True)
+            raise
 
     def sync(self) -> None:
         """``syncfs`` of the store's filesystem: every process's unsynced objects, durable.

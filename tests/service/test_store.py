@@ -565,3 +565,13 @@ def test_write_unsynced_is_whole_and_visible_at_once_and_sync_flushes(backend, m
     assert flushed == [backend.root]  # one filesystem: one syncfs, whatever the directories
     backend.write("rec.json", [b"{}"])
     assert len(synced) == 2  # a record is synced as it is written: the file and its directory
+
+
+def test_write_unsynced_that_cannot_rename_leaves_no_temp_file(backend, monkeypatch):
+    def refuse(src, dst):
+        raise PermissionError(13, "refused")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError):
+        backend.write_unsynced("b/x.safetensors", [b"abc"])
+    assert _files(backend.root) == []
