@@ -32,6 +32,9 @@ class Profile:
         ray_batches: large batches primed on Ray and on the process pool (2 workers each).
         parquet_rows: rows of the own-data section's Parquet file.
         parquet_dims: float32 values a row of it (2,048 x 262,144 rows: 2.1 GB).
+        reference_points: data points of the reference-shaped priming workload (64 floats and
+            a label each, batches of 256).
+        reference_repeats: interleaved runs of its prime and of its baseline (medians).
     """
 
     name: str
@@ -53,6 +56,8 @@ class Profile:
     ray_batches: int = 200
     parquet_rows: int = 262144
     parquet_dims: int = 2048
+    reference_points: int = 100_000
+    reference_repeats: int = 3
 
 
 PROFILES = {
@@ -74,5 +79,6 @@ PROFILES = {
         ray_batches=8,
         parquet_rows=3000,
         parquet_dims=64,
+        reference_points=2560,
     ),
 }

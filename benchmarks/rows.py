@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import own_data
+from . import own_data, reference_prime
 from .ceiling import RECEIVE_BUFFERS, SEND_BUFFERS
 from .table import Row, div, fmt, latency, rate, times
 
@@ -443,6 +443,7 @@ SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "dataloader": lambda r: _dataloader_rows(r["dataloader"]),
     "naive": lambda r: _naive_rows(r["naive"]),
     "priming": lambda r: _priming_rows(r["priming"]),
+    "reference_prime": lambda r: reference_prime.rows(r["reference_prime"]),
     "builds": lambda r: _build_rows(r["builds"]),
     "memory": lambda r: _memory_rows(r["memory"]),
     "status": lambda r: _status_rows(r["status"]),

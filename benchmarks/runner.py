@@ -36,6 +36,7 @@ class Section:
 
 SECTIONS: dict[str, Section] = {
     "priming": Section(Suite.priming, pool=False),
+    "reference_prime": Section(Suite.reference_prime, pool=False),
     "status": Section(Suite.status_cost, pool=False),  # in process: before the consumer pool
     "ray": Section(Suite.ray, pool=False),  # priming too
     "own_data": Section(Suite.own_data, pool=False),  # priming too

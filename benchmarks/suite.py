@@ -26,6 +26,7 @@ from . import (
     priming,
     rawclient,
     ray_priming,
+    reference_prime,
     s3,
     status,
 )
@@ -380,6 +381,18 @@ class Suite:
             f"own data: {p.parquet_rows:,} Parquet rows of {p.parquet_dims} floats",
             lambda: own_data.measure(
                 self.work / "own_data", p.parquet_rows, p.parquet_dims, p.prime_timeout
+            ),
+        )
+
+    def reference_prime(self) -> None:
+        """In-process priming on the reference's workload vs an encode-and-write baseline."""
+        p = self.profile
+        self.results["reference_prime"] = self.step(
+            f"priming {p.reference_points:,} reference-shaped points in process vs a baseline",
+            lambda: reference_prime.compare(
+                self.work / "reference_prime",
+                p.reference_points,
+                repeats=p.reference_repeats,
             ),
         )
 

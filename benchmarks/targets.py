@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import own_data
+from . import own_data, reference_prime
 from .rows import ceiling_run
 from .table import Row, div, fmt, latency, times
 
@@ -179,7 +179,11 @@ def _memory(results: dict[str, Any]) -> list[Row]:
 
 
 def targets(results: dict[str, Any]) -> list[Row]:
-    """Every target: wire, local baseline, DataLoader path, small batches, memory, own data."""
+    """Every target, in table order.
+
+    The wire, the local baseline, the DataLoader path, small batches, memory, own data and
+    priming on the reference's workload.
+    """
     return [
         *_wire(results),
         _local(results),
@@ -187,4 +191,5 @@ def targets(results: dict[str, Any]) -> list[Row]:
         *_small(results),
         *_memory(results),
         *own_data.targets(results.get("own_data")),
+        *reference_prime.targets(results.get("reference_prime")),
     ]

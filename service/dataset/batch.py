@@ -11,7 +11,7 @@ from batchstash.client import Batch, BatchError, BatchFeatureMapping, Vectorizer
 from batchstash.client.wire import Payload
 
 from .idset import DataPointIDSet
-from .vectorize import FeatureVectorizer
+from .vectorize import FeatureVectorizer, encodes_many
 
 __all__ = ["DefaultBatch"]
 
@@ -137,13 +137,16 @@ class DefaultBatch(Batch):
         self, vectorizer: FeatureVectorizer, attr: str, accessor: str, is_agg: bool
     ) -> torch.Tensor:
         points = self._data_points or ()
-        values = []
-        for point in points:
-            try:
-                values.append(getattr(point, accessor))
-            except Exception as exc:
-                where = self._where(attr, vectorizer, f"data point {point.id!r}")
-                raise VectorizerError(f"{where}: cannot read {accessor!r}: {exc!r}") from exc
+        try:
+            values = [getattr(point, accessor) for point in points]
+        except Exception:  # read again one by one, to name the data point
+            values = []
+            for point in points:
+                try:
+                    values.append(getattr(point, accessor))
+                except Exception as exc:
+                    where = self._where(attr, vectorizer, f"data point {point.id!r}")
+                    raise VectorizerError(f"{where}: cannot read {accessor!r}: {exc!r}") from exc
         if is_agg:
             try:
                 return vectorizer.encode_batch(values)
@@ -151,6 +154,17 @@ class DefaultBatch(Batch):
                 ids = [p.id for p in points]
                 where = self._where(attr, vectorizer, f"data points {ids!r}")
                 raise VectorizerError(f"{where}: {exc!r}") from exc
+        if encodes_many(type(vectorizer)):
+            try:
+                many = vectorizer.encode_many(values)
+            except Exception:  # value by value, below, names the data point that fails
+                many = None
+            if (
+                isinstance(many, torch.Tensor)
+                and many.layout == torch.strided
+                and many.shape[:1] == (len(values),)
+            ):
+                return many
         encoded = []
         for point, value in zip(points, values, strict=True):
             try:

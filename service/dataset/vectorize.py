@@ -20,8 +20,11 @@ Priming checks every encoded tensor against :attr:`FeatureVectorizer.shape` and
 
 Fields with ``is_agg=True`` call :meth:`FeatureVectorizer.encode_batch` with the values of every
 data point at once (to pad, for instance); the others call :meth:`FeatureVectorizer.encode` per
-data point and stack the results. :meth:`FeatureVectorizer.config` goes into the store's
-configuration hash: include everything that changes the tensors. It holds the class's
+data point and stack the results, or :meth:`FeatureVectorizer.encode_many` once where the
+vectorizer's class writes it for its ``encode`` (the engine's category, one-hot, series and
+tensor vectorizers: one tensor a batch instead of one a value).
+:meth:`FeatureVectorizer.config` goes into the store's configuration hash: include everything
+that changes the tensors. It holds the class's
 ``VERSION`` and a digest of the source code of every class of the vectorizer's own (not
 batchstash's or a library's, which their versions cover), so editing a vectorizer's code makes
 the store stale; bump ``VERSION`` when what the code calls changes.
@@ -35,6 +38,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
+from functools import cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -78,6 +82,17 @@ class FeatureVectorizer(ABC):
         """Vectorize every data point's value at once (``is_agg`` fields): stacks by default."""
         return torch.stack([self.encode(v) for v in values])
 
+    def encode_many(self, values: Sequence[Any]) -> torch.Tensor:
+        """The stacked :meth:`encode` of each value, in one call (fields that are not ``is_agg``).
+
+        Override it where one call is cheaper than a tensor a value; it must give the bytes the
+        stacked ``encode`` calls give. A batch calls it only when it is defined by the class
+        that defines :meth:`encode` or a subclass of it (:func:`encodes_many`), so a subclass
+        that overrides ``encode`` alone is encoded value by value; when it raises, the batch
+        encodes value by value to name the data point that fails.
+        """
+        return torch.stack([self.encode(v) for v in values])
+
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the tensors."""
@@ -118,6 +133,19 @@ class FeatureVectorizer(ABC):
             dtype=str(self.dtype).removeprefix("torch."),
             shape=tuple(-1 if d is None else int(d) for d in self.shape),
         )
+
+
+@cache
+def encodes_many(cls: type[FeatureVectorizer]) -> bool:
+    """Whether ``cls.encode_many`` is written for ``cls.encode`` (a batch may call it then).
+
+    True when the class defining ``encode_many`` is not :class:`FeatureVectorizer` and is the
+    class defining ``encode`` or a subclass of it. The engine's own overrides fall back to the
+    stacked ``encode`` calls where it is false (a user's subclass that overrides ``encode``).
+    """
+    many = next(c for c in cls.__mro__ if "encode_many" in c.__dict__)
+    one = next(c for c in cls.__mro__ if "encode" in c.__dict__)
+    return many is not FeatureVectorizer and issubclass(many, one)
 
 
 def code_digest(cls: type) -> str:
@@ -233,6 +261,8 @@ class CategoryEncodableFeatureVectorizer(FeatureVectorizer):
             raise BatchError(f"{self.feature_id}: categories must be unique and non-empty")
         self.categories = tuple(k[1] for k in keys)
         self._index = {k: i for i, k in enumerate(keys)}
+        # plain str, int and bool labels by exact type: one lookup (True is not 1 here either)
+        self._plain = {(type(k[1]), k[1]): i for i, k in enumerate(keys)}
 
     def index(self, value: Any) -> int:
         """Return the index of class ``value``.
@@ -256,6 +286,19 @@ class CategoryEncodableFeatureVectorizer(FeatureVectorizer):
         """Return the class index as a scalar ``int64`` tensor."""
         return torch.tensor(self.index(value), dtype=torch.int64)
 
+    def encode_many(self, values: Sequence[Any]) -> torch.Tensor:
+        """Return the class indices as one ``int64`` vector."""
+        if not encodes_many(type(self)):
+            return super().encode_many(values)
+        plain, index = self._plain, self.index
+        try:
+            found = [plain.get((type(v), v)) for v in values]
+        except TypeError:  # an unhashable value: refused below
+            found = [None]
+        if None in found:  # numpy scalars, unknown labels: the full match and its errors
+            found = [index(v) for v in values]
+        return torch.tensor(found, dtype=torch.int64)
+
     @property
     def dtype(self) -> torch.dtype:
         """``int64`` (what ``cross_entropy`` takes)."""
@@ -278,6 +321,14 @@ class OneHotEncodedFeatureVectorizer(CategoryEncodableFeatureVectorizer):
         vec = torch.zeros(len(self.categories), dtype=torch.float32)
         vec[self.index(value)] = 1.0
         return vec
+
+    def encode_many(self, values: Sequence[Any]) -> torch.Tensor:
+        """Return the one-hot vectors of ``values``, one row each."""
+        if not encodes_many(type(self)):
+            return super().encode_many(values)
+        rows = torch.zeros(len(values), len(self.categories), dtype=torch.float32)
+        rows[torch.arange(len(values)), [self.index(v) for v in values]] = 1.0
+        return rows
 
     @property
     def dtype(self) -> torch.dtype:
@@ -308,6 +359,15 @@ class SeriesFeatureVectorizer(FeatureVectorizer):
         if vec.shape != (self.dims,):
             raise BatchError(f"{self.feature_id}: expected {self.dims} values, got {len(vec)}")
         return vec
+
+    def encode_many(self, values: Sequence[Any]) -> torch.Tensor:
+        """Return ``(len(values), dims)``, checking each length."""
+        if not encodes_many(type(self)):
+            return super().encode_many(values)
+        rows = [[float(v) for v in value] for value in values]
+        if any(len(row) != self.dims for row in rows):
+            raise BatchError(f"{self.feature_id}: a value has not {self.dims} values")
+        return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), self.dims)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -217,6 +217,7 @@ def _prime(
         beat.beat()
         if beat.lost is not None:
             raise beat.lost
+        backend.sync()  # every object durable before the manifest claims it
         _confirm(backend, writer, id_sets)
         manifest = Manifest(info.fingerprint, info.generation, totals, beat.bytes)
         lease.heartbeat()  # still ours: a straggler past its lease writes no manifest

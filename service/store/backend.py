@@ -156,6 +156,24 @@ class StoreBackend(ABC):
     def write(self, key: str, chunks: Iterable[bytes | memoryview]) -> None:
         """Store ``chunks`` as the object ``key``, all or nothing."""
 
+    def write_unsynced(self, key: str, chunks: Iterable[bytes | memoryview]) -> None:
+        """Store ``chunks`` as ``key``, all or nothing, durable once :meth:`sync` returns.
+
+        Readers see the object at once, and a crashed process leaves it whole; only a power
+        loss before :meth:`sync` may lose or tear it. Batch objects are written so (each
+        carries checksums, verified by a resume and by a first read); records never are. By
+        default (an object store, whose writes are durable when they return) it is
+        :meth:`write`.
+        """
+        self.write(key, chunks)
+
+    def sync(self) -> None:
+        """Make every :meth:`write_unsynced` object of this store durable, from any process.
+
+        Nothing by default: an object store's writes are durable when they return.
+        """
+        return None
+
     @abstractmethod
     def create(self, key: str, data: bytes) -> bool:
         """Store ``data`` as ``key`` only if it does not exist; returns whether it was written."""

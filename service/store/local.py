@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import mmap
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -92,6 +94,57 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _libc_syncfs() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        return libc.syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError, TypeError):  # not Linux: sync() below
+        return None
+
+
+_SYNCFS = _libc_syncfs()
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the data and metadata of the filesystem holding ``path`` (every process's writes).
+
+    ``syncfs(2)`` on Linux (it reports the filesystem's writeback errors since Linux 5.8),
+    else ``sync(2)``, which flushes every filesystem.
+    """
+    if _SYNCFS is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
+def _subdirs(root: Path, depth: int) -> list[Path]:
+    """Directories under ``root`` down to ``depth`` levels (``batches/<generation>/<split>``)."""
+    found, level = [], [root]
+    for _ in range(depth):
+        level = [
+            Path(e.path)
+            for d in level
+            for e in _scan(d)
+            if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+        ]
+        found.extend(level)
+    return found
+
+
+def _scan(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 class LocalBackend(StoreBackend):
@@ -188,7 +241,7 @@ class LocalBackend(StoreBackend):
             return None
         return file_version(st)
 
-    def _temp(self, path: Path, chunks: Iterable[bytes | memoryview]) -> Path:
+    def _temp(self, path: Path, chunks: Iterable[bytes | memoryview], sync: bool = True) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         try:
@@ -196,11 +249,39 @@ class LocalBackend(StoreBackend):
                 for chunk in chunks:
                     fh.write(chunk)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if sync:
+                    os.fsync(fh.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return tmp
+
+    def write_unsynced(self, key: str, chunks: Iterable[bytes | memoryview]) -> None:
+        """Temp file, rename over the target; no fsync until :meth:`sync`.
+
+        The rename is atomic for every reader and survives the writer's crash (the page cache
+        holds the bytes); a power loss before :meth:`sync` may leave the object missing, empty
+        or torn, which its checksums reveal.
+        """
+        path = self._path(key)
+        tmp = self._temp(path, chunks, sync=False)
+        try:
+            os.replace(tmp, path)
+        except BaseException:  # renamed: nothing left to remove (one syscall an object saved)
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def sync(self) -> None:
+        """``syncfs`` of the store's filesystem: every process's unsynced objects, durable.
+
+        Each filesystem the store's directories down to a split's live on is synced once (a
+        ``batches`` folder mounted from another disk is covered too).
+        """
+        seen: dict[int, Path] = {}
+        for directory in (self.root, *_subdirs(self.root, 3)):
+            seen.setdefault(directory.stat().st_dev, directory)
+        for directory in seen.values():
+            _syncfs(directory)
 
     def write(self, key: str, chunks: Iterable[bytes | memoryview]) -> None:
         """Temp file, fsync, rename over the target, fsync the directory."""

@@ -102,14 +102,18 @@ class BatchWriter:
     def write(
         self, split: str, batch_id: int, ids: Sequence[Any], tensors: Mapping[str, torch.Tensor]
     ) -> int:
-        """Write every group object of one batch (each all or nothing); returns the bytes."""
+        """Write every group object of one batch (each all or nothing); returns the bytes.
+
+        Objects are written unsynced (:meth:`StoreBackend.write_unsynced`): the prime makes
+        them durable with one :meth:`StoreBackend.sync` before its manifest claims them.
+        """
         layout.safe_name(split, "split")
         metadata = self.expect(split, batch_id, ids)
         written = 0
         for group in self.groups:
             subset = {a: t for a, t in tensors.items() if a in group}
             parts = wire.encode_parts(subset, metadata)  # written from the tensors' memory
-            self.backend.write(self.key(split, batch_id, group), parts)
+            self.backend.write_unsynced(self.key(split, batch_id, group), parts)
             written += sum(memoryview(p).nbytes for p in parts)
         return written
 

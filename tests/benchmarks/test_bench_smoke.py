@@ -34,15 +34,16 @@ SECTIONS = (
     "s3",
     "ray",
     "own_data",
+    "reference_prime",
     "gpu",
     "targets",
     "table",
     "machine",
     "sections",
 )
-TARGETS = 18  # wire: 4, local DataLoader: 1, DataLoader path: 1, small: 1, memory: 1 + 1 per
-# client depth (2), priming: 2, status: 4, own data: 2 (the S3 and Ray sections are information
-# rows: no target)
+TARGETS = 19  # wire: 4, local DataLoader: 1, DataLoader path: 1, small: 1, memory: 1 + 1 per
+# client depth (2), priming: 2, status: 4, own data: 2, reference-shaped priming: 1 (the S3 and
+# Ray sections are information rows: no target)
 CEILINGS = {
     "distinct_1": 1,
     "distinct_4": 4,
@@ -79,7 +80,7 @@ def _assert_cpu(run: dict, what: object) -> None:
 def test_only_names_sections_and_aliases() -> None:
     assert select(["wire"]) == ["ceiling", "serving"]
     assert select(["memory", "wire"]) == ["ceiling", "serving", "memory"]
-    assert select(None)[0] == "priming" and len(select(None)) == 12
+    assert select(None)[0] == "priming" and len(select(None)) == 13
     with pytest.raises(ValueError, match="unknown section"):
         select(["wire", "nope"])
     with pytest.raises(SystemExit) as exc:  # refused before anything starts
@@ -156,6 +157,9 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert dl["dataset_0_vs_iter"] > 0 and dl["dataset_2_vs_iter"] > 0
     assert set(results["naive"]) >= {"large_1", "large_4", "small_1"}
     assert {"workers_1", "workers_2", "breakdown"} <= set(results["priming"])
+    ref = results["reference_prime"]
+    assert ref["batches"] == 10 and len(ref["prime_runs"]) == len(ref["baseline_runs"]) == 3
+    assert ref["prime_s"] > 0 and ref["baseline_s"] > 0 and ref["ratio"] > 0
     assert [c["prefetch"] for c in results["memory"]["client"]] == [1, 4]
     assert results["memory"]["server_large_store"]["store_batches"] == (
         5 * results["memory"]["server_small_store"]["store_batches"]
@@ -214,6 +218,6 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     verdicts = [
         t["met"] for t in json.loads((tmp_path / "wire" / "results.json").read_text())["targets"]
     ]
-    judged = [False] * 4 + [True, True, False, True, True, True, True]
+    judged = [False] * 4 + [True, True, False] + [True] * 5
     assert [v is None for v in verdicts] == judged, text
     assert (tmp_path / "wire" / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -367,6 +367,9 @@ def test_a_string_label_for_integer_categories_is_an_error_naming_types(tmp_path
     )
     stash = BatchStash(tmp_path / "s", container, managers, mapping, RecordPoint, batch_size=4)
     with pytest.raises(
-        VectorizerError, match=r"unknown class '\d' \(str\); known: 0 \(int\), 1 \(int\), 2 \(int\)"
+        VectorizerError,
+        # the batch's one-call path failed: value by value names the data point
+        match=r"data point \d+, field 'label' \(vectorizer 'cls'\): BatchError\(\"unknown "
+        r"class '\d' \(str\); known: 0 \(int\), 1 \(int\), 2 \(int\)",
     ):
         stash.prime()

@@ -6,9 +6,11 @@ import csv
 import io
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,6 +43,7 @@ from batchstash.service import (
     SeriesFeatureVectorizer,
     load_factory,
 )
+from batchstash.service.encode import seeded
 from batchstash.service.examples import IRIS_CLASSES, IRIS_MAPPINGS, IrisDataPoint, data_file
 from batchstash.service.store.local import LocalBackend
 
@@ -694,3 +697,27 @@ def test_served_payload_corrupted_in_place_is_caught_by_the_client_checksums(pri
         wire.decode(bytearray(served))
     with pytest.raises(CorruptStoreError):  # loading in process verifies every time
         primed.load("dev", 0)
+
+
+def _draws() -> tuple[list[float], float, float]:
+    return torch.rand(3).tolist(), random.random(), float(np.random.random())
+
+
+def test_seeded_draws_depend_on_the_seed_alone_and_restore_the_generators():
+    torch.manual_seed(7)
+    random.seed(7)
+    np.random.seed(7)
+    with seeded(2**62 + 11):
+        first = _draws()
+    after = _draws()
+    _draws()  # another history before the same seed
+    with seeded(2**62 + 11):
+        again = _draws()
+    torch.manual_seed(7)
+    random.seed(7)
+    np.random.seed(7)
+    assert _draws() == after  # the global generators went on as if never seeded
+    torch.manual_seed(2**62 + 11)  # the bytes of torch.manual_seed's stores, unchanged
+    random.seed(2**62 + 11)
+    np.random.seed((2**62 + 11) % 2**32)
+    assert first == again == _draws()

@@ -17,7 +17,7 @@ from batchstash.client import (
     StoreError,
     wire,
 )
-from batchstash.service.store import layout
+from batchstash.service.store import layout, local
 from batchstash.service.store.backend import NoSuchKey, open_backend
 from batchstash.service.store.local import LocalBackend
 from batchstash.service.store.records import (
@@ -532,3 +532,46 @@ def test_the_writer_refuses_an_unsafe_split(tmp_path):
     with pytest.raises(InvalidRequestError, match="split 'a/b' must match"):
         writer.write("a/b", 0, [1], {"x": torch.zeros(1)})
     assert list(LocalBackend(tmp_path).list()) == []
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [3, 1, 2],
+        ["b", "a", "\u00e9"],
+        [["doc", 1], ["doc", 2]],
+        [2**70, -(2**65)],  # beyond orjson's 64 bits: json writes them exactly
+    ],
+)
+def test_plan_record_keeps_every_id_exactly(ids):
+    plan = Plan("fp", "g", [{"batch_id": 0, "data_point_ids": ids, "split_name": "train"}])
+    raw = encode_record(plan)
+    assert json.loads(raw) == {"format": FORMAT, **plan.__dict__}
+    assert decode_record(Plan, "plan.json", raw) == plan
+    assert list(json.loads(raw)) == sorted(json.loads(raw))  # key-sorted
+
+
+def test_write_unsynced_is_whole_and_visible_at_once_and_sync_flushes(backend, monkeypatch):
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    backend.write_unsynced("b/c/x.safetensors", [b"abc", memoryview(b"def")])
+    assert backend.read("b/c/x.safetensors") == b"abcdef"
+    assert _files(backend.root) == ["b/c/x.safetensors"]  # no temp file left
+    assert synced == []  # durable at sync(), not per object
+    backend.sync()  # really: one syncfs of the store's filesystem
+    flushed = []
+    monkeypatch.setattr(local, "_syncfs", flushed.append)
+    backend.sync()
+    assert flushed == [backend.root]  # one filesystem: one syncfs, whatever the directories
+    backend.write("rec.json", [b"{}"])
+    assert len(synced) == 2  # a record is synced as it is written: the file and its directory
+
+
+def test_write_unsynced_that_cannot_rename_leaves_no_temp_file(backend, monkeypatch):
+    def refuse(src, dst):
+        raise PermissionError(13, "refused")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError):
+        backend.write_unsynced("b/x.safetensors", [b"abc"])
+    assert _files(backend.root) == []

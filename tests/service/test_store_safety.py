@@ -313,3 +313,34 @@ def test_the_train_split_is_primed_first(tmp_path: Path) -> None:
     stash.prime(lambda split, done, total: order.append(split))
     stored = order[initial:]
     assert stored[: stored.count("train")] == ["train"] * 11  # all of train before dev, test
+
+
+def test_objects_are_synced_once_before_the_manifest_and_torn_ones_are_caught(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # what a power loss may leave of objects renamed but not yet synced: empty, zeroed, cut
+    stash = iris(path=str(tmp_path / "data"))
+    root, seen = Path(stash.path), []
+    monkeypatch.setattr(
+        LocalBackend, "sync", lambda self: seen.append((root / "manifest.json").exists())
+    )
+    fsyncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (fsyncs.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))
+    )
+    assert stash.prime() == 9
+    assert seen == [False]  # one sync, before the manifest
+    assert fsyncs and not [f for f in fsyncs if "/batches/" in f]  # records only, no object
+    files = stored_files(stash.path)
+    torn = [stored_object(stash.path, "train", b, "label") for b in (0, 1, 2)]
+    torn[0].write_bytes(b"")
+    torn[1].write_bytes(bytes(torn[1].stat().st_size))
+    torn[2].write_bytes(torn[2].read_bytes()[:-7])
+    (root / "manifest.json").unlink()  # the power loss came before the manifest
+    with app_for(stash) as client:
+        for batch_id in (0, 1, 2):
+            got = client.get(f"/v1/splits/train/batches/{batch_id}?attributes=label")
+            assert got.json()["error"]["code"] == "store_corrupt"  # never served
+    assert stash.prime() == 3  # the resume verified every object and re-encoded the torn
+    assert stored_files(stash.path) == files and stash.is_primed

@@ -16,12 +16,14 @@ from batchstash.service import (
     FeatureVectorizer,
     FeatureVectorizerManager,
     FeatureVectorizerManagerSet,
+    MultiLabelFeatureVectorizer,
     OneHotEncodedFeatureVectorizer,
     SeriesFeatureVectorizer,
+    TensorFeatureVectorizer,
     TokenIdFeatureVectorizer,
     TokenLengthFeatureVectorizer,
 )
-from batchstash.service.dataset.vectorize import code_digest
+from batchstash.service.dataset.vectorize import code_digest, encodes_many
 
 CLASSES = ("setosa", "versicolor", "virginica")
 
@@ -241,3 +243,75 @@ def test_a_none_dimension_is_stored_as_minus_one():
     assert meta.shape == (-1, 2)
     assert VectorizerMetadata.from_dict(json.loads(json.dumps(meta.to_dict()))).shape == (-1, 2)
     assert VectorizerMetadata.from_dict({**meta.to_dict(), "shape": [None, 2]}).shape == (-1, 2)
+
+
+@dataclass
+class _OneHotByHand(CategoryEncodableFeatureVectorizer):
+    """A user's subclass that overrides ``encode`` alone."""
+
+    def encode(self, value: Any) -> torch.Tensor:
+        return torch.full((2,), float(self.index(value)))
+
+
+@dataclass
+class _Doubling(FeatureVectorizer):
+    def encode(self, value: Any) -> torch.Tensor:
+        return torch.tensor(2.0 * value)
+
+
+@pytest.mark.parametrize(
+    ("vectorizer", "values", "many"),
+    [
+        (CategoryEncodableFeatureVectorizer("c", categories=("a", "b")), ["b", "a", "b"], True),
+        (CategoryEncodableFeatureVectorizer("c", categories=range(3)), [2, np.int64(0)], True),
+        (
+            CategoryEncodableFeatureVectorizer("c", categories=(0, 1, True, "1")),
+            [0, 1, True, "1", np.int64(1), np.bool_(True), np.str_("1")],
+            True,
+        ),
+        (OneHotEncodedFeatureVectorizer("o", categories=("a", "b", "c")), ["c", "a"], True),
+        (SeriesFeatureVectorizer("s", dims=3), [[1, 2.5, 3], np.arange(3.0)], True),
+        (SeriesFeatureVectorizer("s", dims=0), [[], []], True),
+        (TensorFeatureVectorizer("t", shape=(2,), dtype="uint8"), [[1, 2], np.ones(2)], True),
+        (  # rows already tensors of its dtype and shape: stacked as they are
+            TensorFeatureVectorizer("t", shape=(3,)),
+            [torch.tensor([1.0, float("nan"), -0.0]), torch.ones(3, requires_grad=True)],
+            True,
+        ),
+        (TensorFeatureVectorizer("t", shape=(2,)), [torch.tensor([1, 2]), torch.ones(2)], True),
+        (  # a sparse row: assembled, not stacked
+            TensorFeatureVectorizer("t", shape=(2,)),
+            [torch.ones(2).to_sparse(), torch.ones(2)],
+            True,
+        ),
+        (TensorFeatureVectorizer("t", shape=(2, 1)), [torch.ones(2, 1), torch.zeros(2, 1)], True),
+        (MultiLabelFeatureVectorizer("m", categories=("a", "b")), [["a"], ["a", "b"]], False),
+        (_OneHotByHand("h", categories=("a", "b")), ["b", "a"], False),
+        (_Doubling("d"), [1.0, 2.0], False),
+    ],
+)
+def test_encode_many_gives_the_stacked_encodes(vectorizer, values, many):
+    # where it is not written for the class's encode, it is the stacked encodes themselves
+    assert encodes_many(type(vectorizer)) is many
+    stacked = torch.stack([vectorizer.encode(v) for v in values])
+    got = vectorizer.encode_many(values)
+    assert got.dtype == stacked.dtype and got.shape == stacked.shape
+    assert got.detach().numpy().tobytes() == stacked.detach().numpy().tobytes()
+
+
+@pytest.mark.parametrize(
+    ("vectorizer", "bad"),
+    [
+        (CategoryEncodableFeatureVectorizer("c", categories=("a", "b")), "z"),
+        (CategoryEncodableFeatureVectorizer("c", categories=("a", "b")), ["a"]),
+        (CategoryEncodableFeatureVectorizer("c", categories=(0, 1)), 1.0),
+        (SeriesFeatureVectorizer("s", dims=2), [1, 2, 3]),
+        (TensorFeatureVectorizer("t", shape=(2,)), [1, 2, 3]),
+    ],
+)
+def test_encode_many_refuses_what_encode_refuses(vectorizer, bad):
+    with pytest.raises(BatchError):
+        vectorizer.encode(bad)
+    with pytest.raises(BatchError):
+        first = vectorizer.categories[0] if hasattr(vectorizer, "categories") else [1, 2]
+        vectorizer.encode_many([first, bad])
