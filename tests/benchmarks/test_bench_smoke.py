@@ -41,9 +41,9 @@ SECTIONS = (
     "machine",
     "sections",
 )
-TARGETS = 19  # wire: 4, local DataLoader: 1, DataLoader path: 1, small: 1, memory: 1 + 1 per
-# client depth (2), priming: 2, status: 4, own data: 2, reference-shaped priming: 1 (the S3 and
-# Ray sections are information rows: no target)
+TARGETS = 20  # wire: 4, local DataLoader: 1, DataLoader path: 1, small: 1, memory: 1 + 1 per
+# client depth (2), priming: 3 (with warm workers' first batch), status: 4, own data: 2,
+# reference-shaped priming: 1 (the S3 and Ray sections are information rows: no target)
 CEILINGS = {
     "distinct_1": 1,
     "distinct_4": 4,
@@ -156,7 +156,8 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         assert dl[way]["batches"] > 0 and dl[way]["bytes"] == dl[way]["batches"] * 1_050_624, way
     assert dl["dataset_0_vs_iter"] > 0 and dl["dataset_2_vs_iter"] > 0
     assert set(results["naive"]) >= {"large_1", "large_4", "small_1"}
-    assert {"workers_1", "workers_2", "breakdown"} <= set(results["priming"])
+    assert {"workers_1", "workers_2", "warm_2", "breakdown"} <= set(results["priming"])
+    assert results["priming"]["warm_2"]["first_batch_s"] > 0
     ref = results["reference_prime"]
     assert ref["batches"] == 10 and len(ref["prime_runs"]) == len(ref["baseline_runs"]) == 3
     assert ref["prime_s"] > 0 and ref["baseline_s"] > 0 and ref["ratio"] > 0
