@@ -163,7 +163,9 @@ def auto_way(url: str) -> str:
 def prime(url: str, timeout: float) -> dict[str, Any]:
     """Prime through ``POST /v1/admin/prime`` and poll the status until the job ends.
 
-    The status is polled every 20 ms until the first batch is stored, then every 0.5 s.
+    The status (its progress moves with the job's heartbeat, every 0.5 s) is polled every
+    0.5 s; until then, train batch 0 (the first a prime encodes) is asked for every 10 ms, so
+    ``first_batch_s`` is when a trainer could first read a batch.
 
     Returns:
         ``batches`` encoded, ``wall_s`` (the job's own start to finish), ``rate`` (batches/s over
@@ -176,6 +178,15 @@ def prime(url: str, timeout: float) -> dict[str, Any]:
         initial = sum(s["done"] for s in before["splits"].values())
         requested = time.monotonic()
         http.post("/v1/admin/prime").raise_for_status()
+        first_batch_s = None
+        while first_batch_s is None and time.monotonic() - requested < timeout:
+            code = http.get("/v1/splits/train/batches/0").status_code
+            if code == 200:
+                first_batch_s = time.monotonic() - requested
+            elif code != 503:  # no such batch: not measured
+                break
+            else:
+                time.sleep(0.01)
         samples: list[tuple[float, int]] = []
         deadline = time.monotonic() + timeout
         while True:
@@ -187,8 +198,7 @@ def prime(url: str, timeout: float) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 http.delete("/v1/admin/prime")
                 raise RuntimeError(f"prime not done after {timeout}s: {body}")
-            # a status call walks the store: poll gently once the first batch is in
-            time.sleep(0.5 if done > initial else 0.02)
+            time.sleep(0.5)  # a status call walks the store: poll gently
     if body["state"] != "done":
         raise RuntimeError(f"prime ended {body['state']}: {body.get('error')}")
     total = sum(s["total"] for s in body["splits"].values())
@@ -204,5 +214,5 @@ def prime(url: str, timeout: float) -> dict[str, Any]:
         "wall_s": wall,
         "rate": encoded / wall if wall > 0 and encoded else None,
         "steady_rate": steady,
-        "first_batch_s": None if first is None else first[0] - requested,
+        "first_batch_s": first_batch_s,
     }

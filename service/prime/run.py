@@ -204,7 +204,7 @@ def _prime(
             encoder.split_stash_container.version() if executor.workers else "",
         )
         size = inputs.chunk_size or auto_chunk_size(len(todo), executor.workers)
-        queue = WorkQueue(todo, size, demand)
+        queue = WorkQueue(todo, size, demand, ramp=executor.workers)
         try:
             with demand.consuming():
                 executor.run(

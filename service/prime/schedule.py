@@ -40,12 +40,19 @@ class WorkQueue:
         id_sets: the id sets to encode.
         chunk_size: id sets per chunk (at least 1).
         demand: batches to encode before the others (``None``: the plain order).
+        ramp: the first ``ramp`` chunks hold one id set each (one a worker: the first stored
+            batches are reported as soon as they are stored, not a whole chunk later).
     """
 
     def __init__(
-        self, id_sets: Sequence[DataPointIDSet], chunk_size: int, demand: Demand | None = None
+        self,
+        id_sets: Sequence[DataPointIDSet],
+        chunk_size: int,
+        demand: Demand | None = None,
+        ramp: int = 0,
     ) -> None:
         self.chunk_size = max(1, chunk_size)
+        self.ramp = ramp
         self.demand = demand
         self.demanded = 0
         """How many id sets were handed out early because they were demanded."""
@@ -78,7 +85,10 @@ class WorkQueue:
                 ", ".join(f"{s.split_name}/{s.batch_id}" for s in chunk),
             )
             return chunk
-        while self._order and len(chunk) < self.chunk_size:
+        size = self.chunk_size
+        if self.ramp > 0:
+            self.ramp, size = self.ramp - 1, 1
+        while self._order and len(chunk) < size:
             id_set = self._order.popleft()
             if self._pending.pop((id_set.split_name, id_set.batch_id), None) is not None:
                 chunk.append(id_set)

@@ -161,3 +161,9 @@ def test_a_read_of_a_missing_batch_makes_the_running_prime_encode_it_next(
     order = stored_order(stash.path)
     assert len(order) == total
     assert order.index(("train", last)) < total // 2, order[: total // 2]
+
+
+def test_a_ramp_hands_each_worker_one_id_set_first() -> None:
+    queue = WorkQueue(id_sets(train=7), chunk_size=3, ramp=2)
+    sizes = [len(chunk) for chunk in queue]
+    assert sizes == [1, 1, 3, 2]  # the first stored batches are reported one by one
