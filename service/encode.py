@@ -49,7 +49,7 @@ def seeded(seed: int) -> Iterator[None]:
     gen = torch.default_generator
     torch_state, py_state, np_state = gen.get_state(), random.getstate(), np.random.get_state()
     gen.manual_seed(seed)
-    if torch.cuda.is_initialized():
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         torch.cuda.manual_seed_all(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
