@@ -156,7 +156,7 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         assert dl[way]["batches"] > 0 and dl[way]["bytes"] == dl[way]["batches"] * 1_050_624, way
     assert dl["dataset_0_vs_iter"] > 0 and dl["dataset_2_vs_iter"] > 0
     assert set(results["naive"]) >= {"large_1", "large_4", "small_1"}
-    assert {"workers_1", "workers_2", "warm_2", "breakdown"} <= set(results["priming"])
+    assert {"workers_1", "workers_2", "warm_1", "warm_2", "breakdown"} <= set(results["priming"])
     assert results["priming"]["warm_2"]["first_batch_s"] > 0
     ref = results["reference_prime"]
     assert ref["batches"] == 10 and len(ref["prime_runs"]) == len(ref["baseline_runs"]) == 3
