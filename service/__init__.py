@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .dataset.frames import ArraySplitStashContainer, DataFrameSplitStashContainer
     from .dataset.hf import HuggingFaceSplitStashContainer
     from .dataset.idset import DataPointIDSet
+    from .dataset.managers import FeatureVectorizerManager, FeatureVectorizerManagerSet
     from .dataset.parquet import ParquetSplitStashContainer
     from .dataset.split import (
         CsvSplitStashContainer,
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
     from .dataset.vectorize import (
         CategoryEncodableFeatureVectorizer,
         FeatureVectorizer,
-        FeatureVectorizerManager,
-        FeatureVectorizerManagerSet,
         OneHotEncodedFeatureVectorizer,
         SeriesFeatureVectorizer,
         TokenIdFeatureVectorizer,
@@ -66,8 +65,8 @@ _LAZY = {
     "DataPointIDSet": ".dataset.idset",
     "DefaultBatch": ".dataset.batch",
     "FeatureVectorizer": ".dataset.vectorize",
-    "FeatureVectorizerManager": ".dataset.vectorize",
-    "FeatureVectorizerManagerSet": ".dataset.vectorize",
+    "FeatureVectorizerManager": ".dataset.managers",
+    "FeatureVectorizerManagerSet": ".dataset.managers",
     "FieldFeatureMapping": "batchstash.client",
     "HuggingFaceSplitStashContainer": ".dataset.hf",
     "ManagerFeatureMapping": "batchstash.client",

@@ -27,8 +27,8 @@ from batchstash.client import (
 from .dataset.batch import DefaultBatch
 from .dataset.datapoint import DataPoint
 from .dataset.idset import DataPointIDSet, plan_id_sets
+from .dataset.managers import FeatureVectorizerManagerSet
 from .dataset.split import SplitStashContainer
-from .dataset.vectorize import FeatureVectorizerManagerSet
 from .store import layout
 from .store.records import FORMAT as STORE_FORMAT
 

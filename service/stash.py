@@ -29,8 +29,8 @@ from batchstash.client import (
 from .dataset.batch import DefaultBatch
 from .dataset.datapoint import DataPoint, RowDataPoint
 from .dataset.idset import DataPointIDSet
+from .dataset.managers import FeatureVectorizerManager, FeatureVectorizerManagerSet
 from .dataset.split import SplitStashContainer
-from .dataset.vectorize import FeatureVectorizerManager, FeatureVectorizerManagerSet
 from .encode import Encoder
 from .factory import call_factory
 from .prime.inputs import PrimeInputs

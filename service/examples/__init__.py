@@ -10,10 +10,10 @@ from typing import Any
 from batchstash.client import BatchFeatureMapping, FieldFeatureMapping, ManagerFeatureMapping
 
 from ..dataset.datapoint import DataPoint
+from ..dataset.managers import FeatureVectorizerManager
 from ..dataset.split import CsvSplitStashContainer
 from ..dataset.vectorize import (
     CategoryEncodableFeatureVectorizer,
-    FeatureVectorizerManager,
     SeriesFeatureVectorizer,
     TokenIdFeatureVectorizer,
     TokenLengthFeatureVectorizer,
