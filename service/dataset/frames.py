@@ -22,19 +22,10 @@ from batchstash.client import BatchError
 
 from .files import CHANGED_HINT, FileVersion, changed_files, file_digest, versions_of
 from .files import cache_dir as cache_dir_of
-from .fingerprint import ContentHasher, Unfingerprintable, type_name
+from .fingerprint import content_digest, type_name
 from .tables import TableSplitStashContainer, picked_columns
 
 __all__ = ["ArraySplitStashContainer", "DataFrameSplitStashContainer"]
-
-
-def _digest(value: Any, where: str) -> str:
-    hasher = ContentHasher()
-    try:
-        hasher.update(value)
-    except Unfingerprintable as exc:
-        raise BatchError(exc.message(where)) from None
-    return hasher.hexdigest()
 
 
 class DataFrameSplitStashContainer(TableSplitStashContainer):
@@ -102,7 +93,7 @@ class DataFrameSplitStashContainer(TableSplitStashContainer):
         return [dict(zip(self.columns, row, strict=True)) for row in zip(*values, strict=True)]
 
     def _source_digest(self) -> str:
-        return _digest(self._df, "the DataFrame")
+        return content_digest(self._df, "the DataFrame")
 
 
 class ArraySplitStashContainer(TableSplitStashContainer):
@@ -204,8 +195,8 @@ class ArraySplitStashContainer(TableSplitStashContainer):
     def _source_digest(self) -> str:
         if self._files:
             digests = [file_digest(v, self._cache_root) for v in self._files]
-            return _digest(digests, "the array files")
-        return _digest(self._arrays, "the arrays")
+            return content_digest(digests, "the array files")
+        return content_digest(self._arrays, "the arrays")
 
     def _check_source(self) -> None:
         changed = changed_files(self._files)
@@ -219,7 +210,7 @@ class ArraySplitStashContainer(TableSplitStashContainer):
         """
         if not self._files:
             return self.fingerprint()
-        return self._digest_with(_digest([v.key() for v in self._files], "the array files"))
+        return self._digest_with(content_digest([v.key() for v in self._files], "the array files"))
 
 
 def _indexable(value: Any) -> bool:
