@@ -5,13 +5,37 @@ streams (its own iteration, a ``BatchDataset`` pass) or fetches is written there
 line: the rank process (a DataLoader worker's parent), the split, the epoch, the plan's rank and
 world size, the batch id and its data point ids. The training scripts under test stay as the
 README shows them.
+
+With ``BATCHSTASH_TEST_FINISHED`` set to a directory, every process that runs its script to the
+end without an uncaught exception leaves an empty file there when its ``atexit`` handlers run,
+before the interpreter tears down:
+``rank-<RANK>`` in a process torchrun started, else ``pid-<pid>``.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import sys
+from pathlib import Path
 from typing import Any
+
+if os.environ.get("BATCHSTASH_TEST_FINISHED"):
+    _name = f"rank-{os.environ['RANK']}" if "RANK" in os.environ else f"pid-{os.getpid()}"
+    _uncaught: list[BaseException] = []
+    _excepthook = sys.excepthook
+
+    def _note_uncaught(kind: Any, value: Any, tb: Any) -> None:
+        _uncaught.append(value)
+        _excepthook(kind, value, tb)
+
+    def _finished() -> None:
+        if not _uncaught:
+            (Path(os.environ["BATCHSTASH_TEST_FINISHED"]) / _name).touch()
+
+    sys.excepthook = _note_uncaught
+    atexit.register(_finished)
 
 if os.environ.get("BATCHSTASH_TEST_RECORD"):
     from torch.utils.data import get_worker_info
