@@ -93,25 +93,43 @@ class DefaultBatch(Batch):
         """
         if self.state != "n":
             raise BatchError(f"batch {self.split_name}/{self.id} is {self.state_name}, not nascent")
-        mapping, labelled = self.mapping, self.has_labels
+        mapping = self.mapping
         managers = self.batch_stash.vectorizer_manager_set
         points = self._data_points or ()
         if not points:
             raise BatchError(f"batch {self.split_name}/{self.id} has no data points")
+        label_fld = mapping.label_field
+        labels = self._label_values(points)  # read once: they tell has_labels and are encoded
+        labelled = labels is not None
         if not labelled:
             self._refuse_partial_labels(points)
         attributes = {}
         for mng in mapping.manager_mappings:
             for fld in mng.fields:
-                if not labelled and mapping.is_label_field(fld):
+                is_label = mapping.is_label_field(fld)
+                if not labelled and is_label:
                     continue
                 vectorizer = managers[mng.vectorizer_manager_name][fld.feature_id]
                 attributes[fld.attr] = self._encode_field(
-                    vectorizer, fld.attr, fld.attribute_accessor, fld.is_agg
+                    vectorizer,
+                    fld.attr,
+                    fld.attribute_accessor,
+                    fld.is_agg,
+                    labels if fld is label_fld else None,
                 )
         self._attributes = attributes
         self._data_points = None
         self.state = "e"
+
+    def _label_values(self, points: Sequence[Any]) -> list[Any] | None:
+        """Every data point's label (``None``: the batch has no labels, as :attr:`has_labels`)."""
+        mapping = self.mapping
+        if mapping.label_attribute_name is None:
+            return None
+        fld = mapping.label_field
+        accessor = mapping.label_attribute_name if fld is None else fld.attribute_accessor
+        values = [getattr(p, accessor, None) for p in points]
+        return values if all(v is not None for v in values) else None
 
     def _refuse_partial_labels(self, points: Sequence[Any]) -> None:
         """A batch is for prediction when no point has a label; some unlabelled is an error."""
@@ -134,11 +152,17 @@ class DefaultBatch(Batch):
         )
 
     def _encode_field(
-        self, vectorizer: FeatureVectorizer, attr: str, accessor: str, is_agg: bool
+        self,
+        vectorizer: FeatureVectorizer,
+        attr: str,
+        accessor: str,
+        is_agg: bool,
+        read: list[Any] | None = None,
     ) -> torch.Tensor:
+        """Encode one field of every data point (``read``: its values, already read)."""
         points = self._data_points or ()
         try:
-            values = [getattr(point, accessor) for point in points]
+            values = [getattr(point, accessor) for point in points] if read is None else read
         except Exception:  # read again one by one, to name the data point
             values = []
             for point in points:

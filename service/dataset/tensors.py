@@ -140,29 +140,32 @@ class TensorFeatureVectorizer(FeatureVectorizer):
         """
         if not encodes_many(type(self)):
             return super().encode_many(values)
-        if self._stackable(values):  # rows already tensors of this dtype and shape: no cast
-            with torch.no_grad():
-                return torch.stack(list(values))
-        return self._assemble(values, pad=False)
+        stacked = self._stack(values)
+        return self._assemble(values, pad=False) if stacked is None else stacked
 
-    def _stackable(self, values: Sequence[Any]) -> bool:
-        """Dense CPU tensors of exactly :attr:`dtype` and :attr:`shape`: stacked as they are.
+    def _stack(self, values: Sequence[Any]) -> torch.Tensor | None:
+        """Rows that are dense CPU tensors of exactly :attr:`dtype` and :attr:`shape`, stacked.
 
-        ``torch.stack`` copies their bits as the numpy assembly would (no cast happens), a
-        tenth of its cost for rows of 64 values.
+        ``torch.stack`` copies their bits as the numpy assembly would, a tenth of its cost for
+        rows of 64 values. Types and dtypes are checked first (two set comprehensions, a quarter
+        of the cost of checking row by row); ``torch.stack`` checks the shapes and devices, and
+        the result shows another layout, device or shape: those rows (``None``) are assembled
+        instead, as are rows that are not all plain tensors of :attr:`dtype`.
         """
         if -1 in self.shape or self.dtype.is_complex or _numpy_dtype(self.dtype) is None:
-            return False
-        shape, dtype, strided = torch.Size(self.shape), self.dtype, torch.strided
-        # identity tests: dtypes and layouts are singletons (a third of the time of ``==``)
-        return bool(values) and all(
-            type(v) is torch.Tensor
-            and v.dtype is dtype
-            and v.shape == shape
-            and v.layout is strided
-            and v.is_cpu
-            for v in values
-        )
+            return None
+        if not values or {type(v) for v in values} != {torch.Tensor}:
+            return None
+        if {v.dtype for v in values} != {self.dtype}:
+            return None
+        try:
+            with torch.no_grad():
+                out = torch.stack(list(values))
+        except RuntimeError:  # shapes or devices differ
+            return None
+        if out.layout is not torch.strided or not out.is_cpu:
+            return None
+        return out if out.shape[1:] == torch.Size(self.shape) else None
 
     def encode_batch(self, values: Sequence[Any]) -> torch.Tensor:
         """Return ``(len(values), *shape)``, varying dims right-padded with :attr:`pad_value`.

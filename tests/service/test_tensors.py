@@ -87,6 +87,41 @@ def test_a_batch_of_images_stacks_into_one_tensor():
 
 
 @pytest.mark.parametrize(
+    "rows",
+    [
+        [torch.arange(4.0) + i for i in range(5)],  # plain float32 rows: stacked
+        [torch.arange(4.0), torch.arange(4, dtype=torch.float64)],  # a float64 row among them
+        [torch.nn.Parameter(torch.arange(4.0)), torch.arange(4.0)],  # a tensor subclass
+        [torch.arange(4.0), [1.0, 2.0, 3.0, 4.0]],  # a row that is not a tensor
+        [torch.arange(8.0)[::2], torch.arange(4.0)],  # a strided view
+    ],
+)
+def test_tensor_rows_encode_as_their_values_whichever_path_they_take(rows):
+    vec = TensorFeatureVectorizer("x", shape=(4,))
+    out = vec.encode_many(rows)
+    want = np.stack(
+        [
+            np.asarray(r, dtype=np.float32)
+            for r in (x.tolist() if isinstance(x, torch.Tensor) else x for x in rows)
+        ]
+    )
+    assert out.dtype == torch.float32 and out.shape == (len(rows), 4)
+    assert np.array_equal(out.numpy(), want) and not out.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("rows", "error"),
+    [
+        ([torch.zeros(4), torch.zeros(3)], r"shape"),
+        ([torch.zeros(2, 2), torch.zeros(2, 2)], r"shape"),
+    ],
+)
+def test_tensor_rows_of_the_wrong_shape_are_refused(rows, error):
+    with pytest.raises(BatchError, match=error):
+        TensorFeatureVectorizer("x", shape=(4,)).encode_many(rows)
+
+
+@pytest.mark.parametrize(
     ("shape", "value", "got"),
     [((8, 8), np.zeros((8, 7)), r"\(8, 7\)"), ((3,), [[1, 2, 3]], r"\(1, 3\)"), ((2,), 5, r"\(\)")],
 )
