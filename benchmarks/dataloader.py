@@ -72,7 +72,7 @@ def compare(
     prefetch: int,
     max_batches: int,
     max_seconds: float,
-    repeats: int = 3,
+    repeats: int = 5,
     step: Callable[[str, Callable[[], Any]], Any] = lambda _, action: action(),
 ) -> dict[str, Any]:
     """Read ``url``'s ``train`` split each way, interleaved ``repeats`` times.
