@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from .source import BatchSource
     from .staging import DeviceStage
     from .transport import BufferStream, BufferTransport, body_buffer
+    from .waits import ReadStats, export_prometheus
 
 _LAZY = {
     "BatchSource": ".source",
@@ -84,6 +85,7 @@ _LAZY = {
     "Endpoints": ".endpoints",
     "EpochPlan": ".plan",
     "PipelinedReader": ".pipeline",
+    "ReadStats": ".waits",
     "FieldFeatureMapping": ".mapping",
     "ManagerFeatureMapping": ".mapping",
     "MetadataNetworkSettings": ".metadata",
@@ -91,6 +93,7 @@ _LAZY = {
     "VectorizerMetadata": ".metadata",
     "body_buffer": ".transport",
     "copy_to_device": ".device",
+    "export_prometheus": ".waits",
     "resolve_rank": ".ranks",
     "wire": ".wire",
 }
@@ -133,6 +136,7 @@ __all__ = [
     "PipelinedReader",
     "PlanError",
     "PrimeCancelledError",
+    "ReadStats",
     "RetryPolicy",
     "StaleStoreError",
     "StoreBusyError",
@@ -144,6 +148,7 @@ __all__ = [
     "body_buffer",
     "copy_to_device",
     "error_for_code",
+    "export_prometheus",
     "resolve_rank",
     "wire",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,6 +18,7 @@ from .plan import PLAN_VERSION, EpochPlan
 from .ranks import resolve_rank
 from .source import BatchSource, GroupReader
 from .staging import DeviceStage
+from .waits import ReadStats
 
 __all__ = ["BatchIterator", "prefetched"]
 
@@ -177,6 +179,7 @@ class BatchIterator:
         self.plan.rank_ids(self.rank)  # validates the rank
         self.position = 0
         self._stream: Generator[Batch, None, None] | None = None
+        self.read_stats = ReadStats(split, self.plan.epoch)
         if state is not None:
             self.load_state_dict(state)
 
@@ -207,10 +210,28 @@ class BatchIterator:
 
     def _fetch_group(self, batch_ids: list[int]) -> list[Batch]:
         """A group of the iteration, copied by its stage (handed over in :meth:`__next__`)."""
+        start = time.perf_counter()
         batches = self.client.batches(
             self.plan.split, batch_ids, self.attributes, fingerprint=self.plan.fingerprint
         )
-        return batches if self._stage is None else self._stage.copy(batches)
+        fetched = time.perf_counter()
+        self.read_stats.read(fetched - start, sum(map(_tensor_bytes, batches)))
+        if self._stage is None:
+            return batches
+        batches = self._stage.copy(batches)
+        self.read_stats.copied(time.perf_counter() - fetched)
+        return batches
+
+    def stats(self) -> dict[str, Any]:
+        """Where this iteration's time went: the trainer's data wait and the reader's parts.
+
+        ``wait_s`` (the consumer blocked in ``next()``) and its ``wait_share`` of the pass,
+        the reader's ``network_s``, ``decode_s`` and ``copy_s``, ``bytes`` and ``batches``
+        yielded, the ``receive_rate`` and a ``bound`` verdict (``trainer`` when the wait is
+        under 5 % of the pass); see :class:`~batchstash.client.waits.ReadStats`. The end of
+        each pass logs them as one line at INFO.
+        """
+        return self.read_stats.as_dict()
 
     def stream(self, batch_ids: Sequence[int]) -> Generator[Batch, None, None]:
         """Yield the batches ``batch_ids`` of this plan's store in order, read as iteration reads.
@@ -234,17 +255,28 @@ class BatchIterator:
             reader = self.client.pipelined_reader(
                 self.plan.split, self.attributes, self._stage, self.plan.fingerprint, in_flight
             )
+        stats = self.read_stats
         if reader is not None:
             self.reader = reader
+            reader.stats = stats
             stream = reader.groups(groups)
         else:
             stream = prefetched(self._fetch_group, groups, in_flight)
         stage = self._stage
+        stats.started()
         try:
-            for group in stream:
+            while True:
+                asked = time.perf_counter()
+                group = next(stream, None)
+                got = time.perf_counter()
+                if group is None:
+                    break
+                stats.waited(got - asked, len(group), sum(map(_tensor_bytes, group)), got)
                 for batch in group:
                     # in the thread that takes it: ready on that thread's current stream
                     yield batch if stage is None else stage.hand_over(batch)
+            if stats.batches:
+                logger.info("%s", stats.summary())
         finally:
             stream.close()
 
@@ -353,3 +385,7 @@ class BatchIterator:
             f"rank={self.rank}/{self.plan.world_size}, position={self.position}/"
             f"{self.plan.per_rank})"
         )
+
+
+def _tensor_bytes(batch: Batch) -> int:
+    return sum(int(t.nbytes) for t in batch.attributes.values())

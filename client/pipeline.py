@@ -26,6 +26,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from .endpoints import Endpoint
     from .engine import Engine
     from .staging import DeviceStage
+    from .waits import ReadStats
 
 __all__ = ["PipelinedReader"]
 
@@ -114,6 +116,7 @@ class PipelinedReader:
         self._sock_lock = threading.Lock()
         self.thread: threading.Thread | None = None  # the reader, once :meth:`groups` started
         self.url: str | None = None  # the URL whose data listener it reads from now
+        self.stats: ReadStats | None = None  # where read timings go (the iterator's)
 
     # -- the consumer's side --------------------------------------------------------------------
 
@@ -302,6 +305,7 @@ class PipelinedReader:
         The answer is its batches (or the error decoding raised), or ``None`` when it is not a
         plain ``200`` from batchstash (then the fallback fetches the group).
         """
+        start = time.perf_counter()
         head = read_head(sock, pending, low)
         length = head.length
         if head.status != 200 or length is None or FINGERPRINT_HEADER.lower() not in head.headers:
@@ -312,6 +316,7 @@ class PipelinedReader:
         buffer = self._buffers.get(length, pinned=self.stage is not None and self.stage.pinned)
         checker = FrameChecker()
         read_body(sock, pending, buffer, checker, low)
+        received = time.perf_counter()
         self.engine.answered(endpoint)
         self.engine.endpoints.data_answered(endpoint)
         try:
@@ -320,8 +325,13 @@ class PipelinedReader:
                 buffer, checker, self.path, self.split, group, self.wanted, self.fingerprint
             )
             batches = self.build(payloads)
+            decoded = time.perf_counter()
+            if self.stats is not None:
+                self.stats.read(received - start, length, decoded - received)
             if self.stage is not None:
                 batches = self.stage.copy(batches)
+                if self.stats is not None:
+                    self.stats.copied(time.perf_counter() - decoded)
         except Exception as exc:
             return exc, head.closes
         return batches, head.closes

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .batch import Batch
     from .buffers import BufferPool
     from .staging import DeviceStage
+    from .waits import ReadStats
 
 __all__ = ["BatchSource", "GroupReader"]
 
@@ -21,10 +22,12 @@ class GroupReader(Protocol):
     Attributes:
         pipelined: groups read on its own connection so far.
         fallbacks: groups fetched by the request path instead.
+        stats: where it adds its read timings (the iterator sets it; ``None``: nowhere).
     """
 
     pipelined: int
     fallbacks: int
+    stats: ReadStats | None
 
     def groups(self, groups: Sequence[list[int]]) -> Generator[list[Batch], None, None]:
         """Yield the batches of each group, in order (an error where its group is)."""
