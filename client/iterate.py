@@ -96,7 +96,11 @@ class BatchIterator:
             environment variables that ``torchrun`` sets, else rank 0 of 1 (see
             :func:`~batchstash.client.ranks.resolve_rank`; explicit values win).
         prefetch: batches fetched ahead (``0``: on demand); at most this many are requested
-            and not yet yielded (the group being yielded included), which bounds memory.
+            and not yet yielded (the group being yielded included), which bounds memory. On
+            the data listener's pipelined connection this is a floor: where the link's
+            bandwidth-delay product (its measured round trip times its rate) holds more, more
+            are kept in flight, up to 64 MiB of answers (see
+            :class:`~batchstash.client.inflight.InFlight`).
         batches_per_request: batches fetched in one request (default ``max(1, prefetch // 6)``
             pipelined: one group being yielded, five requests in flight; else
             ``max(1, prefetch // 3)``: two in flight); several a request save a round trip

@@ -36,6 +36,7 @@ from .decode import decode_frames
 from .endpoints import DATA_CONNECT_TIMEOUT
 from .framecheck import FrameChecker
 from .headers import FINGERPRINT_HEADER
+from .inflight import DEFAULT_IN_FLIGHT_BYTES, InFlight
 from .lowwater import LowWater
 from .socketio import read_body, read_head
 
@@ -63,8 +64,10 @@ class PipelinedReader:
 
     Built by :meth:`BatchClient.pipelined_reader` for a
     :class:`~batchstash.client.iterate.BatchIterator`; :meth:`groups` is the stream.
-    At most ``window`` groups are requested and not yet taken by the consumer, besides the one
-    it is yielding, as on the threaded path.
+    At least ``window`` groups are kept requested and not yet taken by the consumer, besides the
+    one it is yielding, as on the threaded path; on a link whose bandwidth-delay product needs
+    more, more (measured by :class:`~batchstash.client.inflight.InFlight`), up to
+    ``in_flight_bytes`` of answers.
 
     Args:
         engine: the request path of the client (its URLs, timeouts and store check).
@@ -77,6 +80,8 @@ class PipelinedReader:
         fallback: fetches a group through the engine, trying the given URL first (the one
             whose connection broke, so that a replica that is down is marked down there).
         build: the batches of a group's verified payloads.
+        in_flight_bytes: the most answer bytes requested and not yet taken by the consumer
+            when the link's product asks for more than ``window``.
 
     Attributes:
         pipelined: groups read from a pipelined connection so far.
@@ -97,6 +102,7 @@ class PipelinedReader:
         *,
         fallback: Callable[[list[int], Endpoint | None], list[Batch]],
         build: Callable[[list[wire.Payload]], list[Batch]],
+        in_flight_bytes: int = DEFAULT_IN_FLIGHT_BYTES,
     ) -> None:
         self.engine = engine
         self.fallback = fallback
@@ -106,6 +112,7 @@ class PipelinedReader:
         self.stage = stage
         self.fingerprint = fingerprint
         self.window = max(1, window)
+        self.sizer = InFlight(self.window, in_flight_bytes)
         self.path = f"/v1/splits/{quote(split, safe='')}/payloads"
         self.pipelined = 0
         self.fallbacks = 0
@@ -145,6 +152,13 @@ class PipelinedReader:
             # thread, this reader's own included: it stops by itself then, it cannot join itself
             if threading.current_thread() is not thread:
                 thread.join(timeout=max(1.0, self.engine.timeout))
+
+    def _widen(self, window: int) -> None:
+        """Keep ``window`` groups in flight where that is more than now (the link holds them)."""
+        if window > self.window:
+            self._credits.release(window - self.window)
+            self.window = window
+            self.sizer.window = max(self.sizer.window, window)
 
     def _abort_socket(self) -> None:
         with self._sock_lock:
@@ -222,6 +236,7 @@ class PipelinedReader:
         data = endpoint.data_http
         assert data is not None
         url = data.base_url
+        start = time.perf_counter()
         try:
             sock = socket.create_connection(
                 (url.host, url.port or 80), timeout=min(DATA_CONNECT_TIMEOUT, self.engine.timeout)
@@ -229,6 +244,7 @@ class PipelinedReader:
         except OSError as exc:
             self.engine.endpoints.data_failed(endpoint, f"{type(exc).__name__}: {exc}")
             return None
+        self.sizer.connected(time.perf_counter() - start)  # a handshake: one round trip
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.engine.timeout)
         return sock
@@ -252,6 +268,7 @@ class PipelinedReader:
         with self._sock_lock:
             self._sock = sock
         self.url = endpoint.url
+        self._widen(endpoint.link_window)  # what this link needed before: no ramp again
         sent, pending, low = done, bytearray(), LowWater(sock)
         try:
             while done < len(groups):
@@ -307,6 +324,7 @@ class PipelinedReader:
         """
         start = time.perf_counter()
         head = read_head(sock, pending, low)
+        self.sizer.head()
         length = head.length
         if head.status != 200 or length is None or FINGERPRINT_HEADER.lower() not in head.headers:
             logger.debug(
@@ -317,6 +335,8 @@ class PipelinedReader:
         checker = FrameChecker()
         read_body(sock, pending, buffer, checker, low)
         received = time.perf_counter()
+        self._widen(self.sizer.body(length))
+        endpoint.link_window = max(endpoint.link_window, self.window)
         self.engine.answered(endpoint)
         self.engine.endpoints.data_answered(endpoint)
         try:

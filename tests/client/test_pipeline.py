@@ -118,7 +118,16 @@ def test_an_epoch_is_pipelined_on_one_connection(stack: Callable[..., Stack]) ->
     assert s.api_batch_requests() == []  # nothing through the API port
 
 
-def test_at_most_prefetch_batches_are_requested_ahead(stack: Callable[..., Stack]) -> None:
+def _round_trip(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every data connection is timed as taking ``seconds`` to open (one round trip)."""
+    connected = pipeline.InFlight.connected
+    monkeypatch.setattr(pipeline.InFlight, "connected", lambda self, _: connected(self, seconds))
+
+
+def test_at_most_prefetch_batches_are_requested_ahead(
+    stack: Callable[..., Stack], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _round_trip(monkeypatch, 1e-6)  # a link whose product holds less than a batch
     s = stack(40)
     with s.client() as client:
         it = client.iter_batches("train", shuffle=False, prefetch=6)
@@ -131,6 +140,30 @@ def test_at_most_prefetch_batches_are_requested_ahead(stack: Callable[..., Stack
         rest = list(it)
     assert [b.id for b in rest] == list(range(4, 40))
     assert len(s.listener.requests) == 40
+
+
+def test_a_long_round_trip_keeps_more_requests_in_flight_than_prefetch(
+    stack: Callable[..., Stack], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _round_trip(monkeypatch, 0.05)  # 50 ms: its product holds many of these small batches
+    s = stack(60)
+    with s.client() as client:
+        it = client.iter_batches("train", shuffle=False, prefetch=6)
+        first = [next(it) for _ in range(10)]
+        time.sleep(0.3)  # the reader widens its window and runs ahead
+        ahead = len(s.listener.requests) - 10
+        rest = list(it)
+        assert it.reader is not None and it.reader.window > 5  # prefetch 6: 5 groups in flight
+        assert ahead > 5 and ahead <= it.reader.window + 1
+        _check(first + rest, list(range(60)))  # every batch once, in order
+        # the next epoch's reader starts with the window this link needed: no ramp again
+        learned, asked = it.reader.window, len(s.listener.requests)
+        again = client.iter_batches("train", shuffle=False, prefetch=6, epoch=1)
+        next(again)
+        time.sleep(0.3)
+        assert again.reader is not None and again.reader.window >= learned
+        assert len(s.listener.requests) - asked >= min(learned, 60)
+        again.close()
 
 
 def test_an_error_answer_goes_to_the_request_path_then_pipelining_resumes(
