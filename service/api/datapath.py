@@ -253,8 +253,10 @@ class DataListener:
     # -- responses ------------------------------------------------------------------------------
 
     def _respond(self, conn: socket.socket, reply: Reply, close: bool) -> None:
+        start = time.perf_counter()
         try:
             self._send_reply(conn, reply, close)
+            self.state.metrics.send_seconds.observe(time.perf_counter() - start)
         finally:
             close_files(reply.chunks)  # the stored files it held open, sent or not
 

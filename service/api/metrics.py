@@ -60,6 +60,13 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        self.send_seconds = Histogram(
+            "batchstash_send_seconds",
+            "Data listener: time putting one response on its connection (long when the link or "
+            "the client is the limit: the socket's buffer is full)",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=self.registry,
+        )
         self.errors = Counter(
             "batchstash_errors", "Error responses", ["code"], registry=self.registry
         )

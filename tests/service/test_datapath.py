@@ -186,6 +186,7 @@ def test_requests_are_counted_in_the_apis_metrics(api: TestClient, data: httpx.C
     ]
     assert served == ['batchstash_batches_served_total{split="train"} 3.0']
     assert 'batchstash_errors_total{code="not_found"} 1.0' in text
+    assert "batchstash_send_seconds_count 3.0" in text  # every answer's send timed
 
 
 def test_keep_alive_answers_each_request_on_one_connection(api: TestClient) -> None:
