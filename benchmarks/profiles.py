@@ -35,6 +35,9 @@ class Profile:
         reference_points: data points of the reference-shaped priming workload (64 floats and
             a label each, batches of 256).
         reference_repeats: interleaved runs of its prime and of its baseline (medians).
+        link_seconds: each run of the link section (a raw stream, a store read).
+        link_loss: the link section also measures the lossy links (their delay helper is slow
+            to set up and costs CPU a packet).
     """
 
     name: str
@@ -58,6 +61,8 @@ class Profile:
     parquet_dims: int = 2048
     reference_points: int = 100_000
     reference_repeats: int = 3
+    link_seconds: float = 4.0
+    link_loss: bool = True
 
 
 PROFILES = {
@@ -80,5 +85,7 @@ PROFILES = {
         parquet_rows=3000,
         parquet_dims=64,
         reference_points=2560,
+        link_seconds=1.0,
+        link_loss=False,
     ),
 }

@@ -43,6 +43,7 @@ SECTIONS: dict[str, Section] = {
     "baselines": Section(Suite.local_baselines, ("large",), pool=False),
     "gpu": Section(Suite.cuda, pool=False),
     "dataloader": Section(Suite.dataloader, ("large",), pool=False),
+    "link": Section(Suite.link, ("large", "small"), pool=False),  # root only
     "ceiling": Section(Suite.ceilings),
     "serving": Section(Suite.serving, ("large", "small")),
     "naive": Section(Suite.naive, ("large", "small")),

@@ -21,6 +21,7 @@ from . import (
     ceiling,
     dataloader,
     gpu,
+    link,
     memory,
     own_data,
     priming,
@@ -400,6 +401,16 @@ class Suite:
                 self.work / "reference_prime",
                 p.reference_points,
                 repeats=p.reference_repeats,
+            ),
+        )
+
+    def link(self) -> None:
+        """Raw TCP and ``iter_batches`` between two network namespaces over shaped links."""
+        stores = {size: (self.store(size), self.store_options(size)) for size in ("large", "small")}
+        self.results["link"] = self.step(
+            "across a link: server and trainer in two network namespaces",
+            lambda: link.measure(
+                self.logs, stores, PREFETCH, self.profile.link_seconds, self.profile.link_loss
             ),
         )
 

@@ -36,14 +36,16 @@ SECTIONS = (
     "own_data",
     "reference_prime",
     "gpu",
+    "link",
     "targets",
     "table",
     "machine",
     "sections",
 )
-TARGETS = 20  # wire: 4, local DataLoader: 1, DataLoader path: 1, small: 1, memory: 1 + 1 per
+TARGETS = 22  # wire: 4, local DataLoader: 1, DataLoader path: 1, small: 1, memory: 1 + 1 per
 # client depth (2), priming: 3 (with warm workers' first batch), status: 4, own data: 2,
-# reference-shaped priming: 1 (the S3 and Ray sections are information rows: no target)
+# reference-shaped priming: 1, link: 2 (the S3 and Ray sections are information rows: no target)
+LINK = "across a link"  # root only: its targets are n/a where it is skipped
 CEILINGS = {
     "distinct_1": 1,
     "distinct_4": 4,
@@ -80,7 +82,7 @@ def _assert_cpu(run: dict, what: object) -> None:
 def test_only_names_sections_and_aliases() -> None:
     assert select(["wire"]) == ["ceiling", "serving"]
     assert select(["memory", "wire"]) == ["ceiling", "serving", "memory"]
-    assert select(None)[0] == "priming" and len(select(None)) == 13
+    assert select(None)[0] == "priming" and len(select(None)) == 14
     with pytest.raises(ValueError, match="unknown section"):
         select(["wire", "nope"])
     with pytest.raises(SystemExit) as exc:  # refused before anything starts
@@ -199,7 +201,11 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert startup["init_to_first_batch_s"] > startup["init_s"]
     assert ray["ratio"] > 0 and ray["warm_ratio"] > 0
     assert len(results["targets"]) == TARGETS
-    assert all(isinstance(t["met"], bool) for t in results["targets"])
+    link_skipped = "skipped" in results["link"]
+    assert all(
+        isinstance(t["met"], bool) or (link_skipped and t["section"] == LINK)
+        for t in results["targets"]
+    )
     assert "skipped" in results["gpu"]  # --device cpu
 
     # what --only wire reports: the wire targets judged, the others n/a; every panel drawn
@@ -219,6 +225,6 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     verdicts = [
         t["met"] for t in json.loads((tmp_path / "wire" / "results.json").read_text())["targets"]
     ]
-    judged = [False] * 4 + [True, True, False] + [True] * 5
+    judged = [False] * 4 + [True, True, False] + [True] * 5 + [True] * 2  # link: n/a
     assert [v is None for v in verdicts] == judged, text
     assert (tmp_path / "wire" / "results.png").read_bytes()[:4] == b"\x89PNG"
