@@ -362,7 +362,7 @@ def test_token_comes_from_a_gitignored_secret_file() -> None:
         assert "env_file" not in svc, name
         if name != "stash":
             assert svc["secrets"] == [secret]
-            assert f"$(cat /run/secrets/{secret})" in command_argv(svc)
+            assert f"--token=$(cat /run/secrets/{secret})" in command_argv(svc)
 
 
 def test_prime_service_runs_a_valid_cli_command() -> None:
@@ -388,7 +388,7 @@ def test_trainer_service_runs_the_demo_with_its_options(override: Path | None) -
     helped = run([sys.executable, "-m", "batchstash.client.demo", "--help"], cwd=REPO)
     assert helped.returncode == 0, helped.stderr
     known = set(re.findall(r"(?<![\w-])--[\w-]+", helped.stdout))
-    assert {a for a in argv if a.startswith("--")} <= known
+    assert {a.partition("=")[0] for a in argv if a.startswith("--")} <= known
     assert trainer["profiles"] == ["trainer"]
     assert trainer["depends_on"] == {
         "stash": {"condition": "service_healthy"},
