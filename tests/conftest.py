@@ -106,3 +106,17 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "local":
         return str(tmp_path / "store")
     return request.getfixturevalue("s3_bucket") + "/store"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the ``deploy`` suite only when a ``-m`` expression names it (``pytest -m deploy``).
+
+    It builds images and runs the compose stacks in a Docker engine for minutes, so the README's
+    plain ``pytest -q`` leaves it out (deselected), even where an engine answers.
+    """
+    if "deploy" in (config.option.markexpr or ""):
+        return
+    dropped = [item for item in items if item.get_closest_marker("deploy") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item.get_closest_marker("deploy") is None]
