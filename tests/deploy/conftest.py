@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
 HOST_PORTS = (8000, 8001)
 # the stand-in engines of ../shared/tools/docker-sandbox.sh reach their wheel server only from
 # the host's network; compose then reuses that build's layers with the classic builder
@@ -67,11 +68,25 @@ def engine_problem() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = [item for item in items if Path(str(item.fspath)).is_relative_to(Path(__file__).parent)]
+    here = [item for item in items if Path(str(item.path)).is_relative_to(HERE)]
     if here and (problem := engine_problem()) is not None:
-        skip = pytest.mark.skip(reason=f"deploy suite: {problem}")
         for item in here:
-            item.add_marker(skip)
+            item.add_marker(pytest.mark.skip(reason=f"deploy suite: {problem}"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """One summary line for the whole skipped suite: every skip is told at this file."""
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and isinstance(report.longrepr, tuple)
+        and Path(str(item.path)).is_relative_to(HERE)
+    ):
+        _, _, reason = report.longrepr
+        if reason.startswith("Skipped: deploy suite: "):
+            report.longrepr = (str(Path(__file__).relative_to(REPO)), None, reason)
 
 
 @pytest.fixture(scope="session")
