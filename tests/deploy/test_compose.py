@@ -83,7 +83,8 @@ def open_files(container: str) -> tuple[int, int]:
 
 def test_up_prime_and_train(stack: Stack) -> None:
     name = up_stash(stack)
-    # no ulimits in compose.yaml: the engine's limit, and the server raised its soft one to it
+    # no ulimits in compose.yaml: `up` starts under the engine's limit, and the server runs with
+    # its soft limit at the hard one (the engine's, or raised by the server at start)
     soft, hard = open_files(name)
     assert soft == hard >= 4096, (soft, hard)
     # the named volume took the image's /data owner: the server (uid 10001) writes there
