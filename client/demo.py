@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -237,7 +238,11 @@ def _parser() -> argparse.ArgumentParser:
         default="http://127.0.0.1:8000",
         help="the batchstash server (replicas of one store: comma separated URLs)",
     )
-    parser.add_argument("--token", default=None, help="bearer token, if the server needs one")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("BATCHSTASH_TOKEN") or None,
+        help="bearer token, if the server needs one (default: $BATCHSTASH_TOKEN)",
+    )
     parser.add_argument("--epochs", type=int, default=30, help="training epochs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
@@ -255,9 +260,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_token(argv: Sequence[str]) -> list[str]:
+    """``--token VALUE`` as ``--token=VALUE``.
+
+    argparse reads a separate value that starts with ``-`` as an option (``expected one
+    argument``); a URL-safe token does so 1 time in 64. Joined, any value is the token.
+    """
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--":
+            out += [arg, *it]
+            break
+        if arg == "--token":
+            value = next(it, None)
+            out.append(arg if value is None else f"--token={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo trainer; return the process exit code (0 on success)."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_join_token(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         train(args)

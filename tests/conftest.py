@@ -106,3 +106,25 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "local":
         return str(tmp_path / "store")
     return request.getfixturevalue("s3_bucket") + "/store"
+
+
+OPT_IN = ("deploy", "netlab")
+"""Markers whose tests run only when a ``-m`` expression names them (``pytest -m deploy``)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the opt-in suites unless asked for: they take minutes and a Docker engine or root.
+
+    The README's plain ``pytest -q`` deselects them, even where an engine answers or it runs as
+    root; ``pytest -m deploy`` or ``-m netlab`` selects them.
+    """
+    asked = config.option.markexpr or ""
+    skipped = [name for name in OPT_IN if name not in asked]
+
+    def left_out(item: pytest.Item) -> bool:
+        return any(item.get_closest_marker(name) is not None for name in skipped)
+
+    dropped = [item for item in items if left_out(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not left_out(item)]

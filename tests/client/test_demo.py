@@ -150,6 +150,55 @@ def test_the_retry_budget_is_an_option(
     assert "--retry-budget SECONDS" in capsys.readouterr().out
 
 
+# secrets.token_urlsafe can start with "-" (1 time in 64): argparse took such a separate value
+# for an option ("argument --token: expected one argument")
+DASH_TOKEN = "-Rk3_dash-first-token"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["--token", DASH_TOKEN], {}),
+        ([f"--token={DASH_TOKEN}"], {}),
+        ([], {"BATCHSTASH_TOKEN": DASH_TOKEN}),
+        (["--token", DASH_TOKEN], {"BATCHSTASH_TOKEN": "another"}),  # the option wins
+    ],
+    ids=["separate", "joined", "env", "option-over-env"],
+)
+def test_a_token_starting_with_a_dash_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str]
+) -> None:
+    server = FakeServer(
+        {"train": range(2), "test": range(1)}, rows=16, token=DASH_TOKEN, read_token=True
+    )
+    tokens: list[str | None] = []
+
+    def client(url: str, token: str | None = None, **kwargs: Any) -> Any:
+        tokens.append(token)
+        return make_client(server, token=token, **kwargs)
+
+    monkeypatch.setattr(demo, "BatchClient", client)
+    monkeypatch.delenv("BATCHSTASH_TOKEN", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert demo.main(["--url", URL, *argv, "--epochs", "1", "--device", "cpu"]) == 0
+    assert tokens == [DASH_TOKEN]
+    assert server.requests and all(
+        r.headers["Authorization"] == f"Bearer {DASH_TOKEN}" for r in server.requests
+    )
+
+
+def test_a_wrong_token_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = FakeServer({"train": range(2)}, rows=16, token=DASH_TOKEN, read_token=True)
+    monkeypatch.setattr(
+        demo, "BatchClient", lambda url, token=None, **kw: make_client(server, token=token, **kw)
+    )
+    assert demo.main(["--url", URL, "--token", DASH_TOKEN[1:], "--epochs", "1"]) == 1
+    assert "AuthError" in capsys.readouterr().err
+
+
 def test_main_reports_errors(fake: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
     fake.primed = False
     fake.states = ["failed"]
