@@ -170,6 +170,7 @@ def measure(
     stores: dict[str, tuple[Path, dict[str, Any]]],
     prefetch: dict[str, int],
     seconds: float,
+    loss: bool = True,
 ) -> dict[str, Any]:
     """Every link's raw stream, large and small reads and trainer wait; the delayed link's window.
 
@@ -178,6 +179,7 @@ def measure(
         stores: ``large`` and ``small``: a primed store directory and its factory options.
         prefetch: ``iter_batches`` prefetch of each store.
         seconds: each run's length.
+        loss: measure the lossy links too.
     """
     reason = unavailable()
     if reason is not None:
@@ -188,6 +190,8 @@ def measure(
     out: dict[str, Any] = {"links": {}}
     try:
         for name, options in LINKS.items():
+            if "--loss" in options and not loss:
+                continue
             lab.shape("client", options)
             runs: dict[str, Any] = {"raw": _raw(lab, seconds)}
             for size in ("large", "small"):
