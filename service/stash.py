@@ -39,6 +39,7 @@ from .prime.run import ProgressCallback, prime_store
 from .prime.work import Recipe
 from .store import layout
 from .store.backend import open_backend
+from .store.codec import check_codec
 from .store.lease import JobLease, JobState
 from .store.reader import StoreReader
 from .store.records import Plan, read_record
@@ -70,6 +71,9 @@ class BatchStash:
             inline).
         ray_address: with ``executor="ray"``: ``""`` starts a local Ray, ``auto`` or
             ``ray://host:port`` joins a cluster.
+        compression: how :meth:`prime` stores batch objects: ``"none"``, ``"zstd"`` or
+            ``"auto"`` (zstd for the attribute groups it pays for); the ``zstd`` extra.
+        compression_level: the zstd level.
     """
 
     def __init__(
@@ -90,7 +94,10 @@ class BatchStash:
         model_torch_config: TorchConfig | None = None,
         executor: str = "process",
         ray_address: str = "",
+        compression: str = "none",
+        compression_level: int = 3,
     ) -> None:
+        check_codec(compression, compression_level)
         if batch_size < 1 or workers < 0 or chunk_size < 0 or batch_limit < 1:
             raise BatchError("batch_size and batch_limit must be >= 1, workers and chunk_size >= 0")
         self.path = str(path)
@@ -101,6 +108,7 @@ class BatchStash:
         self.chunk_size = chunk_size
         self.executor = executor
         self.ray_address = ray_address
+        self.compression, self.compression_level = compression, compression_level
         self.model_torch_config = model_torch_config or TorchConfig()
         for split in split_stash_container.split_names:
             layout.safe_name(split, "split")
@@ -348,6 +356,8 @@ class BatchStash:
             executor=self.executor,
             workers=self.workers,
             chunk_size=self.chunk_size,
+            compression=self.compression,
+            compression_level=self.compression_level,
             address=self.ray_address,
         )
 

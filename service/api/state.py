@@ -60,6 +60,8 @@ def prime_inputs(settings: Settings) -> PrimeInputs:
         executor=settings.executor,
         workers=settings.workers,
         chunk_size=settings.chunk_size,
+        compression=settings.compression,
+        compression_level=settings.compression_level,
         address=settings.ray_address,
         keep_s=WARM_WORKERS_S,
     )

@@ -29,6 +29,9 @@ class PrimeInputs:
         recipe: how workers rebuild the dataset (``None``: only the inline executor can prime).
         decoded_attributes: the attributes the store serves by default (``None``: all).
         chunk_size: id sets per task (``0``: automatic).
+        compression: how batch objects are stored: ``none``, ``zstd`` or ``auto`` (see
+            :mod:`~batchstash.service.store.codec`).
+        compression_level: the zstd level.
     """
 
     encoder: Encoder
@@ -37,6 +40,8 @@ class PrimeInputs:
     recipe: Recipe | None = None
     decoded_attributes: frozenset[str] | None = None
     chunk_size: int = 0
+    compression: str = "none"
+    compression_level: int = 3
 
     @classmethod
     def of(
@@ -47,6 +52,8 @@ class PrimeInputs:
         executor: str = "process",
         workers: int = 0,
         chunk_size: int = 0,
+        compression: str = "none",
+        compression_level: int = 3,
         **executor_options: Any,
     ) -> PrimeInputs:
         """What priming takes from a built dataset, with the executor named.
@@ -57,6 +64,8 @@ class PrimeInputs:
             executor: a key of :data:`~.executors.EXECUTORS`.
             workers: its workers (``0``: inline).
             chunk_size: id sets per task (``0``: automatic).
+            compression: ``none``, ``zstd`` or ``auto``.
+            compression_level: the zstd level.
             **executor_options: the executor's own options, by name (see
                 :func:`~.executors.make_executor`).
         """
@@ -68,6 +77,8 @@ class PrimeInputs:
             recipe,
             None if decoded is None else frozenset(decoded),
             chunk_size,
+            compression,
+            compression_level,
         )
 
     @classmethod

@@ -99,6 +99,7 @@ def ensure_plan(
         split_totals(id_sets),
         encoder.batch_metadata.to_dict(),
         decoded,
+        info.compression if isinstance(info, StoreInfo) else None,  # the prime decides it
     )
     if info != wanted:
         write_record(backend, wanted)

@@ -15,6 +15,7 @@ from ..store.demand import Demand
 from ..store.lease import JobLease, JobState, LeaseLostError
 from ..store.records import Manifest, write_record
 from ..store.writer import BatchWriter
+from .compression import group_codecs
 from .inputs import PrimeInputs
 from .plan import ensure_plan
 from .schedule import WorkQueue
@@ -156,7 +157,10 @@ def _prime(
         logger.info("removed %d temporary files of interrupted writes", swept)
     id_sets, info = ensure_plan(backend, encoder, inputs.decoded_attributes)
     lease.heartbeat(generation=info.generation)
-    writer = BatchWriter(backend, encoder.groups, info.fingerprint, info.generation)
+    info, codecs = group_codecs(
+        backend, encoder, info, id_sets, inputs.compression, inputs.compression_level
+    )
+    writer = BatchWriter(backend, encoder.groups, info.fingerprint, info.generation, codecs)
     for generation in _other_generations(backend, info.generation):
         backend.delete_prefix(layout.generation_prefix(generation))
     todo, stored_bytes = [], 0
@@ -202,6 +206,7 @@ def _prime(
             tuple(tuple(sorted(g)) for g in encoder.groups),
             # workers rebuild the data: they check it is this one (inline encoding uses it)
             encoder.split_stash_container.version() if executor.workers else "",
+            tuple(sorted(codecs.items())),
         )
         size = inputs.chunk_size or auto_chunk_size(len(todo), executor.workers)
         queue = WorkQueue(todo, size, demand, ramp=executor.workers)
