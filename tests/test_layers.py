@@ -49,8 +49,8 @@ ALLOWED = {
 # where a layer may use only some modules of another one, the rest being that layer's inside:
 # the api serves from the store's reader and runs the prime job. It also names the backend
 # interface (opening a store by URL, the sendable objects the reader returns), the records and
-# the compressed objects (store.codec) the reader returns, never a backend; it is given what a prime needs (prime.inputs, built
-# from the dataset factory), never the stash.
+# the compressed objects (store.codec) the reader returns, never a backend; it is given what a
+# prime needs (prime.inputs, built from the dataset factory), never the stash.
 ONLY = {
     "service.api": {
         "service.store": {
