@@ -271,3 +271,25 @@ def test_raw_frames_are_zstd_frames_any_decoder_reads(size: int) -> None:
     frame = raw_frame(data)
     assert zstandard.frame_content_size(frame) == size
     assert zstandard.ZstdDecompressor().decompress(frame) == data
+
+
+def test_an_s3_store_compressed_is_served_both_ways_cold_and_from_the_cache(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    from batchstash.service.examples import text
+
+    url = s3_bucket + "/zstd"
+    text(path=url, compression="zstd", groups=ONE_GROUP["groups"]).prime()
+    settings = build_settings(data_dir=url, role="serve", cache_dir=str(tmp_path / "cache"))
+    with TestClient(create_app(settings)) as client:
+        passes = []
+        for _ in range(2):  # cold from S3, then warm from the local cache
+            zstd = [client.get(f"/v1/splits/train/batches/{i}", headers=ZSTD) for i in range(4)]
+            raw = [client.get(f"/v1/splits/train/batches/{i}", headers=PLAIN) for i in range(4)]
+            assert all(r.headers["content-encoding"] == "zstd" for r in zstd)
+            assert all("content-encoding" not in r.headers for r in raw)
+            assert [unzstd(z.content) for z in zstd] == [r.content for r in raw]
+            passes.append([r.content for r in raw])
+        assert client.app.state.batchstash.reader.cache.hits >= 8
+    assert passes[0] == passes[1]
+    assert [wire.decode(bytearray(b)).batch_id for b in passes[0]] == [0, 1, 2, 3]
