@@ -56,6 +56,9 @@ class Settings(BaseSettings):
             ``compression_level``) or ``auto`` (zstd for the attribute groups a sample batch
             shrinks by 1.2 x or more); served compressed to clients that accept zstd.
         compression_level: the zstd level (-7 .. 22; 3 by default).
+        prime_verify: every prime reads and verifies every stored object before it encodes
+            (off: it trusts a listing of the store checked against the sizes and versions
+            recorded when the objects were written, and reads only objects changed since).
         prime_on_start: start priming in the background when the server starts.
         retry_after_s: the ``Retry-After`` given with a batch that is not encoded yet.
         log_level: the log level (``critical``, ``error``, ``warning``, ``info``, ``debug``).
@@ -100,6 +103,7 @@ class Settings(BaseSettings):
     chunk_size: int = Field(0, ge=0)
     compression: Literal["none", "zstd", "auto"] = "none"
     compression_level: int = Field(3, ge=-7, le=22)
+    prime_verify: bool = False
     prime_on_start: bool = False
     retry_after_s: int = Field(2, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"

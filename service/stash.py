@@ -314,14 +314,19 @@ class BatchStash:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         lease: JobLease | None = None,
+        verify: bool = False,
     ) -> int:
         """Encode and store every batch not stored yet; batches already stored and valid are kept.
+
+        Which are stored is read from a listing of the store checked against the sizes and
+        versions recorded when they were written (objects changed since are read and verified).
 
         Args:
             progress: called as ``progress(split, done, total)`` after each stored batch (and once
                 per split at the start with the batches found already stored).
             cancel: set it from another thread to stop; raises :class:`PrimeCancelledError`.
             lease: the store's job lease, when the caller took it (else taken here).
+            verify: read and verify every stored object first (re-encoding those that fail).
 
         Returns:
             The number of batches encoded by this call.
@@ -337,7 +342,7 @@ class BatchStash:
             raise ConflictError("a prime is already running")
         try:
             return prime_store(
-                self.prime_inputs(),
+                self.prime_inputs(verify=verify),
                 lease=lease,
                 progress=progress,
                 cancel=cancel,
@@ -347,7 +352,7 @@ class BatchStash:
             self.reader.refresh()  # this process wrote the records: read them again
             self._priming.release()
 
-    def prime_inputs(self) -> PrimeInputs:
+    def prime_inputs(self, verify: bool = False) -> PrimeInputs:
         """What :meth:`prime` primes with: this stash's encoder, store and executor settings."""
         recipe = None if self.factory is None else Recipe(self.factory, self.factory_kwargs)
         return PrimeInputs.of(
@@ -358,6 +363,7 @@ class BatchStash:
             chunk_size=self.chunk_size,
             compression=self.compression,
             compression_level=self.compression_level,
+            verify=verify,
             address=self.ray_address,
         )
 

@@ -62,6 +62,7 @@ def prime_inputs(settings: Settings) -> PrimeInputs:
         chunk_size=settings.chunk_size,
         compression=settings.compression,
         compression_level=settings.compression_level,
+        verify=settings.prime_verify,
         address=settings.ray_address,
         keep_s=WARM_WORKERS_S,
     )

@@ -32,6 +32,8 @@ class PrimeInputs:
         compression: how batch objects are stored: ``none``, ``zstd`` or ``auto`` (see
             :mod:`~batchstash.service.store.codec`).
         compression_level: the zstd level.
+        verify: read and verify every stored object at the start, instead of trusting a
+            listing checked against the ledger (see :mod:`.resume`).
     """
 
     encoder: Encoder
@@ -42,6 +44,7 @@ class PrimeInputs:
     chunk_size: int = 0
     compression: str = "none"
     compression_level: int = 3
+    verify: bool = False
 
     @classmethod
     def of(
@@ -54,6 +57,7 @@ class PrimeInputs:
         chunk_size: int = 0,
         compression: str = "none",
         compression_level: int = 3,
+        verify: bool = False,
         **executor_options: Any,
     ) -> PrimeInputs:
         """What priming takes from a built dataset, with the executor named.
@@ -66,6 +70,7 @@ class PrimeInputs:
             chunk_size: id sets per task (``0``: automatic).
             compression: ``none``, ``zstd`` or ``auto``.
             compression_level: the zstd level.
+            verify: read every stored object at the start (see :mod:`.resume`).
             **executor_options: the executor's own options, by name (see
                 :func:`~.executors.make_executor`).
         """
@@ -79,6 +84,7 @@ class PrimeInputs:
             chunk_size,
             compression,
             compression_level,
+            verify,
         )
 
     @classmethod
