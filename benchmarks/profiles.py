@@ -35,6 +35,9 @@ class Profile:
         reference_points: data points of the reference-shaped priming workload (64 floats and
             a label each, batches of 256).
         reference_repeats: interleaved runs of its prime and of its baseline (medians).
+        compression_batches: batches of each store of the compression section (a Zipf token
+            store of 256 KiB batches and a 1 MiB float store, each primed three ways).
+        compression_link: run the compression section's link part (root and netlab only).
     """
 
     name: str
@@ -58,6 +61,8 @@ class Profile:
     parquet_dims: int = 2048
     reference_points: int = 100_000
     reference_repeats: int = 3
+    compression_batches: int = 300
+    compression_link: bool = True
 
 
 PROFILES = {
@@ -80,5 +85,7 @@ PROFILES = {
         parquet_rows=3000,
         parquet_dims=64,
         reference_points=2560,
+        compression_batches=12,
+        compression_link=False,
     ),
 }
