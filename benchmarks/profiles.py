@@ -35,8 +35,8 @@ class Profile:
         reference_points: data points of the reference-shaped priming workload (64 floats and
             a label each, batches of 256).
         reference_repeats: interleaved runs of its prime and of its baseline (medians).
-        compression_batches: batches of each store of the compression section (a Zipf token
-            store of 256 KiB batches and a 1 MiB float store, each primed three ways).
+        compression_batches: 1 MiB float batches of the compression section's float stores
+            (its Zipf token stores hold 4 x as many 256 KiB batches), each primed three ways.
         compression_link: run the compression section's link part (root and netlab only).
     """
 
@@ -61,7 +61,7 @@ class Profile:
     parquet_dims: int = 2048
     reference_points: int = 100_000
     reference_repeats: int = 3
-    compression_batches: int = 300
+    compression_batches: int = 400
     compression_link: bool = True
 
 

@@ -293,3 +293,13 @@ def test_an_s3_store_compressed_is_served_both_ways_cold_and_from_the_cache(
         assert client.app.state.batchstash.reader.cache.hits >= 8
     assert passes[0] == passes[1]
     assert [wire.decode(bytearray(b)).batch_id for b in passes[0]] == [0, 1, 2, 3]
+
+
+def test_the_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHSTASH_COMPRESSION", "ZSTD")
+    monkeypatch.setenv("BATCHSTASH_COMPRESSION_LEVEL", "9")
+    settings = build_settings()
+    assert (settings.compression, settings.compression_level) == ("zstd", 9)
+    monkeypatch.setenv("BATCHSTASH_COMPRESSION", "brotli")
+    with pytest.raises(ValueError, match="compression"):
+        build_settings()
