@@ -27,7 +27,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,8 @@ LINKS = {"tokens": "1gbit", "floats": "10gbit"}
 """The link each dataset is read over, and the codec set against ``none`` there."""
 AGAINST = {"tokens": "zstd", "floats": "auto"}
 GB = 1e9
-REPEATS = 3
-"""Reads of each store; the median one is reported."""
+REPEATS = 5
+"""Reads of each store, taking turns with the other codecs; the median one is reported."""
 
 MAPPINGS = BatchFeatureMapping(
     "label",
@@ -126,7 +127,7 @@ def _build(kind: str, path: Path, batches: int, codec: str) -> None:
 
 
 def _serve(
-    path: Path, host: str, port: int, log: Path, prefix: list[str]
+    path: Path, host: str, ports: tuple[int, int], log: Path, prefix: list[str]
 ) -> subprocess.Popen[bytes]:
     argv = [
         *prefix,
@@ -137,17 +138,55 @@ def _serve(
         "--host",
         host,
         "--port",
-        str(port),
+        str(ports[0]),
         "--data-dir",
         str(path),
     ]
     env = child_env(
         BATCHSTASH_ROLE="serve",
         BATCHSTASH_LOG_LEVEL="warning",
-        BATCHSTASH_DATA_PORT=str(port + 1),
+        BATCHSTASH_DATA_PORT=str(ports[1]),
     )
     with log.open("ab") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+
+@contextmanager
+def _servers(
+    stores: dict[str, Path], host: str, log: Path, prefix: list[str]
+) -> Iterator[dict[str, str]]:
+    """A server for each store (``role=serve``), their URLs by codec; stopped after."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    urls: dict[str, str] = {}
+    taken: set[int] = set()
+    try:
+        for codec, path in stores.items():
+            ports = []
+            while len(ports) < 2:
+                if (port := free_port()) not in taken:
+                    taken.add(port)
+                    ports.append(port)
+            urls[codec] = f"http://{host}:{ports[0]}"
+            procs[codec] = _serve(path, host, (ports[0], ports[1]), log, prefix)
+        for codec, url in urls.items():
+            _ready(url, procs[codec])
+        yield urls
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            proc.wait(timeout=30)
+
+
+def _interleaved(
+    urls: dict[str, str], read: Callable[[str], dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """:data:`REPEATS` reads of each URL, taking turns (a busy moment hits them alike)."""
+    reads: dict[str, list[dict[str, Any]]] = {codec: [] for codec in urls}
+    for _ in range(REPEATS):
+        for codec, url in urls.items():
+            reads[codec].append(read(url))
+    return {codec: _median(runs) for codec, runs in reads.items()}
 
 
 def _ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -192,19 +231,12 @@ def read_all(
         }
 
 
-def _loopback(path: Path, log: Path) -> dict[str, Any]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = _serve(path, "127.0.0.1", port, log, [])
-    try:
-        _ready(url, proc)
-        before: list[float] = []
-        run = read_all(url, started=lambda: before.append(served(url)))
-        run["wire_bytes"] = served(url) - before[0]
-        return _median([run, *(read_all(url) for _ in range(REPEATS - 1))], run)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+def _read_counted(url: str) -> dict[str, Any]:
+    """:func:`read_all`, with the bytes the server sent for it (its ``bytes_served``)."""
+    before: list[float] = []
+    run = read_all(url, started=lambda: before.append(served(url)))
+    run["wire_bytes"] = served(url) - before[0]
+    return run
 
 
 def _lab(*args: str, check: bool = True) -> str:
@@ -225,10 +257,10 @@ def link_skip() -> str | None:
     return None
 
 
-def _median(runs: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
-    """The run of median duration (``extra``'s keys kept), with every duration."""
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median duration, with every run's duration."""
     middle = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
-    return {**extra, **middle, "all_seconds": [r["seconds"] for r in runs]}
+    return {**middle, "all_seconds": [r["seconds"] for r in runs]}
 
 
 def _over_link(stores: dict[str, Path], rate: str, log: Path) -> dict[str, Any]:
@@ -236,31 +268,22 @@ def _over_link(stores: dict[str, Path], rate: str, log: Path) -> dict[str, Any]:
     lab = f"bz{os.getpid() % 100000}"
     out = _lab("create", lab, "srv", "cli", "--host-access")
     hosts = dict(re.findall(r"(srv|cli)\s+(10\.77\.\d+\.\d+)", out))
-    results: dict[str, Any] = {}
     try:
         _lab("shape", lab, "cli", "--rate", rate)
-        for codec, path in stores.items():
-            port = free_port()
-            url = f"http://{hosts['srv']}:{port}"
-            prefix = ["bash", str(NETLAB), "exec", lab, "srv"]
-            proc = _serve(path, hosts["srv"], port, log, prefix)
-            try:
-                _ready(url, proc)
-                code = (
-                    "import json; from benchmarks.compression import read_all; "
-                    f"print(json.dumps(read_all({url!r})))"
-                )
-                reads = []
-                for _ in range(REPEATS):
-                    text = _lab("exec", lab, "cli", sys.executable, "-c", code)
-                    reads.append(json.loads(text.strip().splitlines()[-1]))
-                results[codec] = _median(reads, {})
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
+        prefix = ["bash", str(NETLAB), "exec", lab, "srv"]
+
+        def across(url: str) -> dict[str, Any]:
+            code = (
+                "import json; from benchmarks.compression import read_all; "
+                f"print(json.dumps(read_all({url!r})))"
+            )
+            text = _lab("exec", lab, "cli", sys.executable, "-c", code)
+            return dict(json.loads(text.strip().splitlines()[-1]))
+
+        with _servers(stores, hosts["srv"], log, prefix) as urls:
+            return _interleaved(urls, across)
     finally:
         _lab("destroy", lab, check=False)
-    return results
 
 
 def measure(work: Path, batches: int, link: bool = True) -> dict[str, Any]:
@@ -270,13 +293,12 @@ def measure(work: Path, batches: int, link: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {"batches": batches}
     stores: dict[str, dict[str, Path]] = {}
     for kind in ("tokens", "floats"):
-        stores[kind] = {}
-        runs: dict[str, Any] = {}
-        for codec in CODECS:
-            path = work / f"{kind}-{codec}"
+        stores[kind] = {codec: work / f"{kind}-{codec}" for codec in CODECS}
+        for codec, path in stores[kind].items():
             _build(kind, path, batches, codec)
-            stores[kind][codec] = path
-            runs[codec] = _loopback(path, log)
+        with _servers(stores[kind], "127.0.0.1", log, []) as urls:
+            runs = _interleaved(urls, _read_counted)
+        for codec, path in stores[kind].items():
             info = json.loads((path / "store.json").read_text())
             runs[codec]["codecs"] = (info.get("compression") or {}).get("groups")
         decoded = runs["none"]["wire_bytes"]  # the same batches, uncompressed
