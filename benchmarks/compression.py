@@ -33,30 +33,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 from batchstash.client import (
     BatchClient,
-    BatchFeatureMapping,
-    FieldFeatureMapping,
-    ManagerFeatureMapping,
-)
-from batchstash.service import (
-    BatchStash,
-    CategoryEncodableFeatureVectorizer,
-    FeatureVectorizerManager,
-    MemorySplitStashContainer,
-    TensorFeatureVectorizer,
 )
 
+from .netlab import NETLAB, lab, link_skip
 from .servers import child_env, free_port
 from .synthetic import factory as float_stash
 from .table import Row, div, fmt, times
+from .tokens import tokens_stash
 
-__all__ = ["CODECS", "measure", "rows", "targets", "tokens_stash"]
+__all__ = ["CODECS", "measure", "read_all", "rows", "targets"]
 
 CODECS = ("none", "zstd", "auto")
-NETLAB = Path(__file__).resolve().parents[2] / "shared" / "tools" / "netlab.sh"
 REPO = Path(__file__).resolve().parents[1]
 LINKS = {"tokens": "1gbit", "floats": "10gbit"}
 """The link each dataset is read over, and the codec set against ``none`` there."""
@@ -64,59 +54,6 @@ AGAINST = {"tokens": "zstd", "floats": "auto"}
 GB = 1e9
 REPEATS = 5
 """Reads of each store, taking turns with the other codecs; the median one is reported."""
-
-MAPPINGS = BatchFeatureMapping(
-    "label",
-    [
-        ManagerFeatureMapping(
-            "tokens",
-            (
-                FieldFeatureMapping("label", "tlabel", is_label=True),
-                FieldFeatureMapping("tokens", "tids"),
-            ),
-        )
-    ],
-)
-
-
-def _zipf_tokens(n: int, seq: int, vocab: int, seed: int) -> np.ndarray:
-    """``n`` rows of ``seq`` token ids: Zipf ranks (s = 1.1) mapped to shuffled ids."""
-    gen = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, vocab + 1) ** 1.1
-    ranks = gen.choice(vocab, size=(n, seq), p=weights / weights.sum())
-    return gen.permutation(vocab)[ranks].astype(np.int64)
-
-
-def tokens_stash(
-    path: str,
-    batches: int = 200,
-    rows: int = 64,
-    seq: int = 512,
-    vocab: int = 32000,
-    seed: int = 0,
-    **kwargs: Any,
-) -> BatchStash:
-    """The Zipf token dataset, one stored object a batch (``kwargs``: ``compression``...)."""
-    tokens = _zipf_tokens(rows * batches, seq, vocab, seed)
-    records = {i: {"tokens": tokens[i], "label": f"c{i % 10}"} for i in range(len(tokens))}
-    manager = FeatureVectorizerManager(
-        "tokens",
-        [
-            CategoryEncodableFeatureVectorizer(
-                "tlabel", categories=tuple(f"c{i}" for i in range(10))
-            ),
-            TensorFeatureVectorizer("tids", shape=(seq,), dtype="int64"),
-        ],
-    )
-    return BatchStash(
-        path,
-        MemorySplitStashContainer(records, {"train": list(records)}),
-        [manager],
-        MAPPINGS,
-        batch_size=rows,
-        groups=[{"tokens", "label"}],
-        **kwargs,
-    )
 
 
 def _build(kind: str, path: Path, batches: int, codec: str) -> None:
@@ -239,24 +176,6 @@ def _read_counted(url: str) -> dict[str, Any]:
     return run
 
 
-def _lab(*args: str, check: bool = True) -> str:
-    done = subprocess.run(
-        ["bash", str(NETLAB), *args], capture_output=True, text=True, timeout=120, cwd=REPO
-    )
-    if check and done.returncode != 0:
-        raise RuntimeError(f"netlab {args[0]}: {done.stderr.strip()[-300:]}")
-    return done.stdout
-
-
-def link_skip() -> str | None:
-    """Why the link runs cannot happen here (``None``: they can)."""
-    if os.geteuid() != 0:
-        return "skipped: the link runs need root (network namespaces)"
-    if not NETLAB.exists():
-        return f"skipped: no {NETLAB}"
-    return None
-
-
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run of median duration, with every run's duration."""
     middle = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
@@ -265,25 +184,25 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _over_link(stores: dict[str, Path], rate: str, log: Path) -> dict[str, Any]:
     """Batches/s of each store read across a link of ``rate``, the server behind it."""
-    lab = f"bz{os.getpid() % 100000}"
-    out = _lab("create", lab, "srv", "cli", "--host-access")
+    name = f"bz{os.getpid() % 100000}"
+    out = lab("create", name, "srv", "cli", "--host-access")
     hosts = dict(re.findall(r"(srv|cli)\s+(10\.77\.\d+\.\d+)", out))
     try:
-        _lab("shape", lab, "cli", "--rate", rate)
-        prefix = ["bash", str(NETLAB), "exec", lab, "srv"]
+        lab("shape", name, "cli", "--rate", rate)
+        prefix = ["bash", str(NETLAB), "exec", name, "srv"]
 
         def across(url: str) -> dict[str, Any]:
             code = (
                 "import json; from benchmarks.compression import read_all; "
                 f"print(json.dumps(read_all({url!r})))"
             )
-            text = _lab("exec", lab, "cli", sys.executable, "-c", code)
+            text = lab("exec", name, "cli", sys.executable, "-c", code)
             return dict(json.loads(text.strip().splitlines()[-1]))
 
         with _servers(stores, hosts["srv"], log, prefix) as urls:
             return _interleaved(urls, across)
     finally:
-        _lab("destroy", lab, check=False)
+        lab("destroy", name, check=False)
 
 
 def measure(work: Path, batches: int, link: bool = True) -> dict[str, Any]:

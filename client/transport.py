@@ -67,11 +67,17 @@ def body_buffer(response: httpx.Response) -> bytearray | memoryview:
     """The response body as a writable buffer: the transport's own when it has one (no copy).
 
     Takes the buffer out of the response (and closes it), so call it once per response.
+
+    Raises:
+        PayloadError: an encoded body that does not decode.
     """
     buffer = response.extensions.pop(BUFFER_EXTENSION, None)
     encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
     if buffer is None or encoded:
-        return bytearray(response.read())
+        try:  # a caller's transport: httpx decodes the Content-Encoding
+            return bytearray(response.read())
+        except httpx.DecodingError as exc:
+            raise PayloadError(f"the response body cannot be decoded: {exc}") from None
     # the caller owns the buffer now: the response must not keep it alive through its cycle
     response.close()
     return memoryview(buffer)

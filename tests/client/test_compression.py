@@ -139,9 +139,9 @@ def test_a_damaged_zstd_body_is_an_error_never_a_batch(kind: str) -> None:
     server = Zstd(FakeServer({"train": range(4)}, rows=64), damage=40)
     client, sock = client_of(server, kind)
     try:
-        with pytest.raises((PayloadError, ChecksumError, httpx.DecodingError)):
+        with pytest.raises((PayloadError, ChecksumError)):
             client.batch("train", 1)
-        with pytest.raises((PayloadError, ChecksumError, httpx.DecodingError)):
+        with pytest.raises((PayloadError, ChecksumError)):
             client.batches("train", [0, 1])
     finally:
         client.close()
