@@ -64,6 +64,7 @@ class RayExecutor(Executor):
         self.address = address
         self._connected = False  # this executor called ray.init (else a caller's Ray is used)
         self._local: dict[int, int] = {}  # every process of the local Ray seen (pid -> start)
+        self._release = threading.Event()  # lets the thread that started Ray end
 
     def _connect(self, ray: Any) -> None:
         if ray.is_initialized():
@@ -87,12 +88,39 @@ class RayExecutor(Executor):
             options["num_cpus"] = self.workers
         logger.info("connecting to Ray (%s)", self.address or f"local, {self.workers} CPUs")
         before = process_tree(os.getpid(), include_root=False)
-        ray.init(**options)
+        self._init_in_own_thread(ray, options)
         self._connected = True
         if not self.address:  # a local Ray: the processes ray.init started are this one's
             after = process_tree(os.getpid(), include_root=False)
             self._local = {pid: t for pid, t in after.items() if before.get(pid) != t}
             self._remember()
+
+    def _init_in_own_thread(self, ray: Any, options: dict[str, Any]) -> None:
+        """``ray.init`` in a thread that lives until :meth:`close`.
+
+        Ray starts its local daemons (GCS, raylet) with ``PR_SET_PDEATHSIG``, which Linux fires
+        when the *thread* that started them exits: initialized from a prime's thread, the local
+        Ray was killed as that prime ended (its agents and workers orphaned, running on) and
+        the next prime hung until the driver gave up on the GCS and exited the process.
+        """
+        started = threading.Event()
+        failed: list[BaseException] = []
+        self._release.clear()
+
+        def own() -> None:
+            try:
+                ray.init(**options)
+            except BaseException as exc:  # raised in the caller's thread below
+                failed.append(exc)
+                return
+            finally:
+                started.set()
+            self._release.wait()
+
+        threading.Thread(target=own, name="batchstash-ray", daemon=True).start()
+        started.wait()
+        if failed:
+            raise failed[0]
 
     def _remember(self) -> None:
         """Add the processes the local Ray's processes started since (agents, workers).
@@ -121,7 +149,10 @@ class RayExecutor(Executor):
         tree = {pid: t for pid, t in self._local.items() if start_time(pid) == t}
         self._local = {}
         watch(tree, grace_s=SHUTDOWN_GRACE_S)  # the driver may not survive ray.shutdown
-        ray.shutdown()
+        try:
+            ray.shutdown()
+        finally:
+            self._release.set()  # only now may the thread that started Ray end
         if tree:
             end_processes(tree, grace_s=SHUTDOWN_GRACE_S, what="Ray processes")
 
