@@ -73,3 +73,32 @@ def test_stopping_a_ray_server_stops_every_ray_process(
     finally:
         for pid in _alive(tree):  # only processes the server this test started made
             os.kill(pid, signal.SIGKILL)
+
+
+def _prime(server: Server) -> dict[str, object]:
+    response = httpx.post(f"{server.url}/v1/admin/prime", headers=server.admin(), timeout=10)
+    assert response.status_code == 202, response.text
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{server.url}/v1/admin/status", headers=server.admin()).json()
+        if state["state"] != "running":
+            return dict(state)
+        time.sleep(0.3)
+    raise AssertionError("the prime did not end in 180 s")
+
+
+def test_the_servers_ray_outlives_a_prime_and_runs_the_next(serve: Callable[..., Server]) -> None:
+    pytest.importorskip("ray")
+    env = {
+        "BATCHSTASH_DATASET": "benchmarks.synthetic:factory",
+        "BATCHSTASH_DATASET_OPTIONS": '{"batches": 12, "rows": 64, "dims": 512}',
+    }
+    server = serve("--executor", "ray", "--workers", "1", env=env)
+    assert _prime(server)["state"] == "done"
+    time.sleep(1)
+    ray = process_tree(server.process.pid, include_root=False)
+    assert len(_alive(ray)) >= 3  # the prime's thread ended, its Ray did not
+    response = httpx.post(f"{server.url}/v1/admin/clear", headers=server.admin(), timeout=30)
+    assert response.status_code == 200, response.text
+    assert _prime(server)["state"] == "done"  # on the same Ray
+    assert set(_alive(ray)) == set(ray)
