@@ -303,3 +303,28 @@ def test_the_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("BATCHSTASH_COMPRESSION", "brotli")
     with pytest.raises(ValueError, match="compression"):
         build_settings()
+
+
+def test_a_verified_compressed_file_is_held_open_unread_for_sendfile(
+    tmp_path: Path, api: TestClient
+) -> None:
+    from batchstash.service.store.backend import Sendable
+    from batchstash.service.store.codec import Compressed
+
+    state = api.app.state.batchstash  # type: ignore[attr-defined]
+    reader = state.reader
+    stored = stored_object(tmp_path / "data", "train", 3, "label+lengths+tokens").read_bytes()
+    (first,) = reader.payloads("train", [3], None, files=True, compressed=True)
+    assert isinstance(first[0], Compressed) and not isinstance(first[0].stored, Sendable)
+    (again,) = reader.payloads("train", [3], None, files=True, compressed=True)
+    whole = again[0]
+    assert isinstance(whole, Compressed) and isinstance(whole.stored, Sendable)
+    assert whole.wire_size == len(stored) and whole.size > len(stored)
+    whole.close()
+    with DataListener(state, "127.0.0.1", 0, sendfile=True) as listener:
+        with httpx.Client(base_url=f"http://127.0.0.1:{listener.port}", timeout=10) as http:
+            for _ in range(2):
+                _, headers, body = get_raw(http, "/v1/splits/train/batches/3", ZSTD)
+                assert headers["content-encoding"] == "zstd" and body == stored
+            _, headers, plain = get_raw(http, "/v1/splits/train/batches/3", PLAIN)
+    assert "content-encoding" not in headers and unzstd(stored) == plain
