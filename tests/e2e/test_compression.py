@@ -124,3 +124,21 @@ def test_curl_gets_a_plain_payload_and_with_compressed_the_same(
         check=True,
     )
     assert asked.stdout[:4] == b"\x28\xb5\x2f\xfd" and len(asked.stdout) < len(body)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "threaded"])
+def test_compressed_batches_reach_the_gpu_intact(
+    servers: tuple[Server, Server], pipelined: bool
+) -> None:
+    zstd, plain = servers
+    expected = epoch(plain.url, pipelined)
+    with BatchClient(zstd.url, token=TOKEN) as client:
+        iterator = client.iter_batches(
+            "train", prefetch=6, shuffle=False, pipelined=pipelined, device="cuda"
+        )
+        for batch in iterator:
+            for name, tensor in expected[batch.id].items():
+                assert batch[name].device.type == "cuda"
+                assert torch.equal(batch[name].cpu(), tensor)
