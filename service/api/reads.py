@@ -1,8 +1,10 @@
-"""What both read paths share: query parsing, ETags and the frames of a multi-batch response.
+"""What both read paths share: query parsing, ETags, bodies and their ``Content-Encoding``.
 
 The FastAPI routes (:mod:`.routes.batches`) and the data listener (:mod:`.datapath`) answer the
-same URLs with the same bytes, headers and errors; this module is the one place that says how.
-Nothing here does I/O beyond the store reader.
+same URLs with the same bytes, headers and errors; this module is the one place that says how:
+the frames of a multi-batch response, and whether a body goes out as its zstd-compressed stored
+objects (to a client whose ``Accept-Encoding`` names ``zstd``) or decompressed
+(:func:`encode_body`). Nothing here does I/O beyond the store reader.
 """
 
 from __future__ import annotations
