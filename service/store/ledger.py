@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Iterable
 
 from .backend import NoSuchKey, StoreBackend
-from .layout import generation_prefix
 
 __all__ = ["FLUSH_S", "LEDGER", "Ledger", "ledger_prefix"]
 
@@ -115,10 +114,12 @@ class Ledger:
         if not pending and not compact:
             return 0
         self.backend.sync()  # durable before a part claims them
-        listed = {
-            key: (size, version)
-            for key, size, version in self.backend.list_versions(generation_prefix(self.generation))
-        }
+        listed: dict[str, Entry] = {}
+        # the pending objects' directories only (a batch's few objects): linear in the objects
+        # written, where listing the whole generation at every part would not be
+        for prefix in sorted({key.rsplit("/", 1)[0] + "/" for key in pending}):
+            for key, size, version in self.backend.list_versions(prefix):
+                listed[key] = (size, version)
         new = {key: listed[key] for key in pending if key in listed}
         self.entries.update(new)
         if not new and not compact:
