@@ -67,6 +67,14 @@ def group_codecs(
                 ", ".join(f"{name} {codec}" for name, codec in sorted(codecs.items())),
                 extra={"codecs": codecs},
             )
+    if compression != "none" and len(names) > 1:
+        logger.warning(
+            "compression=%s with %d attribute groups: a batch read whole is composed from "
+            "several objects and sent decompressed; one group (groups=[{...all attributes}]) "
+            "sends the stored bytes as they are",
+            compression,
+            len(names),
+        )
     record = {"setting": compression, "level": level, "groups": dict(codecs)}
     if info.compression != record:
         info = dataclasses.replace(info, compression=record)

@@ -328,3 +328,17 @@ def test_a_verified_compressed_file_is_held_open_unread_for_sendfile(
                 assert headers["content-encoding"] == "zstd" and body == stored
             _, headers, plain = get_raw(http, "/v1/splits/train/batches/3", PLAIN)
     assert "content-encoding" not in headers and unzstd(stored) == plain
+
+
+def test_several_groups_compressed_are_served_composed_and_the_prime_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from batchstash.service.examples import text
+
+    stash = text(path=str(tmp_path / "groups"), compression="zstd")  # one object an attribute
+    with caplog.at_level("WARNING"):
+        stash.prime()
+    assert "sent decompressed" in caplog.text
+    (chunks,) = stash.payloads("train", [1])
+    payload = wire.decode(bytearray(b"".join(bytes(c) for c in chunks)))
+    assert payload.batch_id == 1 and sorted(payload.tensors) == ["label", "lengths", "tokens"]
