@@ -38,6 +38,9 @@ class Profile:
         link_seconds: each run of the link section (a raw stream, a store read).
         link_loss: the link section also measures the lossy links (their delay helper is slow
             to set up and costs CPU a packet).
+        compression_batches: 1 MiB float batches of the compression section's float stores
+            (its Zipf token stores hold 4 x as many 256 KiB batches), each primed three ways.
+        compression_link: run the compression section's link part (root and netlab only).
     """
 
     name: str
@@ -63,6 +66,8 @@ class Profile:
     reference_repeats: int = 3
     link_seconds: float = 4.0
     link_loss: bool = True
+    compression_batches: int = 400
+    compression_link: bool = True
 
 
 PROFILES = {
@@ -87,5 +92,7 @@ PROFILES = {
         reference_points=2560,
         link_seconds=1.0,
         link_loss=False,
+        compression_batches=12,
+        compression_link=False,
     ),
 }

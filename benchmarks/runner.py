@@ -40,6 +40,7 @@ SECTIONS: dict[str, Section] = {
     "status": Section(Suite.status_cost, pool=False),  # in process: before the consumer pool
     "ray": Section(Suite.ray, pool=False),  # priming too
     "own_data": Section(Suite.own_data, pool=False),  # priming too
+    "compression": Section(Suite.compression, pool=False),  # servers and clients of its own
     "baselines": Section(Suite.local_baselines, ("large",), pool=False),
     "gpu": Section(Suite.cuda, pool=False),
     "dataloader": Section(Suite.dataloader, ("large",), pool=False),

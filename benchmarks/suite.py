@@ -19,6 +19,7 @@ import torch
 from . import (
     baselines,
     ceiling,
+    compression,
     dataloader,
     gpu,
     link,
@@ -389,6 +390,16 @@ class Suite:
             f"own data: {p.parquet_rows:,} Parquet rows of {p.parquet_dims} floats",
             lambda: own_data.measure(
                 self.work / "own_data", p.parquet_rows, p.parquet_dims, p.prime_timeout
+            ),
+        )
+
+    def compression(self) -> None:
+        """Stores primed none, zstd and auto: bytes a batch, client CPU, and over a link."""
+        p = self.profile
+        self.results["compression"] = self.step(
+            f"compression: {p.compression_batches} batches of tokens and of floats, 3 codecs",
+            lambda: compression.measure(
+                self.work / "compression", p.compression_batches, p.compression_link
             ),
         )
 

@@ -174,7 +174,8 @@ def factory(
         vectorizer: ``series`` (:class:`SeriesFeatureVectorizer` over lists of floats, as read
             from text) or ``tensor`` (:class:`TensorRowVectorizer`, no conversion).
         workers: priming processes (``0``: in this process).
-        **kwargs: other :class:`BatchStash` arguments.
+        **kwargs: other :class:`BatchStash` arguments (``groups`` too: one object a batch by
+            default).
     """
     try:
         vector_type = VECTORIZERS[vectorizer]
@@ -201,6 +202,5 @@ def factory(
         batch_size=rows,
         workers=workers,
         seed=seed,
-        groups=[{"x", "label"}],
-        **kwargs,
+        **{"groups": [{"x", "label"}], **kwargs},
     )

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from .buffers import BufferPool
+from .encoding import accept_encoding
 from .endpoints import DATA_CONNECT_TIMEOUT, Endpoint, Endpoints, parse_urls
 from .errors import BatchstashError, PayloadError, PlanError, TransportError
 from .headers import DATA_PORT_HEADER, FINGERPRINT_HEADER
@@ -88,7 +89,11 @@ class Engine:
         transport: httpx.BaseTransport | None = None,
         data_listener: bool = True,
     ) -> None:
-        headers = {"Accept": "application/json, application/octet-stream"}
+        # zstd only where it can be decoded (the zstd extra); else the server decompresses
+        headers = {
+            "Accept": "application/json, application/octet-stream",
+            "Accept-Encoding": accept_encoding(),
+        }
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.urls = parse_urls(url)

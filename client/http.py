@@ -111,6 +111,9 @@ class BatchClient:
             properties then work on batches read over HTTP). Batches are built with
             ``batch_type.from_payload(payload, metadata)``: a subclass whose constructor takes
             other arguments than :class:`Batch`'s overrides that classmethod.
+        widen: attributes to convert to another dtype as batches are read, e.g.
+            ``{"tokens": torch.int64}`` for token ids stored as ``int16`` (a quarter of the
+            bytes on the wire and in the store); the converted tensor is a copy.
 
     Attributes:
         urls: the base URLs, in the order given.
@@ -119,10 +122,12 @@ class BatchClient:
         retry: the retry policy in force.
         engine: the request path (:class:`~batchstash.client.engine.Engine`).
         batch_type: the class of the batches read.
+        widen: the ``widen`` setting (attribute -> dtype).
 
     Raises:
         ValueError: a negative setting, no URL, an empty or a repeated one.
-        TypeError: ``batch_type`` is not :class:`Batch` or a subclass of it.
+        TypeError: ``batch_type`` is not :class:`Batch` or a subclass of it, or ``widen``
+            names something that is not a ``torch.dtype``.
     """
 
     def __init__(
@@ -141,6 +146,7 @@ class BatchClient:
         wait_for_prime: float | None = None,
         data_listener: bool = True,
         batch_type: type[Batch] = Batch,
+        widen: Mapping[str, torch.dtype] | None = None,
     ) -> None:
         check_batch_type(batch_type)
         if timeout < 0:
@@ -164,6 +170,10 @@ class BatchClient:
         )
         self.urls, self.url, self.timeout = self.engine.urls, self.engine.url, self.engine.timeout
         self.batch_type = batch_type
+        self.widen = dict(widen or {})
+        wrong = {n: d for n, d in self.widen.items() if not isinstance(d, torch.dtype)}
+        if wrong:
+            raise TypeError(f"widen takes torch dtypes by attribute, not {wrong}")
         self.admin = AdminCalls(lambda *a, **k: self.engine.json(*a, **k)[0], self.retry.sleep)
         self._lock = threading.Lock()
         self._metadata: tuple[str, BatchMetadata] | None = None
@@ -341,6 +351,8 @@ class BatchClient:
         self, payloads: Sequence[wire.Payload], device: str | torch.device | None = None
     ) -> list[Batch]:
         """The :attr:`batch_type` batches of verified payloads, with their store's metadata."""
+        if self.widen:
+            payloads = [_widened(payload, self.widen) for payload in payloads]
         batches = [
             self.batch_type.from_payload(payload, self._metadata_for(payload.fingerprint))
             for payload in payloads
@@ -479,6 +491,16 @@ class BatchClient:
     def __repr__(self) -> str:
         urls = self.url if len(self.urls) == 1 else list(self.urls)
         return f"{type(self).__name__}({urls!r})"
+
+
+def _widened(payload: wire.Payload, widen: Mapping[str, torch.dtype]) -> wire.Payload:
+    """``payload`` with the ``widen`` attributes it holds converted (verified already)."""
+    tensors = dict(payload.tensors)
+    for name, dtype in widen.items():
+        tensor = tensors.get(name)
+        if tensor is not None and tensor.dtype != dtype:
+            tensors[name] = tensor.to(dtype)
+    return wire.Payload(tensors, payload.metadata)
 
 
 def _policy(

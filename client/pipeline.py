@@ -39,6 +39,7 @@ from .headers import FINGERPRINT_HEADER
 from .inflight import DEFAULT_IN_FLIGHT_BYTES, InFlight
 from .lowwater import LowWater
 from .socketio import read_body, read_head
+from .transport import decode_zstd
 
 if TYPE_CHECKING:
     from . import wire
@@ -227,7 +228,7 @@ class PipelinedReader:
         url = data.base_url
         host = url.host if url.port is None else f"{url.host}:{url.port}"
         lines = [f"GET {self.path}?{urlencode(params)} HTTP/1.1", f"Host: {host}"]
-        for name in ("accept", "authorization"):
+        for name in ("accept", "accept-encoding", "authorization"):
             if name in data.headers:
                 lines.append(f"{name.title()}: {data.headers[name]}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -331,15 +332,20 @@ class PipelinedReader:
                 "%s: pipelined answer %d, the request path takes over", endpoint.url, head.status
             )
             return None, True
-        buffer = self._buffers.get(length, pinned=self.stage is not None and self.stage.pinned)
+        pinned = self.stage is not None and self.stage.pinned
+        zstd = head.headers.get("content-encoding", "identity").lower() == "zstd"
+        buffer = self._buffers.get(length, pinned=pinned and not zstd)
         checker = FrameChecker()
-        read_body(sock, pending, buffer, checker, low)
+        read_body(sock, pending, buffer, None if zstd else checker, low)
         received = time.perf_counter()
-        self._widen(self.sizer.body(length))
+        self._widen(self.sizer.body(length))  # the bytes on the wire, compressed or not
         endpoint.link_window = max(endpoint.link_window, self.window)
         self.engine.answered(endpoint)
         self.engine.endpoints.data_answered(endpoint)
         try:
+            if zstd:  # decompressed into a pooled buffer (pinned for a device), checked there
+                raw = list(head.headers.items())
+                buffer, _ = decode_zstd(buffer, raw, self._buffers, checker, pinned)
             self.engine.identity.observe(head.headers[FINGERPRINT_HEADER.lower()], endpoint.url)
             payloads = decode_frames(
                 buffer, checker, self.path, self.split, group, self.wanted, self.fingerprint

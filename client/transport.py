@@ -10,6 +10,11 @@ request) and, when the response has a ``Content-Length``, ``readinto``s the body
 The buffer travels as the response extension ``"batchstash.buffer"``, so :func:`body_buffer`
 gets it without a copy; everything else about the ``httpx.Response`` is as
 usual (``.content``, ``.json()`` read the same bytes).
+
+A ``200`` body with ``Content-Encoding: zstd`` (see :mod:`.encoding`) is received into one pooled
+buffer and decompressed into another, of the ``X-Batchstash-Decoded-Length`` it announces; the
+response then carries the decompressed body (no ``Content-Encoding``), and the bytes that
+crossed the wire as the extension ``"batchstash.wire_bytes"``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from typing import Any
 import httpx
 
 from .buffers import BufferPool
+from .encoding import content_size, decode_length, decompress_into
+from .errors import PayloadError
+from .headers import DECODED_LENGTH_HEADER
 from .policy import IDEMPOTENT
 
 __all__ = ["BufferStream", "BufferTransport", "body_buffer"]
@@ -51,17 +59,25 @@ BODY_HOOK = "batchstash.on_body"
 in its buffer (about every :data:`BODY_STEP` bytes), so a caller can check what has arrived
 while it is still in the CPU cache. A hook must not raise."""
 BODY_STEP = 1 << 20
+WIRE_BYTES_EXTENSION = "batchstash.wire_bytes"
+"""Response extension: the body's bytes on the wire (compressed), when it was decompressed."""
 
 
 def body_buffer(response: httpx.Response) -> bytearray | memoryview:
     """The response body as a writable buffer: the transport's own when it has one (no copy).
 
     Takes the buffer out of the response (and closes it), so call it once per response.
+
+    Raises:
+        PayloadError: an encoded body that does not decode.
     """
     buffer = response.extensions.pop(BUFFER_EXTENSION, None)
     encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
     if buffer is None or encoded:
-        return bytearray(response.read())
+        try:  # a caller's transport: httpx decodes the Content-Encoding
+            return bytearray(response.read())
+        except httpx.DecodingError as exc:
+            raise PayloadError(f"the response body cannot be decoded: {exc}") from None
     # the caller owns the buffer now: the response must not keep it alive through its cycle
     response.close()
     return memoryview(buffer)
@@ -179,7 +195,9 @@ class BufferTransport(httpx.BaseTransport):
         if conn.sock is not None:
             conn.sock.settimeout(read_timeout)
         response = conn.getresponse()
-        buffer = _read_body(response, self.buffers, hook)
+        headers_in = response.getheaders()
+        zstd = response.status == 200 and _encoding(headers_in) == "zstd"
+        buffer = _read_body(response, self.buffers, None if zstd else hook)
         if response.will_close:
             conn.close()
         else:
@@ -187,11 +205,14 @@ class BufferTransport(httpx.BaseTransport):
         extensions: dict[str, Any] = {
             "http_version": b"HTTP/1.1",
             "reason_phrase": response.reason.encode("latin-1"),
-            BUFFER_EXTENSION: buffer,
         }
+        if zstd:  # the connection is released: a corrupt body fails this request only
+            extensions[WIRE_BYTES_EXTENSION] = len(buffer)
+            buffer, headers_in = decode_zstd(buffer, headers_in, self.buffers, hook)
+        extensions[BUFFER_EXTENSION] = buffer
         return httpx.Response(
             response.status,
-            headers=response.getheaders(),
+            headers=headers_in,
             stream=BufferStream(buffer),
             extensions=extensions,
         )
@@ -203,6 +224,43 @@ class BufferTransport(httpx.BaseTransport):
         for conns in idle.values():
             for conn in conns:
                 conn.close()
+
+
+def _encoding(headers: list[tuple[str, str]]) -> str:
+    for name, value in headers:
+        if name.lower() == "content-encoding":
+            return value.strip().lower()
+    return "identity"
+
+
+def decode_zstd(
+    body: Any,
+    headers: list[tuple[str, str]],
+    buffers: BufferPool,
+    hook: Callable[[memoryview, int], None] | None = None,
+    pinned: bool = False,
+) -> tuple[Any, list[tuple[str, str]]]:
+    """A ``Content-Encoding: zstd`` body decompressed into a pooled buffer, and its new headers.
+
+    The length comes from ``X-Batchstash-Decoded-Length`` (else the frame's own header); ``hook``
+    sees the whole decompressed body once (the frames are checked while in cache).
+
+    Raises:
+        PayloadError: the body is not valid zstd, or not of the length announced.
+    """
+    announced = next((v for k, v in headers if k.lower() == DECODED_LENGTH_HEADER.lower()), None)
+    length = decode_length(announced)
+    if length is None:
+        length = content_size(body)
+    if length is None:
+        raise PayloadError("a zstd body without its decoded length")
+    out: Any = buffers.get(length, pinned=pinned)
+    decompress_into(body, out)
+    if hook is not None:
+        hook(memoryview(out), length)
+    skip = {"content-encoding", "content-length"}
+    kept = [(k, v) for k, v in headers if k.lower() not in skip]
+    return out, [*kept, ("Content-Length", str(length))]
 
 
 def _read_body(

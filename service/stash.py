@@ -39,6 +39,7 @@ from .prime.run import ProgressCallback, prime_store
 from .prime.work import Recipe
 from .store import layout
 from .store.backend import open_backend
+from .store.codec import check_codec
 from .store.lease import JobLease, JobState
 from .store.reader import StoreReader
 from .store.records import Plan, read_record
@@ -70,6 +71,9 @@ class BatchStash:
             inline).
         ray_address: with ``executor="ray"``: ``""`` starts a local Ray, ``auto`` or
             ``ray://host:port`` joins a cluster.
+        compression: how :meth:`prime` stores batch objects: ``"none"``, ``"zstd"`` or
+            ``"auto"`` (zstd for the attribute groups it pays for); the ``zstd`` extra.
+        compression_level: the zstd level.
     """
 
     def __init__(
@@ -90,7 +94,10 @@ class BatchStash:
         model_torch_config: TorchConfig | None = None,
         executor: str = "process",
         ray_address: str = "",
+        compression: str = "none",
+        compression_level: int = 3,
     ) -> None:
+        check_codec(compression, compression_level)
         if batch_size < 1 or workers < 0 or chunk_size < 0 or batch_limit < 1:
             raise BatchError("batch_size and batch_limit must be >= 1, workers and chunk_size >= 0")
         self.path = str(path)
@@ -101,6 +108,7 @@ class BatchStash:
         self.chunk_size = chunk_size
         self.executor = executor
         self.ray_address = ray_address
+        self.compression, self.compression_level = compression, compression_level
         self.model_torch_config = model_torch_config or TorchConfig()
         for split in split_stash_container.split_names:
             layout.safe_name(split, "split")
@@ -306,14 +314,19 @@ class BatchStash:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         lease: JobLease | None = None,
+        verify: bool = False,
     ) -> int:
         """Encode and store every batch not stored yet; batches already stored and valid are kept.
+
+        Which are stored is read from a listing of the store checked against the sizes and
+        versions recorded when they were written (objects changed since are read and verified).
 
         Args:
             progress: called as ``progress(split, done, total)`` after each stored batch (and once
                 per split at the start with the batches found already stored).
             cancel: set it from another thread to stop; raises :class:`PrimeCancelledError`.
             lease: the store's job lease, when the caller took it (else taken here).
+            verify: read and verify every stored object first (re-encoding those that fail).
 
         Returns:
             The number of batches encoded by this call.
@@ -329,7 +342,7 @@ class BatchStash:
             raise ConflictError("a prime is already running")
         try:
             return prime_store(
-                self.prime_inputs(),
+                self.prime_inputs(verify=verify),
                 lease=lease,
                 progress=progress,
                 cancel=cancel,
@@ -339,7 +352,7 @@ class BatchStash:
             self.reader.refresh()  # this process wrote the records: read them again
             self._priming.release()
 
-    def prime_inputs(self) -> PrimeInputs:
+    def prime_inputs(self, verify: bool = False) -> PrimeInputs:
         """What :meth:`prime` primes with: this stash's encoder, store and executor settings."""
         recipe = None if self.factory is None else Recipe(self.factory, self.factory_kwargs)
         return PrimeInputs.of(
@@ -348,6 +361,9 @@ class BatchStash:
             executor=self.executor,
             workers=self.workers,
             chunk_size=self.chunk_size,
+            compression=self.compression,
+            compression_level=self.compression_level,
+            verify=verify,
             address=self.ray_address,
         )
 

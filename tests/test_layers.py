@@ -48,14 +48,15 @@ ALLOWED = {
 }
 # where a layer may use only some modules of another one, the rest being that layer's inside:
 # the api serves from the store's reader and runs the prime job. It also names the backend
-# interface (opening a store by URL, the sendable objects the reader returns) and the records
-# the reader returns, never a backend; it is given what a prime needs (prime.inputs, built
-# from the dataset factory), never the stash.
+# interface (opening a store by URL, the sendable objects the reader returns), the records and
+# the compressed objects (store.codec) the reader returns, never a backend; it is given what a
+# prime needs (prime.inputs, built from the dataset factory), never the stash.
 ONLY = {
     "service.api": {
         "service.store": {
             "batchstash.service.store.reader",
             "batchstash.service.store.backend",
+            "batchstash.service.store.codec",
             "batchstash.service.store.records",
         },
         "service.prime": {"batchstash.service.prime.job", "batchstash.service.prime.inputs"},

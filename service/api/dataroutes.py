@@ -17,19 +17,20 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from batchstash.client import BatchstashError, NotFoundError
 from batchstash.client.frames import FRAMES_MEDIA_TYPE
-from batchstash.service.store.backend import nbytes
 
 from .deps import bearer_token, check_read_token
 from .errors import error_body, error_headers
 from .reads import (
     FINGERPRINT_HEADER,
     PAYLOAD_MEDIA_TYPE,
+    accepts_zstd,
     batch_etag,
     check_single_values,
     etag_matches,
     frames,
     parse_attributes,
     parse_ids,
+    payload,
 )
 from .state import ServerState
 
@@ -137,7 +138,7 @@ class DataRoutes:
         if len(parts) >= 5 and parts[:3] == ["", "v1", "splits"] and parts[3]:
             split = parts[3]
             if len(parts) == 5 and parts[4] == "payloads":
-                return PAYLOADS_ROUTE, lambda q, h: self._payloads(split, q)
+                return PAYLOADS_ROUTE, lambda q, h: self._payloads(split, q, h)
             if len(parts) == 6 and parts[4] == "batches":
                 return BATCH_ROUTE, lambda q, h: self._batch(split, parts[5], q, h)
         raise NotFoundError(
@@ -148,20 +149,21 @@ class DataRoutes:
     def _authorize(self, header: str | None) -> None:
         check_read_token(self.state, bearer_token(header))
 
-    def _payloads(self, split: str, query: dict[str, str]) -> Reply:
+    def _payloads(self, split: str, query: dict[str, str], headers: dict[str, str]) -> Reply:
         if "ids" not in query:
             raise ValidationError("query.ids: Field required")
         reader, metrics = self.state.reader, self.state.metrics
         names, wanted = parse_attributes(query.get("attributes")), parse_ids(query["ids"])
+        zstd = accepts_zstd(headers.get("accept-encoding"))
         start = time.perf_counter()
-        chunks = frames(reader, split, wanted, names, files=True)
-        size = sum(map(nbytes, chunks))
-        metrics.observe_served(split, len(wanted), size, time.perf_counter() - start)
-        headers = [
+        body = frames(reader, split, wanted, names, files=True, zstd=zstd)
+        metrics.observe_served(split, len(wanted), body.size, time.perf_counter() - start)
+        out = [
             ("Content-Type", FRAMES_MEDIA_TYPE),
             (FINGERPRINT_HEADER, reader.fingerprint or ""),
+            *body.headers(),
         ]
-        return Reply(200, headers, chunks)
+        return Reply(200, out, body.chunks)
 
     def _batch(
         self, split: str, raw_id: str, query: dict[str, str], headers: dict[str, str]
@@ -178,10 +180,11 @@ class DataRoutes:
         ):
             return Reply(304, out)
         start = time.perf_counter()
-        chunks = reader.payloads(split, [batch_id], names, files=True)[0]
-        size = sum(map(nbytes, chunks))
-        self.state.metrics.observe_served(split, 1, size, time.perf_counter() - start)
-        return Reply(200, [("Content-Type", PAYLOAD_MEDIA_TYPE), *out], chunks)
+        zstd = accepts_zstd(headers.get("accept-encoding"))
+        body = payload(reader, split, batch_id, names, files=True, zstd=zstd)
+        self.state.metrics.observe_served(split, 1, body.size, time.perf_counter() - start)
+        out += body.headers()
+        return Reply(200, [("Content-Type", PAYLOAD_MEDIA_TYPE), *out], body.chunks)
 
     def _batchstash_error(self, exc: BatchstashError, method: str, target: bytes) -> Reply:
         state = self.state

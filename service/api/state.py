@@ -60,6 +60,9 @@ def prime_inputs(settings: Settings) -> PrimeInputs:
         executor=settings.executor,
         workers=settings.workers,
         chunk_size=settings.chunk_size,
+        compression=settings.compression,
+        compression_level=settings.compression_level,
+        verify=settings.prime_verify,
         address=settings.ray_address,
         keep_s=WARM_WORKERS_S,
     )

@@ -29,6 +29,11 @@ class PrimeInputs:
         recipe: how workers rebuild the dataset (``None``: only the inline executor can prime).
         decoded_attributes: the attributes the store serves by default (``None``: all).
         chunk_size: id sets per task (``0``: automatic).
+        compression: how batch objects are stored: ``none``, ``zstd`` or ``auto`` (see
+            :mod:`~batchstash.service.store.codec`).
+        compression_level: the zstd level.
+        verify: read and verify every stored object at the start, instead of trusting a
+            listing checked against the ledger (see :mod:`.resume`).
     """
 
     encoder: Encoder
@@ -37,6 +42,9 @@ class PrimeInputs:
     recipe: Recipe | None = None
     decoded_attributes: frozenset[str] | None = None
     chunk_size: int = 0
+    compression: str = "none"
+    compression_level: int = 3
+    verify: bool = False
 
     @classmethod
     def of(
@@ -47,6 +55,9 @@ class PrimeInputs:
         executor: str = "process",
         workers: int = 0,
         chunk_size: int = 0,
+        compression: str = "none",
+        compression_level: int = 3,
+        verify: bool = False,
         **executor_options: Any,
     ) -> PrimeInputs:
         """What priming takes from a built dataset, with the executor named.
@@ -57,6 +68,9 @@ class PrimeInputs:
             executor: a key of :data:`~.executors.EXECUTORS`.
             workers: its workers (``0``: inline).
             chunk_size: id sets per task (``0``: automatic).
+            compression: ``none``, ``zstd`` or ``auto``.
+            compression_level: the zstd level.
+            verify: read every stored object at the start (see :mod:`.resume`).
             **executor_options: the executor's own options, by name (see
                 :func:`~.executors.make_executor`).
         """
@@ -68,6 +82,9 @@ class PrimeInputs:
             recipe,
             None if decoded is None else frozenset(decoded),
             chunk_size,
+            compression,
+            compression_level,
+            verify,
         )
 
     @classmethod

@@ -17,6 +17,7 @@ from ..encode import Encoder
 from ..store import layout
 from ..store.backend import StoreBackend
 from ..store.lease import JobLease, JobState
+from ..store.ledger import LEDGER
 from ..store.records import Manifest, Plan, StoreInfo, read_record, write_record
 
 __all__ = ["clear_store", "describe_store", "ensure_plan", "split_totals"]
@@ -99,6 +100,7 @@ def ensure_plan(
         split_totals(id_sets),
         encoder.batch_metadata.to_dict(),
         decoded,
+        info.compression if isinstance(info, StoreInfo) else None,  # the prime decides it
     )
     if info != wanted:
         write_record(backend, wanted)
@@ -139,6 +141,7 @@ def clear_store(backend: StoreBackend) -> None:
         backend.delete(layout.PLAN)
         backend.delete(layout.DEMAND)
         backend.delete_prefix(layout.BATCHES)
+        backend.delete_prefix(LEDGER)
         backend.sweep_temporaries()
     except BaseException as exc:
         lease.finish(JobState.FAILED, error={"code": "store_error", "message": str(exc)})

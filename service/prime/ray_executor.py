@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -20,6 +21,7 @@ from batchstash.service.dataset.idset import DataPointIDSet
 
 from . import worker
 from .executors import WAIT_S, Chunk, Executor, OnDone, plain, submit_bounded
+from .processes import end_processes, process_tree, start_time, watch
 from .work import Work
 
 __all__ = ["RayExecutor", "encode_chunk_task"]
@@ -27,6 +29,8 @@ __all__ = ["RayExecutor", "encode_chunk_task"]
 logger = logging.getLogger(__name__)
 
 TASK_RETRIES = 3
+SHUTDOWN_GRACE_S = 1.0
+"""How long a local Ray's processes get to exit by themselves after ``ray.shutdown``."""
 
 
 def encode_chunk_task(work: Work, id_sets: list[dict[str, Any]]) -> list[int]:
@@ -58,6 +62,9 @@ class RayExecutor(Executor):
     def __init__(self, workers: int, *, address: str = "") -> None:
         super().__init__(workers)
         self.address = address
+        self._connected = False  # this executor called ray.init (else a caller's Ray is used)
+        self._local: dict[int, int] = {}  # every process of the local Ray seen (pid -> start)
+        self._release = threading.Event()  # lets the thread that started Ray end
 
     def _connect(self, ray: Any) -> None:
         if ray.is_initialized():
@@ -80,7 +87,74 @@ class RayExecutor(Executor):
         else:
             options["num_cpus"] = self.workers
         logger.info("connecting to Ray (%s)", self.address or f"local, {self.workers} CPUs")
-        ray.init(**options)
+        before = process_tree(os.getpid(), include_root=False)
+        self._init_in_own_thread(ray, options)
+        self._connected = True
+        if not self.address:  # a local Ray: the processes ray.init started are this one's
+            after = process_tree(os.getpid(), include_root=False)
+            self._local = {pid: t for pid, t in after.items() if before.get(pid) != t}
+            self._remember()
+
+    def _init_in_own_thread(self, ray: Any, options: dict[str, Any]) -> None:
+        """``ray.init`` in a thread that lives until :meth:`close`.
+
+        Ray starts its local daemons (GCS, raylet) with ``PR_SET_PDEATHSIG``, which Linux fires
+        when the *thread* that started them exits: initialized from a prime's thread, the local
+        Ray was killed as that prime ended (its agents and workers orphaned, running on) and
+        the next prime hung until the driver gave up on the GCS and exited the process.
+        """
+        started = threading.Event()
+        failed: list[BaseException] = []
+        self._release.clear()
+
+        def own() -> None:
+            try:
+                ray.init(**options)
+            except BaseException as exc:  # raised in the caller's thread below
+                failed.append(exc)
+                return
+            finally:
+                started.set()
+            self._release.wait()
+
+        threading.Thread(target=own, name="batchstash-ray", daemon=True).start()
+        started.wait()
+        if failed:
+            raise failed[0]
+
+    def _remember(self) -> None:
+        """Add the processes the local Ray's processes started since (agents, workers).
+
+        Taken while they are still under their parents: one whose parent died is re-parented
+        and no longer found from this process.
+        """
+        for pid, start in list(self._local.items()):
+            if start_time(pid) == start:
+                self._local.update(process_tree(pid, include_root=False))
+
+    def close(self) -> None:
+        """Shut down the Ray this executor connected to; a local Ray's processes do not outlive it.
+
+        ``ray.shutdown`` ends the processes the driver started, but those they started (the
+        dashboard and runtime-env agents, workers) outlive a raylet that is gone by tens of
+        seconds: every process of the local Ray seen since it started (:meth:`_remember`) is
+        ended within a few seconds, here or, where the driver itself does not survive the
+        shutdown (it exits when its raylet goes), by a watchdog (:func:`~.processes.watch`).
+        """
+        ray = sys.modules.get("ray")
+        if not self._connected or ray is None or not ray.is_initialized():
+            return  # a Ray this executor did not start is its owner's to stop
+        self._connected = False
+        self._remember()
+        tree = {pid: t for pid, t in self._local.items() if start_time(pid) == t}
+        self._local = {}
+        watch(tree, grace_s=SHUTDOWN_GRACE_S)  # the driver may not survive ray.shutdown
+        try:
+            ray.shutdown()
+        finally:
+            self._release.set()  # only now may the thread that started Ray end
+        if tree:
+            end_processes(tree, grace_s=SHUTDOWN_GRACE_S, what="Ray processes")
 
     def run(
         self,
@@ -103,16 +177,19 @@ class RayExecutor(Executor):
             for ref in refs:
                 ray.cancel(ref)
 
-        submit_bounded(
-            chunks,
-            self.limit,
-            lambda chunk: task.remote(work, plain(chunk)),
-            finished,
-            lambda ref: self._result(ray, ref),
-            on_done,
-            cancel,
-            abandon,
-        )
+        try:
+            submit_bounded(
+                chunks,
+                self.limit,
+                lambda chunk: task.remote(work, plain(chunk)),
+                finished,
+                lambda ref: self._result(ray, ref),
+                on_done,
+                cancel,
+                abandon,
+            )
+        finally:
+            self._remember()  # the workers the run started
 
     @staticmethod
     def _result(ray: Any, ref: Any) -> list[int]:

@@ -13,10 +13,13 @@ from ..store import layout
 from ..store.backend import StoreBackend
 from ..store.demand import Demand
 from ..store.lease import JobLease, JobState, LeaseLostError
+from ..store.ledger import LEDGER, Ledger, ledger_prefix
 from ..store.records import Manifest, write_record
 from ..store.writer import BatchWriter
+from .compression import group_codecs
 from .inputs import PrimeInputs
 from .plan import ensure_plan
+from .resume import resume
 from .schedule import WorkQueue
 from .work import Work
 from .worker import write_batch
@@ -156,16 +159,15 @@ def _prime(
         logger.info("removed %d temporary files of interrupted writes", swept)
     id_sets, info = ensure_plan(backend, encoder, inputs.decoded_attributes)
     lease.heartbeat(generation=info.generation)
-    writer = BatchWriter(backend, encoder.groups, info.fingerprint, info.generation)
+    info, codecs = group_codecs(
+        backend, encoder, info, id_sets, inputs.compression, inputs.compression_level
+    )
+    writer = BatchWriter(backend, encoder.groups, info.fingerprint, info.generation, codecs)
     for generation in _other_generations(backend, info.generation):
         backend.delete_prefix(layout.generation_prefix(generation))
-    todo, stored_bytes = [], 0
-    for id_set in id_sets:
-        size = writer.stored_bytes(id_set.split_name, id_set.batch_id, id_set.data_point_ids)
-        if size is None:
-            todo.append(id_set)
-        else:
-            stored_bytes += size
+        backend.delete_prefix(ledger_prefix(generation))
+    found = resume(writer, id_sets, verify=inputs.verify)
+    todo, stored_bytes, ledger = found.todo, found.stored_bytes, found.ledger
     totals = {s: c["batches"] for s, c in info.splits.items()}
     done = dict(totals)
     for id_set in todo:
@@ -191,6 +193,9 @@ def _prime(
             split = id_set.split_name
             beat.progress[split][0] += 1
             beat.bytes += size
+            ledger.add(writer.key(split, id_set.batch_id, g) for g in writer.groups)
+            if ledger.due():
+                ledger.flush()
             if progress:
                 progress(split, beat.progress[split][0], totals[split])
 
@@ -202,6 +207,7 @@ def _prime(
             tuple(tuple(sorted(g)) for g in encoder.groups),
             # workers rebuild the data: they check it is this one (inline encoding uses it)
             encoder.split_stash_container.version() if executor.workers else "",
+            tuple(sorted(codecs.items())),
         )
         size = inputs.chunk_size or auto_chunk_size(len(todo), executor.workers)
         queue = WorkQueue(todo, size, demand, ramp=executor.workers)
@@ -213,11 +219,15 @@ def _prime(
         except PrimeCancelledError:
             if beat.lost is not None:
                 raise beat.lost from None
+            _record(ledger)
+            raise
+        except BatchstashError:
+            _record(ledger)  # what was written stays known to the next resume
             raise
         beat.beat()
         if beat.lost is not None:
             raise beat.lost
-        backend.sync()  # every object durable before the manifest claims it
+        ledger.flush(compact=True)  # every object durable (a sync) before anything claims it
         _confirm(backend, writer, id_sets)
         manifest = Manifest(info.fingerprint, info.generation, totals, beat.bytes)
         lease.heartbeat()  # still ours: a straggler past its lease writes no manifest
@@ -233,12 +243,24 @@ def _prime(
     return len(todo)
 
 
+def _record(ledger: Ledger) -> None:
+    """Record the objects written so far (a failing prime's): a hint, never a new failure."""
+    try:
+        ledger.flush()
+    except Exception as exc:
+        logger.warning("cannot record the objects written in the ledger: %s", exc)
+
+
 def _other_generations(backend: StoreBackend, current: str) -> set[str]:
     found = set()
     for key in backend.list(layout.BATCHES):
         parsed = layout.parse_group_key(key)
         if parsed is not None and parsed[0] != current:
             found.add(parsed[0])
+    for key in backend.list(LEDGER):
+        generation = key[len(LEDGER) :].split("/", 1)[0]
+        if generation and generation != current:
+            found.add(generation)
     return found
 
 

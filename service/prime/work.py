@@ -77,6 +77,7 @@ class Work:
         groups: the attribute groups, each sorted.
         data_version: the priming process's data version (``SplitStashContainer.version()``):
             a worker whose rebuilt dataset has another refuses to encode (``""``: unchecked).
+        codecs: each group's codec, ``(group name, "none" or "zstd-<level>")`` pairs.
     """
 
     recipe: Recipe | None
@@ -85,6 +86,7 @@ class Work:
     generation: str
     groups: tuple[tuple[str, ...], ...]
     data_version: str = ""
+    codecs: tuple[tuple[str, str], ...] = ()
 
     def build(self, what: str) -> Dataset:
         """Rebuild the dataset in a worker, checking its data is the priming process's.

@@ -37,7 +37,11 @@ def _context(work: Work) -> tuple[Encoder, BatchWriter]:
         groups = [frozenset(g) for g in work.groups]
         _writers.clear()
         _writers[key] = BatchWriter(
-            open_backend(work.store_url), groups, work.fingerprint, work.generation
+            open_backend(work.store_url),
+            groups,
+            work.fingerprint,
+            work.generation,
+            dict(work.codecs),
         )
     return _encoders[dataset_key], _writers[key]
 

@@ -14,6 +14,7 @@ same few operations; nothing outside ``store/`` sees a path or a bucket:
 | :meth:`~StoreBackend.create` | write only if the key is absent (the lease's first claim) |
 | :meth:`~StoreBackend.replace` | write only if the version is still the one read (CAS) |
 | :meth:`~StoreBackend.list` | the keys under a prefix, never a half-written one |
+| :meth:`~StoreBackend.list_versions` | the same with each object's size and version |
 | :meth:`~StoreBackend.delete` / :meth:`~StoreBackend.delete_prefix` | remove; absent is fine |
 
 ``BACKENDS`` maps URL schemes to classes: a plain path or ``file://`` is :class:`LocalBackend`.
@@ -185,6 +186,17 @@ class StoreBackend(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
         """Every complete object's key under ``prefix`` (which ends with ``/`` or is empty)."""
+
+    def list_versions(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
+        """``(key, size, version)`` of every complete object under ``prefix``.
+
+        The version is :meth:`version`'s. By default a ``version`` call per key (size ``-1``);
+        backends whose listing carries both answer from it.
+        """
+        for key in self.list(prefix):
+            version = self.version(key)
+            if version is not None:
+                yield key, -1, version
 
     @abstractmethod
     def delete(self, key: str) -> None:

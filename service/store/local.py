@@ -338,6 +338,15 @@ class LocalBackend(StoreBackend):
                 else:
                     yield f"{rel}{entry.name}"
 
+    def list_versions(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
+        """Keys under ``prefix`` with their sizes and versions (one ``stat`` each, no read)."""
+        for key in self.list(prefix):
+            try:
+                st = os.stat(self._file(key))
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            yield key, st.st_size, file_version(st)
+
     def delete(self, key: str) -> None:
         """Unlink the file (absent is fine)."""
         self._path(key).unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from batchstash.client import (
 from . import layout
 from .backend import NoSuchKey, Sendable, StoreBackend
 from .cache import ObjectCache, object_cache
+from .codec import Compressed, decompress_object, is_compressed, payload_size
 from .demand import Demand
 from .lease import read_job
 from .records import KEYS, Manifest, StoreInfo, decode_record
@@ -348,13 +349,19 @@ class StoreReader:
                 self.demand.add(split, [batch_id])
                 raise
             known = self.verified.header(key, version) if trusted else None
-            if known is None and isinstance(buf, Sendable):  # its header is no longer kept
+            stored = buf if is_compressed(buf) else None
+            if stored is not None and known is None:
+                buf = decompress_object(key, stored)  # the header is in the payload
+            elif known is None and isinstance(buf, Sendable):  # its header is no longer kept
                 buf = buf.view()
             header = check_object(key, buf, group, expect, tensors=not trusted, header=known)
             if mapped and not trusted:  # verified just now
                 self.verified.add(key, version, header)
                 if self.cache is not None:
-                    self.cache.put(key, buf)
+                    self.cache.put(key, buf if stored is None else stored)
+            if stored is not None and mapped:  # served as stored, or decompressed (known: later)
+                decoded = None if known is not None else buf
+                buf = Compressed(key, stored, payload_size(header), decoded)
             own = header.metadata.get(wire.KEY_DATA_POINT_IDS)
             if ids is not None and own != ids:
                 raise CorruptStoreError(
@@ -400,6 +407,7 @@ class StoreReader:
         batch_ids: Sequence[int],
         attributes: Iterable[str] | None = None,
         files: bool = False,
+        compressed: bool = False,
     ) -> list[list[Any]]:
         """Batches as wire payload chunks, from stored bytes without decoding them.
 
@@ -415,6 +423,9 @@ class StoreReader:
             files: such a whole object of a local store that verified before may be its
                 :class:`~batchstash.service.store.backend.Sendable` (open, unread) instead of
                 its bytes; without, every chunk is a buffer.
+            compressed: a whole object stored compressed is its
+                :class:`~batchstash.service.store.codec.Compressed` (sent as stored, or
+                decompressed by the route); without, every payload is uncompressed.
         """
         info = self.check_fresh()
         names_given = None if attributes is None else list(attributes)
@@ -424,7 +435,10 @@ class StoreReader:
             present = {n for _, h in sources for n in h.entries}
             names = present if wanted is None else wanted & present
             if len(sources) == 1 and names == set(sources[0][1].entries):
-                return [sources[0][0]]
+                whole = sources[0][0]
+                if isinstance(whole, Compressed) and not compressed:
+                    return [whole.decoded()]
+                return [whole]
             sources = [(_bytes(buf), header) for buf, header in sources]
             meta = sources[0][1].metadata
             identity = {k: meta[k] for k in _IDENTITY if k in meta}
@@ -449,6 +463,8 @@ class StoreReader:
 
 def _bytes(source: Any) -> Any:
     """A source's bytes (a held-open file is read or mapped, then closed)."""
+    if isinstance(source, Compressed):
+        return source.decoded()
     if isinstance(source, Sendable):
         with closing(source):
             return source.view()

@@ -45,6 +45,9 @@ class StoreInfo:
         splits: per split, the number of ``batches`` and ``data_points``.
         metadata: the batch metadata (``BatchMetadata.to_dict()``).
         decoded_attributes: the attributes served when a request names none (``None``: all).
+        compression: how the last prime wrote the batch objects: ``{"setting", "level",
+            "groups": {group name: "none" or "zstd-<level>"}}`` (``None``: uncompressed). Not
+            part of the fingerprint: each object says itself whether it is compressed.
     """
 
     fingerprint: str
@@ -53,6 +56,7 @@ class StoreInfo:
     splits: dict[str, dict[str, int]]
     metadata: dict[str, Any]
     decoded_attributes: list[str] | None = None
+    compression: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,18 @@ class S3Backend(StoreBackend):
             for meta in chunk:
                 yield str(meta["path"])
 
+    def list_versions(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
+        """Keys under ``prefix`` with the size and ETag the listing gives (no HEAD, no GET)."""
+        for chunk in self._obstore.list(self.store, prefix or None, chunk_size=1000):
+            for meta in chunk:
+                tag = meta.get("e_tag")
+                if tag is not None:
+                    yield str(meta["path"]), int(meta["size"]), str(tag)
+                else:  # a store whose listing has no ETags
+                    version = self.version(str(meta["path"]))
+                    if version is not None:
+                        yield str(meta["path"]), int(meta["size"]), version
+
     def delete(self, key: str) -> None:
         """DELETE (an absent object is fine)."""
         try:

@@ -12,6 +12,7 @@ from batchstash.client import CorruptStoreError, PayloadError, wire
 
 from . import layout
 from .backend import NoSuchKey, StoreBackend
+from .codec import compress_parts, decompress_object, is_compressed, level_of
 
 __all__ = ["BatchWriter", "check_object", "identity_metadata"]
 
@@ -76,6 +77,8 @@ class BatchWriter:
         groups: the attribute groups.
         fingerprint: the store's fingerprint (from its plan: never recomputed by a worker).
         generation: the plan's generation.
+        codecs: each group's codec by group name, ``"none"`` or ``"zstd-<level>"`` (see
+            :mod:`.codec`; a group not named: ``"none"``).
     """
 
     def __init__(
@@ -84,12 +87,15 @@ class BatchWriter:
         groups: Sequence[frozenset[str]],
         fingerprint: str,
         generation: str,
+        codecs: Mapping[str, str] | None = None,
     ) -> None:
         self.backend = backend
         self.groups = tuple(groups)
         self.fingerprint = fingerprint
         self.generation = generation
         self._names = {g: layout.group_name(g) for g in self.groups}
+        codecs = codecs or {}
+        self._levels = {g: level_of(codecs.get(name, "none")) for g, name in self._names.items()}
 
     def key(self, split: str, batch_id: int, group: frozenset[str]) -> str:
         """The key of one group object."""
@@ -113,6 +119,9 @@ class BatchWriter:
         for group in self.groups:
             subset = {a: t for a, t in tensors.items() if a in group}
             parts = wire.encode_parts(subset, metadata)  # written from the tensors' memory
+            level = self._levels[group]
+            if level is not None:
+                parts = compress_parts(parts, level)
             self.backend.write_unsynced(self.key(split, batch_id, group), parts)
             written += sum(memoryview(p).nbytes for p in parts)
         return written
@@ -124,7 +133,8 @@ class BatchWriter:
             key = self.key(split, batch_id, group)
             try:
                 buf = self.backend.read(key)
-                check_object(key, buf, group, expect, tensors=True)
+                payload = decompress_object(key, buf) if is_compressed(buf) else buf
+                check_object(key, payload, group, expect, tensors=True)
             except (NoSuchKey, CorruptStoreError):
                 return None
             size += len(buf)

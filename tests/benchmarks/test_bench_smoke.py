@@ -34,6 +34,7 @@ SECTIONS = (
     "s3",
     "ray",
     "own_data",
+    "compression",
     "reference_prime",
     "gpu",
     "link",
@@ -42,9 +43,10 @@ SECTIONS = (
     "machine",
     "sections",
 )
-TARGETS = 22  # wire: 4, local DataLoader: 1, DataLoader path: 1, small: 1, memory: 1 + 1 per
+TARGETS = 24  # wire: 4, local DataLoader: 1, DataLoader path: 1, small: 1, memory: 1 + 1 per
 # client depth (2), priming: 3 (with warm workers' first batch), status: 4, own data: 2,
-# reference-shaped priming: 1, link: 2 (the S3 and Ray sections are information rows: no target)
+# reference-shaped priming: 1, link: 2, compression over a link: 2 (the S3 and Ray sections are
+# information rows: no target)
 LINK = "across a link"  # root only: its targets are n/a where it is skipped
 CEILINGS = {
     "distinct_1": 1,
@@ -82,7 +84,7 @@ def _assert_cpu(run: dict, what: object) -> None:
 def test_only_names_sections_and_aliases() -> None:
     assert select(["wire"]) == ["ceiling", "serving"]
     assert select(["memory", "wire"]) == ["ceiling", "serving", "memory"]
-    assert select(None)[0] == "priming" and len(select(None)) == 14
+    assert select(None)[0] == "priming" and len(select(None)) == 15
     with pytest.raises(ValueError, match="unknown section"):
         select(["wire", "nope"])
     with pytest.raises(SystemExit) as exc:  # refused before anything starts
@@ -200,11 +202,27 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     )
     assert startup["init_to_first_batch_s"] > startup["init_s"]
     assert ray["ratio"] > 0 and ray["warm_ratio"] > 0
+    compressed = results["compression"]
+    for kind in ("tokens", "floats"):
+        runs = compressed[kind]
+        assert set(runs) == {"none", "zstd", "auto"}
+        count = 48 if kind == "tokens" else 12  # 4 x as many token batches: the same bytes
+        assert all(r["batches"] == count and r["cpu_s"] > 0 for r in runs.values()), kind
+        assert (
+            runs["zstd"]["wire_bytes"] < runs["none"]["wire_bytes"] == runs["none"]["decoded_bytes"]
+        )
+    assert compressed["tokens"]["auto"]["codecs"] == {"label+tokens": "zstd-3"}
+    assert compressed["floats"]["auto"]["codecs"] == {"label+x": "none"}  # random floats: raw
+    assert compressed["floats"]["auto"]["wire_bytes"] == compressed["floats"]["none"]["wire_bytes"]
+    assert compressed["link"] == {"skipped": "skipped: a quick run"}
     assert len(results["targets"]) == TARGETS
     link_skipped = "skipped" in results["link"]
+    link = [t for t in results["targets"] if t["section"] == "compression"]
+    assert len(link) == 2 and all(t["met"] is None for t in link)  # over a link: not in --quick
     assert all(
         isinstance(t["met"], bool) or (link_skipped and t["section"] == LINK)
         for t in results["targets"]
+        if t not in link
     )
     assert "skipped" in results["gpu"]  # --device cpu
 
@@ -225,6 +243,6 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     verdicts = [
         t["met"] for t in json.loads((tmp_path / "wire" / "results.json").read_text())["targets"]
     ]
-    judged = [False] * 4 + [True, True, False] + [True] * 5 + [True] * 2  # link: n/a
+    judged = [False] * 4 + [True, True, False] + [True] * 9  # link and compression: 2 n/a each
     assert [v is None for v in verdicts] == judged, text
     assert (tmp_path / "wire" / "results.png").read_bytes()[:4] == b"\x89PNG"

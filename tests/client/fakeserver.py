@@ -378,7 +378,10 @@ class SocketServer:
                     content=body,
                 )
                 response = outer.fake(request)
-                content = response.read()
+                try:  # as encoded: a Content-Encoding the fake chose is kept
+                    content = b"".join(response.iter_raw())
+                except httpx.StreamConsumed:  # read already (a plain body)
+                    content = response.content
                 self.send_response(response.status_code)
                 for name, value in response.headers.items():
                     if name.lower() not in {"content-length", "transfer-encoding"}:

@@ -604,7 +604,7 @@ def test_load_and_get_errors(make_iris):
 def test_clear_all(primed):
     root = Path(primed.path)
     records = {"plan.json", "store.json", "manifest.json"}
-    assert {p.name for p in root.iterdir()} == {"batches", "job.json", ".lock", *records}
+    assert {p.name for p in root.iterdir()} == {"batches", "ledger", "job.json", ".lock", *records}
     primed.clear_all()
     assert {p.name for p in root.iterdir()} == {"job.json", ".lock"}  # the clear's job record
     assert json.loads((root / "job.json").read_text())["kind"] == "clear"

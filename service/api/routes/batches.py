@@ -15,12 +15,14 @@ from ..deps import ReadAccess, State
 from ..reads import (
     FINGERPRINT_HEADER,
     PAYLOAD_MEDIA_TYPE,
+    accepts_zstd,
     batch_etag,
     check_single_values,
     etag_matches,
     frames,
     parse_attributes,
     parse_ids,
+    payload,
 )
 from ..schemas import ERROR_RESPONSES
 
@@ -129,15 +131,19 @@ async def payloads(
     split: str,
     ids: Annotated[str, Query(description="comma separated batch ids, at most 1024")],
     attributes: Annotated[str | None, Query(description="comma separated attribute names")] = None,
+    accept_encoding: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Several batches in one response (saves a round trip per batch), each a payload frame."""
     reader, names, wanted = state.reader, parse_attributes(attributes), parse_ids(ids)
+    zstd = accepts_zstd(accept_encoding)
     start = time.perf_counter()
 
-    chunks = coalesce(await run_in_threadpool(frames, reader, split, wanted, names))
+    body = await run_in_threadpool(frames, reader, split, wanted, names, False, zstd)
+    chunks = coalesce(body.chunks)
     size = sum(memoryview(c).nbytes for c in chunks)
     state.metrics.observe_served(split, len(wanted), size, time.perf_counter() - start)
     headers = {"Content-Length": str(size), FINGERPRINT_HEADER: reader.fingerprint or ""}
+    headers.update(body.headers())
     return ChunksResponse(chunks, media_type=FRAMES_MEDIA_TYPE, headers=headers)
 
 
@@ -159,6 +165,7 @@ async def batch(
     batch_id: Annotated[int, Path(ge=0, le=2**62)],
     attributes: Annotated[str | None, Query(description="comma separated attribute names")] = None,
     if_none_match: Annotated[str | None, Header()] = None,
+    accept_encoding: Annotated[str | None, Header()] = None,
 ) -> Response:
     """One batch as a binary safetensors payload (only the requested or decoded attributes)."""
     reader, names = state.reader, parse_attributes(attributes)
@@ -170,8 +177,11 @@ async def batch(
         if await run_in_threadpool(reader.exists, split, batch_id, names):
             return Response(status_code=304, headers=headers)
     start = time.perf_counter()
-    chunks = (await run_in_threadpool(reader.payloads, split, [batch_id], names))[0]
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    size = memoryview(body).nbytes
+    zstd = accepts_zstd(accept_encoding)
+    body = await run_in_threadpool(payload, reader, split, batch_id, names, False, zstd)
+    chunks = body.chunks
+    content = memoryview(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+    size = content.nbytes
     state.metrics.observe_served(split, 1, size, time.perf_counter() - start)
-    return Response(body, media_type=PAYLOAD_MEDIA_TYPE, headers=headers)
+    headers.update(body.headers())
+    return Response(content, media_type=PAYLOAD_MEDIA_TYPE, headers=headers)
