@@ -95,7 +95,7 @@ def test_token_ids_padded_to_longest():
     assert vec.encode(["c", "a"]).tolist() == [4, 2]
     assert vec.shape == (-1,)
     meta = vec.metadata()
-    assert (meta.vocab_size, meta.extra) == (5, {"pad_id": 0, "unk_id": 1})
+    assert (meta.vocab_size, meta.extra) == (5, {"pad_id": 0, "unk_id": 1, "pad_value": 0})
 
 
 def test_token_ids_empty_batch_shape():
