@@ -31,12 +31,14 @@ def length(b: int, i: int) -> int:
     return 1 + (7 * b + 3 * i) % 6
 
 
-def metadata(label_per_row: bool = True, tokens_pad: bool = True) -> BatchMetadata:
+def metadata(
+    label_per_row: bool = True, tokens_pad: bool = True, tokens_agg: bool = True
+) -> BatchMetadata:
     """``label`` (is_agg, per row unless told), ``x`` (2 floats), ``tokens`` (is_agg, padded)."""
     fields = (
         FieldFeatureMapping("label", "lab", is_agg=True),
         FieldFeatureMapping("x", "xs"),
-        FieldFeatureMapping("tokens", "tok", is_agg=True),
+        FieldFeatureMapping("tokens", "tok", is_agg=tokens_agg),
     )
     mapping = BatchFeatureMapping("label", [ManagerFeatureMapping("m", fields)])
     label_extra = {"per_row": True} if label_per_row else {}
