@@ -219,28 +219,32 @@ class DealtWindow:
         """New batch ``index`` (in pinned memory with ``pin``, for a CUDA copy)."""
         lo, hi = self._cuts[index], self._cuts[index + 1]
         source, local = self._source[lo:hi], self._local[lo:hi]
-        parts = [(s, (source == s).nonzero().flatten()) for s in source.unique().tolist()]
-        parts = [(s, where, local[where]) for s, where in parts]
+        parts: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (batch, new rows, its rows)
+        for s in sorted(set(source.tolist())):
+            where = (source == s).nonzero().flatten()
+            parts.append((s, where, local[where]))
         first = self.batches[0]
         tensors = {}
         for name, rule in self.rules.items():
             like = first.attributes[name]
             if rule.pad is None:
-                shape = (hi - lo, *like.shape[1:])
+                shape = [hi - lo, *like.shape[1:]]
                 out = torch.empty(shape, dtype=like.dtype, pin_memory=pin)
             else:
                 ext = [self._extent(s, name, rule.pad)[rows] for s, _, rows in parts]
                 dims = torch.cat(ext).amax(dim=0).tolist() if ext else [0] * (like.dim() - 1)
-                out = torch.full((hi - lo, *dims), rule.pad, dtype=like.dtype, pin_memory=pin)
+                out = torch.full([hi - lo, *dims], rule.pad, dtype=like.dtype, pin_memory=pin)
             for s, where, rows in parts:
                 src = self.batches[s].attributes[name]
-                dims = zip(src.shape[1:], out.shape[1:], strict=True)
-                region = tuple(slice(0, min(a, b)) for a, b in dims)
-                out[(where, *region)] = src[rows][(slice(None), *region)]
+                sizes = zip(src.shape[1:], out.shape[1:], strict=True)
+                region = [slice(0, min(a, b)) for a, b in sizes]
+                target: tuple[torch.Tensor | slice, ...] = (where, *region)
+                every: tuple[slice, ...] = (slice(None), *region)
+                out[target] = src[rows][every]
             tensors[name] = out
-        dp_ids = [self.batches[s].data_point_ids for s, _, _ in parts]
         ids: list[Any] = [None] * (hi - lo)
-        for (_, where, rows), names in zip(parts, dp_ids, strict=True):
+        for s, where, rows in parts:
+            names = self.batches[s].data_point_ids
             for w, r in zip(where.tolist(), rows.tolist(), strict=True):
                 ids[w] = names[r]
         return first.with_rows(self._ids(index), tensors, ids)

@@ -27,6 +27,7 @@ from batchstash.client import (
 )
 
 from .dataset.batch import DefaultBatch
+from .dataset.buckets import LengthBuckets
 from .dataset.datapoint import DataPoint, RowDataPoint
 from .dataset.idset import DataPointIDSet
 from .dataset.managers import FeatureVectorizerManager, FeatureVectorizerManagerSet
@@ -70,6 +71,11 @@ class BatchStash:
             inline).
         ray_address: with ``executor="ray"``: ``""`` starts a local Ray, ``auto`` or
             ``ray://host:port`` joins a cluster.
+        bucket_by: a data point attribute whose ``len()`` (or integer value) is its length:
+            within windows of ``bucket_window`` batches of each split's planned (shuffled)
+            ids, ids are sorted by it before batches are cut, so batches pad less (see
+            :mod:`~batchstash.service.dataset.buckets`). Part of the plan and the fingerprint.
+        bucket_window: batches a bucketing window sorts together.
     """
 
     def __init__(
@@ -90,6 +96,8 @@ class BatchStash:
         model_torch_config: TorchConfig | None = None,
         executor: str = "process",
         ray_address: str = "",
+        bucket_by: str | None = None,
+        bucket_window: int = 64,
     ) -> None:
         if batch_size < 1 or workers < 0 or chunk_size < 0 or batch_limit < 1:
             raise BatchError("batch_size and batch_limit must be >= 1, workers and chunk_size >= 0")
@@ -124,6 +132,7 @@ class BatchStash:
                 groups, batch_feature_mappings.attributes, batch_feature_mappings.dropped_attributes
             ),
             owner=self,
+            bucketing=None if bucket_by is None else LengthBuckets(bucket_by, bucket_window),
         )
         self.factory: str | None = None
         self.factory_kwargs: dict[str, Any] = {}

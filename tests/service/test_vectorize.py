@@ -55,6 +55,7 @@ def test_category_errors_and_metadata():
         "int64",
         (),
         CLASSES,
+        extra={"per_row": True},  # the stacking encode_batch: rows are independent
     )
 
 
