@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import own_data, reference_prime
+from . import own_data, rebatch, reference_prime
 from .ceiling import RECEIVE_BUFFERS, SEND_BUFFERS
 from .table import Row, div, fmt, latency, rate, times
 
@@ -473,6 +473,7 @@ SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "s3": lambda r: _s3_rows(r["s3"]),
     "ray": lambda r: _ray_rows(r["ray"]),
     "own_data": lambda r: own_data.rows(r["own_data"]),
+    "rebatch": lambda r: rebatch.rows(r["rebatch"]),
     "gpu": lambda r: _gpu_rows(r["gpu"]),
 }
 """Row builders by results key, in table order."""

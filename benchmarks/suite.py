@@ -6,6 +6,7 @@ and in which order is :mod:`benchmarks.runner`'s.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -26,6 +27,7 @@ from . import (
     priming,
     rawclient,
     ray_priming,
+    rebatch,
     reference_prime,
     s3,
     status,
@@ -365,6 +367,50 @@ class Suite:
                     for depth in p.prefetch_depths
                 ]
         self.results["memory"] = result
+
+    def rebatch(self) -> None:
+        """Re-dealt epochs against stored batches (both stores); bucketing on the text example."""
+        p, sizes = self.profile, ("large", "small")
+        size_bytes = {
+            s: batch_bytes(self.options(s)["rows"], self.options(s)["dims"]) for s in sizes
+        }
+        with contextlib.ExitStack() as stack:
+            servers = {
+                s: stack.enter_context(
+                    batchstash_server(
+                        self.store(s), self.options(s), self.logs / f"rebatch-{s}.log"
+                    )
+                )
+                for s in sizes
+            }
+            for s in sizes:
+                self.warm(servers[s], s)
+
+            def load(size: str, window: int) -> dict[str, Any]:
+                return self.load(
+                    servers[size], "iter", 1, prefetch=PREFETCH[size], shuffle_window=window
+                )
+
+            def client_memory() -> dict[str, Any]:
+                growth = memory.client_growth(
+                    servers["large"].url,
+                    4,
+                    size_bytes["large"],
+                    p.max_batches,
+                    p.max_seconds,
+                    shuffle_window=rebatch.WINDOW,
+                )
+                return {**growth, "batch_bytes": size_bytes["large"]}
+
+            self.results["rebatch"] = rebatch.measure_all(
+                servers["small"].url,
+                load,
+                client_memory,
+                self.work / "rebatch",
+                PREFETCH["small"],
+                size_bytes,
+                self.step,
+            )
 
     def status_cost(self) -> None:
         """Status and split counts on a small and a large store, in process."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import own_data, reference_prime
+from . import own_data, rebatch, reference_prime
 from .rows import ceiling_run
 from .table import Row, div, fmt, latency, times
 
@@ -181,8 +181,8 @@ def _memory(results: dict[str, Any]) -> list[Row]:
 def targets(results: dict[str, Any]) -> list[Row]:
     """Every target, in table order.
 
-    The wire, the local baseline, the DataLoader path, small batches, memory, own data and
-    priming on the reference's workload.
+    The wire, the local baseline, the DataLoader path, small batches, memory, own data,
+    priming on the reference's workload, re-dealt epochs and length bucketing.
     """
     return [
         *_wire(results),
@@ -192,4 +192,5 @@ def targets(results: dict[str, Any]) -> list[Row]:
         *_memory(results),
         *own_data.targets(results.get("own_data")),
         *reference_prime.targets(results.get("reference_prime")),
+        *rebatch.targets(results.get("rebatch")),
     ]

@@ -254,7 +254,7 @@ class BatchIterator:
             self._stage = DeviceStage(self.device, self.client.buffers)
         if isinstance(self.plan, RebatchPlan):
             stored = functools.partial(self._stored, stage=None)
-            return redealt(self.plan, list(batch_ids), stored, self._stage)
+            return redealt(self.plan, list(batch_ids), stored, self._stage, self.client.buffers)
         return self._stored(batch_ids, self._stage)
 
     def _stored(

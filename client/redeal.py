@@ -1,13 +1,11 @@
 """The rows of a window of stored batches, permuted and dealt into new, re-padded batches.
 
 A window's stored batches are read in order and their rows numbered ``0..R-1`` as if
-concatenated. The rows are permuted by a Fisher-Yates shuffle driven by
-``random.Random(key).random()`` (the one sequence CPython guarantees across versions, as
-:func:`~.plan.shuffled` uses), where ``key`` is the window's seed (see
-:meth:`~.rebatch.RebatchPlan.window_key`). New batch ``i`` takes the next ``sizes[i]`` rows of
-the permutation, where ``sizes`` are the stored batches' sizes from largest to smallest: a
-window gives as many batches as it pooled, of the store's batch size (a split's last, smaller
-batch stays the smaller one).
+concatenated. The rows are permuted by :func:`~.dealt.permutation` of the window's seed (see
+:meth:`~.rebatch.RebatchPlan.window_key`), which integer arithmetic alone defines. New batch
+``i`` takes the next ``sizes[i]`` rows of the permutation, where ``sizes`` are the stored
+batches' sizes from largest to smallest: a window gives as many batches as it pooled, of the
+store's batch size (a split's last, smaller batch stays the smaller one).
 
 **Fields.** Which fields can be re-dealt is read from the store's metadata
 (:class:`~.metadata.BatchFieldMetadata`):
@@ -26,42 +24,20 @@ for those data points alone, and re-dealing would serve wrong training data.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from .batch import Batch
+from .dealt import DealtWindow, FieldRule
 from .errors import BatchError
 from .metadata import BatchMetadata
 
 if TYPE_CHECKING:
+    from .buffers import BufferPool
     from .rebatch import RebatchPlan
     from .staging import DeviceStage
 
-__all__ = [
-    "DealtWindow",
-    "FieldRule",
-    "RedealtBatchId",
-    "field_rules",
-    "permutation",
-    "redealt",
-]
-
-
-@dataclass(frozen=True)
-class FieldRule:
-    """How one attribute's rows are re-dealt.
-
-    Attributes:
-        name: the attribute.
-        pad: the pad value of its varying dimensions (``None``: its shape is fixed).
-    """
-
-    name: str
-    pad: float | int | None
+__all__ = ["RedealtBatchId", "field_rules", "redealt"]
 
 
 def _pad_value(extra: dict[str, Any]) -> float | int | None:
@@ -107,16 +83,6 @@ def field_rules(metadata: BatchMetadata | None, attributes: Iterable[str]) -> di
     return rules
 
 
-def permutation(count: int, key: str) -> list[int]:
-    """``range(count)`` in the deterministic order of ``key`` (a hex digest)."""
-    rng = random.Random(int(key, 16))
-    order = list(range(count))
-    for i in range(count - 1, 0, -1):
-        j = min(int(rng.random() * (i + 1)), i)
-        order[i], order[j] = order[j], order[i]
-    return order
-
-
 class RedealtBatchId(int):
     """The id of a re-dealt batch: its item number in the epoch's plan, saying where it came from.
 
@@ -147,126 +113,20 @@ class RedealtBatchId(int):
         return f"RedealtBatchId({int(self)}, window={self.window}, index={self.index})"
 
 
-def _extents(tensor: torch.Tensor, pad: float | int) -> torch.Tensor:
-    """``(rows, dims)``: each row's length along each dimension (after its last non-pad value)."""
-    real = tensor != pad
-    out = []
-    for dim in range(1, tensor.dim()):
-        others = [d for d in range(1, tensor.dim()) if d != dim]
-        along = real.any(dim=tuple(others)) if others else real  # (rows, size)
-        size = along.shape[1]
-        last = size - along.flip(1).int().argmax(dim=1)
-        out.append(torch.where(along.any(dim=1), last, torch.zeros_like(last)))
-    return torch.stack(out, dim=1) if out else torch.zeros(tensor.shape[0], 0, dtype=torch.long)
-
-
-class DealtWindow:
-    """A window's stored batches, permuted; :meth:`batch` builds its new batches one by one.
-
-    Only the stored batches are held (no concatenated copy): a new batch gathers its rows from
-    them, so a window costs its stored batches plus the batch being built.
-
-    Args:
-        batches: the window's stored batches, in window order.
-        key: the window's seed (a hex digest).
-        rules: the rule of each attribute (see :func:`field_rules`); each batch must have
-            exactly these attributes.
-        ids: builds the id of new batch ``i``.
-    """
-
-    def __init__(
-        self,
-        batches: Sequence[Batch],
-        key: str,
-        rules: dict[str, FieldRule],
-        ids: Any,
-    ) -> None:
-        self.batches = list(batches)
-        self.rules = rules
-        self._ids = ids
-        sizes = [len(b.data_point_ids) for b in self.batches]
-        for batch, size in zip(self.batches, sizes, strict=True):
-            if set(batch.attributes) != set(rules):
-                raise BatchError(
-                    f"batch {batch.split_name}/{batch.id} has attributes "
-                    f"{sorted(batch.attributes)}, not {sorted(rules)}"
-                )
-            for name, tensor in batch.attributes.items():  # ids and rows must agree
-                if tensor.dim() == 0 or tensor.shape[0] != size:
-                    raise BatchError(
-                        f"batch {batch.split_name}/{batch.id}: {name!r} has shape "
-                        f"{tuple(tensor.shape)}, not one row for each of its {size} data points"
-                    )
-        starts = torch.tensor([0, *sizes]).cumsum(0)
-        self.sizes = sorted(sizes, reverse=True)
-        order = torch.tensor(permutation(int(starts[-1]), key), dtype=torch.long)
-        self._source = torch.searchsorted(starts[1:], order, right=True)  # batch of each row
-        self._local = order - starts[self._source]  # its row there
-        self._cuts = [0, *torch.tensor(self.sizes).cumsum(0).tolist()] if sizes else [0]
-        self._extents: dict[tuple[int, str], torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        """The number of new batches (that of stored batches)."""
-        return len(self.sizes)
-
-    def _extent(self, source: int, name: str, pad: float | int) -> torch.Tensor:
-        key = (source, name)
-        if key not in self._extents:
-            self._extents[key] = _extents(self.batches[source].attributes[name], pad)
-        return self._extents[key]
-
-    def batch(self, index: int, pin: bool = False) -> Batch:
-        """New batch ``index`` (in pinned memory with ``pin``, for a CUDA copy)."""
-        lo, hi = self._cuts[index], self._cuts[index + 1]
-        source, local = self._source[lo:hi], self._local[lo:hi]
-        parts: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (batch, new rows, its rows)
-        for s in sorted(set(source.tolist())):
-            where = (source == s).nonzero().flatten()
-            parts.append((s, where, local[where]))
-        first = self.batches[0]
-        tensors = {}
-        for name, rule in self.rules.items():
-            like = first.attributes[name]
-            if rule.pad is None:
-                shape = [hi - lo, *like.shape[1:]]
-                out = torch.empty(shape, dtype=like.dtype, pin_memory=pin)
-            else:
-                ext = [self._extent(s, name, rule.pad)[rows] for s, _, rows in parts]
-                dims = torch.cat(ext).amax(dim=0).tolist() if ext else [0] * (like.dim() - 1)
-                out = torch.full([hi - lo, *dims], rule.pad, dtype=like.dtype, pin_memory=pin)
-            for s, where, rows in parts:
-                src = self.batches[s].attributes[name]
-                sizes = zip(src.shape[1:], out.shape[1:], strict=True)
-                region = [slice(0, min(a, b)) for a, b in sizes]
-                target: tuple[torch.Tensor | slice, ...] = (where, *region)
-                every: tuple[slice, ...] = (slice(None), *region)
-                out[target] = src[rows][every]
-            tensors[name] = out
-        ids: list[Any] = [None] * (hi - lo)
-        for s, where, rows in parts:
-            names = self.batches[s].data_point_ids
-            for w, r in zip(where.tolist(), rows.tolist(), strict=True):
-                ids[w] = names[r]
-        return first.with_rows(self._ids(index), tensors, ids)
-
-    def release(self) -> None:
-        """Drop the stored batches (the window's memory)."""
-        self.batches = []
-        self._extents.clear()
-
-
 def redealt(
     plan: RebatchPlan,
     items: list[int],
     read: Callable[[list[int]], Generator[Batch, None, None]],
     stage: DeviceStage | None,
+    pool: BufferPool | None = None,
 ) -> Generator[Batch, None, None]:
     """Yield the re-dealt batches ``items`` of ``plan``, in order.
 
     The stored batches of each window the items come from are read in order by ``read`` (one
-    stream for all, so its prefetch runs ahead across windows), held while the window's
-    batches are built on the CPU, then dropped; ``stage`` copies each new batch to its device
-    (from pinned memory for CUDA) and hands it over in the caller's thread.
+    stream for all, so its prefetch runs ahead across windows) and held until the window's
+    new batches are built (see :class:`~.dealt.DealtWindow`), on the CPU, in buffers of
+    ``pool`` (pinned for a CUDA ``stage``); ``stage`` copies each to its device and hands it
+    over in the caller's thread.
 
     Raises:
         BatchError: a field cannot be re-dealt (see :func:`field_rules`).
@@ -274,21 +134,26 @@ def redealt(
     runs = plan.runs(items)
     stored = read([b for window, _ in runs for b in window.batch_ids])
     pin = stage is not None and stage.pinned
-    rules = None
+    rules: dict[str, FieldRule] | None = None
     try:
         for window, indices in runs:
-            batches = [next(stored) for _ in window.batch_ids]
-            if rules is None:
-                rules = field_rules(batches[0].metadata, batches[0].attributes)
 
             def name(i: int, w: Any = window) -> RedealtBatchId:
                 return RedealtBatchId(w.first + i, w.index, i, w.batch_ids)
 
-            dealt = DealtWindow(batches, plan.window_key(window), rules, name)
-            del batches
+            dealt: DealtWindow | None = None
+            for _ in window.batch_ids:
+                batch = next(stored)
+                if rules is None:
+                    rules = field_rules(batch.metadata, batch.attributes)
+                if dealt is None:
+                    dealt = DealtWindow(rules, name, pool)
+                dealt.add(batch)
+            if dealt is None:
+                continue
+            dealt.deal(plan.window_key(window))
             for index in indices:
-                batch = dealt.batch(index, pin=pin)
-                yield batch if stage is None else stage.hand_over(stage.copy([batch])[0])
-            dealt.release()
+                new = dealt.batch(index, pin=pin)
+                yield new if stage is None else stage.hand_over(stage.copy([new])[0])
     finally:
         stored.close()

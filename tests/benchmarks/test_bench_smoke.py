@@ -35,15 +35,17 @@ SECTIONS = (
     "ray",
     "own_data",
     "reference_prime",
+    "rebatch",
     "gpu",
     "targets",
     "table",
     "machine",
     "sections",
 )
-TARGETS = 20  # wire: 4, local DataLoader: 1, DataLoader path: 1, small: 1, memory: 1 + 1 per
+TARGETS = 26  # wire: 4, local DataLoader: 1, DataLoader path: 1, small: 1, memory: 1 + 1 per
 # client depth (2), priming: 3 (with warm workers' first batch), status: 4, own data: 2,
-# reference-shaped priming: 1 (the S3 and Ray sections are information rows: no target)
+# reference-shaped priming: 1, re-dealt epochs: 4, length bucketing: 2 (the S3 and Ray
+# sections are information rows: no target)
 CEILINGS = {
     "distinct_1": 1,
     "distinct_4": 4,
@@ -80,7 +82,7 @@ def _assert_cpu(run: dict, what: object) -> None:
 def test_only_names_sections_and_aliases() -> None:
     assert select(["wire"]) == ["ceiling", "serving"]
     assert select(["memory", "wire"]) == ["ceiling", "serving", "memory"]
-    assert select(None)[0] == "priming" and len(select(None)) == 13
+    assert select(None)[0] == "priming" and len(select(None)) == 14
     with pytest.raises(ValueError, match="unknown section"):
         select(["wire", "nope"])
     with pytest.raises(SystemExit) as exc:  # refused before anything starts
@@ -198,6 +200,18 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     )
     assert startup["init_to_first_batch_s"] > startup["init_s"]
     assert ray["ratio"] > 0 and ray["warm_ratio"] > 0
+    redealt = results["rebatch"]
+    assert redealt["window"] == 16 and set(redealt["speed"]) == {"large", "small"}
+    for size in ("large", "small"):
+        speed = redealt["speed"][size]
+        assert speed["ratio"] > 0 and len(speed["w16"]["runs_mb_s"]) == 3, size
+        assert speed["w16"]["batches"] > 0 and speed["w0"]["batches"] > 0, size
+    assert redealt["repeats"]["w0"]["share"] == 1.0  # stored batches repeat every epoch
+    assert redealt["repeats"]["w16"]["batches"] == 50
+    assert redealt["memory"]["growth"] > 0 and redealt["memory"]["shuffle_window"] == 16
+    buckets = redealt["bucketing"]
+    assert buckets["random"]["pad_tokens"] > buckets["bucketed"]["pad_tokens"] > 0
+    assert buckets["random"]["prime_s"] > 0 and len(buckets["bucketed"]["prime_runs_s"]) == 5
     assert len(results["targets"]) == TARGETS
     assert all(isinstance(t["met"], bool) for t in results["targets"])
     assert "skipped" in results["gpu"]  # --device cpu
@@ -219,6 +233,6 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     verdicts = [
         t["met"] for t in json.loads((tmp_path / "wire" / "results.json").read_text())["targets"]
     ]
-    judged = [False] * 4 + [True, True, False] + [True] * 5
+    judged = [False] * 4 + [True, True, False] + [True] * 5 + [True] * 6
     assert [v is None for v in verdicts] == judged, text
     assert (tmp_path / "wire" / "results.png").read_bytes()[:4] == b"\x89PNG"

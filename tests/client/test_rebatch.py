@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchstash.client import BatchError, BatchIterator, EpochPlan, PlanError
+from batchstash.client.dealt import permutation
 from batchstash.client.rebatch import RebatchPlan, chunks, interleave
-from batchstash.client.redeal import RedealtBatchId, permutation
+from batchstash.client.redeal import RedealtBatchId
 
 from .memsource import FINGERPRINT, MemorySource, check_rows, metadata
 
@@ -78,12 +79,25 @@ def test_the_plan_hash_changes_with_the_window_and_the_inputs() -> None:
     assert base.replan(1, 3).hash != base.hash
 
 
-def test_permutation_is_a_fixed_sequence_for_a_key() -> None:
+def _splitmix_order(count: int, key: str) -> list[int]:
+    """The permutation's definition in plain Python integers (mod 2**64)."""
+    mask, seed = 2**64 - 1, int(key[:16], 16)
+
+    def mix(i: int) -> int:
+        z = (seed + (i + 1) * 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    return sorted(range(count), key=mix)
+
+
+def test_permutation_is_splitmix64_sorted() -> None:
     key = "0123456789abcdef" * 2
-    assert permutation(10, key) == permutation(10, key)
-    assert sorted(permutation(10, key)) == list(range(10))
-    assert permutation(10, key) != permutation(10, "f" + key[1:])
-    assert permutation(0, key) == [] and permutation(1, key) == [0]
+    got = permutation(1000, key).tolist()
+    assert got == _splitmix_order(1000, key) and sorted(got) == list(range(1000))
+    assert got != permutation(1000, "f" + key[1:]).tolist()
+    assert permutation(0, key).tolist() == [] and permutation(1, key).tolist() == [0]
 
 
 # -- rows ----------------------------------------------------------------------------------------
