@@ -58,6 +58,11 @@ def permutation(count: int, key: str) -> numpy.ndarray:
 
 _ALIGN = 64
 
+BULK_BYTES = 4 << 20
+"""A window whose fixed fields hold at most this many bytes is gathered in one go when dealt:
+new batches are then views of it (a few microseconds each instead of a copy call per stored
+batch), at the cost of one window's copy more, so only a small window is."""
+
 
 def allocate(
     shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
@@ -114,12 +119,17 @@ class DealtWindow:
             batch must have exactly these attributes.
         ids: builds the id of new batch ``i``.
         pool: where the new batches' tensors are allocated (``None``: plain allocations).
+        pin: allocate them in page-locked memory (for a CUDA copy).
     """
 
     def __init__(
-        self, rules: dict[str, FieldRule], ids: Callable[[int], int], pool: BufferPool | None = None
+        self,
+        rules: dict[str, FieldRule],
+        ids: Callable[[int], int],
+        pool: BufferPool | None = None,
+        pin: bool = False,
     ) -> None:
-        self.rules, self._ids, self.pool = rules, ids, pool
+        self.rules, self._ids, self.pool, self.pin = rules, ids, pool, pin
         self.sizes: list[int] = []  # of the stored batches, in order
         self._first: Batch | None = None
         self._names: list[Any] = []
@@ -130,6 +140,8 @@ class DealtWindow:
         self._starts = numpy.zeros(1, dtype=numpy.int64)
         self._ids_array = numpy.empty(0, dtype=object)
         self._cuts = [0]
+        self._sorted = self._order
+        self._bulk: dict[str, torch.Tensor] = {}
 
     def add(self, batch: Batch) -> None:
         """Hold the window's next stored batch.
@@ -171,16 +183,59 @@ class DealtWindow:
         self._cuts = [0, *numpy.cumsum(sorted(self.sizes, reverse=True)).tolist()]
         self._ids_array = numpy.empty(len(self._names), dtype=object)
         self._ids_array[:] = self._names
+        cuts = self._cuts
+        parts = [numpy.sort(self._order[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
+        self._sorted = numpy.concatenate(parts) if parts else self._order
+        self._bulk = self._gather_all() if self._small() else {}
+
+    def _small(self) -> bool:
+        """Whether the fixed fields are gathered for the whole window at once (see BULK_BYTES)."""
+        fixed = [n for n, rule in self.rules.items() if rule.pad is None]
+        arrays = [a for n in fixed for a in self._arrays[n]]
+        size = sum(t.nbytes for n in fixed for t in self._tensors[n])
+        return size <= BULK_BYTES and all(a is not None for a in arrays)
+
+    def _gather_all(self) -> dict[str, torch.Tensor]:
+        """Every fixed field's rows in dealt order, each gathered once (a small window)."""
+        rows = self._sorted
+        source = numpy.searchsorted(self._starts[1:], rows, side="right")
+        local = rows - self._starts[source]
+        where = [numpy.flatnonzero(source == s) for s in range(len(self.sizes))]
+        shapes = {
+            name: ((len(rows), *self._tensors[name][0].shape[1:]), self._tensors[name][0].dtype)
+            for name, rule in self.rules.items()
+            if rule.pad is None
+        }
+        out = allocate(shapes, self.pool, self.pin)
+        for name, tensor in out.items():
+            target = tensor.numpy()
+            for s, array in enumerate(self._arrays[name]):
+                target[where[s]] = array.take(local[where[s]], axis=0)  # type: ignore[union-attr]
+            self._tensors[name], self._arrays[name] = [], []  # the stored rows are not needed
+        return out
 
     def __len__(self) -> int:
         """The number of new batches (that of stored batches)."""
         return len(self.sizes)
 
-    def batch(self, index: int, pin: bool = False) -> Batch:
-        """New batch ``index`` (in pinned memory with ``pin``, for a CUDA copy)."""
+    def batch(self, index: int) -> Batch:
+        """New batch ``index``."""
         if self._first is None:
             raise BatchError("a window without batches deals none")
-        rows = numpy.sort(self._order[self._cuts[index] : self._cuts[index + 1]])
+        pin = self.pin
+        lo, hi = self._cuts[index], self._cuts[index + 1]
+        rows = self._sorted[lo:hi]
+        tensors = {name: bulk[lo:hi] for name, bulk in self._bulk.items()}
+        rest = [name for name in self.rules if name not in self._bulk]
+        if rest:
+            tensors.update(self._gathered(rest, rows, pin))
+        names = self._ids_array[rows].tolist()
+        return self._first.with_rows(self._ids(index), {n: tensors[n] for n in self.rules}, names)
+
+    def _gathered(
+        self, names: list[str], rows: numpy.ndarray, pin: bool
+    ) -> dict[str, torch.Tensor]:
+        """Fields ``names`` of the new batch of ``rows``, gathered from the stored batches."""
         source = numpy.searchsorted(self._starts[1:], rows, side="right")
         local = rows - self._starts[source]
         bounds = numpy.searchsorted(source, numpy.arange(len(self.sizes) + 1)).tolist()
@@ -189,7 +244,7 @@ class DealtWindow:
             for s in range(len(self.sizes))
             if bounds[s + 1] > bounds[s]
         ]
-        shapes = {name: self._shape(name, parts, len(rows)) for name in self.rules}
+        shapes = {name: self._shape(name, parts, len(rows)) for name in names}
         tensors = allocate(shapes, self.pool, pin)
         for name, out in tensors.items():
             held, pad = self._tensors[name], self.rules[name].pad
@@ -208,8 +263,7 @@ class DealtWindow:
                 sizes = zip(src.shape[1:], out.shape[1:], strict=True)
                 region = (slice(None), *(slice(0, min(a, b)) for a, b in sizes))
                 out[into][region] = src[region].index_select(0, torch.from_numpy(picked))
-        names = self._ids_array[rows].tolist()
-        return self._first.with_rows(self._ids(index), tensors, names)
+        return tensors
 
     def _shape(
         self, name: str, parts: list[tuple[int, numpy.ndarray, slice]], count: int

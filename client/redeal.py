@@ -147,13 +147,13 @@ def redealt(
                 if rules is None:
                     rules = field_rules(batch.metadata, batch.attributes)
                 if dealt is None:
-                    dealt = DealtWindow(rules, name, pool)
+                    dealt = DealtWindow(rules, name, pool, pin)
                 dealt.add(batch)
             if dealt is None:
                 continue
             dealt.deal(plan.window_key(window))
             for index in indices:
-                new = dealt.batch(index, pin=pin)
+                new = dealt.batch(index)
                 yield new if stage is None else stage.hand_over(stage.copy([new])[0])
     finally:
         stored.close()

@@ -8,10 +8,11 @@ import re
 from collections import Counter
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchstash.client import BatchError, BatchIterator, EpochPlan, PlanError
+from batchstash.client import BatchError, BatchIterator, EpochPlan, PlanError, dealt
 from batchstash.client.dealt import permutation
 from batchstash.client.rebatch import RebatchPlan, chunks, interleave
 from batchstash.client.redeal import RedealtBatchId
@@ -151,6 +152,24 @@ def test_batches_are_of_the_store_size_and_new_each_epoch() -> None:
     assert read(src, shuffle_window=16, epoch=1) == epochs[1]  # deterministic
     assert read(src, shuffle_window=16, epoch=1, seed=5) != epochs[1]
     assert read(src, shuffle_window=8, epoch=1) != epochs[1]
+
+
+def test_a_large_window_gathered_batch_by_batch_gives_the_same_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src = MemorySource(sizes_of(23, 6, 2))
+
+    def batches() -> list[dict[str, torch.Tensor]]:
+        it = BatchIterator(src, "train", shuffle_window=5, epoch=7, rank=1, world_size=2)
+        return [{"ids": b.data_point_ids, **b.attributes} for b in it]  # type: ignore[dict-item]
+
+    whole = batches()  # small windows: gathered in one go when dealt
+    monkeypatch.setattr(dealt, "BULK_BYTES", 0)
+    one_by_one = batches()
+    assert len(whole) == len(one_by_one) == 12
+    for a, b in zip(whole, one_by_one, strict=True):
+        assert a["ids"] == b["ids"]
+        assert all(torch.equal(a[k], b[k]) for k in ("x", "label", "tokens"))
 
 
 def test_without_a_window_the_stored_batches_come_as_they_are() -> None:
