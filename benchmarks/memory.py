@@ -31,19 +31,11 @@ def server_peak(
 
 
 def client_growth(
-    url: str,
-    prefetch: int,
-    batch_bytes: int,
-    max_batches: int,
-    max_seconds: float,
-    shuffle_window: int = 0,
+    url: str, prefetch: int, batch_bytes: int, max_batches: int, max_seconds: float
 ) -> dict[str, Any]:
     """A fresh consumer process's peak RSS growth while iterating with ``prefetch``."""
-    task = LoadTask(
-        url, "iter", 1, max_batches, max_seconds, prefetch=prefetch, shuffle_window=shuffle_window
-    )
     with ConsumerPool(1) as pool:
-        load = pool.run(task)
+        load = pool.run(LoadTask(url, "iter", 1, max_batches, max_seconds, prefetch=prefetch))
     limit = 3 * prefetch * batch_bytes
     return {
         "prefetch": prefetch,
@@ -52,7 +44,6 @@ def client_growth(
         "peak": load["client_peak"],
         "limit": limit,
         "ratio": load["client_growth"] / (prefetch * batch_bytes),
-        "shuffle_window": shuffle_window,
         "batches": load["batches"],
         "mb_s": load["mb_s"],
     }

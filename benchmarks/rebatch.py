@@ -5,8 +5,9 @@
   one of the first epoch's.
 - **speed**: ``iter_batches`` on one consumer, ``W=16`` against ``W=0``, interleaved
   ``repeats`` times on the large (1 MiB) and the small (67 KB) store; medians by MB/s.
-- **memory**: a fresh consumer's peak RSS growth with ``W=16``, prefetch 4, against
-  ``(W + prefetch) x batch``.
+- **memory**: a fresh reader process's peak RSS growth over its RSS before iterating (see
+  :mod:`benchmarks.rebatch_memory`), large store, prefetch 4, with ``W=16`` against
+  ``(W + prefetch) x batch``, and with ``W=0`` for comparison.
 - **bucketing**: the text example primed at random and with ``bucket_by="tokens"``,
   interleaved; the share of pad tokens (id 0) in the stored ``tokens`` of ``train``, and each
   prime's median time.
@@ -124,6 +125,16 @@ def rows(result: dict[str, Any]) -> list[Row]:
                 run=runs[f"w{WINDOW}"],
             )
         )
+    mem = result["memory"]
+    out.append(
+        Row(
+            sec,
+            f"client peak RSS growth, large store, prefetch {mem['prefetch']}: "
+            f"shuffle_window={WINDOW} vs 0",
+            f"{fmt(mem[f'w{WINDOW}']['growth'] / MB)} vs {fmt(mem['w0']['growth'] / MB)} MB "
+            f"({fmt(mem[f'w{WINDOW}']['batches'])} batches read)",
+        )
+    )
     buckets = result["bucketing"]
     for way in ("random", "bucketed"):
         b = buckets[way]
@@ -165,7 +176,7 @@ def targets(result: dict[str, Any] | None) -> list[Row]:
         )
     mem = None if result is None else result["memory"]
     bound = None if mem is None else (WINDOW + mem["prefetch"]) * mem["batch_bytes"]
-    growth = None if mem is None else mem["growth"]
+    growth = None if mem is None else mem[f"w{WINDOW}"]["growth"]
     out.append(
         Row(
             sec,

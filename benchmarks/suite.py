@@ -28,6 +28,7 @@ from . import (
     rawclient,
     ray_priming,
     rebatch,
+    rebatch_memory,
     reference_prime,
     s3,
     status,
@@ -392,15 +393,11 @@ class Suite:
                 )
 
             def client_memory() -> dict[str, Any]:
-                growth = memory.client_growth(
-                    servers["large"].url,
-                    4,
-                    size_bytes["large"],
-                    p.max_batches,
-                    p.max_seconds,
-                    shuffle_window=rebatch.WINDOW,
-                )
-                return {**growth, "batch_bytes": size_bytes["large"]}
+                url, count = servers["large"].url, min(p.max_batches, p.large_batches)
+                runs = {
+                    f"w{w}": rebatch_memory.growth(url, w, 4, count) for w in (0, rebatch.WINDOW)
+                }
+                return {"prefetch": 4, "batch_bytes": size_bytes["large"], **runs}
 
             self.results["rebatch"] = rebatch.measure_all(
                 servers["small"].url,

@@ -208,7 +208,9 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         assert speed["w16"]["batches"] > 0 and speed["w0"]["batches"] > 0, size
     assert redealt["repeats"]["w0"]["share"] == 1.0  # stored batches repeat every epoch
     assert redealt["repeats"]["w16"]["batches"] == 50
-    assert redealt["memory"]["growth"] > 0 and redealt["memory"]["shuffle_window"] == 16
+    mem = redealt["memory"]
+    assert mem["w16"]["growth"] > mem["w0"]["growth"] > 0 and mem["w16"]["window"] == 16
+    assert mem["w16"]["batches"] == mem["w0"]["batches"] == 50
     buckets = redealt["bucketing"]
     assert buckets["random"]["pad_tokens"] > buckets["bucketed"]["pad_tokens"] > 0
     assert buckets["random"]["prime_s"] > 0 and len(buckets["bucketed"]["prime_runs_s"]) == 5
