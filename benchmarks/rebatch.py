@@ -78,7 +78,7 @@ def _padding(stash: Any) -> tuple[int, int]:
     return pads, total
 
 
-def bucketing(work: Path, repeats_: int = 5) -> dict[str, Any]:
+def bucketing(work: Path, repeats_: int = 9) -> dict[str, Any]:
     """The text example primed both ways ``repeats_`` times, interleaved (in this process)."""
     ways: dict[str, dict[str, Any]] = {"random": {}, "bucketed": {"bucket_by": "tokens"}}
     times_: dict[str, list[float]] = {way: [] for way in ways}
