@@ -399,15 +399,19 @@ class Suite:
                 }
                 return {"prefetch": 4, "batch_bytes": size_bytes["large"], **runs}
 
-            self.results["rebatch"] = rebatch.measure_all(
+            result = rebatch.measure_all(
                 servers["small"].url,
                 load,
                 client_memory,
-                self.work / "rebatch",
                 PREFETCH["small"],
                 size_bytes,
                 self.step,
             )
+        work = self.work / "rebatch"  # with the servers stopped: priming times in process
+        result["bucketing"] = self.step(
+            "length bucketing: text example", lambda: rebatch.bucketing(work)
+        )
+        self.results["rebatch"] = result
 
     def status_cost(self) -> None:
         """Status and split counts on a small and a large store, in process."""

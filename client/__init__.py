@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     from .plan import EpochPlan
     from .policy import RetryPolicy
     from .ranks import resolve_rank
+    from .rebatch import RebatchPlan
+    from .redeal import RedealtBatchId
     from .source import BatchSource
     from .staging import DeviceStage
     from .transport import BufferStream, BufferTransport, body_buffer
@@ -83,6 +85,8 @@ _LAZY = {
     "EndpointState": ".http",
     "Endpoints": ".endpoints",
     "EpochPlan": ".plan",
+    "RebatchPlan": ".rebatch",
+    "RedealtBatchId": ".redeal",
     "PipelinedReader": ".pipeline",
     "FieldFeatureMapping": ".mapping",
     "ManagerFeatureMapping": ".mapping",
@@ -133,6 +137,8 @@ __all__ = [
     "PipelinedReader",
     "PlanError",
     "PrimeCancelledError",
+    "RebatchPlan",
+    "RedealtBatchId",
     "RetryPolicy",
     "StaleStoreError",
     "StoreBusyError",

@@ -304,10 +304,15 @@ class BatchIterator:
         ``shuffle``, ``pad_ranks``, ``world_size``, ``rank``, ``position`` (batches this rank
         has yielded), ``per_rank`` (batches of each rank in this plan), ``resumed_from``
         (earlier ``[world_size, position]`` segments of this epoch), ``batches`` (batches
-        in the split) and, with a ``shuffle_window``, ``shuffle_window``.
+        in the split) and, with a ``shuffle_window``, ``shuffle_window`` and ``bucket_window``
+        (the store's bucketing window, ``0``: none).
         """
         plan = self.plan
-        window = {"shuffle_window": plan.window} if isinstance(plan, RebatchPlan) else {}
+        window = (
+            {"shuffle_window": plan.window, "bucket_window": plan.bands}
+            if isinstance(plan, RebatchPlan)
+            else {}
+        )
         return {
             **window,
             "version": PLAN_VERSION,
@@ -344,6 +349,7 @@ class BatchIterator:
             seed, epoch, shuffle = int(state["seed"]), int(state["epoch"]), bool(state["shuffle"])
             pad = bool(state.get("pad_ranks", True))
             window = int(state.get("shuffle_window", 0))
+            bands = int(state.get("bucket_window", 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"not a batch iterator state: {exc!r}") from None
         if version != PLAN_VERSION:
@@ -356,8 +362,8 @@ class BatchIterator:
                 f"{self.plan.fingerprint}): its batches differ, so the epoch cannot be resumed; "
                 "start the epoch over without the state"
             )
-        if window < 0:
-            raise PlanError(f"not a batch iterator state: shuffle_window {window}")
+        if window < 0 or bands < 0:
+            raise PlanError(f"not a batch iterator state: shuffle_window {window}, {bands}")
         saved = make_plan(
             fingerprint,
             split,
@@ -369,7 +375,7 @@ class BatchIterator:
             resumed_from=segments,
             pad=pad,
             window=window,
-            bands=self.bucket_window,
+            bands=bands,
         )
         if saved.hash != saved_hash:
             raise PlanError(
@@ -377,6 +383,7 @@ class BatchIterator:
                 f"({saved_hash} != {saved.hash}); start the epoch over"
             )
         saved.check_position(position)
+        self.bucket_window = bands  # the store's (its fingerprint is checked above)
         if saved_size == self.plan.world_size:
             self.plan, self.position = saved, position
         else:

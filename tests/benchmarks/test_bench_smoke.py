@@ -213,7 +213,8 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert mem["w16"]["batches"] == mem["w0"]["batches"] == 50
     buckets = redealt["bucketing"]
     assert buckets["random"]["pad_tokens"] > buckets["bucketed"]["pad_tokens"] > 0
-    assert buckets["random"]["prime_s"] > 0 and len(buckets["bucketed"]["prime_runs_s"]) == 9
+    assert buckets["random"]["prime_s"] > 0 and len(buckets["bucketed"]["prime_runs_s"]) == 15
+    assert buckets["bucketed"]["plan_s"] > 0
     assert len(results["targets"]) == TARGETS
     assert all(isinstance(t["met"], bool) for t in results["targets"])
     assert "skipped" in results["gpu"]  # --device cpu

@@ -300,3 +300,42 @@ def test_a_state_of_another_window_or_store_is_checked() -> None:
     assert "shuffle_window" not in plain_state
     with pytest.raises(ValueError, match="shuffle_window"):
         BatchIterator(src, "train", shuffle_window=-1)
+
+
+# -- CUDA ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_epoch_is_redealt_on_the_cpu_then_copied() -> None:
+    src = MemorySource(sizes_of(20))
+    on_cpu = [
+        {"ids": b.data_point_ids, **b.attributes}
+        for b in BatchIterator(src, "train", shuffle_window=4, epoch=2)
+    ]
+    it = BatchIterator(src, "train", shuffle_window=4, epoch=2, device="cuda")
+    on_gpu = list(it)
+    torch.cuda.current_stream().synchronize()
+    assert it._stage is not None and it._stage.stream is not None
+    assert len(on_gpu) == len(on_cpu) == 20
+    for cpu, gpu in zip(on_cpu, on_gpu, strict=True):
+        assert gpu.data_point_ids == cpu["ids"] and isinstance(gpu.id, RedealtBatchId)
+        for name in ("x", "label", "tokens"):
+            assert gpu[name].is_cuda and torch.equal(gpu[name].cpu(), cpu[name]), name
+
+
+def test_a_state_brings_the_bucket_window_of_its_plan() -> None:
+    src = MemorySource(sizes_of(24))
+    args: dict[str, object] = {"shuffle_window": 4, "bucket_window": 3, "epoch": 1}
+    whole = [check_rows(b) for b in BatchIterator(src, "train", **args)]  # type: ignore[arg-type]
+    plan = BatchIterator(src, "train", **args).plan  # type: ignore[arg-type]
+    assert isinstance(plan, RebatchPlan) and plan.bands == 3
+    for window in plan.windows:  # a window pools batches of one band, or of neighbouring ones
+        bands = sorted({b % 3 for b in window.batch_ids})
+        assert bands[-1] - bands[0] <= 1
+    it = BatchIterator(src, "train", **args)  # type: ignore[arg-type]
+    head = [check_rows(next(it)) for _ in range(6)]
+    state = it.state_dict()
+    assert state["bucket_window"] == 3
+    resumed = BatchIterator(src, "train", state=state)  # no bucket_window given: the state's
+    assert head + [check_rows(b) for b in resumed] == whole
