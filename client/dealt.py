@@ -96,7 +96,9 @@ def _numpy(tensor: torch.Tensor) -> numpy.ndarray | None:
 
 # The gathers go through numpy where it can: single-threaded, without the GIL, so they run
 # beside the reader's thread at memory speed; torch's own copies of a MiB are split over its
-# intra-op threads, and wait on each other when the cores are busy.
+# intra-op threads, and wait on each other when the cores are busy. ``take`` is told
+# ``mode="clip"`` (the rows are in range by construction): with ``out`` and the default
+# ``"raise"`` numpy buffers the result and copies it twice.
 
 
 def _extents(tensor: torch.Tensor, pad: float | int) -> torch.Tensor:
@@ -255,7 +257,7 @@ class DealtWindow:
                     if target is None or array is None:
                         torch.index_select(held[s], 0, torch.from_numpy(picked), out=out[into])
                     else:
-                        array.take(picked, axis=0, out=target[into])
+                        array.take(picked, axis=0, out=target[into], mode="clip")
                 continue
             out.fill_(pad)
             for s, picked, into in parts:
