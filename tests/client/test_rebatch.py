@@ -339,3 +339,27 @@ def test_a_state_brings_the_bucket_window_of_its_plan() -> None:
     assert state["bucket_window"] == 3
     resumed = BatchIterator(src, "train", state=state)  # no bucket_window given: the state's
     assert head + [check_rows(b) for b in resumed] == whole
+
+
+@FAST
+@given(st.integers(1, 30), st.integers(0, 12), st.integers(0, 12), st.integers(1, 5))
+def test_two_resumes_at_other_world_sizes_read_every_row_once(
+    n: int, first_stop: int, second_stop: int, window: int
+) -> None:
+    src = MemorySource(sizes_of(n))
+    common: dict[str, object] = {"shuffle_window": window, "epoch": 2, "pad_ranks": False}
+    rows: Counter[str] = Counter()
+    state = None
+    for world_size, stop in ((4, first_stop), (3, second_stop), (2, None)):
+        iters = [
+            BatchIterator(src, "train", rank=r, world_size=world_size, state=state, **common)  # type: ignore[arg-type]
+            for r in range(world_size)
+        ]
+        position = iters[0].plan.per_rank if stop is None else min(stop, iters[0].plan.per_rank)
+        for it in iters:
+            for _ in range(min(position, len(it))):
+                rows.update(check_rows(next(it)))
+        state = iters[0].state_dict()
+        state["position"] = position
+    stored = Counter(f"{b}-{i}" for b, size in enumerate(src.sizes) for i in range(size))
+    assert rows == stored
