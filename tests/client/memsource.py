@@ -17,6 +17,7 @@ from batchstash.client import (
     Batch,
     BatchFeatureMapping,
     BatchFieldMetadata,
+    BatchIterator,
     BatchMetadata,
     FieldFeatureMapping,
     ManagerFeatureMapping,
@@ -137,3 +138,13 @@ class MemorySource:
 
     def pipelined_reader(self, *args: Any, **kwargs: Any) -> None:
         return None
+
+
+def sizes_of(n: int, size: int = 4, last: int = 3) -> list[int]:
+    """``n`` stored batches of ``size`` rows, the last of ``last``."""
+    return [size] * (n - 1) + [last] if n else []
+
+
+def read(src: MemorySource, **kwargs: Any) -> list[list[str]]:
+    """Every batch of one iterator of ``src``, as data point ids (each row checked)."""
+    return [check_rows(b) for b in BatchIterator(src, "train", **kwargs)]
