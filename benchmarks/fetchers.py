@@ -46,6 +46,7 @@ class LoadTask:
         per_request: batch ids a request (``raw``).
         token: the bearer token, if the server needs one.
         pipelined: ``iter_batches``' ``pipelined`` (``False``: a prefetch thread a request).
+        shuffle_window: ``iter_batches``' ``shuffle_window`` (``0``: the stored batches).
     """
 
     url: str
@@ -60,6 +61,7 @@ class LoadTask:
     per_request: int = 8
     token: str | None = None
     pipelined: bool = True
+    shuffle_window: int = 0
 
 
 class Fetcher(Protocol):
@@ -139,6 +141,7 @@ class _Iter(_ClientFetcher):
             prefetch=t.prefetch,
             device=t.device,
             pipelined=t.pipelined,
+            shuffle_window=t.shuffle_window,
         )
 
     def begin(self) -> None:

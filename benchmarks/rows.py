@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import compression, link, own_data, reference_prime
+from . import compression, link, own_data, rebatch, reference_prime
 from .ceiling import RECEIVE_BUFFERS, SEND_BUFFERS
 from .table import Row, div, fmt, latency, rate, times
 
@@ -474,6 +474,7 @@ SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "ray": lambda r: _ray_rows(r["ray"]),
     "own_data": lambda r: own_data.rows(r["own_data"]),
     "compression": lambda r: compression.rows(r["compression"]),
+    "rebatch": lambda r: rebatch.rows(r["rebatch"]),
     "gpu": lambda r: _gpu_rows(r["gpu"]),
     "link": lambda r: link.rows(r["link"]),
 }

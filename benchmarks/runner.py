@@ -49,6 +49,7 @@ SECTIONS: dict[str, Section] = {
     "serving": Section(Suite.serving, ("large", "small")),
     "naive": Section(Suite.naive, ("large", "small")),
     "memory": Section(Suite.memory, ("prime", "large")),
+    "rebatch": Section(Suite.rebatch, ("large", "small")),
     "s3": Section(Suite.s3_store),  # serving needs the consumers; they are idle while it primes
 }
 """Every section, in run order (within: those without the pool, then those with it)."""

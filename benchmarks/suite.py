@@ -6,6 +6,7 @@ and in which order is :mod:`benchmarks.runner`'s.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -28,6 +29,8 @@ from . import (
     priming,
     rawclient,
     ray_priming,
+    rebatch,
+    rebatch_memory,
     reference_prime,
     s3,
     status,
@@ -367,6 +370,50 @@ class Suite:
                     for depth in p.prefetch_depths
                 ]
         self.results["memory"] = result
+
+    def rebatch(self) -> None:
+        """Re-dealt epochs against stored batches (both stores); bucketing on the text example."""
+        p, sizes = self.profile, ("large", "small")
+        size_bytes = {
+            s: batch_bytes(self.options(s)["rows"], self.options(s)["dims"]) for s in sizes
+        }
+        with contextlib.ExitStack() as stack:
+            servers = {
+                s: stack.enter_context(
+                    batchstash_server(
+                        self.store(s), self.options(s), self.logs / f"rebatch-{s}.log"
+                    )
+                )
+                for s in sizes
+            }
+            for s in sizes:
+                self.warm(servers[s], s)
+
+            def load(size: str, window: int) -> dict[str, Any]:
+                return self.load(
+                    servers[size], "iter", 1, prefetch=PREFETCH[size], shuffle_window=window
+                )
+
+            def client_memory() -> dict[str, Any]:
+                url, count = servers["large"].url, min(p.max_batches, p.large_batches)
+                runs = {
+                    f"w{w}": rebatch_memory.growth(url, w, 4, count) for w in (0, rebatch.WINDOW)
+                }
+                return {"prefetch": 4, "batch_bytes": size_bytes["large"], **runs}
+
+            result = rebatch.measure_all(
+                servers["small"].url,
+                load,
+                client_memory,
+                PREFETCH["small"],
+                size_bytes,
+                self.step,
+            )
+        work = self.work / "rebatch"  # with the servers stopped: priming times in process
+        result["bucketing"] = self.step(
+            "length bucketing: text example", lambda: rebatch.bucketing(work)
+        )
+        self.results["rebatch"] = result
 
     def status_cost(self) -> None:
         """Status and split counts on a small and a large store, in process."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import compression, link, own_data, reference_prime
+from . import compression, link, own_data, rebatch, reference_prime
 from .rows import ceiling_run
 from .table import Row, div, fmt, latency, times
 
@@ -182,7 +182,8 @@ def targets(results: dict[str, Any]) -> list[Row]:
     """Every target, in table order.
 
     The wire, the local baseline, the DataLoader path, small batches, memory, own data,
-    priming on the reference's workload, the link and compression over a link.
+    priming on the reference's workload, the link, compression over a link, re-dealt epochs
+    and length bucketing.
     """
     return [
         *_wire(results),
@@ -194,4 +195,5 @@ def targets(results: dict[str, Any]) -> list[Row]:
         *reference_prime.targets(results.get("reference_prime")),
         *link.targets(results.get("link")),
         *compression.targets(results.get("compression")),
+        *rebatch.targets(results.get("rebatch")),
     ]

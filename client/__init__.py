@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     from .plan import EpochPlan
     from .policy import RetryPolicy
     from .ranks import resolve_rank
+    from .rebatch import RebatchPlan
+    from .redeal import RedealtBatchId
     from .source import BatchSource
     from .staging import DeviceStage
     from .transport import BufferStream, BufferTransport, body_buffer
@@ -84,6 +86,8 @@ _LAZY = {
     "EndpointState": ".http",
     "Endpoints": ".endpoints",
     "EpochPlan": ".plan",
+    "RebatchPlan": ".rebatch",
+    "RedealtBatchId": ".redeal",
     "PipelinedReader": ".pipeline",
     "ReadStats": ".waits",
     "FieldFeatureMapping": ".mapping",
@@ -137,6 +141,8 @@ __all__ = [
     "PlanError",
     "PrimeCancelledError",
     "ReadStats",
+    "RebatchPlan",
+    "RedealtBatchId",
     "RetryPolicy",
     "StaleStoreError",
     "StoreBusyError",

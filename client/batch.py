@@ -199,6 +199,23 @@ class Batch:
         clone.state = "t"
         return clone
 
+    def with_rows(
+        self: B, id: int, attributes: dict[str, torch.Tensor], data_point_ids: Sequence[Any]
+    ) -> B:
+        """A *decoded* batch of this class and split holding other rows (a re-dealt batch).
+
+        Args:
+            id: its id.
+            attributes: its tensors, one row per data point.
+            data_point_ids: the ids of its data points, in row order.
+        """
+        batch = self._clone()
+        batch.id = id
+        batch._attributes = dict(attributes)
+        batch._data_point_ids = tuple(data_point_ids)
+        batch.state = "d"
+        return batch  # type: ignore[return-value]
+
     def _clone(self) -> Batch:
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)

@@ -69,8 +69,10 @@ class BatchDataset(IterableDataset[Any]):
     its own). They pay off when per-batch CPU work (a ``transform``) costs more than that
     hand-over, as they then run it in parallel; docs/benchmarks.md has the numbers.
 
-    **Batch composition is fixed when the store is primed**: which examples share a batch never
-    changes between epochs; shuffling reorders whole batches.
+    **Batch composition** is fixed when the store is primed unless ``shuffle_window`` is set:
+    then the rows of each ``W`` stored batches are re-dealt into new batches every epoch (see
+    :meth:`BatchClient.iter_batches`). Each worker reads the whole windows its batches come
+    from, so with ``W`` and ``N`` workers each stored batch is fetched ``N`` times.
 
     **Ranks** are resolved when a pass starts (or :func:`len` is taken), in the training
     process, not when the dataset is built: a dataset made at module level before the process
@@ -122,6 +124,9 @@ class BatchDataset(IterableDataset[Any]):
         pad_ranks: equal-length rank lists (the default, for training; see
             :meth:`BatchClient.iter_batches`); ``False``: every batch exactly once, ranks
             uneven by at most one batch (exact evaluation).
+        shuffle_window: re-deal the rows of each ``W`` stored batches into new batches every
+            epoch (``0``: the stored batches; see :meth:`BatchClient.iter_batches`). A resume
+            state brings its own.
 
     Raises:
         ValueError: both ``client_factory`` and ``batch_type``; when a pass starts,
@@ -148,6 +153,7 @@ class BatchDataset(IterableDataset[Any]):
         client_factory: Callable[[], BatchClient] | None = None,
         batch_type: type[Batch] | None = None,
         pad_ranks: bool = True,
+        shuffle_window: int = 0,
     ) -> None:
         super().__init__()
         if client_factory is not None and batch_type is not None:
@@ -167,6 +173,7 @@ class BatchDataset(IterableDataset[Any]):
         self.as_dict = as_dict
         self.transform = transform
         self.pad_ranks = pad_ranks
+        self.shuffle_window = shuffle_window
         state_epoch = _state_epoch(state)
         self._cursor = EpochCursor(epoch if state_epoch is None else state_epoch, state)
         self._passes = 0  # passes this copy started (a persistent worker's copy counts on)
@@ -297,6 +304,7 @@ class BatchDataset(IterableDataset[Any]):
             attributes=self.attributes,
             state=state,
             pad_ranks=self.pad_ranks,
+            shuffle_window=self.shuffle_window,
         )
 
     def state_dict(self, position: int) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from .iterate import BatchIterator
 from .metadata import BatchMetadata
 from .pipeline import PipelinedReader
 from .policy import RetryPolicy
+from .redeal import field_rules
 from .staging import DeviceStage
 from .transport import body_buffer
 
@@ -418,13 +419,18 @@ class BatchClient:
         batches_per_request: int | None = None,
         pipelined: bool = True,
         pad_ranks: bool = True,
+        shuffle_window: int = 0,
     ) -> BatchIterator:
         """Iterate over this rank's share of one epoch of ``split``, prefetching in threads.
 
-        **Batch composition is fixed when the store is primed**: which examples share a batch
-        never changes between epochs; ``shuffle`` reorders whole batches (a new order each
-        epoch). Shuffle the examples across batches by priming again with another
-        ``BatchStash(seed=...)``.
+        **Batch composition** is fixed when the store is primed: with ``shuffle_window=0``
+        which examples share a batch never changes between epochs, and ``shuffle`` reorders
+        whole batches (a new order each epoch). ``shuffle_window=W`` re-deals the rows of each
+        ``W`` stored batches of the rank's list into new batches of the store's batch size,
+        differently every epoch (deterministic for fingerprint, seed, epoch and ``W``; see
+        :mod:`~batchstash.client.redeal`); variable-length fields are re-padded to each new
+        batch's longest row. On a length-bucketed store the windows pool batches of similar
+        lengths.
 
         See :class:`~batchstash.client.iterate.BatchIterator` and
         :class:`~batchstash.client.plan.EpochPlan` for the order, the dealing to ranks and
@@ -453,7 +459,19 @@ class BatchClient:
                 the count does not divide (default; what DDP training needs); ``False``: every
                 batch exactly once, ranks uneven by at most one batch (exact evaluation; gather
                 results after the loop, not with per-step collectives).
+            shuffle_window: stored batches whose rows are re-dealt together each epoch (``0``:
+                none). The client holds ``W`` stored batches besides ``prefetch``.
+
+        Raises:
+            BatchError: with ``shuffle_window``, a field whose rows cannot be re-dealt (an
+                ``is_agg`` field whose vectorizer does not declare independent rows, a varying
+                field without a pad value); the message names them.
         """
+        bucket_window = 0
+        if shuffle_window:
+            meta = self.metadata()
+            field_rules(meta, meta.fields_by_attribute if attributes is None else attributes)
+            bucket_window = int((meta.bucketing or {}).get("window", 0))
         return BatchIterator(
             self,
             split,
@@ -469,6 +487,8 @@ class BatchClient:
             batches_per_request=batches_per_request,
             pipelined=pipelined,
             pad_ranks=pad_ranks,
+            shuffle_window=shuffle_window,
+            bucket_window=bucket_window,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -14,8 +15,10 @@ import torch
 
 from .batch import Batch
 from .errors import PlanError
-from .plan import PLAN_VERSION, EpochPlan
+from .plan import PLAN_VERSION
 from .ranks import resolve_rank
+from .rebatch import RebatchPlan, make_plan
+from .redeal import redealt
 from .source import BatchSource, GroupReader
 from .staging import DeviceStage
 from .waits import ReadStats
@@ -78,10 +81,11 @@ class BatchIterator:
             ...
             saved = it.state_dict()          # JSON-able; store it in the checkpoint
 
-    A state restores the split's epoch, seed and shuffle; rank and world size come from the new
-    iterator. With the same world size the rank continues its list. With another world size the
-    batches no rank has read yet (ranks advance in lockstep, as under DDP, so any rank's state
-    will do) are re-dealt to the new ranks with the :class:`EpochPlan` remainder rule.
+    A state restores the split's epoch, seed, shuffle and ``shuffle_window``; rank and world
+    size come from the new iterator. With the same world size the rank continues its list.
+    With another world size the batches no rank has read yet (ranks advance in lockstep, as
+    under DDP, so any rank's state will do) are re-dealt to the new ranks with the
+    :class:`EpochPlan` remainder rule.
 
     Args:
         client: where the batches come from: a :class:`BatchClient`, or any
@@ -123,6 +127,14 @@ class BatchIterator:
             the order again (the default, what DDP training needs: no rank waits on a step
             the others never take); ``False``: every batch exactly once, ranks uneven by at
             most one (exact evaluation; see :class:`EpochPlan`).
+        shuffle_window: ``W > 0`` re-deals the rows of each ``W`` stored batches of the
+            rank's list into new batches, differently every epoch (see
+            :class:`~batchstash.client.rebatch.RebatchPlan` and
+            :mod:`~batchstash.client.redeal`); ``0``: the stored batches as they are. It holds
+            ``W`` stored batches besides ``prefetch``.
+        bucket_window: the store's length-bucketing window in batches (its metadata's
+            ``bucketing``; :meth:`BatchClient.iter_batches` passes it): windows then pool
+            batches of similar lengths.
 
     Attributes:
         reader: the pipelined reader once iteration started on one (``None``: threads); its
@@ -152,9 +164,16 @@ class BatchIterator:
         batches_per_request: int | None = None,
         pipelined: bool = True,
         pad_ranks: bool = True,
+        shuffle_window: int = 0,
+        bucket_window: int = 0,
     ) -> None:
         if prefetch < 0:
             raise ValueError(f"prefetch must not be negative, not {prefetch}")
+        if shuffle_window < 0 or bucket_window < 0:
+            raise ValueError(
+                f"shuffle_window and bucket_window must not be negative, not {shuffle_window}, "
+                f"{bucket_window}"
+            )
         if batches_per_request is not None and batches_per_request < 1:
             raise ValueError(f"batches_per_request must be >= 1, not {batches_per_request}")
         self.client = client
@@ -170,7 +189,8 @@ class BatchIterator:
         # the same memory (measured: 1 MiB batches, prefetch 24, 4 a request beat 8 by 1.2-1.5x)
         default = prefetch // 6 if pipelined and client.can_pipeline() else prefetch // 3
         self.batches_per_request = batches_per_request or max(1, default)
-        self.plan = EpochPlan.create(
+        self.bucket_window = bucket_window
+        self.plan = make_plan(
             fingerprint,
             split,
             self._batch_ids,
@@ -179,6 +199,8 @@ class BatchIterator:
             world_size=world_size,
             shuffle=shuffle,
             pad=pad_ranks,
+            window=shuffle_window,
+            bands=bucket_window,
         )
         self.plan.rank_ids(self.rank)  # validates the rank
         self.position = 0
@@ -187,8 +209,13 @@ class BatchIterator:
         if state is not None:
             self.load_state_dict(state)
 
+    @property
+    def shuffle_window(self) -> int:
+        """Stored batches a window pools (``0``: the stored batches as they are)."""
+        return self.plan.window if isinstance(self.plan, RebatchPlan) else 0
+
     def rank_ids(self) -> list[int]:
-        """This rank's batch ids for the whole (possibly resumed) plan."""
+        """This rank's batch ids (item ids with ``shuffle_window``) for the whole plan."""
         return self.plan.rank_ids(self.rank)
 
     def remaining_ids(self) -> list[int]:
@@ -212,7 +239,7 @@ class BatchIterator:
     def __iter__(self) -> BatchIterator:
         return self
 
-    def _fetch_group(self, batch_ids: list[int]) -> list[Batch]:
+    def _fetch_group(self, batch_ids: list[int], stage: DeviceStage | None) -> list[Batch]:
         """A group of the iteration, copied by its stage (handed over in :meth:`__next__`)."""
         start = time.perf_counter()
         batches = self.client.batches(
@@ -220,9 +247,9 @@ class BatchIterator:
         )
         fetched = time.perf_counter()
         self.read_stats.read(fetched - start, sum(map(_tensor_bytes, batches)))
-        if self._stage is None:
+        if stage is None:
             return batches
-        batches = self._stage.copy(batches)
+        batches = stage.copy(batches)
         self.read_stats.copied(time.perf_counter() - fetched)
         return batches
 
@@ -233,31 +260,44 @@ class BatchIterator:
         the reader's ``network_s``, ``decode_s`` and ``copy_s``, ``bytes`` and ``batches``
         yielded, the ``receive_rate`` and a ``bound`` verdict (``trainer`` when the wait is
         under 5 % of the pass); see :class:`~batchstash.client.waits.ReadStats`. The end of
-        each pass logs them as one line at INFO.
+        each pass logs them as one line at INFO. With ``shuffle_window`` the wait includes
+        re-dealing the rows into new batches.
         """
         return self.read_stats.as_dict()
 
     def stream(self, batch_ids: Sequence[int]) -> Generator[Batch, None, None]:
-        """Yield the batches ``batch_ids`` of this plan's store in order, read as iteration reads.
+        """Yield the batches ``batch_ids`` of this plan in order, read as iteration reads.
 
         Pipelined on the data listener when the server has one (see ``pipelined``), else a
         prefetch thread a request, with this iterator's ``prefetch``, ``batches_per_request``,
         ``attributes`` and ``device``; :attr:`position` does not move. For a reader of part of
         the rank's list, such as a DataLoader worker's shard of :meth:`remaining_ids`; close
-        the generator to stop its reader early.
+        the generator to stop its reader early. With ``shuffle_window`` the ids are items:
+        each window they come from is read whole and its new batches built (on the CPU, then
+        copied to ``device``).
         """
+        if self.device is not None and self._stage is None:
+            self._stage = DeviceStage(self.device, self.client.buffers)
+        if isinstance(self.plan, RebatchPlan):
+            stored = functools.partial(self._stored, stage=None)
+            built = redealt(self.plan, list(batch_ids), stored, self._stage, self.client.buffers)
+            return self._timed(built)
+        return self._timed(self._stored(batch_ids, self._stage))
+
+    def _stored(
+        self, batch_ids: Sequence[int], stage: DeviceStage | None
+    ) -> Generator[Batch, None, None]:
+        """The stored batches ``batch_ids`` in order, copied by ``stage`` (see :meth:`stream`)."""
         ids, size = list(batch_ids), self.batches_per_request
         groups = [ids[i : i + size] for i in range(0, len(ids), size)]
         # the group being yielded counts against prefetch, so at most prefetch batches are
         # requested and not yet yielded (at least one request ahead)
         in_flight = 0 if self.prefetch == 0 else max(1, self.prefetch // size - 1)
         stream: Generator[list[Batch], None, None]
-        if self.device is not None and self._stage is None:
-            self._stage = DeviceStage(self.device, self.client.buffers)
         reader = None
         if in_flight and self.pipelined:
             reader = self.client.pipelined_reader(
-                self.plan.split, self.attributes, self._stage, self.plan.fingerprint, in_flight
+                self.plan.split, self.attributes, stage, self.plan.fingerprint, in_flight
             )
         stats = self.read_stats
         if reader is not None:
@@ -265,24 +305,32 @@ class BatchIterator:
             reader.stats = stats
             stream = reader.groups(groups)
         else:
-            stream = prefetched(self._fetch_group, groups, in_flight)
-        stage = self._stage
+            stream = prefetched(lambda group: self._fetch_group(group, stage), groups, in_flight)
+        try:
+            for group in stream:
+                for batch in group:
+                    # in the thread that takes it: ready on that thread's current stream
+                    yield batch if stage is None else stage.hand_over(batch)
+        finally:
+            stream.close()
+
+    def _timed(self, batches: Generator[Batch, None, None]) -> Generator[Batch, None, None]:
+        """``batches``, the consumer's wait for each one counted; the pass's line logged."""
+        stats = self.read_stats
         stats.started()
         try:
             while True:
                 asked = time.perf_counter()
-                group = next(stream, None)
+                batch = next(batches, None)
                 got = time.perf_counter()
-                if group is None:
+                if batch is None:
                     break
-                stats.waited(got - asked, len(group), sum(map(_tensor_bytes, group)), got)
-                for batch in group:
-                    # in the thread that takes it: ready on that thread's current stream
-                    yield batch if stage is None else stage.hand_over(batch)
+                stats.waited(got - asked, 1, _tensor_bytes(batch), got)
+                yield batch
             if stats.batches:
                 logger.info("%s", stats.summary())
         finally:
-            stream.close()
+            batches.close()
 
     def __next__(self) -> Batch:
         if self._stream is None:
@@ -302,11 +350,18 @@ class BatchIterator:
         Keys: ``version``, ``plan_hash``, ``fingerprint``, ``split``, ``seed``, ``epoch``,
         ``shuffle``, ``pad_ranks``, ``world_size``, ``rank``, ``position`` (batches this rank
         has yielded), ``per_rank`` (batches of each rank in this plan), ``resumed_from``
-        (earlier ``[world_size, position]`` segments of this epoch) and ``batches`` (batches
-        in the split).
+        (earlier ``[world_size, position]`` segments of this epoch), ``batches`` (batches
+        in the split) and, with a ``shuffle_window``, ``shuffle_window`` and ``bucket_window``
+        (the store's bucketing window, ``0``: none).
         """
         plan = self.plan
+        window = (
+            {"shuffle_window": plan.window, "bucket_window": plan.bands}
+            if isinstance(plan, RebatchPlan)
+            else {}
+        )
         return {
+            **window,
             "version": PLAN_VERSION,
             "plan_hash": plan.hash,
             "fingerprint": plan.fingerprint,
@@ -340,6 +395,8 @@ class BatchIterator:
             segments = [(int(w), int(p)) for w, p in state.get("resumed_from", [])]
             seed, epoch, shuffle = int(state["seed"]), int(state["epoch"]), bool(state["shuffle"])
             pad = bool(state.get("pad_ranks", True))
+            window = int(state.get("shuffle_window", 0))
+            bands = int(state.get("bucket_window", 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"not a batch iterator state: {exc!r}") from None
         if version != PLAN_VERSION:
@@ -352,7 +409,9 @@ class BatchIterator:
                 f"{self.plan.fingerprint}): its batches differ, so the epoch cannot be resumed; "
                 "start the epoch over without the state"
             )
-        saved = EpochPlan.create(
+        if window < 0 or bands < 0:
+            raise PlanError(f"not a batch iterator state: shuffle_window {window}, {bands}")
+        saved = make_plan(
             fingerprint,
             split,
             self._batch_ids,
@@ -362,6 +421,8 @@ class BatchIterator:
             shuffle=shuffle,
             resumed_from=segments,
             pad=pad,
+            window=window,
+            bands=bands,
         )
         if saved.hash != saved_hash:
             raise PlanError(
@@ -369,6 +430,7 @@ class BatchIterator:
                 f"({saved_hash} != {saved.hash}); start the epoch over"
             )
         saved.check_position(position)
+        self.bucket_window = bands  # the store's (its fingerprint is checked above)
         if saved_size == self.plan.world_size:
             self.plan, self.position = saved, position
         else:

@@ -114,12 +114,16 @@ class BatchMetadata:
         batch_class: the qualified name of the batch class.
         mapping: the mapping used to encode and decode the batches.
         fields_by_attribute: field metadata by attribute name.
+        bucketing: how batches were cut by length, when they were (``None``: at random):
+            ``{"key": the data point attribute, "window": batches a bucketing window}``;
+            batch ``b`` of a split holds the ``b % window``-th shortest of its window.
     """
 
     data_point_class: str
     batch_class: str
     mapping: BatchFeatureMapping
     fields_by_attribute: dict[str, BatchFieldMetadata]
+    bucketing: dict[str, Any] | None = field(default=None, compare=True)
 
     @property
     def label_classes(self) -> tuple[str | int, ...] | None:
@@ -138,6 +142,7 @@ class BatchMetadata:
                 attr: {"field": f.field.to_dict(), "vectorizer": f.vectorizer.to_dict()}
                 for attr, f in self.fields_by_attribute.items()
             },
+            **({} if self.bucketing is None else {"bucketing": dict(self.bucketing)}),
         }
 
     @classmethod
@@ -154,6 +159,7 @@ class BatchMetadata:
             data["batch_class"],
             BatchFeatureMapping.from_dict(data["mapping"]),
             fields,
+            None if data.get("bucketing") is None else dict(data["bucketing"]),
         )
 
 

@@ -12,13 +12,14 @@ from typing import Any
 
 from .errors import PlanError
 
-__all__ = ["PLAN_VERSION", "EpochPlan", "shuffled"]
+__all__ = ["PLAN_VERSION", "EpochPlan", "digest", "shuffled"]
 
 PLAN_VERSION = 1
 """Bumped whenever the shuffle or the dealing changes, so old states refuse to resume."""
 
 
-def _digest(doc: Any) -> str:
+def digest(doc: Any) -> str:
+    """A stable 32-hex-digit BLAKE2b digest of JSON-able ``doc`` (keys sorted)."""
     raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
@@ -30,7 +31,7 @@ def shuffled(ids: Sequence[int], fingerprint: str, split: str, seed: int, epoch:
     of the four inputs: ``random()`` is the one sequence CPython guarantees across versions, so
     every rank, process and Python version computes the same order.
     """
-    rng = random.Random(int(_digest([PLAN_VERSION, fingerprint, split, seed, epoch]), 16))
+    rng = random.Random(int(digest([PLAN_VERSION, fingerprint, split, seed, epoch]), 16))
     order = list(ids)
     for i in range(len(order) - 1, 0, -1):
         j = min(int(rng.random() * (i + 1)), i)
@@ -161,7 +162,7 @@ class EpochPlan:
         """A stable hex digest of the plan (everything that decides who reads what)."""
         # ``pad_ranks`` appears only when off, so states saved before it existed still match
         unpadded = {} if self.pad else {"pad_ranks": False}
-        return _digest(
+        return digest(
             {
                 **unpadded,
                 "version": PLAN_VERSION,

@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from batchstash.client import (
 )
 
 from .dataset.batch import DefaultBatch
+from .dataset.buckets import LengthBuckets, bucketed, length_of
 from .dataset.datapoint import DataPoint
 from .dataset.idset import DataPointIDSet, plan_id_sets
 from .dataset.managers import FeatureVectorizerManagerSet
@@ -105,6 +106,7 @@ class Encoder:
         seed: the shuffle of ``train`` and each batch's seed.
         groups: the attribute groups stored together.
         owner: what batches and data points see as their ``batch_stash`` (the stash).
+        bucketing: sort ids by length within windows before cutting batches (``None``: not).
 
     Raises:
         BatchError: a field names a missing vectorizer, the label attribute is not mapped, or
@@ -123,6 +125,7 @@ class Encoder:
         seed: int,
         groups: Sequence[frozenset[str]],
         owner: BatchOwner,
+        bucketing: LengthBuckets | None = None,
     ) -> None:
         self.split_stash_container = split_stash_container
         self.vectorizer_manager_set = vectorizer_manager_set
@@ -134,6 +137,7 @@ class Encoder:
         self.seed = seed
         self.groups = tuple(groups)
         self.owner = owner
+        self.bucketing = bucketing
         for fld in batch_feature_mappings.fields:  # fail at construction on a missing vectorizer
             self.vectorizer_manager_set[self.manager_of(fld.attr)][fld.feature_id]
         _check_label_attribute(batch_feature_mappings)
@@ -159,6 +163,7 @@ class Encoder:
             qualname(self.batch_type),
             self.batch_feature_mappings,
             fields,
+            None if self.bucketing is None else self.bucketing.to_dict(),
         )
 
     @cached_property
@@ -180,14 +185,38 @@ class Encoder:
             "data_point_type": qualname(self.data_point_type),
             "batch_type": qualname(self.batch_type),
             "data": self.split_stash_container.fingerprint(),
+            **({} if self.bucketing is None else {"bucketing": self.bucketing.to_dict()}),
         }
         return str(xxhash.xxh3_128_hexdigest(json.dumps(doc, sort_keys=True).encode()))
 
     def plan(self) -> list[DataPointIDSet]:
         """Cut every split into id sets (computed once by a prime and stored as the plan)."""
         return plan_id_sets(
-            self.split_stash_container.keys_by_split, self.batch_size, self.seed, self.batch_limit
+            self.split_stash_container.keys_by_split,
+            self.batch_size,
+            self.seed,
+            self.batch_limit,
+            order=None if self.bucketing is None else self._bucket,
         )
+
+    def _bucket(self, split: str, ids: Any) -> None:
+        """Sort ``ids`` by length within bucketing windows (only called with bucketing)."""
+        window = self.bucketing.window if self.bucketing else 1
+        limit = min(self.batch_limit, 2**62) * self.batch_size
+        bucketed(ids, self.lengths, window * self.batch_size, limit)
+
+    def lengths(self, ids: Sequence[Any]) -> list[int]:
+        """The bucketing lengths of ``ids`` (each data point's ``bucket_by`` attribute).
+
+        Raises:
+            BatchError: no bucketing, or a data point without a length there.
+        """
+        if self.bucketing is None:
+            raise BatchError("this stash has no bucket_by")
+        key = self.bucketing.key
+        make: Callable[..., DataPoint] = self.data_point_type
+        raws = self.split_stash_container.get_many(ids)
+        return [length_of(make(i, self.owner, raw), key) for i, raw in zip(ids, raws, strict=True)]
 
     def data_points(self, id_set: DataPointIDSet) -> list[DataPoint]:
         """Build the data points of an id set from the split container."""

@@ -27,6 +27,7 @@ from batchstash.client import (
 )
 
 from .dataset.batch import DefaultBatch
+from .dataset.buckets import LengthBuckets
 from .dataset.datapoint import DataPoint, RowDataPoint
 from .dataset.idset import DataPointIDSet
 from .dataset.managers import FeatureVectorizerManager, FeatureVectorizerManagerSet
@@ -74,6 +75,11 @@ class BatchStash:
         compression: how :meth:`prime` stores batch objects: ``"none"``, ``"zstd"`` or
             ``"auto"`` (zstd for the attribute groups it pays for); the ``zstd`` extra.
         compression_level: the zstd level.
+        bucket_by: a data point attribute whose ``len()`` (or integer value) is its length:
+            within windows of ``bucket_window`` batches of each split's planned (shuffled)
+            ids, ids are sorted by it before batches are cut, so batches pad less (see
+            :mod:`~batchstash.service.dataset.buckets`). Part of the plan and the fingerprint.
+        bucket_window: batches a bucketing window sorts together.
     """
 
     def __init__(
@@ -96,6 +102,8 @@ class BatchStash:
         ray_address: str = "",
         compression: str = "none",
         compression_level: int = 3,
+        bucket_by: str | None = None,
+        bucket_window: int = 64,
     ) -> None:
         check_codec(compression, compression_level)
         if batch_size < 1 or workers < 0 or chunk_size < 0 or batch_limit < 1:
@@ -132,6 +140,7 @@ class BatchStash:
                 groups, batch_feature_mappings.attributes, batch_feature_mappings.dropped_attributes
             ),
             owner=self,
+            bucketing=None if bucket_by is None else LengthBuckets(bucket_by, bucket_window),
         )
         self.factory: str | None = None
         self.factory_kwargs: dict[str, Any] = {}

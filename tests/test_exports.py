@@ -64,6 +64,7 @@ CLIENT_API = {
     "MetadataNetworkSettings",
     "NotPrimedError",
     "PlanError",
+    "RedealtBatchId",
     "RetryPolicy",
     "TransportError",
     "resolve_rank",

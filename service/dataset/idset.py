@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -127,11 +127,14 @@ def plan_id_sets(
     seed: int,
     batch_limit: int,
     shuffle: Iterable[str] = ("train",),
+    order: Callable[[str, Any], Any] | None = None,
 ) -> list[DataPointIDSet]:
     """Cut each split into batches of ``batch_size`` ids, deterministically for ``seed``.
 
     Splits named in ``shuffle`` have their ids shuffled (seeded) before cutting; the last batch of
-    a split may be smaller. At most ``batch_limit`` batches are made per split.
+    a split may be smaller. At most ``batch_limit`` batches are made per split. ``order``, given
+    a split name and its ids (a list or an ``array``) after the shuffle, reorders them in place
+    before cutting (length bucketing: :func:`~.buckets.bucketed`).
     """
     shuffled = set(shuffle)
     sets = []
@@ -144,6 +147,8 @@ def plan_id_sets(
             ids = list(keys)
         if split in shuffled:
             random.Random(f"{seed}:{split}").shuffle(ids)
+        if order is not None:
+            order(split, ids)
         count = 0
         for start in range(0, len(ids), batch_size):
             if count >= batch_limit:

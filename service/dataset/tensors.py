@@ -210,7 +210,8 @@ class TensorFeatureVectorizer(FeatureVectorizer):
     def metadata(self) -> VectorizerMetadata:
         """Metadata with the pad value of the varying dimensions."""
         meta = super().metadata()
-        return VectorizerMetadata(**{**meta.__dict__, "extra": {"pad_value": self.pad_value}})
+        extra = {**meta.extra, "pad_value": self.pad_value}
+        return VectorizerMetadata(**{**meta.__dict__, "extra": extra})
 
 
 def _fitted(pad: Any, dtype: torch.dtype, feature_id: str) -> float:
@@ -281,4 +282,5 @@ class MultiLabelFeatureVectorizer(CategoryEncodableFeatureVectorizer):
     def metadata(self) -> VectorizerMetadata:
         """Metadata listing the classes, marked multi-label."""
         meta = super().metadata()
-        return VectorizerMetadata(**{**meta.__dict__, "extra": {"multi_label": True}})
+        extra = {**meta.extra, "multi_label": True}
+        return VectorizerMetadata(**{**meta.__dict__, "extra": extra})

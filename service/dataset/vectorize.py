@@ -123,13 +123,21 @@ class FeatureVectorizer(ABC):
         }
 
     def metadata(self) -> VectorizerMetadata:
-        """Return the vectorizer's metadata for models and clients (``None`` dims as ``-1``)."""
+        """Return the vectorizer's metadata for models and clients (``None`` dims as ``-1``).
+
+        Its ``extra`` has ``per_row: True`` when :meth:`encode_batch` is the stacking default:
+        each row of an ``is_agg`` field is then its own value's, so a client may re-deal rows
+        into other batches (``shuffle_window``). A vectorizer that pads declares its pad value
+        (``pad_value``) instead.
+        """
+        per_row = type(self).encode_batch is FeatureVectorizer.encode_batch
         return VectorizerMetadata(
             feature_id=self.feature_id,
             name=type(self).__name__,
             description=self.DESCRIPTION,
             dtype=str(self.dtype).removeprefix("torch."),
             shape=tuple(-1 if d is None else int(d) for d in self.shape),
+            extra={"per_row": True} if per_row else {},
         )
 
 
@@ -380,8 +388,9 @@ class TokenIdFeatureVectorizer(FeatureVectorizer):
     Ids: :attr:`PAD` ``= 0`` pads each sequence on the right to the batch's longest,
     :attr:`UNK` ``= 1`` is a token not in the vocabulary, and ``vocab[i]`` is id ``i + 2``; so
     an embedding layer takes ``vocab_size = len(vocab) + 2`` and ``padding_idx=0``, and the
-    mask of the real tokens is ``ids != 0``. The metadata's ``extra`` holds ``pad_id`` and
-    ``unk_id``. Without ``is_agg=True`` the sequences of a batch must all be of one length.
+    mask of the real tokens is ``ids != 0``. The metadata's ``extra`` holds ``pad_id`` (also as
+    ``pad_value``) and ``unk_id``. Without ``is_agg=True`` the sequences of a batch must all be
+    of one length.
 
     Attributes:
         vocab: the tokens; id ``i + 2`` is ``vocab[i]``; id 0 pads, id 1 is unknown.
@@ -434,7 +443,7 @@ class TokenIdFeatureVectorizer(FeatureVectorizer):
             **{
                 **meta.__dict__,
                 "vocab_size": len(self.vocab) + 2,
-                "extra": {"pad_id": self.PAD, "unk_id": self.UNK},
+                "extra": {"pad_id": self.PAD, "unk_id": self.UNK, "pad_value": self.PAD},
             }
         )
 

@@ -36,6 +36,7 @@ SECTIONS = (
     "own_data",
     "compression",
     "reference_prime",
+    "rebatch",
     "gpu",
     "link",
     "targets",
@@ -43,10 +44,10 @@ SECTIONS = (
     "machine",
     "sections",
 )
-TARGETS = 24  # wire: 4, local DataLoader: 1, DataLoader path: 1, small: 1, memory: 1 + 1 per
+TARGETS = 30  # wire: 4, local DataLoader: 1, DataLoader path: 1, small: 1, memory: 1 + 1 per
 # client depth (2), priming: 3 (with warm workers' first batch), status: 4, own data: 2,
-# reference-shaped priming: 1, link: 2, compression over a link: 2 (the S3 and Ray sections are
-# information rows: no target)
+# reference-shaped priming: 1, link: 2, compression over a link: 2, re-dealt epochs: 4, length
+# bucketing: 2 (the S3 and Ray sections are information rows: no target)
 LINK = "across a link"  # root only: its targets are n/a where it is skipped
 CEILINGS = {
     "distinct_1": 1,
@@ -84,7 +85,7 @@ def _assert_cpu(run: dict, what: object) -> None:
 def test_only_names_sections_and_aliases() -> None:
     assert select(["wire"]) == ["ceiling", "serving"]
     assert select(["memory", "wire"]) == ["ceiling", "serving", "memory"]
-    assert select(None)[0] == "priming" and len(select(None)) == 15
+    assert select(None)[0] == "priming" and len(select(None)) == 16
     with pytest.raises(ValueError, match="unknown section"):
         select(["wire", "nope"])
     with pytest.raises(SystemExit) as exc:  # refused before anything starts
@@ -215,6 +216,21 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert compressed["floats"]["auto"]["codecs"] == {"label+x": "none"}  # random floats: raw
     assert compressed["floats"]["auto"]["wire_bytes"] == compressed["floats"]["none"]["wire_bytes"]
     assert compressed["link"] == {"skipped": "skipped: a quick run"}
+    redealt = results["rebatch"]
+    assert redealt["window"] == 16 and set(redealt["speed"]) == {"large", "small"}
+    for size in ("large", "small"):
+        speed = redealt["speed"][size]
+        assert speed["ratio"] > 0 and len(speed["w16"]["runs_mb_s"]) == 3, size
+        assert speed["w16"]["batches"] > 0 and speed["w0"]["batches"] > 0, size
+    assert redealt["repeats"]["w0"]["share"] == 1.0  # stored batches repeat every epoch
+    assert redealt["repeats"]["w16"]["batches"] == 50
+    mem = redealt["memory"]
+    assert mem["w16"]["growth"] > mem["w0"]["growth"] > 0 and mem["w16"]["window"] == 16
+    assert mem["w16"]["batches"] == mem["w0"]["batches"] == 50
+    buckets = redealt["bucketing"]
+    assert buckets["random"]["pad_tokens"] > buckets["bucketed"]["pad_tokens"] > 0
+    assert buckets["random"]["prime_s"] > 0 and len(buckets["bucketed"]["prime_runs_s"]) == 15
+    assert buckets["bucketed"]["plan_s"] > 0
     assert len(results["targets"]) == TARGETS
     link_skipped = "skipped" in results["link"]
     link = [t for t in results["targets"] if t["section"] == "compression"]
@@ -243,6 +259,6 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     verdicts = [
         t["met"] for t in json.loads((tmp_path / "wire" / "results.json").read_text())["targets"]
     ]
-    judged = [False] * 4 + [True, True, False] + [True] * 9  # link and compression: 2 n/a each
+    judged = [False] * 4 + [True, True, False] + [True] * 5 + [True] * 4 + [True] * 6
     assert [v is None for v in verdicts] == judged, text
     assert (tmp_path / "wire" / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -155,7 +155,7 @@ def test_encode_batch_right_pads_varying_dims_with_the_pad_value():
         [[-1, -1], [-1, -1], [-1, -1]],
     ]
     assert vec.shape == (-1, 2) and vec.metadata().shape == (-1, 2)
-    assert vec.metadata().extra == {"pad_value": -1}
+    assert vec.metadata().extra == {"pad_value": -1}  # pads: its own encode_batch, no per_row
     assert TensorFeatureVectorizer("s", shape=(None, None)).shape == (-1, -1)
     empty = TensorFeatureVectorizer("s", shape=(-1,)).encode_batch([np.array([], dtype=object)])
     assert empty.shape == (1, 0) and empty.dtype == torch.float32
@@ -274,4 +274,4 @@ def test_multi_label_refuses_what_is_not_an_iterable_of_labels(value):
 def test_multi_label_metadata_lists_the_classes():
     meta = MultiLabelFeatureVectorizer("tags", categories=TAGS).metadata()
     assert meta.classes == TAGS and meta.shape == (3,) and meta.dtype == "float32"
-    assert meta.extra == {"multi_label": True}
+    assert meta.extra == {"multi_label": True, "per_row": True}

@@ -55,6 +55,7 @@ def test_category_errors_and_metadata():
         "int64",
         (),
         CLASSES,
+        extra={"per_row": True},  # the stacking encode_batch: rows are independent
     )
 
 
@@ -95,7 +96,7 @@ def test_token_ids_padded_to_longest():
     assert vec.encode(["c", "a"]).tolist() == [4, 2]
     assert vec.shape == (-1,)
     meta = vec.metadata()
-    assert (meta.vocab_size, meta.extra) == (5, {"pad_id": 0, "unk_id": 1})
+    assert (meta.vocab_size, meta.extra) == (5, {"pad_id": 0, "unk_id": 1, "pad_value": 0})
 
 
 def test_token_ids_empty_batch_shape():

@@ -1,0 +1,250 @@
+"""Re-dealt epochs (``shuffle_window``) and length bucketing: repeats, speed, memory, padding.
+
+- **repeats**: two epochs of the small store read whole in this process, with ``W=16`` and
+  with ``W=0``; the share of the second epoch's batches whose member set (data point ids) is
+  one of the first epoch's.
+- **speed**: ``iter_batches`` on one consumer, ``W=16`` against ``W=0``, interleaved
+  ``repeats`` times on the large (1 MiB) and the small (67 KB) store; medians by MB/s.
+- **memory**: a fresh reader process's peak RSS growth over its RSS before iterating (see
+  :mod:`benchmarks.rebatch_memory`), large store, prefetch 4, with ``W=16`` against
+  ``(W + prefetch) x batch``, and with ``W=0`` for comparison.
+- **bucketing**: the text example primed at random and with ``bucket_by="tokens"``,
+  interleaved; the share of pad tokens (id 0) in the stored ``tokens`` of ``train``, and each
+  prime's median time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from batchstash.client import BatchClient
+from batchstash.service.examples import text
+
+from .table import Row, div, fmt, times
+
+__all__ = ["WINDOW", "bucketing", "repeats", "rows", "speed", "targets"]
+
+WINDOW = 16
+"""The ``shuffle_window`` measured."""
+
+MB = 1e6
+
+
+def _members(url: str, window: int, epoch: int, prefetch: int) -> list[frozenset[Any]]:
+    with BatchClient(url, timeout=60.0) as client:
+        it = client.iter_batches("train", epoch=epoch, prefetch=prefetch, shuffle_window=window)
+        return [frozenset(b.data_point_ids) for b in it]
+
+
+def repeats(url: str, prefetch: int) -> dict[str, Any]:
+    """Epochs 0 and 1, each window: the share of epoch 1's batches that repeat one of epoch 0."""
+    out: dict[str, Any] = {}
+    for window in (0, WINDOW):
+        first, second = (_members(url, window, e, prefetch) for e in (0, 1))
+        seen = set(first)
+        out[f"w{window}"] = {
+            "batches": len(second),
+            "repeated": sum(m in seen for m in second),
+            "share": sum(m in seen for m in second) / max(len(second), 1),
+        }
+    return out
+
+
+def speed(load: Callable[[int], dict[str, Any]], repeats_: int = 3) -> dict[str, Any]:
+    """``load(W)`` for ``W`` in (0, :data:`WINDOW`), interleaved; medians by MB/s and ratio."""
+    series: dict[int, list[dict[str, Any]]] = {0: [], WINDOW: []}
+    for _ in range(repeats_):
+        for window in series:
+            series[window].append(load(window))
+    out: dict[str, Any] = {}
+    for window, runs in series.items():
+        rates = [r["mb_s"] for r in runs]
+        median = statistics.median_low(rates)
+        out[f"w{window}"] = {**next(r for r in runs if r["mb_s"] == median), "runs_mb_s": rates}
+    out["ratio"] = out[f"w{WINDOW}"]["mb_s"] / out["w0"]["mb_s"]
+    return out
+
+
+def _padding(stash: Any) -> tuple[int, int]:
+    pads = total = 0
+    for b in stash.keys("train"):
+        tokens = stash.load("train", b)["tokens"]
+        pads, total = pads + int((tokens == 0).sum()), total + int(tokens.numel())
+    return pads, total
+
+
+def bucketing(work: Path, repeats_: int = 15) -> dict[str, Any]:
+    """The text example primed both ways ``repeats_`` times, interleaved (in this process).
+
+    Besides each whole prime, the plan alone (``Encoder.plan()``, where bucketing reads every
+    data point's length) is timed: what bucketing adds, without the prime's disk writes.
+    """
+    ways: dict[str, dict[str, Any]] = {"random": {}, "bucketed": {"bucket_by": "tokens"}}
+    times_: dict[str, list[float]] = {way: [] for way in ways}
+    plans: dict[str, list[float]] = {way: [] for way in ways}
+    result: dict[str, Any] = {}
+    for run in range(repeats_ + 1):  # the first round warms imports and caches, untimed
+        for way, options in ways.items():
+            path = work / f"text-{way}"
+            shutil.rmtree(path, ignore_errors=True)
+            stash = text(str(path), **options)
+            start = time.perf_counter()
+            stash.encoder.plan()
+            planned = time.perf_counter()
+            stash.prime()
+            if run:
+                plans[way].append(planned - start)
+                times_[way].append(time.perf_counter() - planned)
+            pads, total = _padding(stash)
+            result[way] = {"pad_tokens": pads, "tokens": total, "share": pads / total}
+            shutil.rmtree(path, ignore_errors=True)
+    for way in ways:
+        result[way]["prime_s"] = statistics.median(times_[way])
+        result[way]["prime_runs_s"] = times_[way]
+        result[way]["plan_s"] = statistics.median(plans[way])
+    result["batches"] = len(text(str(work / "text-count")).keys("train"))
+    shutil.rmtree(work / "text-count", ignore_errors=True)
+    return result
+
+
+def rows(result: dict[str, Any]) -> list[Row]:
+    """Information rows: each measurement's numbers."""
+    sec = f"re-dealt epochs (shuffle_window={WINDOW})"
+    out = [
+        Row(
+            sec,
+            f"small store, epoch 1 vs epoch 0, shuffle_window={w}: batches repeating a member set",
+            f"{run['repeated']:,} of {run['batches']:,} ({run['share']:.1%})",
+        )
+        for w, run in ((0, result["repeats"]["w0"]), (WINDOW, result["repeats"][f"w{WINDOW}"]))
+    ]
+    for size in ("large", "small"):
+        runs = result["speed"][size]
+        out.append(
+            Row(
+                sec,
+                f"{size} batches ({fmt(result['batch_bytes'][size] / 1e3)} KB), iter_batches "
+                f"1 consumer: shuffle_window={WINDOW} vs 0 (interleaved medians)",
+                f"{fmt(runs[f'w{WINDOW}']['mb_s'])} vs {fmt(runs['w0']['mb_s'])} MB/s",
+                run=runs[f"w{WINDOW}"],
+            )
+        )
+    mem = result["memory"]
+    out.append(
+        Row(
+            sec,
+            f"client peak RSS growth, large store, prefetch {mem['prefetch']}: "
+            f"shuffle_window={WINDOW} vs 0",
+            f"{fmt(mem[f'w{WINDOW}']['growth'] / MB)} vs {fmt(mem['w0']['growth'] / MB)} MB "
+            f"({fmt(mem[f'w{WINDOW}']['batches'])} batches read)",
+        )
+    )
+    buckets = result["bucketing"]
+    for way in ("random", "bucketed"):
+        b = buckets[way]
+        out.append(
+            Row(
+                "length bucketing (text example)",
+                f"{way} batches: pad tokens of train ({buckets['batches']} batches); prime "
+                "time; its plan alone",
+                f"{b['pad_tokens']:,} of {b['tokens']:,} ({b['share']:.1%}); "
+                f"{fmt(b['prime_s'] * 1e3)} ms; {fmt(b['plan_s'] * 1e3, 2)} ms",
+            )
+        )
+    return out
+
+
+def targets(result: dict[str, Any] | None) -> list[Row]:
+    """Repeats, speed by batch size, client memory, padding cut and priming time."""
+    sec = "re-dealt epochs"
+    rep = None if result is None else result["repeats"][f"w{WINDOW}"]["share"]
+    out = [
+        Row(
+            sec,
+            f"shuffle_window={WINDOW}: epoch 1's batches repeating a member set of epoch 0",
+            "n/a" if rep is None else f"{rep:.2%}",
+            "< 1 %",
+            None if rep is None else rep < 0.01,
+        )
+    ]
+    for size in ("large", "small"):
+        runs = None if result is None else result["speed"][size]
+        ratio = None if runs is None else runs["ratio"]
+        out.append(
+            Row(
+                sec,
+                f"{size} batches: iter_batches shuffle_window={WINDOW} vs 0, MB/s",
+                times(ratio),
+                ">= 0.80 x",
+                None if ratio is None else ratio >= 0.8,
+            )
+        )
+    mem = None if result is None else result["memory"]
+    bound = None if mem is None else (WINDOW + mem["prefetch"]) * mem["batch_bytes"]
+    growth = None if mem is None else mem[f"w{WINDOW}"]["growth"]
+    out.append(
+        Row(
+            sec,
+            f"client peak RSS growth, shuffle_window={WINDOW}, prefetch 4, vs (W + prefetch) "
+            "x batch",
+            f"{times(div(growth, bound))} ({fmt(None if growth is None else growth / MB)} / "
+            f"{fmt(None if bound is None else bound / MB)} MB)",
+            "<= 1.00 x",
+            None if growth is None or bound is None else growth <= bound,
+        )
+    )
+    buckets = None if result is None else result["bucketing"]
+    cut = (
+        None
+        if buckets is None
+        else div(buckets["random"]["pad_tokens"], buckets["bucketed"]["pad_tokens"])
+    )
+    slower = (
+        None
+        if buckets is None
+        else div(buckets["bucketed"]["prime_s"], buckets["random"]["prime_s"])
+    )
+    out += [
+        Row(
+            "length bucketing",
+            "text example: pad tokens, random batches vs bucket_by='tokens'",
+            times(cut),
+            ">= 3.00 x",
+            None if cut is None else cut >= 3,
+        ),
+        Row(
+            "length bucketing",
+            "text example: prime time, bucket_by='tokens' vs random (interleaved medians)",
+            times(slower),
+            "<= 1.10 x",
+            None if slower is None else slower <= 1.1,
+        ),
+    ]
+    return out
+
+
+def measure_all(
+    small_url: str,
+    load: Callable[[str, int], dict[str, Any]],
+    client_memory: Callable[[], dict[str, Any]],
+    prefetch: int,
+    batch_bytes: dict[str, int],
+    step: Callable[[str, Callable[[], Any]], Any],
+    sizes: Sequence[str] = ("large", "small"),
+) -> dict[str, Any]:
+    """Every measurement of the section but bucketing (``load(size, W)``: one load run)."""
+    return {
+        "window": WINDOW,
+        "batch_bytes": batch_bytes,
+        "repeats": step("re-dealt epochs: batch repeats", lambda: repeats(small_url, prefetch)),
+        "speed": {
+            size: speed(lambda w, s=size: step(f"re-dealt epochs: {s}, W={w}", lambda: load(s, w)))
+            for size in sizes
+        },
+        "memory": step("re-dealt epochs: client RSS", client_memory),
+    }

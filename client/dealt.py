@@ -1,0 +1,286 @@
+"""One window's rows: its stored batches held, permuted, and dealt out as new batches.
+
+:meth:`DealtWindow.deal` permutes the window's rows (:func:`permutation`); new batch ``i`` is
+the set of rows ``order[cuts[i]:cuts[i + 1]]``, where the cuts follow the stored batches'
+sizes from largest to smallest. Its rows are listed in window order (stored batch by stored
+batch), so each field of it is gathered with one copy per stored batch it draws from, straight
+from the stored tensors: each byte is copied once. A padded field (a varying dimension) is
+padded to the new batch's longest row, and trimmed to it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy
+import torch
+
+from .batch import Batch
+from .buffers import BufferPool
+from .errors import BatchError
+
+__all__ = ["DealtWindow", "FieldRule", "permutation"]
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """How one attribute's rows are re-dealt.
+
+    Attributes:
+        name: the attribute.
+        pad: the pad value of its varying dimensions (``None``: its shape is fixed).
+    """
+
+    name: str
+    pad: float | int | None
+
+
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def permutation(count: int, key: str) -> numpy.ndarray:
+    """``range(count)`` in the deterministic order of ``key`` (a hex digest), as int64.
+
+    Row ``i`` is given the 64-bit SplitMix64 output of ``seed + (i + 1) * golden`` (``seed``:
+    the key's first 16 hex digits), and rows are sorted by it (stably): plain integer
+    arithmetic, so every platform, process and library version computes the same order.
+    """
+    seed = numpy.uint64(int(key[:16], 16))
+    z = seed + (numpy.arange(1, count + 1, dtype=numpy.uint64) * numpy.uint64(_GOLDEN))
+    z = (z ^ (z >> numpy.uint64(30))) * numpy.uint64(_MIX1)
+    z = (z ^ (z >> numpy.uint64(27))) * numpy.uint64(_MIX2)
+    z ^= z >> numpy.uint64(31)
+    return numpy.argsort(z, kind="stable").astype(numpy.int64)
+
+
+_ALIGN = 64
+
+BULK_BYTES = 4 << 20
+"""A window whose fixed fields hold at most this many bytes is gathered in one go when dealt:
+new batches are then views of it (a few microseconds each instead of a copy call per stored
+batch), at the cost of one window's copy more, so only a small window is."""
+
+
+def allocate(
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
+    pool: BufferPool | None,
+    pinned: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Uninitialised tensors of these shapes, carved from one buffer of ``pool`` when given.
+
+    A pooled buffer is reused once no tensor views it any more (see :class:`BufferPool`), so
+    a steady stream of batches does not touch fresh pages; ``pinned``: page-locked memory.
+    """
+    sizes = {n: math.prod(sh) * dt.itemsize for n, (sh, dt) in shapes.items()}
+    total = sum(-(-size // _ALIGN) * _ALIGN for size in sizes.values())
+    if pool is None or total < pool.min_bytes:  # a small one is cheap: the pool would not keep it
+        return {n: torch.empty(sh, dtype=dt, pin_memory=pinned) for n, (sh, dt) in shapes.items()}
+    raw = torch.from_numpy(pool.get(total, pinned))
+    out, offset = {}, 0
+    for name, (shape, dtype) in shapes.items():
+        out[name] = raw[offset : offset + sizes[name]].view(dtype).view(shape)
+        offset += -(-sizes[name] // _ALIGN) * _ALIGN
+    return out
+
+
+def _numpy(tensor: torch.Tensor) -> numpy.ndarray | None:
+    """The tensor's memory as an array, when numpy has its dtype (``None``: bfloat16...)."""
+    try:
+        return tensor.detach().numpy()
+    except TypeError:
+        return None
+
+
+# The gathers go through numpy where it can: single-threaded, without the GIL, so they run
+# beside the reader's thread at memory speed; torch's own copies of a MiB are split over its
+# intra-op threads, and wait on each other when the cores are busy. ``take`` is told
+# ``mode="clip"`` (the rows are in range by construction): with ``out`` and the default
+# ``"raise"`` numpy buffers the result and copies it twice.
+
+
+def _extents(tensor: torch.Tensor, pad: float | int) -> torch.Tensor:
+    """``(rows, dims)``: each row's length along each dimension (after its last non-pad value)."""
+    real = tensor != pad
+    out = []
+    for dim in range(1, tensor.dim()):
+        others = tuple(d for d in range(1, tensor.dim()) if d != dim)
+        along = real.any(dim=others) if others else real  # (rows, size)
+        last = along.shape[1] - along.flip(1).int().argmax(dim=1)
+        out.append(torch.where(along.any(dim=1), last, torch.zeros_like(last)))
+    return torch.stack(out, dim=1) if out else torch.zeros(tensor.shape[0], 0, dtype=torch.long)
+
+
+class DealtWindow:
+    """A window's rows; :meth:`add` its stored batches in order, :meth:`deal`, then :meth:`batch`.
+
+    Args:
+        rules: the rule of each attribute (see :func:`~.redeal.field_rules`); each stored
+            batch must have exactly these attributes.
+        ids: builds the id of new batch ``i``.
+        pool: where the new batches' tensors are allocated (``None``: plain allocations).
+        pin: allocate them in page-locked memory (for a CUDA copy).
+    """
+
+    def __init__(
+        self,
+        rules: dict[str, FieldRule],
+        ids: Callable[[int], int],
+        pool: BufferPool | None = None,
+        pin: bool = False,
+    ) -> None:
+        self.rules, self._ids, self.pool, self.pin = rules, ids, pool, pin
+        self.sizes: list[int] = []  # of the stored batches, in order
+        self._first: Batch | None = None
+        self._names: list[Any] = []
+        self._tensors: dict[str, list[torch.Tensor]] = {name: [] for name in rules}
+        self._arrays: dict[str, list[numpy.ndarray | None]] = {name: [] for name in rules}
+        self._extents: dict[tuple[int, str], torch.Tensor] = {}
+        self._order = numpy.empty(0, dtype=numpy.int64)
+        self._starts = numpy.zeros(1, dtype=numpy.int64)
+        self._ids_array = numpy.empty(0, dtype=object)
+        self._cuts = [0]
+        self._sorted = self._order
+        self._bulk: dict[str, torch.Tensor] = {}
+
+    def add(self, batch: Batch) -> None:
+        """Hold the window's next stored batch.
+
+        Raises:
+            BatchError: its attributes, dtypes or row counts do not fit the window's.
+        """
+        where = f"batch {batch.split_name}/{batch.id}"
+        size = len(batch.data_point_ids)
+        if set(batch.attributes) != set(self.rules):
+            raise BatchError(
+                f"{where} has attributes {sorted(batch.attributes)}, not {sorted(self.rules)}"
+            )
+        for name, rule in self.rules.items():
+            tensor, held = batch.attributes[name], self._tensors[name]
+            if tensor.dim() == 0 or tensor.shape[0] != size:
+                raise BatchError(
+                    f"{where}: {name!r} has shape {tuple(tensor.shape)}, not one row for each of "
+                    f"its {size} data points"
+                )
+            like = held[0] if held else tensor
+            fixed = rule.pad is None and like.shape[1:] != tensor.shape[1:]
+            if like.dtype != tensor.dtype or like.dim() != tensor.dim() or fixed:
+                raise BatchError(
+                    f"{where}: {name!r} is {tuple(tensor.shape[1:])} {tensor.dtype}, not "
+                    f"{tuple(like.shape[1:])} {like.dtype} as the window's other batches"
+                )
+            held.append(tensor)
+            self._arrays[name].append(_numpy(tensor) if rule.pad is None else None)
+        if self._first is None:
+            self._first = batch.with_rows(batch.id, {}, ())
+        self._names.extend(batch.data_point_ids)
+        self.sizes.append(size)
+
+    def deal(self, key: str) -> None:
+        """Permute the window's rows by ``key`` (after the last :meth:`add`)."""
+        self._order = permutation(len(self._names), key)
+        self._starts = numpy.cumsum([0, *self.sizes], dtype=numpy.int64)
+        self._cuts = [0, *numpy.cumsum(sorted(self.sizes, reverse=True)).tolist()]
+        self._ids_array = numpy.empty(len(self._names), dtype=object)
+        self._ids_array[:] = self._names
+        cuts = self._cuts
+        parts = [numpy.sort(self._order[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
+        self._sorted = numpy.concatenate(parts) if parts else self._order
+        self._bulk = self._gather_all() if self._small() else {}
+
+    def _small(self) -> bool:
+        """Whether the fixed fields are gathered for the whole window at once (see BULK_BYTES)."""
+        fixed = [n for n, rule in self.rules.items() if rule.pad is None]
+        arrays = [a for n in fixed for a in self._arrays[n]]
+        size = sum(t.nbytes for n in fixed for t in self._tensors[n])
+        return size <= BULK_BYTES and all(a is not None for a in arrays)
+
+    def _gather_all(self) -> dict[str, torch.Tensor]:
+        """Every fixed field's rows in dealt order, each gathered once (a small window)."""
+        rows = self._sorted
+        source = numpy.searchsorted(self._starts[1:], rows, side="right")
+        local = rows - self._starts[source]
+        where = [numpy.flatnonzero(source == s) for s in range(len(self.sizes))]
+        shapes = {
+            name: ((len(rows), *self._tensors[name][0].shape[1:]), self._tensors[name][0].dtype)
+            for name, rule in self.rules.items()
+            if rule.pad is None
+        }
+        out = allocate(shapes, self.pool, self.pin)
+        for name, tensor in out.items():
+            target = tensor.numpy()
+            for s, array in enumerate(self._arrays[name]):
+                target[where[s]] = array.take(local[where[s]], axis=0)  # type: ignore[union-attr]
+            self._tensors[name], self._arrays[name] = [], []  # the stored rows are not needed
+        return out
+
+    def __len__(self) -> int:
+        """The number of new batches (that of stored batches)."""
+        return len(self.sizes)
+
+    def batch(self, index: int) -> Batch:
+        """New batch ``index``."""
+        if self._first is None:
+            raise BatchError("a window without batches deals none")
+        pin = self.pin
+        lo, hi = self._cuts[index], self._cuts[index + 1]
+        rows = self._sorted[lo:hi]
+        tensors = {name: bulk[lo:hi] for name, bulk in self._bulk.items()}
+        rest = [name for name in self.rules if name not in self._bulk]
+        if rest:
+            tensors.update(self._gathered(rest, rows, pin))
+        names = self._ids_array[rows].tolist()
+        return self._first.with_rows(self._ids(index), {n: tensors[n] for n in self.rules}, names)
+
+    def _gathered(
+        self, names: list[str], rows: numpy.ndarray, pin: bool
+    ) -> dict[str, torch.Tensor]:
+        """Fields ``names`` of the new batch of ``rows``, gathered from the stored batches."""
+        source = numpy.searchsorted(self._starts[1:], rows, side="right")
+        local = rows - self._starts[source]
+        bounds = numpy.searchsorted(source, numpy.arange(len(self.sizes) + 1)).tolist()
+        parts = [  # (stored batch, its rows, where they go)
+            (s, local[bounds[s] : bounds[s + 1]], slice(bounds[s], bounds[s + 1]))
+            for s in range(len(self.sizes))
+            if bounds[s + 1] > bounds[s]
+        ]
+        shapes = {name: self._shape(name, parts, len(rows)) for name in names}
+        tensors = allocate(shapes, self.pool, pin)
+        for name, out in tensors.items():
+            held, pad = self._tensors[name], self.rules[name].pad
+            if pad is None:
+                target, arrays = _numpy(out), self._arrays[name]
+                for s, picked, into in parts:
+                    array = arrays[s]
+                    if target is None or array is None:
+                        torch.index_select(held[s], 0, torch.from_numpy(picked), out=out[into])
+                    else:
+                        array.take(picked, axis=0, out=target[into], mode="clip")
+                continue
+            out.fill_(pad)
+            for s, picked, into in parts:
+                src = held[s]
+                sizes = zip(src.shape[1:], out.shape[1:], strict=True)
+                region = (slice(None), *(slice(0, min(a, b)) for a, b in sizes))
+                out[into][region] = src[region].index_select(0, torch.from_numpy(picked))
+        return tensors
+
+    def _shape(
+        self, name: str, parts: list[tuple[int, numpy.ndarray, slice]], count: int
+    ) -> tuple[tuple[int, ...], torch.dtype]:
+        """A field's shape in a new batch: a padded one's is its rows' longest on each dimension."""
+        held, pad = self._tensors[name], self.rules[name].pad
+        like = held[0]
+        if pad is None:
+            return (count, *like.shape[1:]), like.dtype
+        lengths = [self._extent(s, name, pad)[torch.from_numpy(picked)] for s, picked, _ in parts]
+        dims = torch.cat(lengths).amax(dim=0).tolist() if lengths else [0] * (like.dim() - 1)
+        return (count, *dims), like.dtype
+
+    def _extent(self, source: int, name: str, pad: float | int) -> torch.Tensor:
+        key = (source, name)
+        if key not in self._extents:
+            self._extents[key] = _extents(self._tensors[name][source], pad)
+        return self._extents[key]
