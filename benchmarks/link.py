@@ -2,8 +2,8 @@
 
 Every other section runs on loopback, where both sides share two cores and no link limits
 them. Here ``netlab.sh`` (a tool of this kind of machine: network namespaces behind a bridge,
-``tc tbf`` rates, delay and loss by a user-space helper; found beside the repository or at
-``$BATCHSTASH_NETLAB``) makes a ``server`` and a ``client`` host, and the client's link is
+``tc tbf`` rates, delay and loss by a user-space helper; see :mod:`.netlab`) makes a ``server``
+and a ``client`` host, and the client's link is
 shaped in turn. On each link: a raw TCP stream (1 MiB ``sendall`` against ``recv_into``, the
 most the link carries for one connection), then ``iter_batches`` of the large and the small
 store, and a trainer whose step takes 80 % of a large batch's time at the raw rate, its data
@@ -29,7 +29,8 @@ from typing import Any
 
 import httpx
 
-from .servers import DATASET, REPO_ROOT, child_env
+from . import netlab
+from .servers import DATASET, child_env
 from .table import Row, div, fmt
 
 __all__ = ["LINKS", "measure", "rows", "targets", "unavailable"]
@@ -47,19 +48,11 @@ STEP_SHARE = 0.8  # the simulated step: this share of a large batch's time at th
 PORT = 8700
 
 
-def _netlab() -> Path:
-    return Path(os.environ.get("BATCHSTASH_NETLAB", REPO_ROOT.parent / "shared/tools/netlab.sh"))
-
-
 def unavailable() -> str | None:
     """Why the section cannot run here (``None``: it can)."""
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
     if shutil.which("ip") is None:
-        return "needs iproute2's ip"
-    if not _netlab().is_file():
-        return f"needs netlab.sh ({_netlab()}; set BATCHSTASH_NETLAB)"
-    return None
+        return "skipped: needs iproute2's ip"
+    return netlab.link_skip()
 
 
 class Lab:
@@ -67,20 +60,12 @@ class Lab:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        out = self._tool("create", name, "server", "client", "--host-access")
+        out = netlab.lab("create", name, "server", "client", "--host-access")
         self.ips = dict(line.split()[:2] for line in out.splitlines() if line.count(".") == 3)
-
-    def _tool(self, *args: str) -> str:
-        done = subprocess.run(
-            [str(_netlab()), *args], capture_output=True, text=True, timeout=120, check=False
-        )
-        if done.returncode:
-            raise RuntimeError(f"netlab.sh {' '.join(args)}: {done.stderr.strip()[-500:]}")
-        return done.stdout
 
     def shape(self, host: str, options: list[str]) -> None:
         """Shape ``host``'s link (no options: unshaped)."""
-        self._tool("shape", self.name, host, *options)
+        netlab.lab("shape", self.name, host, *options)
 
     def argv(self, host: str, *command: str) -> list[str]:
         """``command`` run inside ``host`` (its PID is the command's: ``ip`` execs it)."""
@@ -88,7 +73,7 @@ class Lab:
 
     def close(self) -> None:
         """End the lab's processes and delete it."""
-        self._tool("destroy", self.name)
+        netlab.lab("destroy", self.name)
 
 
 def _cpu_s(pid: int) -> float:

@@ -11,7 +11,12 @@ from pathlib import Path
 
 __all__ = ["NETLAB", "lab", "link_skip"]
 
-NETLAB = Path(__file__).resolve().parents[2] / "shared" / "tools" / "netlab.sh"
+NETLAB = Path(
+    os.environ.get(
+        "BATCHSTASH_NETLAB", Path(__file__).resolve().parents[2] / "shared" / "tools" / "netlab.sh"
+    )
+)
+"""The tool: beside the repository, or ``$BATCHSTASH_NETLAB``."""
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -30,5 +35,5 @@ def link_skip() -> str | None:
     if os.geteuid() != 0:
         return "skipped: the link runs need root (network namespaces)"
     if not NETLAB.exists():
-        return f"skipped: no {NETLAB}"
+        return f"skipped: no {NETLAB} (set BATCHSTASH_NETLAB)"
     return None
