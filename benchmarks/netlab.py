@@ -13,10 +13,10 @@ __all__ = ["NETLAB", "lab", "link_skip"]
 
 NETLAB = Path(
     os.environ.get(
-        "BATCHSTASH_NETLAB", Path(__file__).resolve().parents[2] / "shared" / "tools" / "netlab.sh"
+        "NETLAB_SH", Path(__file__).resolve().parents[2] / "shared" / "tools" / "netlab.sh"
     )
 )
-"""The tool: beside the repository, or ``$BATCHSTASH_NETLAB``."""
+"""The tool: beside the repository, or ``$NETLAB_SH``."""
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,5 +35,5 @@ def link_skip() -> str | None:
     if os.geteuid() != 0:
         return "skipped: the link runs need root (network namespaces)"
     if not NETLAB.exists():
-        return f"skipped: no {NETLAB} (set BATCHSTASH_NETLAB)"
+        return f"skipped: no {NETLAB} (set NETLAB_SH)"
     return None

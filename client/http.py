@@ -22,6 +22,7 @@ from .decode import decode_body, decode_frames
 from .endpoints import Endpoint, EndpointState
 from .engine import Engine
 from .framecheck import FrameChecker
+from .inflight import DEFAULT_IN_FLIGHT_BYTES
 from .iterate import BatchIterator
 from .metadata import BatchMetadata
 from .pipeline import PipelinedReader
@@ -115,6 +116,9 @@ class BatchClient:
         widen: attributes to convert to another dtype as batches are read, e.g.
             ``{"tokens": torch.int64}`` for token ids stored as ``int16`` (a quarter of the
             bytes on the wire and in the store); the converted tensor is a copy.
+        in_flight_bytes: answer bytes a pipelined reader may keep requested beyond its
+            ``prefetch``, where the link's bandwidth-delay product asks for more (see
+            :class:`~batchstash.client.inflight.InFlight`); ``0``: ``prefetch`` alone.
 
     Attributes:
         urls: the base URLs, in the order given.
@@ -148,10 +152,14 @@ class BatchClient:
         data_listener: bool = True,
         batch_type: type[Batch] = Batch,
         widen: Mapping[str, torch.dtype] | None = None,
+        in_flight_bytes: int = DEFAULT_IN_FLIGHT_BYTES,
     ) -> None:
         check_batch_type(batch_type)
         if timeout < 0:
             raise ValueError(f"timeout must not be negative, not {timeout}")
+        if in_flight_bytes < 0:
+            raise ValueError(f"in_flight_bytes must not be negative, not {in_flight_bytes}")
+        self.in_flight_bytes = in_flight_bytes
         self.retry = _policy(
             retry or RetryPolicy(),
             retries=retries,
@@ -395,6 +403,7 @@ class BatchClient:
             window,
             fallback=fallback,
             build=self._build,
+            in_flight_bytes=self.in_flight_bytes,
         )
 
     def _metadata_for(self, fingerprint: str) -> BatchMetadata:

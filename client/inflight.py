@@ -39,7 +39,8 @@ class InFlight:
 
     Args:
         floor: the fewest groups in flight (the caller's prefetch window).
-        budget: the most answer bytes in flight (requested, not yet taken by the consumer).
+        budget: the most answer bytes in flight (requested, not yet taken by the consumer)
+            when the product asks for more than ``floor``; ``0``: never more than ``floor``.
         clock: seconds, monotonic (``time.perf_counter`` by default; tests pass their own).
 
     Attributes:
@@ -56,8 +57,8 @@ class InFlight:
     ) -> None:
         if floor < 1:
             raise ValueError(f"the window's floor must be at least 1, not {floor}")
-        if budget < 1:
-            raise ValueError(f"the in-flight byte budget must be positive, not {budget}")
+        if budget < 0:
+            raise ValueError(f"the in-flight byte budget must not be negative, not {budget}")
         self.floor = floor
         self.budget = budget
         self.clock = clock
@@ -96,7 +97,12 @@ class InFlight:
         return self.window
 
     def _target(self) -> int:
-        if self.round_trip is None or self.rate is None or self._group_bytes <= 0:
+        if (
+            self.budget == 0
+            or self.round_trip is None
+            or self.rate is None
+            or self._group_bytes <= 0
+        ):
             return self.floor
         product = self.rate * self.round_trip / self._group_bytes
         most = max(self.floor, int(self.budget // self._group_bytes))

@@ -105,5 +105,11 @@ def test_no_round_trip_yet_keeps_the_floor() -> None:
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="floor must be at least 1"):
         InFlight(0)
-    with pytest.raises(ValueError, match="budget must be positive"):
-        InFlight(3, budget=0)
+    with pytest.raises(ValueError, match="budget must not be negative"):
+        InFlight(3, budget=-1)
+
+
+def test_a_zero_budget_keeps_the_floor() -> None:
+    link = Link(rtt=0.010, rate=125e6, size=67_584, floor=3, budget=0)
+    link.run(200)
+    assert link.sizer.window == 3

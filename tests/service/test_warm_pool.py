@@ -21,8 +21,15 @@ def spawned_children() -> set[int]:
     """This process's ``multiprocessing.spawn`` children (from ``/proc``)."""
     found = set()
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        try:  # a thread, or a child, may end while it is read
+            children = (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for child in children:
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
             if b"spawn_main" in cmdline:
                 found.add(int(child))
     return found
