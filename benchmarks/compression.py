@@ -39,7 +39,7 @@ from batchstash.client import (
 )
 
 from .netlab import NETLAB, lab, link_skip
-from .servers import child_env, free_port
+from .servers import child_env, free_port, wait_healthy
 from .synthetic import factory as float_stash
 from .table import Row, div, fmt, times
 from .tokens import tokens_stash
@@ -106,7 +106,7 @@ def _servers(
             urls[codec] = f"http://{host}:{ports[0]}"
             procs[codec] = _serve(path, host, (ports[0], ports[1]), log, prefix)
         for codec, url in urls.items():
-            _ready(url, procs[codec])
+            wait_healthy(url, procs[codec], None, 60, probe="/readyz")
         yield urls
     finally:
         for proc in procs.values():
@@ -124,20 +124,6 @@ def _interleaved(
         for codec, url in urls.items():
             reads[codec].append(read(url))
     return {codec: _median(runs) for codec, runs in reads.items()}
-
-
-def _ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready within {timeout} s")
 
 
 def served(url: str) -> float:

@@ -27,10 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from . import netlab
-from .servers import DATASET, child_env
+from .servers import DATASET, child_env, stop, wait_healthy
 from .table import Row, div, fmt
 
 __all__ = ["LINKS", "measure", "rows", "targets", "unavailable"]
@@ -96,25 +94,11 @@ def _served(lab: Lab, store: Path, options: dict[str, Any], log: Path) -> Iterat
     url = f"http://{host}:{PORT}"
     with log.open("ab") as out:
         proc = subprocess.Popen(lab.argv("server", *argv), env=env, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # from the root namespace (the lab's host access), not through the link
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server in {lab.name}-server did not start (log {log})")
-            time.sleep(0.2)
+    try:  # answered in the root namespace (the lab's host access), not through the link
+        wait_healthy(url, proc, log, 60)
         yield url, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
 
 
 def _run_client(lab: Lab, *args: str, timeout: float = 120) -> dict[str, Any]:

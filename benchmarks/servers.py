@@ -65,19 +65,26 @@ class Server:
         return memory(self.pid)
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def wait_healthy(
+    url: str,
+    proc: subprocess.Popen[bytes],
+    log: Path | None,
+    timeout: float,
+    probe: str = "/healthz",
+) -> None:
+    """Wait until the server ``proc`` answers ``probe`` with 200 (its log's tail if it exits)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:]
+            tail = "" if log is None else log.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"server exited with {proc.returncode}:\n{tail}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=1.0).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"server at {url} not healthy after {timeout}s (log: {log})")
+    raise RuntimeError(f"server at {url} not answering {probe} after {timeout}s (log: {log})")
 
 
 @contextmanager
@@ -92,7 +99,7 @@ def subprocess_server(
             list(argv), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
         )
     try:
-        _wait_healthy(url, proc, log, timeout)
+        wait_healthy(url, proc, log, timeout)
         yield Server(url, proc.pid, log)
     finally:
         stop(proc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -82,19 +82,6 @@ class Stack:
     def close(self) -> None:
         self.api.kill()
         self.data.kill()
-
-
-@pytest.fixture
-def stack() -> Iterator[Callable[..., Stack]]:
-    made: list[Stack] = []
-
-    def make(*args: object, **kwargs: object) -> Stack:
-        made.append(Stack(*args, **kwargs))  # type: ignore[arg-type]
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def _check(batches: list, ids: list[int]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -13,19 +13,6 @@ from batchstash.client import ReadStats, export_prometheus
 
 from .fakeserver import FakeServer, make_tensors
 from .test_pipeline import Stack
-
-
-@pytest.fixture
-def stack() -> Iterator[Callable[..., Stack]]:
-    made: list[Stack] = []
-
-    def make(*args: object, **kwargs: object) -> Stack:
-        made.append(Stack(*args, **kwargs))  # type: ignore[arg-type]
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def _tensor_bytes(batch_id: int) -> int:

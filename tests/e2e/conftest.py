@@ -111,20 +111,26 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         server.stop()
 
 
+def prime_and_wait(server: Server, timeout: float = 120) -> dict[str, Any]:
+    """Start a prime through the admin API; the status once it is no longer running."""
+    response = httpx.post(f"{server.url}/v1/admin/prime", headers=server.admin(), timeout=10)
+    assert response.status_code == 202, response.text
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{server.url}/v1/admin/status", headers=server.admin()).json()
+        if state["state"] != "running":
+            return dict(state)
+        time.sleep(0.2)
+    raise AssertionError(f"the prime did not end in {timeout:.0f} s")
+
+
 @pytest.fixture(scope="module")
 def primed_iris(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One iris server per module, primed with two workers."""
     root = tmp_path_factory.mktemp("iris")
     server = start_server(root / "data", root / "server.log", "--workers", "2")
     try:
-        response = httpx.post(f"{server.url}/v1/admin/prime", headers=server.admin(), timeout=10)
-        assert response.status_code == 202, response.text
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            state = httpx.get(f"{server.url}/v1/admin/status", headers=server.admin()).json()
-            if state["state"] != "running":
-                break
-            time.sleep(0.2)
+        state = prime_and_wait(server)
         assert state["state"] == "done", state
         yield server
     finally:

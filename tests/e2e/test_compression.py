@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -15,20 +14,13 @@ import torch
 
 from batchstash.client import BatchClient, encoding, wire
 
-from .conftest import TOKEN, Server, start_server
+from .conftest import TOKEN, Server, prime_and_wait, start_server
 
 ONE_GROUP = {"groups": [["label", "tokens", "lengths"]]}
 
 
 def _prime(server: Server) -> None:
-    response = httpx.post(f"{server.url}/v1/admin/prime", headers=server.admin(), timeout=10)
-    assert response.status_code == 202, response.text
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        state = httpx.get(f"{server.url}/v1/admin/status", headers=server.admin()).json()
-        if state["state"] != "running":
-            break
-        time.sleep(0.2)
+    state = prime_and_wait(server)
     assert state["state"] == "done", state
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from batchstash.service.prime.processes import process_tree, start_time
 
-from .conftest import Server
+from .conftest import Server, prime_and_wait
 
 pytestmark = pytest.mark.slow
 
@@ -76,15 +76,7 @@ def test_stopping_a_ray_server_stops_every_ray_process(
 
 
 def _prime(server: Server) -> dict[str, object]:
-    response = httpx.post(f"{server.url}/v1/admin/prime", headers=server.admin(), timeout=10)
-    assert response.status_code == 202, response.text
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        state = httpx.get(f"{server.url}/v1/admin/status", headers=server.admin()).json()
-        if state["state"] != "running":
-            return dict(state)
-        time.sleep(0.3)
-    raise AssertionError("the prime did not end in 180 s")
+    return prime_and_wait(server, timeout=180)
 
 
 def test_the_servers_ray_outlives_a_prime_and_runs_the_next(serve: Callable[..., Server]) -> None:
