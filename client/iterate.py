@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from .batch import Batch
 from .errors import PlanError
 from .plan import PLAN_VERSION
+from .prefetch import prefetched
 from .ranks import resolve_rank
 from .rebatch import RebatchPlan, make_plan
 from .redeal import redealt
@@ -23,49 +21,9 @@ from .source import BatchSource, GroupReader
 from .staging import DeviceStage
 from .waits import ReadStats
 
-__all__ = ["BatchIterator", "prefetched"]
+__all__ = ["BatchIterator"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def prefetched(fn: Callable[[T], R], items: Iterable[T], prefetch: int) -> Generator[R, None, None]:
-    """Yield ``fn(item)`` for each item in order, computing up to ``prefetch`` ahead in threads.
-
-    At most ``prefetch`` results are requested but not yet yielded at any time, so memory stays
-    bounded; ``prefetch=0`` calls ``fn`` in the caller's thread. An exception is raised where its
-    item would have been yielded; closing the generator cancels the pending work.
-    """
-    if prefetch <= 0:
-        yield from map(fn, items)
-        return
-    pending: deque[Future[R]] = deque()
-    source = iter(items)
-    workers: set[threading.Thread] = set()
-    pool = ThreadPoolExecutor(
-        max_workers=prefetch,
-        thread_name_prefix="batchstash-prefetch",
-        initializer=lambda: workers.add(threading.current_thread()),
-    )
-    try:
-        for item in source:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= prefetch:
-                break
-        while pending:
-            result = pending.popleft().result()
-            for item in source:
-                pending.append(pool.submit(fn, item))
-                break
-            yield result
-    finally:
-        for future in pending:
-            future.cancel()
-        # a generator dropped mid-way may be finalized by the garbage collector in one of its
-        # own workers, which cannot wait for itself: the others stop once their item is done
-        pool.shutdown(wait=threading.current_thread() not in workers, cancel_futures=True)
 
 
 class BatchIterator:

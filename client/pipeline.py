@@ -1,6 +1,6 @@
 """An epoch's batch requests pipelined on one connection to a data listener, read by one thread.
 
-The threaded path (:func:`~batchstash.client.iterate.prefetched` over
+The threaded path (:func:`~batchstash.client.prefetch.prefetched` over
 :meth:`BatchClient.batches`) gives each request a thread, an ``httpx`` request and response, and
 two thread hand-offs; on loopback that costs about twice the CPU per GB of what the bytes need.
 :class:`PipelinedReader` sends the requests of the groups ahead on one keep-alive connection

@@ -12,8 +12,8 @@ import pytest
 
 import batchstash.client as bc
 from batchstash.client import BatchClient, BatchIterator, EpochPlan
-from batchstash.client.iterate import prefetched
 from batchstash.client.plan import PLAN_VERSION, shuffled
+from batchstash.client.prefetch import prefetched
 
 from .fakeserver import FINGERPRINT, FakeServer, make_client
 
