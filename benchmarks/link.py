@@ -223,14 +223,13 @@ def _read_batches(
     url: str, seconds: float, prefetch: int, step_s: float, fixed: bool
 ) -> dict[str, Any]:
     from batchstash.client import BatchClient
-    from batchstash.client.inflight import InFlight
+    from batchstash.client.inflight import DEFAULT_IN_FLIGHT_BYTES
 
-    if fixed:  # no round trip measured: the window stays the prefetch's
-        InFlight.connected = lambda self, seconds: None  # type: ignore[method-assign]
     size = count = epoch = 0
     wait = elapsed = 0.0
     window = 0
-    with BatchClient(url, timeout=60.0) as client:
+    budget = 0 if fixed else DEFAULT_IN_FLIGHT_BYTES  # 0: the window stays the prefetch's
+    with BatchClient(url, timeout=60.0, in_flight_bytes=budget) as client:
         cpu0, start = time.process_time(), time.perf_counter()
         while time.perf_counter() - start < seconds:
             it = client.iter_batches("train", epoch=epoch, prefetch=prefetch)
