@@ -132,7 +132,8 @@ class BufferPool:
         return fenced
 
     def _drop(self, buffer: numpy.ndarray) -> None:
-        self._buffers.remove(buffer)
+        # by identity: ``list.remove`` would compare arrays with ``==`` on its way to it
+        self._buffers = [b for b in self._buffers if b is not buffer]
         self._pinned.discard(id(buffer))
         self._fences.pop(id(buffer), None)
 

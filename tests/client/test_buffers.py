@@ -58,6 +58,16 @@ def test_the_pool_never_holds_more_than_max_buffers() -> None:
     assert len(pool) == 2
 
 
+def test_a_full_pool_drops_a_free_buffer_behind_one_in_use() -> None:
+    pool = BufferPool(max_buffers=2)
+    in_use = pool.get(MIB)  # the first pooled buffer stays viewed
+    pool.get(MIB)  # the second is free at once
+    third = pool.get(3 * MIB)  # no fit: a free buffer is dropped for it, the one in use kept
+    assert len(pool) == 2 and pool.allocated == 3
+    in_use[:1] = 7
+    assert third.nbytes == 3 * MIB and in_use[0] == 7
+
+
 def test_an_epoch_reuses_the_buffers_of_the_batches_it_dropped() -> None:
     server = SocketServer(FakeServer({"train": range(24)}, rows=4096))
     transport = BufferTransport(buffers=BufferPool(min_bytes=0))
