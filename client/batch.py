@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO, TypeVar
 
 import torch
@@ -66,8 +66,11 @@ class Batch:
         self._data_points: tuple[Any, ...] | None = (
             None if data_points is None else tuple(data_points)
         )
-        # a tuple, or the payload's JSON text until first asked for (most trainers never ask)
-        self._data_point_ids: tuple[Any, ...] | str = tuple(p.id for p in self._data_points or ())
+        # a tuple, or until first asked for (most trainers never ask) the payload's JSON text
+        # or, for a re-dealt batch, a function that looks them up
+        self._data_point_ids: tuple[Any, ...] | str | Callable[[], tuple[Any, ...]] = tuple(
+            p.id for p in self._data_points or ()
+        )
         self._attributes: dict[str, torch.Tensor] = {}
         self.state = "n"
 
@@ -104,9 +107,12 @@ class Batch:
     @property
     def data_point_ids(self) -> tuple[Any, ...]:
         """The ids of the batch's data points, in order."""
-        if isinstance(self._data_point_ids, str):
-            self._data_point_ids = tuple(json.loads(self._data_point_ids))
-        return self._data_point_ids
+        ids = self._data_point_ids
+        if isinstance(ids, str):
+            ids = self._data_point_ids = tuple(json.loads(ids))
+        elif callable(ids):
+            ids = self._data_point_ids = ids()
+        return ids
 
     @property
     def state_name(self) -> str:
@@ -200,19 +206,25 @@ class Batch:
         return clone
 
     def with_rows(
-        self: B, id: int, attributes: dict[str, torch.Tensor], data_point_ids: Sequence[Any]
+        self: B,
+        id: int,
+        attributes: dict[str, torch.Tensor],
+        data_point_ids: Sequence[Any] | Callable[[], tuple[Any, ...]],
     ) -> B:
         """A *decoded* batch of this class and split holding other rows (a re-dealt batch).
 
         Args:
             id: its id.
             attributes: its tensors, one row per data point.
-            data_point_ids: the ids of its data points, in row order.
+            data_point_ids: the ids of its data points, in row order, or a function returning
+                them, called when they are first asked for.
         """
         batch = self._clone()
         batch.id = id
         batch._attributes = dict(attributes)
-        batch._data_point_ids = tuple(data_point_ids)
+        batch._data_point_ids = (
+            data_point_ids if callable(data_point_ids) else tuple(data_point_ids)
+        )
         batch.state = "d"
         return batch  # type: ignore[return-value]
 

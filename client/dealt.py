@@ -10,6 +10,7 @@ padded to the new batch's longest row, and trimmed to it.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from .batch import Batch
 from .buffers import BufferPool
 from .errors import BatchError
 
-__all__ = ["DealtWindow", "FieldRule", "permutation"]
+__all__ = ["DealtIds", "DealtWindow", "FieldRule", "WindowIds", "permutation"]
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,17 @@ def permutation(count: int, key: str) -> numpy.ndarray:
     """``range(count)`` in the deterministic order of ``key`` (a hex digest), as int64.
 
     Row ``i`` is given the 64-bit SplitMix64 output of ``seed + (i + 1) * golden`` (``seed``:
-    the key's first 16 hex digits), and rows are sorted by it (stably): plain integer
-    arithmetic, so every platform, process and library version computes the same order.
+    the key's first 16 hex digits), and rows are sorted by it: plain integer arithmetic, so
+    every platform, process and library version computes the same order. SplitMix64's mix is a
+    bijection and ``(i + 1) * golden`` is distinct for every row, so no two keys tie and any
+    sorting algorithm gives this one order (numpy's fastest is used).
     """
     seed = numpy.uint64(int(key[:16], 16))
     z = seed + (numpy.arange(1, count + 1, dtype=numpy.uint64) * numpy.uint64(_GOLDEN))
     z = (z ^ (z >> numpy.uint64(30))) * numpy.uint64(_MIX1)
     z = (z ^ (z >> numpy.uint64(27))) * numpy.uint64(_MIX2)
     z ^= z >> numpy.uint64(31)
-    return numpy.argsort(z, kind="stable").astype(numpy.int64)
+    return numpy.argsort(z).astype(numpy.int64)
 
 
 _ALIGN = 64
@@ -113,6 +116,70 @@ def _extents(tensor: torch.Tensor, pad: float | int) -> torch.Tensor:
     return torch.stack(out, dim=1) if out else torch.zeros(tensor.shape[0], 0, dtype=torch.long)
 
 
+class WindowIds:
+    """The data point ids of a window's stored batches, each list parsed once, when first asked.
+
+    A stored batch carries its ids as the payload's JSON text until asked for (most trainers
+    never ask); a re-dealt batch keeps that laziness through :class:`DealtIds`.
+    """
+
+    def __init__(self) -> None:
+        self._raw: list[Any] = []
+        self._sizes: list[int] = []
+        self._where: list[str] = []
+        self._parsed: dict[int, tuple[Any, ...]] = {}
+
+    def add(self, raw: Any, size: int, where: str) -> None:
+        """Hold stored batch ``where``'s ``size`` ids (a tuple, JSON text or a function)."""
+        self._raw.append(raw)
+        self._sizes.append(size)
+        self._where.append(where)
+
+    def source(self, index: int) -> tuple[Any, ...]:
+        """The ids of stored batch ``index`` of the window.
+
+        Raises:
+            BatchError: it lists another number of ids than its tensors have rows.
+        """
+        ids = self._parsed.get(index)
+        if ids is None:
+            raw = self._raw[index]
+            ids = tuple(
+                json.loads(raw) if isinstance(raw, str) else raw() if callable(raw) else raw
+            )
+            if len(ids) != self._sizes[index]:
+                raise BatchError(
+                    f"{self._where[index]} lists {len(ids)} data point ids for "
+                    f"{self._sizes[index]} rows"
+                )
+            self._parsed[index] = ids
+        return ids
+
+
+class DealtIds:
+    """The data point ids of a re-dealt batch, looked up when first asked for.
+
+    Calling it returns them as a tuple (see ``Batch.data_point_ids``); pickling it pickles that
+    tuple, so a batch sent to another process carries its own ids and not the window's.
+    """
+
+    def __init__(self, window: WindowIds, rows: numpy.ndarray, starts: numpy.ndarray) -> None:
+        self.window, self.rows, self.starts = window, rows, starts
+
+    def __call__(self) -> tuple[Any, ...]:
+        """The ids, in row order."""
+        source = numpy.searchsorted(self.starts[1:], self.rows, side="right")
+        local = self.rows - self.starts[source]
+        pick = self.window.source
+        return tuple(pick(s)[i] for s, i in zip(source.tolist(), local.tolist(), strict=True))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return tuple, (self(),)
+
+
 class DealtWindow:
     """A window's rows; :meth:`add` its stored batches in order, :meth:`deal`, then :meth:`batch`.
 
@@ -134,15 +201,14 @@ class DealtWindow:
         self.rules, self._ids, self.pool, self.pin = rules, ids, pool, pin
         self.sizes: list[int] = []  # of the stored batches, in order
         self._first: Batch | None = None
-        self._names: list[Any] = []
+        self._names = WindowIds()
         self._tensors: dict[str, list[torch.Tensor]] = {name: [] for name in rules}
         self._arrays: dict[str, list[numpy.ndarray | None]] = {name: [] for name in rules}
+        self._like: dict[str, torch.Tensor] = {}
         self._extents: dict[tuple[int, str], torch.Tensor] = {}
-        self._order = numpy.empty(0, dtype=numpy.int64)
         self._starts = numpy.zeros(1, dtype=numpy.int64)
-        self._ids_array = numpy.empty(0, dtype=object)
         self._cuts = [0]
-        self._sorted = self._order
+        self._sorted = numpy.empty(0, dtype=numpy.int64)
         self._bulk: dict[str, torch.Tensor] = {}
 
     def add(self, batch: Batch) -> None:
@@ -151,43 +217,59 @@ class DealtWindow:
         Raises:
             BatchError: its attributes, dtypes or row counts do not fit the window's.
         """
-        where = f"batch {batch.split_name}/{batch.id}"
-        size = len(batch.data_point_ids)
-        if set(batch.attributes) != set(self.rules):
+        attributes = batch.attributes
+        if attributes.keys() != self.rules.keys():
             raise BatchError(
-                f"{where} has attributes {sorted(batch.attributes)}, not {sorted(self.rules)}"
+                f"batch {batch.split_name}/{batch.id} has attributes {sorted(attributes)}, "
+                f"not {sorted(self.rules)}"
             )
+        size = -1
         for name, rule in self.rules.items():
-            tensor, held = batch.attributes[name], self._tensors[name]
-            if tensor.dim() == 0 or tensor.shape[0] != size:
-                raise BatchError(
-                    f"{where}: {name!r} has shape {tuple(tensor.shape)}, not one row for each of "
-                    f"its {size} data points"
-                )
-            like = held[0] if held else tensor
-            fixed = rule.pad is None and like.shape[1:] != tensor.shape[1:]
-            if like.dtype != tensor.dtype or like.dim() != tensor.dim() or fixed:
-                raise BatchError(
-                    f"{where}: {name!r} is {tuple(tensor.shape[1:])} {tensor.dtype}, not "
-                    f"{tuple(like.shape[1:])} {like.dtype} as the window's other batches"
-                )
-            held.append(tensor)
+            tensor = attributes[name]
+            like = self._like.setdefault(name, tensor)
+            if size < 0 and tensor.dim():
+                size = tensor.shape[0]
+            if (
+                tensor.dim() == 0
+                or tensor.shape[0] != size
+                or tensor.dtype != like.dtype
+                or tensor.dim() != like.dim()
+                or (rule.pad is None and tensor.shape[1:] != like.shape[1:])
+            ):
+                self._refuse(batch, name, tensor, like, size)
+            self._tensors[name].append(tensor)
             self._arrays[name].append(_numpy(tensor) if rule.pad is None else None)
         if self._first is None:
             self._first = batch.with_rows(batch.id, {}, ())
-        self._names.extend(batch.data_point_ids)
+        self._names.add(batch._data_point_ids, size, f"batch {batch.split_name}/{batch.id}")
         self.sizes.append(size)
+
+    @staticmethod
+    def _refuse(
+        batch: Batch, name: str, tensor: torch.Tensor, like: torch.Tensor, size: int
+    ) -> None:
+        where = f"batch {batch.split_name}/{batch.id}"
+        if tensor.dim() == 0 or tensor.shape[0] != size:
+            raise BatchError(
+                f"{where}: {name!r} has shape {tuple(tensor.shape)}, not one row for each of "
+                f"its {size} rows of its other fields"
+            )
+        raise BatchError(
+            f"{where}: {name!r} is {tuple(tensor.shape[1:])} {tensor.dtype}, not "
+            f"{tuple(like.shape[1:])} {like.dtype} as the window's other batches"
+        )
 
     def deal(self, key: str) -> None:
         """Permute the window's rows by ``key`` (after the last :meth:`add`)."""
-        self._order = permutation(len(self._names), key)
+        order = permutation(sum(self.sizes), key)
         self._starts = numpy.cumsum([0, *self.sizes], dtype=numpy.int64)
-        self._cuts = [0, *numpy.cumsum(sorted(self.sizes, reverse=True)).tolist()]
-        self._ids_array = numpy.empty(len(self._names), dtype=object)
-        self._ids_array[:] = self._names
-        cuts = self._cuts
-        parts = [numpy.sort(self._order[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
-        self._sorted = numpy.concatenate(parts) if parts else self._order
+        cut = sorted(self.sizes, reverse=True)
+        self._cuts = [0, *numpy.cumsum(cut).tolist()]
+        if cut and cut[0] == cut[-1]:  # batches of one size: each new batch's rows sorted at once
+            self._sorted = numpy.sort(order.reshape(len(cut), cut[0]), axis=1).reshape(-1)
+        else:
+            pairs = zip(self._cuts, self._cuts[1:], strict=False)
+            self._sorted = numpy.concatenate([numpy.sort(order[a:b]) for a, b in pairs])
         self._bulk = self._gather_all() if self._small() else {}
 
     def _small(self) -> bool:
@@ -198,13 +280,17 @@ class DealtWindow:
         return size <= BULK_BYTES and all(a is not None for a in arrays)
 
     def _gather_all(self) -> dict[str, torch.Tensor]:
-        """Every fixed field's rows in dealt order, each gathered once (a small window)."""
+        """Every fixed field's rows in dealt order, each copied once (a small window).
+
+        Row ``r`` of the window goes to position ``inverse[r]``, so each stored batch's rows
+        are scattered with one copy call.
+        """
         rows = self._sorted
-        source = numpy.searchsorted(self._starts[1:], rows, side="right")
-        local = rows - self._starts[source]
-        where = [numpy.flatnonzero(source == s) for s in range(len(self.sizes))]
+        inverse = numpy.empty_like(rows)
+        inverse[rows] = numpy.arange(len(rows), dtype=rows.dtype)
+        starts = self._starts.tolist()
         shapes = {
-            name: ((len(rows), *self._tensors[name][0].shape[1:]), self._tensors[name][0].dtype)
+            name: ((len(rows), *self._like[name].shape[1:]), self._like[name].dtype)
             for name, rule in self.rules.items()
             if rule.pad is None
         }
@@ -212,7 +298,7 @@ class DealtWindow:
         for name, tensor in out.items():
             target = tensor.numpy()
             for s, array in enumerate(self._arrays[name]):
-                target[where[s]] = array.take(local[where[s]], axis=0)  # type: ignore[union-attr]
+                target[inverse[starts[s] : starts[s + 1]]] = array
             self._tensors[name], self._arrays[name] = [], []  # the stored rows are not needed
         return out
 
@@ -224,14 +310,13 @@ class DealtWindow:
         """New batch ``index``."""
         if self._first is None:
             raise BatchError("a window without batches deals none")
-        pin = self.pin
         lo, hi = self._cuts[index], self._cuts[index + 1]
         rows = self._sorted[lo:hi]
         tensors = {name: bulk[lo:hi] for name, bulk in self._bulk.items()}
         rest = [name for name in self.rules if name not in self._bulk]
         if rest:
-            tensors.update(self._gathered(rest, rows, pin))
-        names = self._ids_array[rows].tolist()
+            tensors.update(self._gathered(rest, rows, self.pin))
+        names = DealtIds(self._names, rows, self._starts)
         return self._first.with_rows(self._ids(index), {n: tensors[n] for n in self.rules}, names)
 
     def _gathered(

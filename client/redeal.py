@@ -149,6 +149,7 @@ def redealt(
                 if dealt is None:
                     dealt = DealtWindow(rules, name, pool, pin)
                 dealt.add(batch)
+            batch = None  # the window holds it; the next window's reading frees it
             if dealt is None:
                 continue
             dealt.deal(plan.window_key(window))

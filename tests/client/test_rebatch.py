@@ -245,3 +245,32 @@ def test_a_cuda_epoch_is_redealt_on_the_cpu_then_copied() -> None:
         assert gpu.data_point_ids == cpu["ids"] and isinstance(gpu.id, RedealtBatchId)
         for name in ("x", "label", "tokens"):
             assert gpu[name].is_cuda and torch.equal(gpu[name].cpu(), cpu[name]), name
+
+
+# -- data point ids ------------------------------------------------------------------------------
+
+
+def test_redealt_ids_are_looked_up_when_asked_and_pickle_as_their_tuple() -> None:
+    src = MemorySource(sizes_of(9))
+    batches = list(BatchIterator(src, "train", shuffle_window=3, epoch=4))
+    assert all(callable(b._data_point_ids) for b in batches)  # nothing parsed yet
+    copies = [pickle.loads(pickle.dumps(b)) for b in batches]
+    assert all(isinstance(c._data_point_ids, tuple) for c in copies)
+    for batch, copy in zip(batches, copies, strict=True):
+        assert copy.data_point_ids == batch.data_point_ids and len(batch) == len(copy)
+        for row, dp in enumerate(batch.data_point_ids):  # each id names its own row
+            assert batch["x"][row].tolist() == [float(p) for p in dp.split("-")]
+
+
+def test_a_stored_batch_listing_other_ids_than_rows_is_refused_when_asked() -> None:
+    class ShortIds(MemorySource):
+        def batches(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
+            out = super().batches(*args, **kwargs)  # type: ignore[arg-type]
+            for batch in out:
+                if batch.id == 2:
+                    batch._data_point_ids = '["2-0"]'  # as a payload's JSON text: one id short
+            return out
+
+    batches = list(BatchIterator(ShortIds(sizes_of(6)), "train", shuffle_window=6))
+    with pytest.raises(BatchError, match=r"batch train/2 lists 1 data point ids for 4 rows"):
+        [b.data_point_ids for b in batches]
