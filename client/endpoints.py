@@ -80,8 +80,8 @@ class Endpoint:
         self.data_http: httpx.Client | None = None  # the data listener's pool
         self.data_down_until = 0.0  # clock time until which batches use the API port
         self.data_failures = 0  # failures of the data listener since it last answered
-        # the widest pipelined window its link has needed: the next reader starts there
-        self.link_window = 0
+        # its link's (rate, round trip) as a pipelined reader measured them: the next starts there
+        self.link: tuple[float, float] | None = None
 
     def data_url(self, now: float) -> str | None:
         """The data listener's base URL while it is usable (``None``: use :attr:`url`)."""

@@ -13,8 +13,13 @@ measures the two sides of the product on the connection itself, with the clock i
 
 The window is ``ceil(rate x round trip / group bytes) + 1`` groups (the extra one covers the
 server's time and the answer being read), never fewer than the caller's floor (its
-``prefetch``) nor more than the byte budget allows. It only grows: a window that worked stays,
-and a brief slow spell does not starve the pipe.
+``prefetch``) nor more than the byte budget allows. It grows only while the consumer is
+*starved* (it has taken every answer delivered and waits for the one that lands): a trainer
+slower than the link keeps its floor, so a fast link never runs the reader far ahead of it. It
+only grows: a window that worked stays, and a brief slow spell does not starve the pipe.
+
+What a link measured (its rate and round trip, :meth:`InFlight.link`) is kept per URL, so the
+next reader of that URL sizes its window from its first answer instead of ramping again.
 """
 
 from __future__ import annotations
@@ -81,8 +86,26 @@ class InFlight:
         """The head of the next answer arrived now."""
         self._head = self.clock()
 
-    def body(self, size: int) -> int:
-        """Its body of ``size`` bytes ended now; returns the window to keep (it only grows)."""
+    def learn(self, link: tuple[float, float] | None) -> None:
+        """Start from a link measured before (see :meth:`link`); ``None``: nothing known."""
+        if link is not None:
+            rate, round_trip = link
+            self.rate = rate if self.rate is None else max(self.rate, rate)
+            self._rates.append(rate)
+            self.connected(round_trip)
+
+    def link(self) -> tuple[float, float] | None:
+        """The link's measured ``(rate, round trip)``, once both are known."""
+        if self.rate is None or self.round_trip is None:
+            return None
+        return self.rate, self.round_trip
+
+    def body(self, size: int, starved: bool = True) -> int:
+        """Its body of ``size`` bytes ended now; returns the window to keep (it only grows).
+
+        ``starved``: the consumer has taken every answer before this one, so it is waiting on
+        the link; only then does the window grow.
+        """
         now = self.clock()
         start = now if self._head is None else self._head
         if size >= _BURST_MIN and now > start:
@@ -93,7 +116,8 @@ class InFlight:
         self._answers += 1
         self._group_bytes += (size - self._group_bytes) / min(self._answers, _RECENT)
         self.rate = max(self._rates) if self._rates else None
-        self.window = max(self.window, self._target())
+        if starved:
+            self.window = max(self.window, self._target())
         return self.window
 
     def _target(self) -> int:

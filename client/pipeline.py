@@ -125,6 +125,7 @@ class PipelinedReader:
         self.thread: threading.Thread | None = None  # the reader, once :meth:`groups` started
         self.url: str | None = None  # the URL whose data listener it reads from now
         self.stats: ReadStats | None = None  # where read timings go (the iterator's)
+        self.waiting = False  # whether the consumer is blocked on the next answer
 
     # -- the consumer's side --------------------------------------------------------------------
 
@@ -138,7 +139,10 @@ class PipelinedReader:
         thread.start()
         try:
             while True:
+                # the consumer waits on the link when it finds nothing (see _read_group)
+                self.waiting = results.empty()
                 item = results.get()
+                self.waiting = False
                 if item is _DONE:
                     return
                 self._credits.release()
@@ -269,7 +273,7 @@ class PipelinedReader:
         with self._sock_lock:
             self._sock = sock
         self.url = endpoint.url
-        self._widen(endpoint.link_window)  # what this link needed before: no ramp again
+        self.sizer.learn(endpoint.link)  # what this link measured before: no ramp again
         sent, pending, low = done, bytearray(), LowWater(sock)
         try:
             while done < len(groups):
@@ -282,7 +286,9 @@ class PipelinedReader:
                     sock.sendall(self._request_bytes(endpoint, groups[sent]))
                     sent += 1
                     self.engine.endpoints.count_request(endpoint)
-                batches, closes = self._read_group(sock, pending, low, endpoint, groups[done])
+                batches, closes = self._read_group(
+                    sock, pending, low, endpoint, groups[done], results
+                )
                 if batches is None:
                     return done, True
                 results.put(batches)
@@ -317,8 +323,11 @@ class PipelinedReader:
         low: LowWater,
         endpoint: Endpoint,
         group: list[int],
+        results: queue.SimpleQueue[Any],
     ) -> tuple[list[Batch] | BaseException | None, bool]:
         """Read the answer to ``group``, and whether the server closes after it.
+
+        ``results``: the answers delivered and not yet taken (none: the consumer is starved).
 
         The answer is its batches (or the error decoding raised), or ``None`` when it is not a
         plain ``200`` from batchstash (then the fallback fetches the group).
@@ -338,8 +347,12 @@ class PipelinedReader:
         checker = FrameChecker()
         read_body(sock, pending, buffer, None if zstd else checker, low)
         received = time.perf_counter()
-        self._widen(self.sizer.body(length))  # the bytes on the wire, compressed or not
-        endpoint.link_window = max(endpoint.link_window, self.window)
+        # the bytes on the wire, compressed or not; starved: the consumer took every answer
+        # and waits for this one (a trainer busy with its step is not; nor one waiting for
+        # the first answer, as every consumer does)
+        starved = self.pipelined > 0 and self.waiting and results.empty()
+        self._widen(self.sizer.body(length, starved=starved))
+        endpoint.link = self.sizer.link()
         self.engine.answered(endpoint)
         self.engine.endpoints.data_answered(endpoint)
         try:

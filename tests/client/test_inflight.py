@@ -27,7 +27,7 @@ class Link:
         self.now += rtt  # the handshake
         self.sizer.connected(rtt)
 
-    def run(self, answers: int) -> None:
+    def run(self, answers: int, starved: bool = True) -> None:
         link_free = self.now
         while len(self.ends) < answers:
             while len(self.outstanding) < self.sizer.window:
@@ -37,7 +37,7 @@ class Link:
             self.now = head
             self.sizer.head()
             self.now = link_free = head + self.size / self.rate
-            self.sizer.body(self.size)
+            self.sizer.body(self.size, starved=starved)
             self.ends.append(self.now)
 
     def throughput(self, last: int) -> float:
@@ -113,3 +113,29 @@ def test_a_zero_budget_keeps_the_floor() -> None:
     link = Link(rtt=0.010, rate=125e6, size=67_584, floor=3, budget=0)
     link.run(200)
     assert link.sizer.window == 3
+
+
+def test_a_consumer_that_is_never_starved_keeps_the_floor() -> None:
+    link = Link(rtt=0.010, rate=125e6, size=67_584, floor=3)
+    link.run(200, starved=False)  # a trainer slower than the link: answers wait for it
+    assert link.sizer.window == 3
+    assert link.sizer.link() == (pytest.approx(125e6), pytest.approx(0.010))  # still measured
+    link.run(210)  # it falls behind the link: the window grows to the product
+    assert link.sizer.window == math.ceil(125e6 * 0.010 / 67_584) + 1
+
+
+@pytest.mark.parametrize(("budget", "expected"), [(64 * 2**20, 20), (0, 3)])
+def test_a_learned_link_sizes_the_next_window_from_its_first_answer(
+    budget: int, expected: int
+) -> None:
+    first = Link(rtt=0.010, rate=125e6, size=67_584, floor=3)
+    first.run(100)
+    now = [0.0]
+    sizer = InFlight(3, budget=budget, clock=lambda: now[0])
+    sizer.learn(first.sizer.link())  # a new reader of the same URL
+    sizer.head()
+    now[0] = 0.001
+    assert sizer.body(67_584) == expected  # no ramp: the first answer sizes it (budget 0: never)
+    fresh = InFlight(3, clock=lambda: now[0])
+    fresh.learn(None)
+    assert fresh.link() is None and fresh.body(67_584) == 3
