@@ -27,10 +27,23 @@ def _status(key: str) -> int:
     raise RuntimeError(f"no {key} in /proc/self/status")
 
 
-def growth(url: str, window: int, prefetch: int, batches: int, timeout: float = 300.0) -> dict:
-    """Run one reader process; its RSS before iterating, its peak, and the batches it read."""
+def growth(
+    url: str,
+    window: int,
+    prefetch: int,
+    batches: int,
+    timeout: float = 300.0,
+    in_flight_bytes: int | None = None,
+) -> dict:
+    """Run one reader process; its RSS before iterating, its peak, and the batches it read.
+
+    ``in_flight_bytes``: the client's budget for requests the link sizing adds beyond
+    ``prefetch`` (``None``: the default; ``0``: none, so ``prefetch`` alone bounds them).
+    """
     cmd = [sys.executable, "-m", "benchmarks.rebatch_memory", "--url", url]
     cmd += ["--window", str(window), "--prefetch", str(prefetch), "--batches", str(batches)]
+    if in_flight_bytes is not None:
+        cmd += ["--in-flight-bytes", str(in_flight_bytes)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"memory reader failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -45,11 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=int, required=True)
     parser.add_argument("--prefetch", type=int, required=True)
     parser.add_argument("--batches", type=int, required=True)
+    parser.add_argument("--in-flight-bytes", type=int, default=None)
     args = parser.parse_args(argv)
 
     from batchstash.client import BatchClient
 
-    with BatchClient(args.url, timeout=60.0) as client:
+    budget = {} if args.in_flight_bytes is None else {"in_flight_bytes": args.in_flight_bytes}
+    with BatchClient(args.url, timeout=60.0, **budget) as client:
         ids = client.batch_ids("train")
         first = client.batch("train", ids[0])
         size = sum(int(t.nbytes) for t in first.attributes.values())
@@ -63,9 +78,17 @@ def main(argv: list[str] | None = None) -> None:
             count += 1
             if count >= args.batches:
                 break
+        reader = getattr(it, "reader", None)
+        window = None if reader is None else [reader.window, reader.sizer.floor]
         it.close()
         peak = _status("VmHWM")
-    report = {"rss_before": before, "peak": peak, "batches": count, "batch_bytes": size}
+    report = {
+        "rss_before": before,
+        "peak": peak,
+        "batches": count,
+        "batch_bytes": size,
+        "in_flight": window,  # the pipelined reader's window and its floor, in requests
+    }
     print(json.dumps({**report, "window": args.window, "prefetch": args.prefetch}))  # noqa: T201
 
 

@@ -399,6 +399,10 @@ class Suite:
                 runs = {
                     f"w{w}": rebatch_memory.growth(url, w, 4, count) for w in (0, rebatch.WINDOW)
                 }
+                # with no link-sized requests beyond prefetch: the bound's own terms alone
+                runs[f"w{rebatch.WINDOW}_floor"] = rebatch_memory.growth(
+                    url, rebatch.WINDOW, 4, count, in_flight_bytes=0
+                )
                 return {"prefetch": 4, "batch_bytes": size_bytes["large"], **runs}
 
             result = rebatch.measure_all(

@@ -237,20 +237,26 @@ class BatchIterator:
         if self.device is not None and self._stage is None:
             self._stage = DeviceStage(self.device, self.client.buffers)
         if isinstance(self.plan, RebatchPlan):
-            stored = functools.partial(self._stored, stage=None)
+            # the new batch being built and the one the trainer holds count against prefetch
+            ahead = min(self.prefetch, max(1, self.prefetch - 2))
+            stored = functools.partial(self._stored, stage=None, prefetch=ahead)
             built = redealt(self.plan, list(batch_ids), stored, self._stage, self.client.buffers)
             return self._timed(built)
         return self._timed(self._stored(batch_ids, self._stage))
 
     def _stored(
-        self, batch_ids: Sequence[int], stage: DeviceStage | None
+        self, batch_ids: Sequence[int], stage: DeviceStage | None, prefetch: int | None = None
     ) -> Generator[Batch, None, None]:
-        """The stored batches ``batch_ids`` in order, copied by ``stage`` (see :meth:`stream`)."""
+        """The stored batches ``batch_ids`` in order, copied by ``stage`` (see :meth:`stream`).
+
+        ``prefetch``: batches read ahead, if not this iterator's.
+        """
         ids, size = list(batch_ids), self.batches_per_request
         groups = [ids[i : i + size] for i in range(0, len(ids), size)]
         # the group being yielded counts against prefetch, so at most prefetch batches are
         # requested and not yet yielded (at least one request ahead)
-        in_flight = 0 if self.prefetch == 0 else max(1, self.prefetch // size - 1)
+        ahead = self.prefetch if prefetch is None else prefetch
+        in_flight = 0 if ahead == 0 else max(1, ahead // size - 1)
         stream: Generator[list[Batch], None, None]
         reader = None
         if in_flight and self.pipelined:
