@@ -141,20 +141,36 @@ def redealt(
             def name(i: int, w: Any = window) -> RedealtBatchId:
                 return RedealtBatchId(w.first + i, w.index, i, w.batch_ids)
 
+            # no local names the stored or new batches: the window alone holds them, and it
+            # is let go before the next window is read
             dealt: DealtWindow | None = None
             for _ in window.batch_ids:
-                batch = next(stored)
-                if rules is None:
-                    rules = field_rules(batch.metadata, batch.attributes)
-                if dealt is None:
-                    dealt = DealtWindow(rules, name, pool, pin)
-                dealt.add(batch)
-            batch = None  # the window holds it; the next window's reading frees it
+                dealt, rules = _hold(next(stored), dealt, rules, name, pool, pin)
             if dealt is None:
                 continue
             dealt.deal(plan.window_key(window))
             for index in indices:
-                new = dealt.batch(index)
-                yield new if stage is None else stage.hand_over(stage.copy([new])[0])
+                if stage is None:
+                    yield dealt.batch(index)
+                else:
+                    yield stage.hand_over(stage.copy([dealt.batch(index)])[0])
+            dealt = None
     finally:
         stored.close()
+
+
+def _hold(
+    batch: Batch,
+    dealt: DealtWindow | None,
+    rules: dict[str, FieldRule] | None,
+    name: Callable[[int], int],
+    pool: BufferPool | None,
+    pin: bool,
+) -> tuple[DealtWindow, dict[str, FieldRule]]:
+    """Add a stored batch to its window (made with the first), the rules read from the first."""
+    if rules is None:
+        rules = field_rules(batch.metadata, batch.attributes)
+    if dealt is None:
+        dealt = DealtWindow(rules, name, pool, pin)
+    dealt.add(batch)
+    return dealt, rules
