@@ -10,6 +10,9 @@
   ``(W + prefetch) x batch``: the target with ``in_flight_bytes=0`` (``prefetch`` alone bounds
   the requests ahead), and the default client besides, whose link sizing may keep more in
   flight (its window is reported); with ``W=0`` for comparison.
+- **trainer**: the same large store read by a trainer whose step (a sleep, as while a GPU
+  computes) lasts :data:`STEP_SHARE` of a batch's time at the ``W=0`` median rate; the share of
+  the pass it waits for data, with ``W=16`` and ``W=0`` (interleaved), in this process.
 - **bucketing**: the text example primed at random and with ``bucket_by="tokens"``,
   interleaved; the share of pad tokens (id 0) in the stored ``tokens`` of ``train``, and each
   prime's median time.
@@ -29,10 +32,13 @@ from batchstash.service.examples import text
 
 from .table import Row, div, fmt, times
 
-__all__ = ["WINDOW", "bucketing", "repeats", "rows", "speed", "targets"]
+__all__ = ["STEP_SHARE", "WINDOW", "bucketing", "repeats", "rows", "speed", "targets", "trainer"]
 
 WINDOW = 16
 """The ``shuffle_window`` measured."""
+
+STEP_SHARE = 1.25
+"""The simulated training step, as a share of a batch's read time at the ``W=0`` rate."""
 
 MB = 1e6
 
@@ -69,6 +75,42 @@ def speed(load: Callable[[int], dict[str, Any]], repeats_: int = 3) -> dict[str,
         median = statistics.median_low(rates)
         out[f"w{window}"] = {**next(r for r in runs if r["mb_s"] == median), "runs_mb_s": rates}
     out["ratio"] = out[f"w{WINDOW}"]["mb_s"] / out["w0"]["mb_s"]
+    return out
+
+
+def trainer(
+    url: str, step_s: float, prefetch: int, batches: int, repeats_: int = 3
+) -> dict[str, Any]:
+    """A trainer stepping ``step_s`` a batch, ``W`` in (0, :data:`WINDOW`) interleaved.
+
+    Each pass reads ``batches`` batches; its data wait share is the iterator's own
+    (``it.stats()``). Medians by wait share.
+    """
+    series: dict[int, list[dict[str, Any]]] = {0: [], WINDOW: []}
+    with BatchClient(url, timeout=60.0) as client:
+        for run in range(repeats_):
+            for window in series:
+                it = client.iter_batches(
+                    "train", epoch=run, prefetch=prefetch, shuffle_window=window
+                )
+                start = time.perf_counter()
+                count = 0
+                for _ in it:
+                    time.sleep(step_s)
+                    count += 1
+                    if count >= batches:
+                        break
+                elapsed = time.perf_counter() - start
+                stats = it.stats()
+                it.close()
+                series[window].append(
+                    {"wait_share": stats["wait_share"], "batches_s": count / elapsed}
+                )
+    out: dict[str, Any] = {"step_s": step_s, "prefetch": prefetch}
+    for window, runs in series.items():
+        shares = [r["wait_share"] for r in runs]
+        median = statistics.median_low(shares)
+        out[f"w{window}"] = {**next(r for r in runs if r["wait_share"] == median), "runs": runs}
     return out
 
 
@@ -134,6 +176,19 @@ def rows(result: dict[str, Any]) -> list[Row]:
                 f"1 consumer: shuffle_window={WINDOW} vs 0 (interleaved medians)",
                 f"{fmt(runs[f'w{WINDOW}']['mb_s'])} vs {fmt(runs['w0']['mb_s'])} MB/s",
                 run=runs[f"w{WINDOW}"],
+            )
+        )
+    step = result.get("trainer")
+    if step is not None:
+        w0, w16 = step["w0"], step[f"w{WINDOW}"]
+        out.append(
+            Row(
+                sec,
+                f"large batches, a trainer stepping {fmt(step['step_s'] * 1e3, 2)} ms a batch "
+                f"({STEP_SHARE:.0%} of its read time), prefetch {step['prefetch']}: data wait "
+                f"share, shuffle_window={WINDOW} vs 0",
+                f"{w16['wait_share']:.1%} vs {w0['wait_share']:.1%} of the pass "
+                f"({fmt(w16['batches_s'])} vs {fmt(w0['batches_s'])} batches/s)",
             )
         )
     mem = result["memory"]
@@ -241,9 +296,14 @@ def measure_all(
     batch_bytes: dict[str, int],
     step: Callable[[str, Callable[[], Any]], Any],
     sizes: Sequence[str] = ("large", "small"),
+    large: tuple[str, int, int] | None = None,
 ) -> dict[str, Any]:
-    """Every measurement of the section but bucketing (``load(size, W)``: one load run)."""
-    return {
+    """Every measurement of the section but bucketing (``load(size, W)``: one load run).
+
+    ``large``: the large store's URL, the prefetch and the batches a pass for the trainer
+    measurement (after the speed runs, which give its step); ``None``: not measured.
+    """
+    result: dict[str, Any] = {
         "window": WINDOW,
         "batch_bytes": batch_bytes,
         "repeats": step("re-dealt epochs: batch repeats", lambda: repeats(small_url, prefetch)),
@@ -251,5 +311,12 @@ def measure_all(
             size: speed(lambda w, s=size: step(f"re-dealt epochs: {s}, W={w}", lambda: load(s, w)))
             for size in sizes
         },
-        "memory": step("re-dealt epochs: client RSS", client_memory),
     }
+    if large is not None and "large" in result["speed"]:
+        url, ahead, count = large
+        step_s = STEP_SHARE * batch_bytes["large"] / (result["speed"]["large"]["w0"]["mb_s"] * MB)
+        result["trainer"] = step(
+            "re-dealt epochs: a stepping trainer", lambda: trainer(url, step_s, ahead, count)
+        )
+    result["memory"] = step("re-dealt epochs: client RSS", client_memory)
+    return result

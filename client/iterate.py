@@ -237,10 +237,15 @@ class BatchIterator:
         if self.device is not None and self._stage is None:
             self._stage = DeviceStage(self.device, self.client.buffers)
         if isinstance(self.plan, RebatchPlan):
-            # the new batch being built and the one the trainer holds count against prefetch
-            ahead = min(self.prefetch, max(1, self.prefetch - 2))
+            # the new batches alive (the trainer's, the one it is handed, the one being built;
+            # one fewer without a builder thread, which needs prefetch 4) count against
+            # prefetch: the stored batches read ahead are the rest
+            build = 1 if self.prefetch >= 4 else 0
+            ahead = min(self.prefetch, max(1, self.prefetch - 2 - build))
             stored = functools.partial(self._stored, stage=None, prefetch=ahead)
-            built = redealt(self.plan, list(batch_ids), stored, self._stage, self.client.buffers)
+            built = redealt(
+                self.plan, list(batch_ids), stored, self._stage, self.client.buffers, build
+            )
             return self._timed(built)
         return self._timed(self._stored(batch_ids, self._stage))
 

@@ -38,6 +38,7 @@ from .framecheck import FrameChecker
 from .headers import FINGERPRINT_HEADER
 from .inflight import DEFAULT_IN_FLIGHT_BYTES, InFlight
 from .lowwater import LowWater
+from .prefetch import may_wait
 from .socketio import read_body, read_head
 from .transport import decode_zstd
 
@@ -155,7 +156,7 @@ class PipelinedReader:
             self._abort_socket()
             # an iterator dropped mid-epoch may be finalized by the garbage collector in any
             # thread, this reader's own included: it stops by itself then, it cannot join itself
-            if threading.current_thread() is not thread:
+            if threading.current_thread() is not thread and may_wait():
                 thread.join(timeout=max(1.0, self.engine.timeout))
 
     def _widen(self, window: int) -> None:

@@ -24,6 +24,8 @@ for those data points alone, and re-dealing would serve wrong training data.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ from .batch import Batch
 from .dealt import DealtWindow, FieldRule
 from .errors import BatchError
 from .metadata import BatchMetadata
+from .prefetch import ahead
 
 if TYPE_CHECKING:
     from .buffers import BufferPool
@@ -113,24 +116,75 @@ class RedealtBatchId(int):
         return f"RedealtBatchId({int(self)}, window={self.window}, index={self.index})"
 
 
+PROBE = 8
+"""Batches :func:`redealt` builds in the caller's thread, timing them against the trainer's
+step, before it decides whether a thread of their own builds the rest."""
+
+STEP_SHARE = 0.5
+"""The share of a batch's build time the trainer's step must exceed for a builder thread."""
+
+MIN_STEP_S = 2e-4
+"""The shortest step (mean, seconds) a builder thread is worth: a handoff between threads on
+busy cores costs tens of microseconds, and a loop that only reads gains nothing from it."""
+
+
 def redealt(
     plan: RebatchPlan,
     items: list[int],
     read: Callable[[list[int]], Generator[Batch, None, None]],
     stage: DeviceStage | None,
     pool: BufferPool | None = None,
+    build_ahead: int = 0,
 ) -> Generator[Batch, None, None]:
     """Yield the re-dealt batches ``items`` of ``plan``, in order.
 
     The stored batches of each window the items come from are read in order by ``read`` (one
     stream for all, so its prefetch runs ahead across windows) and held until the window's
     new batches are built (see :class:`~.dealt.DealtWindow`), on the CPU, in buffers of
-    ``pool`` (pinned for a CUDA ``stage``); ``stage`` copies each to its device and hands it
-    over in the caller's thread.
+    ``pool`` (pinned for a CUDA ``stage``), and copied by ``stage``; ``stage`` hands each over
+    in the caller's thread.
+
+    New batches are built in the caller's thread at first. With ``build_ahead``, once
+    :data:`PROBE` batches after the first show that the trainer's step (its time between two
+    ``next()``) lasts more than :data:`STEP_SHARE` of building one and :data:`MIN_STEP_S`, a
+    thread of their own builds the rest, ``build_ahead`` ahead, so the building overlaps the
+    step. A caller that asks again at once (a loop that only reads) keeps building in its own
+    thread, where a handoff between threads would only add to its wait.
 
     Raises:
         BatchError: a field cannot be re-dealt (see :func:`field_rules`).
     """
+    built = _built(plan, items, read, stage, pool)
+    source: Generator[Batch, None, None] = built
+    try:
+        build_s = step_s = 0.0
+        for seen in range(1 + PROBE if build_ahead else 0):
+            start = time.perf_counter()
+            batch = next(built, None)
+            if batch is None:
+                return
+            asked = time.perf_counter()
+            yield batch if stage is None else stage.hand_over(batch)
+            if seen:  # the first read the first window: not a build
+                build_s, step_s = build_s + asked - start, step_s + time.perf_counter() - asked
+        if build_ahead and step_s > max(build_s * STEP_SHARE, MIN_STEP_S * PROBE):
+            source = ahead(built, build_ahead, "batchstash-redeal")
+        for batch in source:
+            yield batch if stage is None else stage.hand_over(batch)
+    finally:
+        source.close()  # the thread, if any, closes ``built`` itself
+        with contextlib.suppress(ValueError):  # still in a thread that outlived its wait
+            built.close()
+
+
+def _built(
+    plan: RebatchPlan,
+    items: list[int],
+    read: Callable[[list[int]], Generator[Batch, None, None]],
+    stage: DeviceStage | None,
+    pool: BufferPool | None,
+) -> Generator[Batch, None, None]:
+    """The new batches of :func:`redealt`, copied by ``stage`` (not handed over)."""
     runs = plan.runs(items)
     stored = read([b for window, _ in runs for b in window.batch_ids])
     pin = stage is not None and stage.pinned
@@ -150,10 +204,7 @@ def redealt(
                 continue
             dealt.deal(plan.window_key(window))
             for index in indices:
-                if stage is None:
-                    yield dealt.batch(index)
-                else:
-                    yield stage.hand_over(stage.copy([dealt.batch(index)])[0])
+                yield dealt.batch(index) if stage is None else stage.copy([dealt.batch(index)])[0]
             dealt = None
     finally:
         stored.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 import re
+import threading
+import time
 from collections import Counter
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchstash.client import BatchError, BatchIterator, EpochPlan, dealt
+from batchstash.client import BatchError, BatchIterator, EpochPlan, dealt, redeal
 from batchstash.client.dealt import permutation
 from batchstash.client.rebatch import RebatchPlan, chunks, interleave
 from batchstash.client.redeal import RedealtBatchId
@@ -223,6 +225,54 @@ def test_memory_holds_one_window_besides_prefetch() -> None:
     assert 8 <= len(src.fetched) <= 8 + 2 + 1
     list(it)
     assert sorted(src.fetched) == list(range(40))
+
+
+def _builders() -> int:
+    return sum(t.name == "batchstash-redeal" for t in threading.enumerate())
+
+
+def test_a_trainer_with_a_step_gets_batches_built_by_a_thread_while_it_steps() -> None:
+    src = MemorySource(sizes_of(40))
+    plain = [b.data_point_ids for b in BatchIterator(src, "train", shuffle_window=8, epoch=3)]
+    it = BatchIterator(src, "train", shuffle_window=8, prefetch=4, epoch=3)
+    got = []
+    for batch in it:
+        got.append(batch.data_point_ids)
+        if len(got) == redeal.PROBE + 3:
+            assert _builders() == 1  # the step outlasts a build: a thread builds ahead
+        time.sleep(0.003)  # the trainer's step
+    assert got == plain  # the same batches, in the same order
+    assert _builders() == 0
+    stopped = BatchIterator(src, "train", shuffle_window=8, prefetch=4, epoch=1)
+    for _ in range(redeal.PROBE + 3):
+        next(stopped)
+        time.sleep(0.003)
+    assert _builders() == 1
+    stopped.close()  # mid-epoch: the thread stops
+    assert _builders() == 0
+
+
+def test_a_loop_that_only_reads_builds_in_its_own_thread() -> None:
+    src = MemorySource(sizes_of(40))
+    it = BatchIterator(src, "train", shuffle_window=8, prefetch=4)
+    seen = []
+    for batch in it:
+        seen.append(batch)
+        assert _builders() == 0
+    assert len(seen) == 40
+
+
+def test_with_a_builder_memory_holds_one_window_and_prefetch() -> None:
+    src = MemorySource(sizes_of(40))
+    it = BatchIterator(src, "train", shuffle_window=8, prefetch=4, batches_per_request=1)
+    for _ in range(redeal.PROBE + 2):
+        next(it)
+        time.sleep(0.003)
+    time.sleep(0.3)  # the thread builds ahead as far as it may
+    # read: the first 2 windows and 1 stored batch ahead (prefetch 4 less the trainer's batch,
+    # the one waiting for it and the one being built)
+    assert _builders() == 1 and len(src.fetched) <= 16 + 1 + 1
+    it.close()
 
 
 # -- CUDA ------------------------------------------------------------------------------------------
