@@ -25,6 +25,7 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from .plan import EpochPlan, digest, shuffled
 
@@ -247,36 +248,15 @@ def make_plan(
     *,
     window: int = 0,
     bands: int = 0,
-    seed: int = 0,
-    epoch: int = 0,
-    world_size: int = 1,
-    shuffle: bool = True,
-    resumed_from: Sequence[tuple[int, int]] = (),
-    pad: bool = True,
+    **options: Any,
 ) -> EpochPlan | RebatchPlan:
-    """An epoch's plan: a :class:`RebatchPlan` with ``window``, else an :class:`EpochPlan`."""
+    """An epoch's plan: a :class:`RebatchPlan` with ``window``, else an :class:`EpochPlan`.
+
+    ``options``: the plans' common keywords (``seed``, ``epoch``, ``world_size``, ``shuffle``,
+    ``resumed_from``, ``pad``; see :meth:`EpochPlan.create`).
+    """
     if window:
         return RebatchPlan.create(
-            fingerprint,
-            split,
-            batch_ids,
-            window=window,
-            bands=bands,
-            seed=seed,
-            epoch=epoch,
-            world_size=world_size,
-            shuffle=shuffle,
-            resumed_from=resumed_from,
-            pad=pad,
+            fingerprint, split, batch_ids, window=window, bands=bands, **options
         )
-    return EpochPlan.create(
-        fingerprint,
-        split,
-        batch_ids,
-        seed=seed,
-        epoch=epoch,
-        world_size=world_size,
-        shuffle=shuffle,
-        resumed_from=resumed_from,
-        pad=pad,
-    )
+    return EpochPlan.create(fingerprint, split, batch_ids, **options)
