@@ -92,8 +92,12 @@ def allocate(
 def _numpy(tensor: torch.Tensor) -> numpy.ndarray | None:
     """The tensor's memory as an array, when numpy has its dtype (``None``: bfloat16...)."""
     try:
+        return tensor.numpy()  # a decoded tensor: no autograd to detach from
+    except (RuntimeError, TypeError):
+        pass
+    try:
         return tensor.detach().numpy()
-    except TypeError:
+    except (RuntimeError, TypeError):  # a dtype numpy lacks (bfloat16), a view it cannot take
         return None
 
 
@@ -173,9 +177,6 @@ class DealtIds:
         pick = self.window.source
         return tuple(pick(s)[i] for s, i in zip(source.tolist(), local.tolist(), strict=True))
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
     def __reduce__(self) -> tuple[Any, ...]:
         return tuple, (self(),)
 
@@ -205,11 +206,14 @@ class DealtWindow:
         self._tensors: dict[str, list[torch.Tensor]] = {name: [] for name in rules}
         self._arrays: dict[str, list[numpy.ndarray | None]] = {name: [] for name in rules}
         self._like: dict[str, torch.Tensor] = {}
+        # each field's (dtype, dimensions, shape after the rows) from the first batch
+        self._specs: dict[str, tuple[torch.dtype, int, torch.Size]] = {}
+        self._fixed_bytes = 0  # of the fixed fields' held rows
         self._extents: dict[tuple[int, str], torch.Tensor] = {}
         self._starts = numpy.zeros(1, dtype=numpy.int64)
         self._cuts = [0]
         self._sorted = numpy.empty(0, dtype=numpy.int64)
-        self._bulk: dict[str, torch.Tensor] = {}
+        self._bulk: dict[str, tuple[torch.Tensor, ...]] = {}  # each new batch's view, by field
 
     def add(self, batch: Batch) -> None:
         """Hold the window's next stored batch.
@@ -226,19 +230,28 @@ class DealtWindow:
         size = -1
         for name, rule in self.rules.items():
             tensor = attributes[name]
-            like = self._like.setdefault(name, tensor)
-            if size < 0 and tensor.dim():
-                size = tensor.shape[0]
+            shape = tensor.shape
+            spec = self._specs.get(name)
+            if spec is None:  # the window's first batch: its fields are the others' pattern
+                self._like[name] = tensor
+                spec = self._specs[name] = (tensor.dtype, len(shape), shape[1:])
+            if size < 0 and shape:
+                size = shape[0]
             if (
-                tensor.dim() == 0
-                or tensor.shape[0] != size
-                or tensor.dtype != like.dtype
-                or tensor.dim() != like.dim()
-                or (rule.pad is None and tensor.shape[1:] != like.shape[1:])
+                not shape
+                or shape[0] != size
+                or tensor.dtype != spec[0]
+                or len(shape) != spec[1]
+                or (rule.pad is None and shape[1:] != spec[2])
             ):
-                self._refuse(batch, name, tensor, like, size)
+                self._refuse(batch, name, tensor, self._like[name], size)
             self._tensors[name].append(tensor)
-            self._arrays[name].append(_numpy(tensor) if rule.pad is None else None)
+            if rule.pad is None:
+                array = _numpy(tensor)
+                self._arrays[name].append(array)
+                self._fixed_bytes += tensor.nbytes if array is None else array.nbytes
+            else:
+                self._arrays[name].append(None)
         if self._first is None:
             self._first = batch.with_rows(batch.id, {}, ())
         self._names.add(batch._data_point_ids, size, f"batch {batch.split_name}/{batch.id}")
@@ -270,14 +283,17 @@ class DealtWindow:
         else:
             pairs = zip(self._cuts, self._cuts[1:], strict=False)
             self._sorted = numpy.concatenate([numpy.sort(order[a:b]) for a, b in pairs])
-        self._bulk = self._gather_all() if self._small() else {}
+        sizes = numpy.diff(self._cuts).tolist()
+        bulk = self._gather_all() if self._small() else {}
+        self._bulk = {name: tensor.split_with_sizes(sizes) for name, tensor in bulk.items()}
 
     def _small(self) -> bool:
         """Whether the fixed fields are gathered for the whole window at once (see BULK_BYTES)."""
-        fixed = [n for n, rule in self.rules.items() if rule.pad is None]
-        arrays = [a for n in fixed for a in self._arrays[n]]
-        size = sum(t.nbytes for n in fixed for t in self._tensors[n])
-        return size <= BULK_BYTES and all(a is not None for a in arrays)
+        if self._fixed_bytes > BULK_BYTES:
+            return False
+        return all(
+            a is not None for n, r in self.rules.items() if r.pad is None for a in self._arrays[n]
+        )
 
     def _gather_all(self) -> dict[str, torch.Tensor]:
         """Every fixed field's rows in dealt order, each copied once (a small window).
@@ -312,9 +328,9 @@ class DealtWindow:
             raise BatchError("a window without batches deals none")
         lo, hi = self._cuts[index], self._cuts[index + 1]
         rows = self._sorted[lo:hi]
-        tensors = {name: bulk[lo:hi] for name, bulk in self._bulk.items()}
-        rest = [name for name in self.rules if name not in self._bulk]
-        if rest:
+        tensors = {name: views[index] for name, views in self._bulk.items()}
+        if len(tensors) < len(self.rules):
+            rest = [name for name in self.rules if name not in tensors]
             tensors.update(self._gathered(rest, rows, self.pin))
         names = DealtIds(self._names, rows, self._starts)
         return self._first.with_rows(self._ids(index), {n: tensors[n] for n in self.rules}, names)

@@ -7,13 +7,14 @@ import re
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchstash.client import BatchError, BatchIterator, EpochPlan, dealt, redeal
+from batchstash.client import Batch, BatchError, BatchIterator, EpochPlan, dealt, redeal
 from batchstash.client.dealt import permutation
 from batchstash.client.rebatch import RebatchPlan, chunks, interleave
 from batchstash.client.redeal import RedealtBatchId
@@ -161,6 +162,33 @@ def test_a_large_window_gathered_batch_by_batch_gives_the_same_batches(
     for a, b in zip(whole, one_by_one, strict=True):
         assert a["ids"] == b["ids"]
         assert all(torch.equal(a[k], b[k]) for k in ("x", "label", "tokens"))
+
+
+@pytest.mark.parametrize("bulk", [True, False])
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda x: x.to(torch.bfloat16),  # numpy has no bfloat16: torch gathers it
+        lambda x: x.requires_grad_(True),  # numpy() refuses it until detached
+        lambda x: x.t().contiguous().t(),  # column-major: a strided view
+    ],
+    ids=["bfloat16", "requires_grad", "strided"],
+)
+def test_fields_numpy_cannot_view_directly_are_redealt_alike(
+    monkeypatch: pytest.MonkeyPatch, convert: Any, bulk: bool
+) -> None:
+    class Converted(MemorySource):
+        def batches(self, *args: Any, **kwargs: Any) -> list[Batch]:  # type: ignore[override]
+            out = super().batches(*args, **kwargs)
+            for batch in out:
+                batch._attributes["x"] = convert(batch._attributes["x"])
+            return out
+
+    if not bulk:
+        monkeypatch.setattr(dealt, "BULK_BYTES", 0)
+    sizes = sizes_of(11)
+    expected = read(MemorySource(sizes), shuffle_window=4, epoch=3)
+    assert read(Converted(sizes), shuffle_window=4, epoch=3) == expected  # rows checked
 
 
 def test_without_a_window_the_stored_batches_come_as_they_are() -> None:
