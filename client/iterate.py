@@ -12,11 +12,11 @@ import torch
 
 from .batch import Batch
 from .errors import PlanError
-from .plan import PLAN_VERSION
 from .prefetch import prefetched
 from .ranks import resolve_rank
 from .rebatch import RebatchPlan, make_plan
 from .redeal import redealt
+from .resume import restore, state_of
 from .source import BatchSource, GroupReader
 from .staging import DeviceStage
 from .waits import ReadStats
@@ -314,38 +314,8 @@ class BatchIterator:
             self._stream.close()
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the JSON-able resume state.
-
-        Keys: ``version``, ``plan_hash``, ``fingerprint``, ``split``, ``seed``, ``epoch``,
-        ``shuffle``, ``pad_ranks``, ``world_size``, ``rank``, ``position`` (batches this rank
-        has yielded), ``per_rank`` (batches of each rank in this plan), ``resumed_from``
-        (earlier ``[world_size, position]`` segments of this epoch), ``batches`` (batches
-        in the split) and, with a ``shuffle_window``, ``shuffle_window`` and ``bucket_window``
-        (the store's bucketing window, ``0``: none).
-        """
-        plan = self.plan
-        window = (
-            {"shuffle_window": plan.window, "bucket_window": plan.bands}
-            if isinstance(plan, RebatchPlan)
-            else {}
-        )
-        return {
-            **window,
-            "version": PLAN_VERSION,
-            "plan_hash": plan.hash,
-            "fingerprint": plan.fingerprint,
-            "split": plan.split,
-            "seed": plan.seed,
-            "epoch": plan.epoch,
-            "shuffle": plan.shuffle,
-            "pad_ranks": plan.pad,
-            "world_size": plan.world_size,
-            "rank": self.rank,
-            "position": self.position,
-            "per_rank": plan.per_rank,
-            "resumed_from": [list(s) for s in plan.resumed_from],
-            "batches": len(self._batch_ids),
-        }
+        """Return the JSON-able resume state (its keys: :mod:`~batchstash.client.resume`)."""
+        return state_of(self.plan, self.rank, self.position, len(self._batch_ids))
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from a :meth:`state_dict` (before the first batch is taken).
@@ -357,61 +327,7 @@ class BatchIterator:
         """
         if self._stream is not None:
             raise PlanError("load_state_dict must be called before iterating")
-        try:
-            version, split = int(state["version"]), str(state["split"])
-            fingerprint, saved_hash = str(state["fingerprint"]), str(state["plan_hash"])
-            saved_size, position = int(state["world_size"]), int(state["position"])
-            segments = [(int(w), int(p)) for w, p in state.get("resumed_from", [])]
-            seed, epoch, shuffle = int(state["seed"]), int(state["epoch"]), bool(state["shuffle"])
-            pad = bool(state.get("pad_ranks", True))
-            window = int(state.get("shuffle_window", 0))
-            bands = int(state.get("bucket_window", 0))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PlanError(f"not a batch iterator state: {exc!r}") from None
-        if version != PLAN_VERSION:
-            raise PlanError(f"state has plan version {version}; this client plans {PLAN_VERSION}")
-        if split != self.plan.split:
-            raise PlanError(f"state is for split {split!r}, not {self.plan.split!r}")
-        if fingerprint != self.plan.fingerprint:
-            raise PlanError(
-                f"the store changed since the state was saved (fingerprint {fingerprint} -> "
-                f"{self.plan.fingerprint}): its batches differ, so the epoch cannot be resumed; "
-                "start the epoch over without the state"
-            )
-        if window < 0 or bands < 0:
-            raise PlanError(f"not a batch iterator state: shuffle_window {window}, {bands}")
-        saved = make_plan(
-            fingerprint,
-            split,
-            self._batch_ids,
-            seed=seed,
-            epoch=epoch,
-            world_size=saved_size,
-            shuffle=shuffle,
-            resumed_from=segments,
-            pad=pad,
-            window=window,
-            bands=bands,
-        )
-        if saved.hash != saved_hash:
-            raise PlanError(
-                f"the batch ids of split {split!r} no longer give the saved plan "
-                f"({saved_hash} != {saved.hash}); start the epoch over"
-            )
-        saved.check_position(position)
-        self.bucket_window = bands  # the store's (its fingerprint is checked above)
-        if saved_size == self.plan.world_size:
-            self.plan, self.position = saved, position
-        else:
-            self.plan, self.position = saved.replan(position, self.plan.world_size), 0
-            logger.info(
-                "re-planned %s epoch %d from %d to %d ranks: %d batches left",
-                split,
-                epoch,
-                saved_size,
-                self.plan.world_size,
-                len(self.plan.order),
-            )
+        self.plan, self.position, self.bucket_window = restore(state, self.plan, self._batch_ids)
         self.plan.rank_ids(self.rank)
 
     def __repr__(self) -> str:
