@@ -12,7 +12,9 @@
   flight (its window is reported); with ``W=0`` for comparison.
 - **trainer**: the same large store read by a trainer whose step (a sleep, as while a GPU
   computes) lasts :data:`STEP_SHARE` of a batch's time at the ``W=0`` median rate; the share of
-  the pass it waits for data, with ``W=16`` and ``W=0`` (interleaved), in this process.
+  the pass it waits for data, with ``W=16`` and ``W=0`` (interleaved), in this process: with
+  each one's default ``prefetch`` (``W + 8`` with a window, 4 without) and with prefetch 4,
+  where a window is read only as the trainer reaches it.
 - **bucketing**: the text example primed at random and with ``bucket_by="tokens"``,
   interleaved; the share of pad tokens (id 0) in the stored ``tokens`` of ``train``, and each
   prime's median time.
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from batchstash.client import BatchClient
+from batchstash.client.iterate import default_prefetch
 from batchstash.service.examples import text
 
 from .table import Row, div, fmt, times
@@ -79,12 +82,13 @@ def speed(load: Callable[[int], dict[str, Any]], repeats_: int = 3) -> dict[str,
 
 
 def trainer(
-    url: str, step_s: float, prefetch: int, batches: int, repeats_: int = 3
+    url: str, step_s: float, prefetch: int | None, batches: int, repeats_: int = 3
 ) -> dict[str, Any]:
     """A trainer stepping ``step_s`` a batch, ``W`` in (0, :data:`WINDOW`) interleaved.
 
     Each pass reads ``batches`` batches; its data wait share is the iterator's own
-    (``it.stats()``). Medians by wait share.
+    (``it.stats()``). Medians by wait share. ``prefetch=None``: each ``W``'s default
+    (``default_prefetch``).
     """
     series: dict[int, list[dict[str, Any]]] = {0: [], WINDOW: []}
     with BatchClient(url, timeout=60.0) as client:
@@ -106,7 +110,13 @@ def trainer(
                 series[window].append(
                     {"wait_share": stats["wait_share"], "batches_s": count / elapsed}
                 )
-    out: dict[str, Any] = {"step_s": step_s, "prefetch": prefetch}
+    out: dict[str, Any] = {
+        "step_s": step_s,
+        "prefetch": {
+            f"w{w}": default_prefetch(w) if prefetch is None else prefetch for w in series
+        },
+        "default": prefetch is None,
+    }
     for window, runs in series.items():
         shares = [r["wait_share"] for r in runs]
         median = statistics.median_low(shares)
@@ -178,15 +188,22 @@ def rows(result: dict[str, Any]) -> list[Row]:
                 run=runs[f"w{WINDOW}"],
             )
         )
-    step = result.get("trainer")
-    if step is not None:
-        w0, w16 = step["w0"], step[f"w{WINDOW}"]
+    for key in ("trainer", "trainer_prefetch4"):
+        step = result.get(key)
+        if step is None:
+            continue
+        w0, w16, ahead = step["w0"], step[f"w{WINDOW}"], step["prefetch"]
+        prefetch = (
+            f"default prefetch ({ahead[f'w{WINDOW}']} with the window, {ahead['w0']} without)"
+            if step.get("default")
+            else f"prefetch {ahead['w0']}"
+        )
         out.append(
             Row(
                 sec,
                 f"large batches, a trainer stepping {fmt(step['step_s'] * 1e3, 2)} ms a batch "
-                f"({STEP_SHARE:.0%} of its read time), prefetch {step['prefetch']}: data wait "
-                f"share, shuffle_window={WINDOW} vs 0",
+                f"({STEP_SHARE:.0%} of its read time), {prefetch}: data wait share, "
+                f"shuffle_window={WINDOW} vs 0",
                 f"{w16['wait_share']:.1%} vs {w0['wait_share']:.1%} of the pass "
                 f"({fmt(w16['batches_s'])} vs {fmt(w0['batches_s'])} batches/s)",
             )
@@ -296,12 +313,13 @@ def measure_all(
     batch_bytes: dict[str, int],
     step: Callable[[str, Callable[[], Any]], Any],
     sizes: Sequence[str] = ("large", "small"),
-    large: tuple[str, int, int] | None = None,
+    large: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """Every measurement of the section but bucketing (``load(size, W)``: one load run).
 
-    ``large``: the large store's URL, the prefetch and the batches a pass for the trainer
-    measurement (after the speed runs, which give its step); ``None``: not measured.
+    ``large``: the large store's URL and the batches a pass for the trainer measurements
+    (after the speed runs, which give their step), with each window's default prefetch and
+    with prefetch 4; ``None``: not measured.
     """
     result: dict[str, Any] = {
         "window": WINDOW,
@@ -313,10 +331,14 @@ def measure_all(
         },
     }
     if large is not None and "large" in result["speed"]:
-        url, ahead, count = large
+        url, count = large
         step_s = STEP_SHARE * batch_bytes["large"] / (result["speed"]["large"]["w0"]["mb_s"] * MB)
         result["trainer"] = step(
-            "re-dealt epochs: a stepping trainer", lambda: trainer(url, step_s, ahead, count)
+            "re-dealt epochs: a stepping trainer", lambda: trainer(url, step_s, None, count)
+        )
+        result["trainer_prefetch4"] = step(
+            "re-dealt epochs: a stepping trainer, prefetch 4",
+            lambda: trainer(url, step_s, 4, count),
         )
     result["memory"] = step("re-dealt epochs: client RSS", client_memory)
     return result

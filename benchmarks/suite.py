@@ -412,7 +412,7 @@ class Suite:
                 PREFETCH["small"],
                 size_bytes,
                 self.step,
-                large=(servers["large"].url, PREFETCH["large"], min(p.max_batches, 1000)),
+                large=(servers["large"].url, min(p.max_batches, 1000)),
             )
         work = self.work / "rebatch"  # with the servers stopped: priming times in process
         result["bucketing"] = self.step(

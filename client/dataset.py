@@ -106,8 +106,9 @@ class BatchDataset(IterableDataset[Any]):
         world_size: the number of ranks; ``None``: detected like ``rank`` (else 1).
         prefetch: batches fetched ahead by the process that reads (the training process
             with ``num_workers=0``, else each DataLoader worker), as in
-            :meth:`BatchClient.iter_batches`: pipelined on one connection to the server's
-            data listener when it has one, else a thread a request.
+            :meth:`BatchClient.iter_batches` (default 4, or ``W + 8`` with
+            ``shuffle_window=W``): pipelined on one connection to the server's data listener
+            when it has one, else a thread a request.
         attributes: only these attributes.
         token: the bearer token.
         as_dict: yield ``{attribute: tensor}`` dicts instead of :class:`Batch` objects.
@@ -144,7 +145,7 @@ class BatchDataset(IterableDataset[Any]):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        prefetch: int = 4,
+        prefetch: int | None = None,
         attributes: Iterable[str] | None = None,
         token: str | None = None,
         as_dict: bool = False,
@@ -272,7 +273,7 @@ class BatchDataset(IterableDataset[Any]):
         self.epoch = it.plan.epoch
 
     def iterator(
-        self, client: BatchClient, epoch: int | None = None, *, prefetch: int = 0
+        self, client: BatchClient, epoch: int | None = None, *, prefetch: int | None = 0
     ) -> BatchIterator:
         """The rank's :class:`BatchIterator` of ``epoch`` (default: the current pass's).
 
@@ -290,7 +291,7 @@ class BatchDataset(IterableDataset[Any]):
         client: BatchClient,
         epoch: int,
         state: Mapping[str, Any] | None,
-        prefetch: int = 0,
+        prefetch: int | None = 0,
     ) -> BatchIterator:
         rank, world_size = self._ranks()
         return client.iter_batches(

@@ -421,7 +421,7 @@ class BatchClient:
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        prefetch: int = 4,
+        prefetch: int | None = None,
         attributes: Iterable[str] | None = None,
         device: str | torch.device | None = None,
         state: Mapping[str, Any] | None = None,
@@ -455,7 +455,9 @@ class BatchClient:
                 variable torchrun sets, else 0 (see :func:`~batchstash.client.ranks.resolve_rank`).
             world_size: the number of ranks sharing the epoch; ``None``: the process group's,
                 else ``WORLD_SIZE``, else 1.
-            prefetch: how many batches may be fetched ahead (``0``: fetch on demand).
+            prefetch: how many batches may be fetched ahead (``0``: fetch on demand); default
+                4, or ``W + 8`` with ``shuffle_window=W``, which reads the next window while
+                the trainer steps through the last one's batches.
             attributes: only these attributes.
             device: copy each batch there (for CUDA on a side stream of the iterator, from
                 pinned receive buffers; see :class:`~batchstash.client.staging.DeviceStage`).
@@ -469,7 +471,8 @@ class BatchClient:
                 batch exactly once, ranks uneven by at most one batch (exact evaluation; gather
                 results after the loop, not with per-step collectives).
             shuffle_window: stored batches whose rows are re-dealt together each epoch (``0``:
-                none). The client holds ``W`` stored batches besides ``prefetch``.
+                none). The client holds ``W`` stored batches besides ``prefetch``: with the
+                default ``prefetch``, ``2 W + 8`` batches.
 
         Raises:
             BatchError: with ``shuffle_window``, a field whose rows cannot be re-dealt (an

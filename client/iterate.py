@@ -21,9 +21,27 @@ from .source import BatchSource, GroupReader
 from .staging import DeviceStage
 from .waits import ReadStats
 
-__all__ = ["BatchIterator"]
+__all__ = ["PREFETCH", "WINDOW_AHEAD", "BatchIterator", "default_prefetch"]
 
 logger = logging.getLogger(__name__)
+
+PREFETCH = 4
+"""The default ``prefetch`` of an epoch read without a ``shuffle_window``."""
+
+WINDOW_AHEAD = 8
+"""With ``shuffle_window=W`` the default ``prefetch`` is ``W + WINDOW_AHEAD``: a window's new
+batches need every one of its stored batches, so a trainer is fed without a stall at each
+window only where the next window is read while it steps through the last one's new batches
+(measured, 1 MiB batches, a 2 ms step, ``W=16``: data wait 34 % of the pass with prefetch 4,
+20 % with 16, 6 % with 24, against 1-2 % without a window)."""
+
+
+def default_prefetch(shuffle_window: int) -> int:
+    """The ``prefetch`` used where none is given (see :data:`WINDOW_AHEAD`).
+
+    :data:`PREFETCH` without a window, ``shuffle_window +`` :data:`WINDOW_AHEAD` with one.
+    """
+    return PREFETCH if shuffle_window <= 0 else shuffle_window + WINDOW_AHEAD
 
 
 class BatchIterator:
@@ -57,7 +75,8 @@ class BatchIterator:
             ``torch.distributed`` process group's, else the ``RANK`` and ``WORLD_SIZE``
             environment variables that ``torchrun`` sets, else rank 0 of 1 (see
             :func:`~batchstash.client.ranks.resolve_rank`; explicit values win).
-        prefetch: batches fetched ahead (``0``: on demand); at most this many are requested
+        prefetch: batches fetched ahead (``0``: on demand; ``None``: :func:`default_prefetch`,
+            4, or ``W + 8`` with ``shuffle_window=W``); at most this many are requested
             and not yet yielded (the group being yielded included), which bounds memory. On
             the data listener's pipelined connection this is a floor: where the link's
             bandwidth-delay product (its measured round trip times its rate) holds more, more
@@ -89,7 +108,8 @@ class BatchIterator:
             rank's list into new batches, differently every epoch (see
             :class:`~batchstash.client.rebatch.RebatchPlan` and
             :mod:`~batchstash.client.redeal`); ``0``: the stored batches as they are. It holds
-            ``W`` stored batches besides ``prefetch``.
+            ``W`` stored batches besides ``prefetch``; the default ``prefetch`` reads the next
+            window while the trainer steps (see :data:`WINDOW_AHEAD`).
         bucket_window: the store's length-bucketing window in batches (its metadata's
             ``bucketing``; :meth:`BatchClient.iter_batches` passes it): windows then pool
             batches of similar lengths.
@@ -115,7 +135,7 @@ class BatchIterator:
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        prefetch: int = 4,
+        prefetch: int | None = None,
         attributes: Iterable[str] | None = None,
         device: str | torch.device | None = None,
         state: Mapping[str, Any] | None = None,
@@ -125,6 +145,8 @@ class BatchIterator:
         shuffle_window: int = 0,
         bucket_window: int = 0,
     ) -> None:
+        if prefetch is None:
+            prefetch = default_prefetch(shuffle_window)
         if prefetch < 0:
             raise ValueError(f"prefetch must not be negative, not {prefetch}")
         if shuffle_window < 0 or bucket_window < 0:

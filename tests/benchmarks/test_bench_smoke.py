@@ -226,9 +226,14 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert redealt["repeats"]["w16"]["batches"] == 50
     mem = redealt["memory"]
     assert mem["w16"]["growth"] > mem["w0"]["growth"] > 0 and mem["w16"]["window"] == 16
-    stepping = redealt["trainer"]
-    assert stepping["step_s"] > 0 and len(stepping["w16"]["runs"]) == 3
-    assert 0 <= stepping["w16"]["wait_share"] < 1 and stepping["w0"]["batches_s"] > 0
+    for key, ahead in (
+        ("trainer", {"w0": 4, "w16": 24}),
+        ("trainer_prefetch4", {"w0": 4, "w16": 4}),
+    ):
+        stepping = redealt[key]
+        assert stepping["step_s"] > 0 and len(stepping["w16"]["runs"]) == 3
+        assert 0 <= stepping["w16"]["wait_share"] < 1 and stepping["w0"]["batches_s"] > 0
+        assert stepping["prefetch"] == ahead, key
     floor = mem["w16_floor"]
     assert floor["growth"] > mem["w0"]["growth"] and floor["in_flight"][0] == floor["in_flight"][1]
     assert mem["w16"]["batches"] == mem["w0"]["batches"] == 50

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from batchstash.client import Batch, BatchError, BatchIterator, EpochPlan, dealt, redeal
 from batchstash.client.dealt import permutation
+from batchstash.client.iterate import WINDOW_AHEAD, default_prefetch
 from batchstash.client.rebatch import RebatchPlan, chunks, interleave
 from batchstash.client.redeal import RedealtBatchId
 
@@ -253,6 +254,26 @@ def test_memory_holds_one_window_besides_prefetch() -> None:
     assert 8 <= len(src.fetched) <= 8 + 2 + 1
     list(it)
     assert sorted(src.fetched) == list(range(40))
+
+
+@pytest.mark.parametrize(("prefetch", "read_ahead"), [(None, True), (4, False)])
+def test_by_default_the_next_window_is_read_while_the_trainer_steps(
+    prefetch: int | None, read_ahead: bool
+) -> None:
+    src = MemorySource(sizes_of(40))
+    it = BatchIterator(src, "train", shuffle_window=8, prefetch=prefetch, batches_per_request=1)
+    assert it.prefetch == (8 + WINDOW_AHEAD if prefetch is None else prefetch)
+    next(it)  # the trainer holds the first window's first batch and steps
+    time.sleep(0.3)
+    second = set(it.plan.windows[1].batch_ids)
+    assert second.issubset(src.fetched) is read_ahead
+    assert len(src.fetched) <= 8 + it.prefetch
+    list(it)
+    assert sorted(src.fetched) == list(range(40))
+
+
+def test_without_a_window_the_default_prefetch_is_4() -> None:
+    assert BatchIterator(MemorySource(sizes_of(6)), "train").prefetch == 4 == default_prefetch(0)
 
 
 def _builders() -> int:
