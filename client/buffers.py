@@ -28,7 +28,17 @@ import torch
 
 __all__ = ["BufferPool"]
 
-_GRAIN = 64 * 1024
+_PAGE = 4096
+
+
+def _rounded(size: int) -> int:
+    """``size`` rounded up to a grain of about 1/64 of it (a power of two, at least a page).
+
+    A buffer a little larger than its first body also fits the next bodies of about that size
+    (their headers differ by a few ids), while wasting at most about 1.6 % of it.
+    """
+    grain = max(_PAGE, 1 << max(0, size.bit_length() - 7))
+    return -(-size // grain) * grain
 
 
 class _Fence(Protocol):
@@ -102,7 +112,7 @@ class BufferPool:
             if best is not None:
                 self.reused += 1
                 return best[:size]
-            buffer = _allocate(-(-size // _GRAIN) * _GRAIN, pinned)
+            buffer = _allocate(_rounded(size), pinned)
             self.allocated += 1
             if len(self._buffers) >= self.max_buffers:
                 idle = next((b for b in self._buffers if self._free(b)), None)

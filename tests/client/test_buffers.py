@@ -43,6 +43,19 @@ def test_sizes_reuse_a_buffer_only_when_little_is_wasted() -> None:
     assert pool.allocated == 2 and len(pool) == 2
 
 
+def test_a_buffer_is_at_most_a_sixtieth_larger_than_its_body_and_fits_its_neighbours() -> None:
+    pool = BufferPool()
+    for size in (256 * 1024 + 1, 1_050_624, 1_052_800, 4 * MIB + 12_345, 17_000_000):
+        body = pool.get(size)
+        assert body.base is not None
+        held, where = body.base.nbytes, body.ctypes.data
+        assert size <= held <= size * 1.016 + 4096, size
+        del body
+        again = pool.get(held)  # a body of the next batch, a few ids longer: reused
+        assert again.ctypes.data == where and pool.allocated == len(pool), size
+        del again
+
+
 def test_small_bodies_are_not_pooled() -> None:
     pool = BufferPool(min_bytes=MIB)
     assert pool.get(1000).nbytes == 1000
