@@ -226,6 +226,8 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert redealt["repeats"]["w16"]["batches"] == 50
     mem = redealt["memory"]
     assert mem["w16"]["growth"] > mem["w0"]["growth"] > 0 and mem["w16"]["window"] == 16
+    for run in (mem["w0"], mem["w16"], mem["w16_floor"]):  # the data, not the code paged in
+        assert 0 < run["anon_growth"] <= run["growth"] + (1 << 20)  # + pages the kernel took back
     for key, ahead in (
         ("trainer", {"w0": 4, "w16": 24}),
         ("trainer_prefetch4", {"w0": 4, "w16": 4}),
