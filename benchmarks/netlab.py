@@ -1,11 +1,12 @@
 """The ``../shared/tools/netlab.sh`` lab from Python: hosts in network namespaces, shaped links.
 
-Root only (network namespaces, tc); :func:`link_skip` says why a run cannot use it.
+Root only (network namespaces, tc, iptables); :func:`link_skip` says why a run cannot use it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -36,4 +37,7 @@ def link_skip() -> str | None:
         return "skipped: the link runs need root (network namespaces)"
     if not NETLAB.exists():
         return f"skipped: no {NETLAB} (set NETLAB_SH)"
+    missing = [tool for tool in ("ip", "tc", "iptables") if shutil.which(tool) is None]
+    if missing:  # netlab's shaped links run them in the lab's namespaces
+        return f"skipped: netlab needs {', '.join(missing)} (iproute2, iptables)"
     return None

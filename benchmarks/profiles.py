@@ -41,6 +41,8 @@ class Profile:
         compression_batches: 1 MiB float batches of the compression section's float stores
             (its Zipf token stores hold 4 x as many 256 KiB batches), each primed three ways.
         compression_link: run the compression section's link part (root and netlab only).
+        placement_windows: windows of 16 stored batches received each way and run by the
+            rebatch section's placement measurement (:mod:`benchmarks.placement`).
     """
 
     name: str
@@ -68,6 +70,7 @@ class Profile:
     link_loss: bool = True
     compression_batches: int = 400
     compression_link: bool = True
+    placement_windows: int = 16
 
 
 PROFILES = {
@@ -94,5 +97,6 @@ PROFILES = {
         link_loss=False,
         compression_batches=12,
         compression_link=False,
+        placement_windows=2,
     ),
 }

@@ -34,6 +34,7 @@ from batchstash.client import BatchClient
 from batchstash.client.iterate import default_prefetch
 from batchstash.service.examples import text
 
+from . import placement
 from .table import Row, div, fmt, times
 
 __all__ = ["STEP_SHARE", "WINDOW", "bucketing", "repeats", "rows", "speed", "targets", "trainer"]
@@ -226,6 +227,19 @@ def rows(result: dict[str, Any]) -> list[Row]:
             f"requests in flight: {link[0]}, its floor {link[1]})",
         )
     )
+    for size, place in result.get("placement", {}).items():
+        out.append(
+            Row(
+                f"{sec}: where rows land (socketpair, no server)",
+                f"{size} batches ({fmt(place['batch_bytes'] / 1e3)} KB), windows of "
+                f"{place['window']}: receiving thread's CPU s/GB (MB/s), "
+                + ", ".join(placement.WAYS),
+                ", ".join(
+                    f"{place[way]['cpu_s_gb']:.3f} ({fmt(place[way]['mb_s'])})"
+                    for way in placement.WAYS
+                ),
+            )
+        )
     buckets = result["bucketing"]
     for way in ("random", "bucketed"):
         b = buckets[way]

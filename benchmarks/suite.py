@@ -26,6 +26,7 @@ from . import (
     link,
     memory,
     own_data,
+    placement,
     priming,
     rawclient,
     ray_priming,
@@ -414,6 +415,15 @@ class Suite:
                 self.step,
                 large=(servers["large"].url, min(p.max_batches, 1000)),
             )
+        # with the servers stopped: the re-deal's pass over the bytes alone, on a socketpair
+        row_bytes = {s: 4 * self.options(s)["dims"] for s in sizes}
+        result["placement"] = {
+            s: self.step(
+                f"re-dealt rows' placement, {s} rows",
+                lambda b=row_bytes[s]: placement.measure(b, p.placement_windows),
+            )
+            for s in sizes
+        }
         work = self.work / "rebatch"  # with the servers stopped: priming times in process
         result["bucketing"] = self.step(
             "length bucketing: text example", lambda: rebatch.bucketing(work)

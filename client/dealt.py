@@ -1,27 +1,33 @@
-"""One window's rows: its stored batches held, permuted, and dealt out as new batches.
+"""One window's rows: its stored batches' rows permuted and dealt out as new batches.
 
-:meth:`DealtWindow.deal` permutes the window's rows (:func:`permutation`); new batch ``i`` is
-the set of rows ``order[cuts[i]:cuts[i + 1]]``, where the cuts follow the stored batches'
-sizes from largest to smallest. Its rows are listed in window order (stored batch by stored
-batch), so each field of it is gathered with one copy per stored batch it draws from, straight
-from the stored tensors: each byte is copied once. A padded field (a varying dimension) is
-padded to the new batch's longest row, and trimmed to it.
+Where each row goes is the window's :class:`~.layout.Layout`: its rows are permuted
+(:func:`~.layout.permutation`) and cut into new batches, each listing its rows in window order,
+so each field of a new batch is copied with one call per stored batch it draws from: each byte
+is copied once. A padded field (a varying dimension) is padded to the new batch's longest row,
+and trimmed to it, once every stored batch of the window is there.
+
+A large window whose layout is known ahead (its number of stored batches and its key, with
+every stored batch the size of its first) has its fixed fields *placed* as each stored batch
+arrives: its rows are copied into the new batches while its bytes were just read, and the
+stored batch is let go at once (``benchmarks/placement.py`` measures both ways of copying). A
+stored batch of another size (a split's last, smaller one) ends the placing: the rows placed
+so far are taken back, and the window is dealt when it is whole, as one of unknown layout is.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy
 import torch
 
 from .batch import Batch
 from .buffers import BufferPool
+from .dealtids import DealtIds, WindowIds
 from .errors import BatchError
+from .layout import Layout, Part, permutation
+from .rowcopy import allocate, extents, numpy_view
 
 __all__ = ["DealtIds", "DealtWindow", "FieldRule", "WindowIds", "permutation"]
 
@@ -39,146 +45,11 @@ class FieldRule:
     pad: float | int | None
 
 
-_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-
-
-def permutation(count: int, key: str) -> numpy.ndarray:
-    """``range(count)`` in the deterministic order of ``key`` (a hex digest), as int64.
-
-    Row ``i`` is given the 64-bit SplitMix64 output of ``seed + (i + 1) * golden`` (``seed``:
-    the key's first 16 hex digits), and rows are sorted by it: plain integer arithmetic, so
-    every platform, process and library version computes the same order. SplitMix64's mix is a
-    bijection and ``(i + 1) * golden`` is distinct for every row, so no two keys tie and any
-    sorting algorithm gives this one order (numpy's fastest is used).
-    """
-    seed = numpy.uint64(int(key[:16], 16))
-    z = seed + (numpy.arange(1, count + 1, dtype=numpy.uint64) * numpy.uint64(_GOLDEN))
-    z = (z ^ (z >> numpy.uint64(30))) * numpy.uint64(_MIX1)
-    z = (z ^ (z >> numpy.uint64(27))) * numpy.uint64(_MIX2)
-    z ^= z >> numpy.uint64(31)
-    return numpy.argsort(z).astype(numpy.int64)
-
-
-_ALIGN = 64
-
 BULK_BYTES = 4 << 20
 """A window whose fixed fields hold at most this many bytes is gathered in one go when dealt:
 new batches are then views of it (a few microseconds each instead of a copy call per stored
-batch), at the cost of one window's copy more, so only a small window is."""
-
-
-def allocate(
-    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
-    pool: BufferPool | None,
-    pinned: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Uninitialised tensors of these shapes, carved from one buffer of ``pool`` when given.
-
-    A pooled buffer is reused once no tensor views it any more (see :class:`BufferPool`), so
-    a steady stream of batches does not touch fresh pages; ``pinned``: page-locked memory.
-    """
-    sizes = {n: math.prod(sh) * dt.itemsize for n, (sh, dt) in shapes.items()}
-    total = sum(-(-size // _ALIGN) * _ALIGN for size in sizes.values())
-    if pool is None or total < pool.min_bytes:  # a small one is cheap: the pool would not keep it
-        return {n: torch.empty(sh, dtype=dt, pin_memory=pinned) for n, (sh, dt) in shapes.items()}
-    raw = torch.from_numpy(pool.get(total, pinned))
-    out, offset = {}, 0
-    for name, (shape, dtype) in shapes.items():
-        out[name] = raw[offset : offset + sizes[name]].view(dtype).view(shape)
-        offset += -(-sizes[name] // _ALIGN) * _ALIGN
-    return out
-
-
-def _numpy(tensor: torch.Tensor) -> numpy.ndarray | None:
-    """The tensor's memory as an array, when numpy has its dtype (``None``: bfloat16...)."""
-    try:
-        return tensor.numpy()  # a decoded tensor: no autograd to detach from
-    except (RuntimeError, TypeError):
-        pass
-    try:
-        return tensor.detach().numpy()
-    except (RuntimeError, TypeError):  # a dtype numpy lacks (bfloat16), a view it cannot take
-        return None
-
-
-# The gathers go through numpy where it can: single-threaded, without the GIL, so they run
-# beside the reader's thread at memory speed; torch's own copies of a MiB are split over its
-# intra-op threads, and wait on each other when the cores are busy. ``take`` is told
-# ``mode="clip"`` (the rows are in range by construction): with ``out`` and the default
-# ``"raise"`` numpy buffers the result and copies it twice.
-
-
-def _extents(tensor: torch.Tensor, pad: float | int) -> torch.Tensor:
-    """``(rows, dims)``: each row's length along each dimension (after its last non-pad value)."""
-    real = tensor != pad
-    out = []
-    for dim in range(1, tensor.dim()):
-        others = tuple(d for d in range(1, tensor.dim()) if d != dim)
-        along = real.any(dim=others) if others else real  # (rows, size)
-        last = along.shape[1] - along.flip(1).int().argmax(dim=1)
-        out.append(torch.where(along.any(dim=1), last, torch.zeros_like(last)))
-    return torch.stack(out, dim=1) if out else torch.zeros(tensor.shape[0], 0, dtype=torch.long)
-
-
-class WindowIds:
-    """The data point ids of a window's stored batches, each list parsed once, when first asked.
-
-    A stored batch carries its ids as the payload's JSON text until asked for (most trainers
-    never ask); a re-dealt batch keeps that laziness through :class:`DealtIds`.
-    """
-
-    def __init__(self) -> None:
-        self._raw: list[Any] = []
-        self._sizes: list[int] = []
-        self._where: list[str] = []
-        self._parsed: dict[int, tuple[Any, ...]] = {}
-
-    def add(self, raw: Any, size: int, where: str) -> None:
-        """Hold stored batch ``where``'s ``size`` ids (a tuple, JSON text or a function)."""
-        self._raw.append(raw)
-        self._sizes.append(size)
-        self._where.append(where)
-
-    def source(self, index: int) -> tuple[Any, ...]:
-        """The ids of stored batch ``index`` of the window.
-
-        Raises:
-            BatchError: it lists another number of ids than its tensors have rows.
-        """
-        ids = self._parsed.get(index)
-        if ids is None:
-            raw = self._raw[index]
-            ids = tuple(
-                json.loads(raw) if isinstance(raw, str) else raw() if callable(raw) else raw
-            )
-            if len(ids) != self._sizes[index]:
-                raise BatchError(
-                    f"{self._where[index]} lists {len(ids)} data point ids for "
-                    f"{self._sizes[index]} rows"
-                )
-            self._parsed[index] = ids
-        return ids
-
-
-class DealtIds:
-    """The data point ids of a re-dealt batch, looked up when first asked for.
-
-    Calling it returns them as a tuple (see ``Batch.data_point_ids``); pickling it pickles that
-    tuple, so a batch sent to another process carries its own ids and not the window's.
-    """
-
-    def __init__(self, window: WindowIds, rows: numpy.ndarray, starts: numpy.ndarray) -> None:
-        self.window, self.rows, self.starts = window, rows, starts
-
-    def __call__(self) -> tuple[Any, ...]:
-        """The ids, in row order."""
-        source = numpy.searchsorted(self.starts[1:], self.rows, side="right")
-        local = self.rows - self.starts[source]
-        pick = self.window.source
-        return tuple(pick(s)[i] for s, i in zip(source.tolist(), local.tolist(), strict=True))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return tuple, (self(),)
+batch), at the cost of one window's copy more, so only a small window is. A larger one is
+placed as its stored batches arrive, where its layout is known ahead."""
 
 
 class DealtWindow:
@@ -190,6 +61,9 @@ class DealtWindow:
         ids: builds the id of new batch ``i``.
         pool: where the new batches' tensors are allocated (``None``: plain allocations).
         pin: allocate them in page-locked memory (for a CUDA copy).
+        count: the number of stored batches the window will hold, and
+        key: its permutation key (see :meth:`deal`); with both, a window larger than
+            :data:`BULK_BYTES` is placed as its stored batches arrive (see the module).
     """
 
     def __init__(
@@ -198,25 +72,31 @@ class DealtWindow:
         ids: Callable[[int], int],
         pool: BufferPool | None = None,
         pin: bool = False,
+        count: int = 0,
+        key: str | None = None,
     ) -> None:
         self.rules, self._ids, self.pool, self.pin = rules, ids, pool, pin
+        self._count, self._key = count, key
         self.sizes: list[int] = []  # of the stored batches, in order
         self._first: Batch | None = None
         self._names = WindowIds()
         self._tensors: dict[str, list[torch.Tensor]] = {name: [] for name in rules}
         self._arrays: dict[str, list[numpy.ndarray | None]] = {name: [] for name in rules}
-        self._like: dict[str, torch.Tensor] = {}
-        # each field's (dtype, dimensions, shape after the rows) from the first batch
+        # each field's (dtype, dimensions, shape after the rows) from the first batch, and a
+        # tensor of no rows like it (holding no stored batch's memory)
         self._specs: dict[str, tuple[torch.dtype, int, torch.Size]] = {}
+        self._like: dict[str, torch.Tensor] = {}
         self._fixed_bytes = 0  # of the fixed fields' held rows
         self._extents: dict[tuple[int, str], torch.Tensor] = {}
-        self._starts = numpy.zeros(1, dtype=numpy.int64)
-        self._cuts = [0]
-        self._sorted = numpy.empty(0, dtype=numpy.int64)
+        self._layout: Layout | None = None
         self._bulk: dict[str, tuple[torch.Tensor, ...]] = {}  # each new batch's view, by field
+        # placing: where each stored batch's rows go, and each new batch's placed fields
+        self._placements: list[list[Part]] = []
+        self._placed: list[dict[str, torch.Tensor]] = []
+        self._placed_np: list[dict[str, numpy.ndarray | None]] = []
 
     def add(self, batch: Batch) -> None:
-        """Hold the window's next stored batch.
+        """Hold (or place) the window's next stored batch.
 
         Raises:
             BatchError: its attributes, dtypes or row counts do not fit the window's.
@@ -227,13 +107,37 @@ class DealtWindow:
                 f"batch {batch.split_name}/{batch.id} has attributes {sorted(attributes)}, "
                 f"not {sorted(self.rules)}"
             )
+        size = self._check(batch, attributes)
+        if self._first is None:
+            self._first = batch.with_rows(batch.id, {}, ())
+            self._start_placing(size, attributes)
+        elif self._placed and (size != self.sizes[0] or len(self.sizes) >= self._count):
+            self._unplace()
+        stored = len(self.sizes)
+        for name, rule in self.rules.items():
+            tensor = attributes[name]
+            if rule.pad is not None:
+                self._tensors[name].append(tensor)
+                self._arrays[name].append(None)
+            elif self._placed:
+                self._place(stored, name, tensor)
+            else:
+                array = numpy_view(tensor)
+                self._tensors[name].append(tensor)
+                self._arrays[name].append(array)
+                self._fixed_bytes += tensor.nbytes if array is None else array.nbytes
+        self._names.add(batch._data_point_ids, size, f"batch {batch.split_name}/{batch.id}")
+        self.sizes.append(size)
+
+    def _check(self, batch: Batch, attributes: dict[str, torch.Tensor]) -> int:
+        """The batch's rows, once each field is shown to fit the window's first batch's."""
         size = -1
         for name, rule in self.rules.items():
             tensor = attributes[name]
             shape = tensor.shape
             spec = self._specs.get(name)
             if spec is None:  # the window's first batch: its fields are the others' pattern
-                self._like[name] = tensor
+                self._like[name] = torch.empty((0, *shape[1:]), dtype=tensor.dtype)
                 spec = self._specs[name] = (tensor.dtype, len(shape), shape[1:])
             if size < 0 and shape:
                 size = shape[0]
@@ -245,17 +149,7 @@ class DealtWindow:
                 or (rule.pad is None and shape[1:] != spec[2])
             ):
                 self._refuse(batch, name, tensor, self._like[name], size)
-            self._tensors[name].append(tensor)
-            if rule.pad is None:
-                array = _numpy(tensor)
-                self._arrays[name].append(array)
-                self._fixed_bytes += tensor.nbytes if array is None else array.nbytes
-            else:
-                self._arrays[name].append(None)
-        if self._first is None:
-            self._first = batch.with_rows(batch.id, {}, ())
-        self._names.add(batch._data_point_ids, size, f"batch {batch.split_name}/{batch.id}")
-        self.sizes.append(size)
+        return size
 
     @staticmethod
     def _refuse(
@@ -272,28 +166,71 @@ class DealtWindow:
             f"{tuple(like.shape[1:])} {like.dtype} as the window's other batches"
         )
 
+    def _fixed(self) -> list[str]:
+        return [name for name, rule in self.rules.items() if rule.pad is None]
+
+    def _start_placing(self, size: int, attributes: dict[str, torch.Tensor]) -> None:
+        """Place this window's fixed fields as they arrive, if it is large and its layout known.
+
+        Its layout is taken to be ``count`` stored batches of the first one's ``size``.
+        """
+        fixed = self._fixed()
+        window_bytes = self._count * sum(attributes[name].nbytes for name in fixed)
+        if self._key is None or size <= 0 or not fixed or window_bytes <= BULK_BYTES:
+            return
+        self._layout = Layout.create([size] * self._count, self._key)
+        self._placements = self._layout.placements()
+        shapes = {
+            name: ((size, *attributes[name].shape[1:]), attributes[name].dtype) for name in fixed
+        }
+        self._placed = [allocate(shapes, self.pool, self.pin) for _ in range(self._count)]
+        self._placed_np = [{n: numpy_view(t) for n, t in new.items()} for new in self._placed]
+
+    def _place(self, stored: int, name: str, tensor: torch.Tensor) -> None:
+        """Copy field ``name`` of stored batch ``stored`` into the new batches, run by run."""
+        array = numpy_view(tensor)
+        for part in self._placements[stored]:
+            target = self._placed_np[part.batch][name]
+            if array is None or target is None:
+                out = self._placed[part.batch][name][part.into]
+                torch.index_select(tensor, 0, torch.from_numpy(part.local), out=out)
+            else:
+                array.take(part.local, axis=0, out=target[part.into], mode="clip")
+
+    def _unplace(self) -> None:
+        """Stop placing: the stored batches placed so far are taken back from the new ones."""
+        for name in self._fixed():
+            like = self._like[name]
+            for stored, size in enumerate(self.sizes):
+                held = torch.empty((size, *like.shape[1:]), dtype=like.dtype)
+                for part in self._placements[stored]:
+                    placed = self._placed[part.batch][name][part.into]
+                    held.index_copy_(0, torch.from_numpy(part.local), placed)
+                self._tensors[name].append(held)
+                self._arrays[name].append(numpy_view(held))
+                self._fixed_bytes += held.nbytes
+        self._layout, self._placements, self._placed, self._placed_np = None, [], [], []
+
     def deal(self, key: str) -> None:
         """Permute the window's rows by ``key`` (after the last :meth:`add`)."""
-        order = permutation(sum(self.sizes), key)
-        self._starts = numpy.cumsum([0, *self.sizes], dtype=numpy.int64)
-        cut = sorted(self.sizes, reverse=True)
-        self._cuts = [0, *numpy.cumsum(cut).tolist()]
-        if cut and cut[0] == cut[-1]:  # batches of one size: each new batch's rows sorted at once
-            self._sorted = numpy.sort(order.reshape(len(cut), cut[0]), axis=1).reshape(-1)
-        else:
-            pairs = zip(self._cuts, self._cuts[1:], strict=False)
-            self._sorted = numpy.concatenate([numpy.sort(order[a:b]) for a, b in pairs])
-        sizes = numpy.diff(self._cuts).tolist()
-        bulk = self._gather_all() if self._small() else {}
+        if self._placed and (len(self.sizes) != self._count or key != self._key):
+            self._unplace()  # not the layout it was placed by
+        if not self._placed:
+            self._layout = Layout.create(self.sizes, key)
+        bulk = self._gather_all() if not self._placed and self._small() else {}
+        sizes = self._dealt().batch_sizes()
         self._bulk = {name: tensor.split_with_sizes(sizes) for name, tensor in bulk.items()}
+
+    def _dealt(self) -> Layout:
+        if self._layout is None:
+            raise BatchError("a window deals its batches once dealt (DealtWindow.deal)")
+        return self._layout
 
     def _small(self) -> bool:
         """Whether the fixed fields are gathered for the whole window at once (see BULK_BYTES)."""
         if self._fixed_bytes > BULK_BYTES:
             return False
-        return all(
-            a is not None for n, r in self.rules.items() if r.pad is None for a in self._arrays[n]
-        )
+        return all(a is not None for n in self._fixed() for a in self._arrays[n])
 
     def _gather_all(self) -> dict[str, torch.Tensor]:
         """Every fixed field's rows in dealt order, each copied once (a small window).
@@ -301,14 +238,14 @@ class DealtWindow:
         Row ``r`` of the window goes to position ``inverse[r]``, so each stored batch's rows
         are scattered with one copy call.
         """
-        rows = self._sorted
+        layout = self._dealt()
+        rows = layout.sorted
         inverse = numpy.empty_like(rows)
         inverse[rows] = numpy.arange(len(rows), dtype=rows.dtype)
-        starts = self._starts.tolist()
+        starts = layout.starts.tolist()
         shapes = {
             name: ((len(rows), *self._like[name].shape[1:]), self._like[name].dtype)
-            for name, rule in self.rules.items()
-            if rule.pad is None
+            for name in self._fixed()
         }
         out = allocate(shapes, self.pool, self.pin)
         for name, tensor in out.items():
@@ -326,62 +263,54 @@ class DealtWindow:
         """New batch ``index``."""
         if self._first is None:
             raise BatchError("a window without batches deals none")
-        lo, hi = self._cuts[index], self._cuts[index + 1]
-        rows = self._sorted[lo:hi]
+        layout = self._dealt()
         tensors = {name: views[index] for name, views in self._bulk.items()}
+        if self._placed:
+            tensors.update(self._placed[index])
         if len(tensors) < len(self.rules):
             rest = [name for name in self.rules if name not in tensors]
-            tensors.update(self._gathered(rest, rows, self.pin))
-        names = DealtIds(self._names, rows, self._starts)
+            tensors.update(self._gathered(rest, layout.parts(index), len(layout.rows(index))))
+        names = DealtIds(self._names, layout.rows(index), layout.starts)
         return self._first.with_rows(self._ids(index), {n: tensors[n] for n in self.rules}, names)
 
-    def _gathered(
-        self, names: list[str], rows: numpy.ndarray, pin: bool
-    ) -> dict[str, torch.Tensor]:
-        """Fields ``names`` of the new batch of ``rows``, gathered from the stored batches."""
-        source = numpy.searchsorted(self._starts[1:], rows, side="right")
-        local = rows - self._starts[source]
-        bounds = numpy.searchsorted(source, numpy.arange(len(self.sizes) + 1)).tolist()
-        parts = [  # (stored batch, its rows, where they go)
-            (s, local[bounds[s] : bounds[s + 1]], slice(bounds[s], bounds[s + 1]))
-            for s in range(len(self.sizes))
-            if bounds[s + 1] > bounds[s]
-        ]
-        shapes = {name: self._shape(name, parts, len(rows)) for name in names}
-        tensors = allocate(shapes, self.pool, pin)
+    def _gathered(self, names: list[str], parts: list[Part], count: int) -> dict[str, torch.Tensor]:
+        """Fields ``names`` of the new batch of ``count`` rows, gathered from the stored ones."""
+        shapes = {name: self._shape(name, parts, count) for name in names}
+        tensors = allocate(shapes, self.pool, self.pin)
         for name, out in tensors.items():
             held, pad = self._tensors[name], self.rules[name].pad
             if pad is None:
-                target, arrays = _numpy(out), self._arrays[name]
-                for s, picked, into in parts:
-                    array = arrays[s]
+                target, arrays = numpy_view(out), self._arrays[name]
+                for part in parts:
+                    array = arrays[part.stored]
                     if target is None or array is None:
-                        torch.index_select(held[s], 0, torch.from_numpy(picked), out=out[into])
+                        picked = torch.from_numpy(part.local)
+                        torch.index_select(held[part.stored], 0, picked, out=out[part.into])
                     else:
-                        array.take(picked, axis=0, out=target[into], mode="clip")
+                        array.take(part.local, axis=0, out=target[part.into], mode="clip")
                 continue
             out.fill_(pad)
-            for s, picked, into in parts:
-                src = held[s]
+            for part in parts:
+                src = held[part.stored]
                 sizes = zip(src.shape[1:], out.shape[1:], strict=True)
                 region = (slice(None), *(slice(0, min(a, b)) for a, b in sizes))
-                out[into][region] = src[region].index_select(0, torch.from_numpy(picked))
+                picked = torch.from_numpy(part.local)
+                out[part.into][region] = src[region].index_select(0, picked)
         return tensors
 
     def _shape(
-        self, name: str, parts: list[tuple[int, numpy.ndarray, slice]], count: int
+        self, name: str, parts: list[Part], count: int
     ) -> tuple[tuple[int, ...], torch.dtype]:
         """A field's shape in a new batch: a padded one's is its rows' longest on each dimension."""
-        held, pad = self._tensors[name], self.rules[name].pad
-        like = held[0]
+        like, pad = self._like[name], self.rules[name].pad
         if pad is None:
             return (count, *like.shape[1:]), like.dtype
-        lengths = [self._extent(s, name, pad)[torch.from_numpy(picked)] for s, picked, _ in parts]
-        dims = torch.cat(lengths).amax(dim=0).tolist() if lengths else [0] * (like.dim() - 1)
+        local = [self._extent(p.stored, name, pad)[torch.from_numpy(p.local)] for p in parts]
+        dims = torch.cat(local).amax(dim=0).tolist() if local else [0] * (like.dim() - 1)
         return (count, *dims), like.dtype
 
     def _extent(self, source: int, name: str, pad: float | int) -> torch.Tensor:
         key = (source, name)
         if key not in self._extents:
-            self._extents[key] = _extents(self._tensors[name][source], pad)
+            self._extents[key] = extents(self._tensors[name][source], pad)
         return self._extents[key]

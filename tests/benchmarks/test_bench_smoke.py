@@ -239,6 +239,11 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     floor = mem["w16_floor"]
     assert floor["growth"] > mem["w0"]["growth"] and floor["in_flight"][0] == floor["in_flight"][1]
     assert mem["w16"]["batches"] == mem["w0"]["batches"] == 50
+    assert set(redealt["placement"]) == {"large", "small"}
+    for size, place in redealt["placement"].items():  # rows of 4 KiB and of 256 bytes
+        assert place["batch_bytes"] == (1 << 20 if size == "large" else 1 << 16), size
+        for way in ("receive", "copy", "scatter", "in place"):
+            assert place[way]["cpu_s_gb"] > 0 and len(place[way]["runs"]) == 5, (size, way)
     buckets = redealt["bucketing"]
     assert buckets["random"]["pad_tokens"] > buckets["bucketed"]["pad_tokens"] > 0
     assert buckets["random"]["prime_s"] > 0 and len(buckets["bucketed"]["prime_runs_s"]) == 15
