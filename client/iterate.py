@@ -299,9 +299,13 @@ class BatchIterator:
             stream = prefetched(lambda group: self._fetch_group(group, stage), groups, in_flight)
         try:
             for group in stream:
-                for batch in group:
+                # each batch is taken off its group as it is yielded, so none is kept alive here
+                # after the consumer let it go (a re-dealt window places a stored batch's rows
+                # and drops it at once); the reader's own references are to this same list
+                group.reverse()
+                while group:
                     # in the thread that takes it: ready on that thread's current stream
-                    yield batch if stage is None else stage.hand_over(batch)
+                    yield group.pop() if stage is None else stage.hand_over(group.pop())
         finally:
             stream.close()
 

@@ -126,3 +126,29 @@ def test_placed_batches_are_the_batches_an_epoch_gives(monkeypatch: pytest.Monke
     monkeypatch.setattr(dealt, "BULK_BYTES", 0)  # every window placed (but one of another size)
     placed = [(b.data_point_ids, b.attributes) for b in epoch()]
     assert _same(placed, whole)
+
+
+def test_an_epoch_lets_each_placed_stored_batch_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchstash.client import BatchIterator
+
+    from .memsource import MemorySource
+
+    class Watched(MemorySource):
+        def __init__(self, sizes: list[int]) -> None:
+            super().__init__(sizes)
+            self.refs: dict[int, weakref.ref[torch.Tensor]] = {}
+
+        def batches(self, *args: Any, **kwargs: Any) -> list[Batch]:  # type: ignore[override]
+            out = super().batches(*args, **kwargs)
+            self.refs.update({int(b.id): weakref.ref(b.attributes["x"]) for b in out})
+            return out
+
+    monkeypatch.setattr(dealt, "BULK_BYTES", 0)
+    src = Watched([6] * 12)
+    it = BatchIterator(src, "train", shuffle_window=4, prefetch=8, batches_per_request=2)
+    first = next(it)
+    gc.collect()
+    window = first.id.batch_ids  # type: ignore[attr-defined]
+    # every stored batch of the first window was placed and let go, the last one included
+    assert [src.refs[b]() is None for b in window] == [True] * 4
+    assert len(list(it)) == 11
