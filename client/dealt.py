@@ -5,13 +5,6 @@ Where each row goes is the window's :class:`~.layout.Layout`: its rows are permu
 so each field of a new batch is copied with one call per stored batch it draws from: each byte
 is copied once. A padded field (a varying dimension) is padded to the new batch's longest row,
 and trimmed to it, once every stored batch of the window is there.
-
-A large window whose layout is known ahead (its number of stored batches and its key, with
-every stored batch the size of its first) has its fixed fields *placed* as each stored batch
-arrives: its rows are copied into the new batches while its bytes were just read, and the
-stored batch is let go at once (``benchmarks/placement.py`` measures both ways of copying). A
-stored batch of another size (a split's last, smaller one) ends the placing: the rows placed
-so far are taken back, and the window is dealt when it is whole, as one of unknown layout is.
 """
 
 from __future__ import annotations
@@ -48,8 +41,7 @@ class FieldRule:
 BULK_BYTES = 4 << 20
 """A window whose fixed fields hold at most this many bytes is gathered in one go when dealt:
 new batches are then views of it (a few microseconds each instead of a copy call per stored
-batch), at the cost of one window's copy more, so only a small window is. A larger one is
-placed as its stored batches arrive, where its layout is known ahead."""
+batch), at the cost of one window's copy more, so only a small window is."""
 
 
 class DealtWindow:
@@ -61,9 +53,6 @@ class DealtWindow:
         ids: builds the id of new batch ``i``.
         pool: where the new batches' tensors are allocated (``None``: plain allocations).
         pin: allocate them in page-locked memory (for a CUDA copy).
-        count: the number of stored batches the window will hold, and
-        key: its permutation key (see :meth:`deal`); with both, a window larger than
-            :data:`BULK_BYTES` is placed as its stored batches arrive (see the module).
     """
 
     def __init__(
@@ -72,11 +61,8 @@ class DealtWindow:
         ids: Callable[[int], int],
         pool: BufferPool | None = None,
         pin: bool = False,
-        count: int = 0,
-        key: str | None = None,
     ) -> None:
         self.rules, self._ids, self.pool, self.pin = rules, ids, pool, pin
-        self._count, self._key = count, key
         self.sizes: list[int] = []  # of the stored batches, in order
         self._first: Batch | None = None
         self._names = WindowIds()
@@ -90,13 +76,9 @@ class DealtWindow:
         self._extents: dict[tuple[int, str], torch.Tensor] = {}
         self._layout: Layout | None = None
         self._bulk: dict[str, tuple[torch.Tensor, ...]] = {}  # each new batch's view, by field
-        # placing: where each stored batch's rows go, and each new batch's placed fields
-        self._placements: list[list[Part]] = []
-        self._placed: list[dict[str, torch.Tensor]] = []
-        self._placed_np: list[dict[str, numpy.ndarray | None]] = []
 
     def add(self, batch: Batch) -> None:
-        """Hold (or place) the window's next stored batch.
+        """Hold the window's next stored batch.
 
         Raises:
             BatchError: its attributes, dtypes or row counts do not fit the window's.
@@ -110,17 +92,11 @@ class DealtWindow:
         size = self._check(batch, attributes)
         if self._first is None:
             self._first = batch.with_rows(batch.id, {}, ())
-            self._start_placing(size, attributes)
-        elif self._placed and (size != self.sizes[0] or len(self.sizes) >= self._count):
-            self._unplace()
-        stored = len(self.sizes)
         for name, rule in self.rules.items():
             tensor = attributes[name]
             if rule.pad is not None:
                 self._tensors[name].append(tensor)
                 self._arrays[name].append(None)
-            elif self._placed:
-                self._place(stored, name, tensor)
             else:
                 array = numpy_view(tensor)
                 self._tensors[name].append(tensor)
@@ -169,55 +145,10 @@ class DealtWindow:
     def _fixed(self) -> list[str]:
         return [name for name, rule in self.rules.items() if rule.pad is None]
 
-    def _start_placing(self, size: int, attributes: dict[str, torch.Tensor]) -> None:
-        """Place this window's fixed fields as they arrive, if it is large and its layout known.
-
-        Its layout is taken to be ``count`` stored batches of the first one's ``size``.
-        """
-        fixed = self._fixed()
-        window_bytes = self._count * sum(attributes[name].nbytes for name in fixed)
-        if self._key is None or size <= 0 or not fixed or window_bytes <= BULK_BYTES:
-            return
-        self._layout = Layout.create([size] * self._count, self._key)
-        self._placements = self._layout.placements()
-        shapes = {
-            name: ((size, *attributes[name].shape[1:]), attributes[name].dtype) for name in fixed
-        }
-        self._placed = [allocate(shapes, self.pool, self.pin) for _ in range(self._count)]
-        self._placed_np = [{n: numpy_view(t) for n, t in new.items()} for new in self._placed]
-
-    def _place(self, stored: int, name: str, tensor: torch.Tensor) -> None:
-        """Copy field ``name`` of stored batch ``stored`` into the new batches, run by run."""
-        array = numpy_view(tensor)
-        for part in self._placements[stored]:
-            target = self._placed_np[part.batch][name]
-            if array is None or target is None:
-                out = self._placed[part.batch][name][part.into]
-                torch.index_select(tensor, 0, torch.from_numpy(part.local), out=out)
-            else:
-                array.take(part.local, axis=0, out=target[part.into], mode="clip")
-
-    def _unplace(self) -> None:
-        """Stop placing: the stored batches placed so far are taken back from the new ones."""
-        for name in self._fixed():
-            like = self._like[name]
-            for stored, size in enumerate(self.sizes):
-                held = torch.empty((size, *like.shape[1:]), dtype=like.dtype)
-                for part in self._placements[stored]:
-                    placed = self._placed[part.batch][name][part.into]
-                    held.index_copy_(0, torch.from_numpy(part.local), placed)
-                self._tensors[name].append(held)
-                self._arrays[name].append(numpy_view(held))
-                self._fixed_bytes += held.nbytes
-        self._layout, self._placements, self._placed, self._placed_np = None, [], [], []
-
     def deal(self, key: str) -> None:
         """Permute the window's rows by ``key`` (after the last :meth:`add`)."""
-        if self._placed and (len(self.sizes) != self._count or key != self._key):
-            self._unplace()  # not the layout it was placed by
-        if not self._placed:
-            self._layout = Layout.create(self.sizes, key)
-        bulk = self._gather_all() if not self._placed and self._small() else {}
+        self._layout = Layout.create(self.sizes, key)
+        bulk = self._gather_all() if self._small() else {}
         sizes = self._dealt().batch_sizes()
         self._bulk = {name: tensor.split_with_sizes(sizes) for name, tensor in bulk.items()}
 
@@ -265,8 +196,6 @@ class DealtWindow:
             raise BatchError("a window without batches deals none")
         layout = self._dealt()
         tensors = {name: views[index] for name, views in self._bulk.items()}
-        if self._placed:
-            tensors.update(self._placed[index])
         if len(tensors) < len(self.rules):
             rest = [name for name in self.rules if name not in tensors]
             tensors.update(self._gathered(rest, layout.parts(index), len(layout.rows(index))))

@@ -4,9 +4,8 @@ A window's stored batches are numbered in order and their rows ``0..R-1`` as if 
 :func:`permutation` orders the rows by the window's key; new batch ``i`` takes the rows
 ``order[cuts[i]:cuts[i + 1]]``, where the cuts follow the stored batches' sizes from largest to
 smallest, and lists them in window order (stored batch by stored batch). So the rows a new
-batch draws from one stored batch are one contiguous run of it: each is copied with one call,
-whether new batch by new batch (:meth:`Layout.parts`) or stored batch by stored batch as each
-arrives (:meth:`Layout.placements`).
+batch draws from one stored batch land in one contiguous run of it: each run is copied with one
+call (:meth:`Layout.parts`).
 """
 
 from __future__ import annotations
@@ -44,13 +43,11 @@ class Part:
 
     Attributes:
         stored: the stored batch's index in the window.
-        batch: the new batch's index in the window.
         local: the rows, numbered within the stored batch (ascending).
         into: where they go in the new batch (a contiguous run).
     """
 
     stored: int
-    batch: int
     local: numpy.ndarray
     into: slice
 
@@ -107,16 +104,8 @@ class Layout:
             local = rows - self.starts[source]
             bounds = numpy.searchsorted(source, numpy.arange(len(self.sizes) + 1)).tolist()
             parts = self._parts[index] = [
-                Part(s, index, local[bounds[s] : bounds[s + 1]], slice(bounds[s], bounds[s + 1]))
+                Part(s, local[bounds[s] : bounds[s + 1]], slice(bounds[s], bounds[s + 1]))
                 for s in range(len(self.sizes))
                 if bounds[s + 1] > bounds[s]
             ]
         return parts
-
-    def placements(self) -> list[list[Part]]:
-        """For each stored batch, where its rows go: the :meth:`parts` that draw from it."""
-        out: list[list[Part]] = [[] for _ in self.sizes]
-        for index in range(len(self)):
-            for part in self.parts(index):
-                out[part.stored].append(part)
-        return out

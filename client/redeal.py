@@ -37,7 +37,7 @@ from .prefetch import ahead
 
 if TYPE_CHECKING:
     from .buffers import BufferPool
-    from .rebatch import RebatchPlan, Window
+    from .rebatch import RebatchPlan
     from .staging import DeviceStage
 
 __all__ = ["RedealtBatchId", "field_rules", "redealt"]
@@ -198,12 +198,11 @@ def _built(
             # no local names the stored or new batches: the window alone holds them, and it
             # is let go before the next window is read
             dealt: DealtWindow | None = None
-            key = plan.window_key(window)
             for _ in window.batch_ids:
-                dealt, rules = _hold(next(stored), dealt, rules, name, pool, pin, window, key)
+                dealt, rules = _hold(next(stored), dealt, rules, name, pool, pin)
             if dealt is None:
                 continue
-            dealt.deal(key)
+            dealt.deal(plan.window_key(window))
             for index in indices:
                 yield dealt.batch(index) if stage is None else stage.copy([dealt.batch(index)])[0]
             dealt = None
@@ -218,17 +217,11 @@ def _hold(
     name: Callable[[int], int],
     pool: BufferPool | None,
     pin: bool,
-    window: Window,
-    key: str,
 ) -> tuple[DealtWindow, dict[str, FieldRule]]:
-    """Add a stored batch to its window (made with the first), the rules read from the first.
-
-    The window's stored batches and key are known ahead, so a large one is placed as its
-    stored batches arrive (see :class:`~.dealt.DealtWindow`).
-    """
+    """Add a stored batch to its window (made with the first), the rules read from the first."""
     if rules is None:
         rules = field_rules(batch.metadata, batch.attributes)
     if dealt is None:
-        dealt = DealtWindow(rules, name, pool, pin, len(window.batch_ids), key)
+        dealt = DealtWindow(rules, name, pool, pin)
     dealt.add(batch)
     return dealt, rules
