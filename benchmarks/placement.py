@@ -57,6 +57,14 @@ def _recv_rows(sock: socket.socket, rows: list[memoryview], row_bytes: int) -> N
         got += sock.recvmsg_into(part)[0]
 
 
+def _inverse(order: numpy.ndarray) -> numpy.ndarray:
+    """Where each window row goes: new batch ``b`` takes ``order``'s ``b``-th run, sorted."""
+    rows = numpy.sort(order.reshape(WINDOW, ROWS), axis=1).reshape(-1)
+    inverse = numpy.empty_like(rows)
+    inverse[rows] = numpy.arange(len(rows))
+    return inverse
+
+
 def _one(way: str, row_bytes: int, windows: int, seed: int) -> dict[str, float]:
     """``windows`` windows received one way; the receiving thread's CPU and the wall time."""
     width = row_bytes // 4
@@ -98,16 +106,12 @@ def _one(way: str, row_bytes: int, windows: int, seed: int) -> dict[str, float]:
                     lo, hi = bounds[s], bounds[s + 1]
                     stored[s].take(local[lo:hi], axis=0, out=target[lo:hi], mode="clip")
         elif way == "scatter":  # row r of the window goes to place inverse[r]
-            rows = numpy.sort(order.reshape(WINDOW, ROWS), axis=1).reshape(-1)
-            inverse = numpy.empty_like(rows)
-            inverse[rows] = numpy.arange(len(rows))
+            inverse = _inverse(order)
             for s in range(WINDOW):
                 _recv_exactly(receiver, memoryview(stored[0]).cast("B"))
                 new[inverse[s * ROWS : (s + 1) * ROWS]] = stored[0]
         else:
-            rows = numpy.sort(order.reshape(WINDOW, ROWS), axis=1).reshape(-1)
-            inverse = numpy.empty_like(rows)
-            inverse[rows] = numpy.arange(len(rows))
+            inverse = _inverse(order)
             for s in range(WINDOW):
                 at = inverse[s * ROWS : (s + 1) * ROWS].tolist()
                 _recv_rows(receiver, [places[i] for i in at], row_bytes)

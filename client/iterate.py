@@ -300,8 +300,8 @@ class BatchIterator:
         try:
             for group in stream:
                 # each batch is taken off its group as it is yielded, so none is kept alive here
-                # after the consumer let it go (a re-dealt window places a stored batch's rows
-                # and drops it at once); the reader's own references are to this same list
+                # after the consumer let it go (a re-dealt window gathered at once drops its
+                # stored batches); the reader's own references are to this same list
                 group.reverse()
                 while group:
                     # in the thread that takes it: ready on that thread's current stream

@@ -11,7 +11,7 @@ call (:meth:`Layout.parts`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy
 
@@ -67,7 +67,6 @@ class Layout:
     starts: numpy.ndarray
     cuts: list[int]
     sorted: numpy.ndarray
-    _parts: dict[int, list[Part]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def create(cls, sizes: Sequence[int], key: str) -> Layout:
@@ -83,10 +82,6 @@ class Layout:
             rows = numpy.concatenate([numpy.sort(order[a:b]) for a, b in pairs])
         return cls(tuple(sizes), starts, cuts, rows)
 
-    def __len__(self) -> int:
-        """The number of new batches (that of stored batches)."""
-        return len(self.sizes)
-
     def rows(self, index: int) -> numpy.ndarray:
         """New batch ``index``'s rows (window numbering)."""
         return self.sorted[self.cuts[index] : self.cuts[index + 1]]
@@ -97,15 +92,12 @@ class Layout:
 
     def parts(self, index: int) -> list[Part]:
         """The rows new batch ``index`` takes from each stored batch it draws from, in order."""
-        parts = self._parts.get(index)
-        if parts is None:
-            rows = self.rows(index)
-            source = numpy.searchsorted(self.starts[1:], rows, side="right")
-            local = rows - self.starts[source]
-            bounds = numpy.searchsorted(source, numpy.arange(len(self.sizes) + 1)).tolist()
-            parts = self._parts[index] = [
-                Part(s, local[bounds[s] : bounds[s + 1]], slice(bounds[s], bounds[s + 1]))
-                for s in range(len(self.sizes))
-                if bounds[s + 1] > bounds[s]
-            ]
-        return parts
+        rows = self.rows(index)
+        source = numpy.searchsorted(self.starts[1:], rows, side="right")
+        local = rows - self.starts[source]
+        bounds = numpy.searchsorted(source, numpy.arange(len(self.sizes) + 1)).tolist()
+        return [
+            Part(s, local[bounds[s] : bounds[s + 1]], slice(bounds[s], bounds[s + 1]))
+            for s in range(len(self.sizes))
+            if bounds[s + 1] > bounds[s]
+        ]
