@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -28,8 +27,10 @@ from .metadata import BatchMetadata
 from .pipeline import PipelinedReader
 from .policy import RetryPolicy
 from .redeal import field_rules
+from .retryargs import with_shorthands
 from .staging import DeviceStage
 from .transport import body_buffer
+from .widen import widen_dtypes, widened
 
 __all__ = ["BatchClient", "EndpointState"]  # EndpointState: re-exported from .endpoints
 
@@ -37,44 +38,20 @@ __all__ = ["BatchClient", "EndpointState"]  # EndpointState: re-exported from .e
 class BatchClient:
     """A thread-safe client of one batchstash server, or of several replicas of one store.
 
-    **Retries.** One :class:`~batchstash.client.policy.RetryPolicy` (``retry``) decides every
-    retry. By default a request that cannot reach any server (refused, unknown host, timed out)
-    is tried again with backoff and jitter for up to 90 s, so a trainer rides out a restart or a
-    minute's outage of every server; it says once at WARNING that the servers are unreachable
-    and for how long it retries, and once at INFO when they answer again. A ``5xx``
-    (``503 not_primed`` included) or a ``409`` that carries ``Retry-After`` is retried within
-    the same budget; a ``Retry-After`` header sets the delay (capped). Other 4xx are raised at
-    once. A ``POST`` is retried only when it cannot have reached a server, or the server
-    refused it (``503``, ``409``). Errors are raised as the :mod:`batchstash.client.errors`
-    class matching the server's ``error.code``; no server within the budget raises
-    :class:`TransportError`, naming the URLs, the time waited and the last error.
-
-    **Several URLs.** Given a sequence of base URLs (or one string of comma separated URLs),
-    the client sends each request to the next URL, round robin, each URL with its own
-    keep-alive pool. A request that fails on the connection (refused, reset, timed out) or with
-    a 5xx other than ``503 not_primed`` is sent again at once to the next URL, and the failing
-    URL is marked down: it gets no requests for the policy's ``cooldown`` seconds, doubled each
-    time it is marked down again before it answers (at most ``max_cooldown``), unless every URL
-    is down. A URL that answers is up again. ``503 not_primed``, ``409`` with ``Retry-After``
-    and other 4xx are the shared store's answer, the same on every replica: they are handled as
-    with one URL. Only when every URL has failed does the request back off and retry; the final
-    :class:`TransportError` names every URL and what each did. Every URL must serve the same
-    store: once the client knows the store fingerprint, a URL that answers with another one
-    raises :class:`PlanError` (unless every URL now agrees on the new one: the store changed).
-    An epoch plan is the client's, so :meth:`iter_batches` survives losing a replica mid-epoch
-    without a duplicate or a missing batch.
-
-    **A store being primed.** A batch that is not encoded yet is ``503 not_primed``; the
-    server's ``X-Batchstash-Prime`` header tells whether a prime is running. While one runs and
-    makes progress (its ``done`` count grew within the last 60 s, the client only just met it,
-    or it has no batch done yet: it is starting), the request is polled after each
-    ``Retry-After``, outside the retries, for at most the policy's ``wait_for_prime`` seconds,
-    logging ``waiting for the store to be primed: 40/150 batches`` at INFO at most every 5 s; so
-    a trainer may start while the store primes. When the header says no prime runs (none
-    started, or it failed, was cancelled or died), the request raises :class:`NotPrimedError`
-    at once, saying what to do. A prime that stalls for 60 s or outlasts ``wait_for_prime``
-    raises it too. Without the header (an older server) ``503 not_primed`` is retried like any
-    5xx.
+    **Retries, several URLs, a store being primed.** One
+    :class:`~batchstash.client.policy.RetryPolicy` (``retry``) decides every retry: by default
+    a request that reaches no server is tried again with backoff and jitter for up to 90 s, as
+    is a ``5xx`` or a ``409`` with ``Retry-After``; other 4xx are raised at once, as the
+    :mod:`batchstash.client.errors` class matching the server's ``error.code``, and no server
+    within the budget raises :class:`TransportError`. Given several URLs (replicas of one
+    store), requests go round robin, a URL that fails is marked down for a cooldown and the
+    request goes at once to the next; every URL must serve the same store, or
+    :class:`PlanError` is raised. A batch not encoded yet (``503 not_primed``) waits for a
+    running, progressing prime for up to the policy's ``wait_for_prime`` seconds, and raises
+    :class:`NotPrimedError` at once when none runs. The details are in docs/client.md
+    ("Several replicas", "Retries and outages", "Starting a trainer while the store primes")
+    and in :mod:`~batchstash.client.policy`, :mod:`~batchstash.client.identity` and
+    :mod:`~batchstash.client.priming`.
 
     Example::
 
@@ -160,7 +137,7 @@ class BatchClient:
         if in_flight_bytes < 0:
             raise ValueError(f"in_flight_bytes must not be negative, not {in_flight_bytes}")
         self.in_flight_bytes = in_flight_bytes
-        self.retry = _policy(
+        self.retry = with_shorthands(
             retry or RetryPolicy(),
             retries=retries,
             backoff=backoff,
@@ -179,10 +156,7 @@ class BatchClient:
         )
         self.urls, self.url, self.timeout = self.engine.urls, self.engine.url, self.engine.timeout
         self.batch_type = batch_type
-        self.widen = dict(widen or {})
-        wrong = {n: d for n, d in self.widen.items() if not isinstance(d, torch.dtype)}
-        if wrong:
-            raise TypeError(f"widen takes torch dtypes by attribute, not {wrong}")
+        self.widen = widen_dtypes(widen)
         self.admin = AdminCalls(lambda *a, **k: self.engine.json(*a, **k)[0], self.retry.sleep)
         self._lock = threading.Lock()
         self._metadata: tuple[str, BatchMetadata] | None = None
@@ -361,7 +335,7 @@ class BatchClient:
     ) -> list[Batch]:
         """The :attr:`batch_type` batches of verified payloads, with their store's metadata."""
         if self.widen:
-            payloads = [_widened(payload, self.widen) for payload in payloads]
+            payloads = [widened(payload, self.widen) for payload in payloads]
         batches = [
             self.batch_type.from_payload(payload, self._metadata_for(payload.fingerprint))
             for payload in payloads
@@ -523,43 +497,3 @@ class BatchClient:
     def __repr__(self) -> str:
         urls = self.url if len(self.urls) == 1 else list(self.urls)
         return f"{type(self).__name__}({urls!r})"
-
-
-def _widened(payload: wire.Payload, widen: Mapping[str, torch.dtype]) -> wire.Payload:
-    """``payload`` with the ``widen`` attributes it holds converted (verified already)."""
-    tensors = dict(payload.tensors)
-    for name, dtype in widen.items():
-        tensor = tensors.get(name)
-        if tensor is not None and tensor.dtype != dtype:
-            tensors[name] = tensor.to(dtype)
-    return wire.Payload(tensors, payload.metadata)
-
-
-def _policy(
-    policy: RetryPolicy,
-    *,
-    retries: int | None,
-    backoff: float | None,
-    max_delay: float | None,
-    cooldown: float | None,
-    max_cooldown: float | None,
-    wait_for_prime: float | None,
-) -> RetryPolicy:
-    """``policy`` with the constructor's shorthands applied (those given)."""
-    changes: dict[str, Any] = {
-        name: value
-        for name, value in (
-            ("backoff", backoff),
-            ("cooldown", cooldown),
-            ("max_cooldown", max_cooldown),
-            ("wait_for_prime", wait_for_prime),
-        )
-        if value is not None
-    }
-    if retries is not None:
-        if retries < 0:
-            raise ValueError(f"retries must not be negative, not {retries}")
-        changes["attempts"] = retries + 1
-    if max_delay is not None:
-        changes["max_delay"] = changes["retry_after_cap"] = max_delay
-    return replace(policy, **changes) if changes else policy
