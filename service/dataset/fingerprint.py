@@ -4,7 +4,8 @@ A value is fed to one ``xxh3_128`` stream as a type tag, then its dtype and shap
 them, then its raw bytes, so ``[1, 2]``, ``(1, 2)``, ``np.array([1, 2])`` and ``"12"`` differ
 while values of equal content (and type) hash equal, wherever they live in memory. Arrays and
 tensors are hashed from their own memory (a copy only when they are not C-contiguous), so the
-cost is one pass over the bytes plus a few calls per Python object.
+cost is one pass over the bytes plus a few calls per Python object. The bytes of each leaf
+value, length, dtype and shape are :mod:`batchstash.service.dataset.canonical`'s.
 
 Covered: ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``, ``bytearray``,
 ``memoryview``, numpy arrays (object arrays element by element) and scalars, CPU torch tensors,
@@ -16,8 +17,6 @@ which callers turn into a :class:`~batchstash.client.BatchError` naming where th
 
 from __future__ import annotations
 
-import functools
-import struct
 import sys
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -29,25 +28,25 @@ import xxhash
 
 from batchstash.client import BatchError
 
-__all__ = ["ContentHasher", "Unfingerprintable", "content_digest", "ordered_ids", "type_name"]
+from .canonical import (
+    LEAVES,
+    array_head,
+    dtype_descr,
+    encode_length,
+    encode_shape,
+    encode_text,
+    pack_int64,
+    type_name,
+    update_bytes,
+)
 
-_Q = struct.Struct("<Q").pack
-_q = struct.Struct("<q").pack
-_d = struct.Struct("<d").pack
-_dd = struct.Struct("<dd").pack
+__all__ = ["ContentHasher", "Unfingerprintable", "content_digest", "ordered_ids", "type_name"]
 
 SUPPORTED = (
     "None, bool, int, float, complex, str, bytes, bytearray, memoryview, numpy arrays and "
     "scalars, CPU torch tensors, pandas DataFrame/Series/Index, named tuples and "
     "list/tuple/dict/set/frozenset of these"
 )
-
-
-def type_name(value: Any) -> str:
-    """``module.QualName`` of a value's type (``builtins`` left out)."""
-    cls = type(value)
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
 class Unfingerprintable(Exception):
@@ -68,10 +67,6 @@ class Unfingerprintable(Exception):
         """One line naming the type, ``where`` (e.g. ``record 3``) and the path inside it."""
         at = f" (at {''.join(reversed(self.path))})" if self.path else ""
         return f"cannot fingerprint a value of type {self.type_name} in {where}{at}: {self.reason}"
-
-
-def _length(n: int) -> bytes:
-    return _Q(n)
 
 
 class ContentHasher:
@@ -129,13 +124,13 @@ class ContentHasher:
         elif isinstance(value, torch.Tensor):
             self._tensor(h, value)
         elif isinstance(value, tuple) and hasattr(type(value), "_fields"):
-            h.update(b"n" + _text(type_name(value)))
+            h.update(b"n" + encode_text(type_name(value)))
             self._sequence(h, b"(", value)
         elif not self._pandas(h, value):
             raise Unfingerprintable(value)
 
     def _sequence(self, h: Any, tag: bytes, items: Sequence[Any]) -> None:
-        h.update(tag + _length(len(items)))
+        h.update(tag + encode_length(len(items)))
         for i, item in enumerate(items):
             try:
                 self._feed(h, item)
@@ -144,7 +139,7 @@ class ContentHasher:
                 raise
 
     def _mapping(self, h: Any, tag: bytes, mapping: dict[Any, Any]) -> None:
-        h.update(tag + _length(len(mapping)))
+        h.update(tag + encode_length(len(mapping)))
         key: Any = None
         keys = tuple(mapping)
         keyed = self._key_orders.get(keys)  # records share their str keys: sort them once
@@ -166,7 +161,7 @@ class ContentHasher:
 
     def _set(self, h: Any, tag: bytes, items: Iterable[Any]) -> None:
         digests = sorted(self.digest_of(item) for item in items)
-        h.update(tag + _length(len(digests)))
+        h.update(tag + encode_length(len(digests)))
         for digest in digests:
             h.update(digest)
 
@@ -174,7 +169,7 @@ class ContentHasher:
         if type(arr) is not np.ndarray and not isinstance(arr, np.memmap):
             raise Unfingerprintable(arr, "an ndarray subclass: give a plain numpy array")
         dtype = arr.dtype
-        h.update(_array_head(dtype) + _shape(arr.shape))
+        h.update(array_head(dtype) + encode_shape(arr.shape))
         if dtype.kind in "OT":  # object pointers or variable-width strings: walk the elements
             for i, item in enumerate(arr.flat):
                 try:
@@ -185,14 +180,14 @@ class ContentHasher:
             return
         if dtype.hasobject:
             raise Unfingerprintable(arr, "a structured array with object fields")
-        _update_bytes(h, arr)
+        update_bytes(h, arr)
 
     def _numpy_scalar(self, h: Any, value: np.generic) -> None:
         dtype = value.dtype
         if dtype.hasobject or dtype.kind == "T":
             raise Unfingerprintable(value, "a numpy object scalar")
-        h.update(b"g" + _dtype_descr(dtype))
-        _update_bytes(h, np.asarray(value))
+        h.update(b"g" + dtype_descr(dtype))
+        update_bytes(h, np.asarray(value))
 
     def _tensor(self, h: Any, tensor: torch.Tensor) -> None:
         if tensor.layout != torch.strided or tensor.is_nested:
@@ -202,7 +197,7 @@ class ContentHasher:
         if tensor.is_quantized:
             raise Unfingerprintable(tensor, "a quantized tensor: give its dequantized values")
         t = tensor.detach().resolve_conj().resolve_neg().contiguous()
-        h.update(b"t" + _text(str(t.dtype)) + _shape(t.shape))
+        h.update(b"t" + encode_text(str(t.dtype)) + encode_shape(t.shape))
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy())
 
@@ -213,7 +208,7 @@ class ContentHasher:
         if pd is None:
             return False
         if isinstance(value, pd.DataFrame):
-            h.update(b"D" + _length(value.shape[1]))
+            h.update(b"D" + encode_length(value.shape[1]))
             self._pandas_index(h, value.columns)
             self._pandas_index(h, value.index)
             for i, (name, column) in enumerate(value.items()):
@@ -230,20 +225,20 @@ class ContentHasher:
         elif isinstance(value, pd.Index):
             self._pandas_index(h, value)
         elif value is pd.NA or value is pd.NaT:
-            h.update(b"~" + _text(type_name(value)))
+            h.update(b"~" + encode_text(type_name(value)))
         else:
             return False
         return True
 
     def _pandas_index(self, h: Any, index: Any) -> None:
         pd = sys.modules["pandas"]
-        h.update(b"X" + _text(type_name(index)))
+        h.update(b"X" + encode_text(type_name(index)))
         self._sequence(h, b"(", tuple(index.names))
         if isinstance(index, pd.RangeIndex):
-            h.update(_q(index.start) + _q(index.stop) + _q(index.step))
+            h.update(pack_int64(index.start) + pack_int64(index.stop) + pack_int64(index.step))
         elif isinstance(index, pd.MultiIndex):
             self._sequence(h, b"(", ())
-            h.update(_length(index.nlevels))
+            h.update(encode_length(index.nlevels))
             for level, codes in zip(index.levels, index.codes, strict=True):
                 self._pandas_index(h, level)
                 self._array(h, np.asarray(codes))
@@ -260,7 +255,7 @@ class ContentHasher:
         """
         pd = sys.modules["pandas"]
         dtype = array.dtype
-        h.update(b"P" + _text(str(dtype)))
+        h.update(b"P" + encode_text(str(dtype)))
         if isinstance(dtype, np.dtype):
             self._array(h, array.to_numpy())
             return
@@ -276,98 +271,8 @@ class ContentHasher:
         self._array(h, np.asarray(present) if values is None else np.asarray(values))
 
 
-def _text(text: str) -> bytes:
-    data = text.encode("utf-8", "surrogatepass")
-    return _length(len(data)) + data
-
-
-def _dtype_descr(dtype: np.dtype[Any]) -> bytes:
-    """A dtype's exact description: byte order, kind and size, fields and units included."""
-    if dtype.fields is None and dtype.subdtype is None:
-        return _text(dtype.str)
-    return _text(str(np.lib.format.dtype_to_descr(dtype)))
-
-
-@functools.lru_cache(maxsize=256)
-def _array_head(dtype: np.dtype[Any]) -> bytes:
-    return b"A" + _dtype_descr(dtype)
-
-
-@functools.lru_cache(maxsize=64)
-def _shape_struct(ndim: int) -> struct.Struct:
-    return struct.Struct(f"<Q{ndim}Q")
-
-
-def _shape(shape: Sequence[int]) -> bytes:
-    """The number of dimensions, then each."""
-    return _shape_struct(len(shape)).pack(len(shape), *shape)
-
-
-def _update_bytes(h: Any, arr: np.ndarray[Any, Any]) -> None:
-    """Feed the array's bytes in C order (copied only when it is not C-contiguous)."""
-    if not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr)
-    try:
-        h.update(arr)  # the array's own buffer
-    except (BufferError, TypeError, ValueError):  # a dtype the buffer protocol does not take
-        h.update(arr.reshape(-1).view(np.uint8))
-
-
-def _none(_: ContentHasher, h: Any, __: None) -> None:
-    h.update(b"N")
-
-
-def _bool(_: ContentHasher, h: Any, value: bool) -> None:
-    h.update(b"?1" if value else b"?0")
-
-
-def _int(_: ContentHasher, h: Any, value: int) -> None:
-    if -(2**63) <= value < 2**63:
-        h.update(b"i" + _q(value))
-    else:
-        data = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
-        h.update(b"I" + _length(len(data)) + data)
-
-
-def _float(_: ContentHasher, h: Any, value: float) -> None:
-    h.update(b"f" + _d(value))
-
-
-def _complex(_: ContentHasher, h: Any, value: complex) -> None:
-    h.update(b"c" + _dd(value.real, value.imag))
-
-
-def _str(_: ContentHasher, h: Any, value: str) -> None:
-    h.update(b"s" + _text(value))
-
-
-def _bytes(_: ContentHasher, h: Any, value: bytes) -> None:
-    h.update(b"b" + _length(len(value)))
-    h.update(value)
-
-
-def _bytearray(_: ContentHasher, h: Any, value: bytearray) -> None:
-    h.update(b"y" + _length(len(value)))
-    h.update(value)
-
-
-def _memoryview(_: ContentHasher, h: Any, value: memoryview) -> None:
-    h.update(b"m" + _text(value.format) + _length(value.ndim))
-    for dim in value.shape or ():
-        h.update(_length(dim))
-    h.update(value.cast("B") if value.c_contiguous else value.tobytes())
-
-
 _EXACT: dict[type, Callable[[ContentHasher, Any, Any], None]] = {
-    type(None): _none,
-    bool: _bool,
-    int: _int,
-    float: _float,
-    complex: _complex,
-    str: _str,
-    bytes: _bytes,
-    bytearray: _bytearray,
-    memoryview: _memoryview,
+    **LEAVES,
     list: lambda self, h, v: self._sequence(h, b"[", v),
     tuple: lambda self, h, v: self._sequence(h, b"(", v),
     dict: lambda self, h, v: self._mapping(h, b"{", v),

@@ -1,53 +1,27 @@
-"""Feature vectorizers, their managers and the manager set.
+"""The engine's feature vectorizers: class labels, one-hot classes, numeric vectors and tokens.
 
-A vectorizer turns one feature of a data point into a tensor. Write your own by subclassing
-:class:`FeatureVectorizer`::
-
-    @dataclass
-    class LengthVectorizer(FeatureVectorizer):
-        DESCRIPTION = "text length"
-
-        def encode(self, value):               # one data point's feature -> tensor
-            return torch.tensor([len(value)], dtype=torch.float32)
-
-        @property
-        def shape(self):                       # one data point's tensor shape (-1: varies)
-            return (1,)
-
-Priming checks every encoded tensor against :attr:`FeatureVectorizer.shape` and
-:attr:`FeatureVectorizer.dtype`: a field's batch tensor must be ``(data points, *shape)`` (a
-``-1`` or ``None`` dimension may take any size) of exactly that dtype, or the prime fails.
-
-Fields with ``is_agg=True`` call :meth:`FeatureVectorizer.encode_batch` with the values of every
-data point at once (to pad, for instance); the others call :meth:`FeatureVectorizer.encode` per
-data point and stack the results, or :meth:`FeatureVectorizer.encode_many` once where the
-vectorizer's class writes it for its ``encode`` (the engine's category, one-hot, series and
-tensor vectorizers: one tensor a batch instead of one a value).
-:meth:`FeatureVectorizer.config` goes into the store's configuration hash: include everything
-that changes the tensors. It holds the class's
-``VERSION`` and a digest of the source code of every class of the vectorizer's own (not
-batchstash's or a library's, which their versions cover), so editing a vectorizer's code makes
-the store stale; bump ``VERSION`` when what the code calls changes.
+Each turns one feature of a data point into a tensor, as
+:class:`~batchstash.service.dataset.vectorizer_base.FeatureVectorizer` (re-exported here, with
+:func:`encodes_many` and :func:`code_digest`) describes; subclass it to write your own. A
+vectorizer's configuration names its class by this module's path, so the stores made with
+these classes are found by that name.
 """
 
 from __future__ import annotations
 
-import enum
-import inspect
-import json
-from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields, is_dataclass
-from functools import cache
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import xxhash
 
 from batchstash.client import BatchError, VectorizerMetadata
 
-from .fingerprint import ContentHasher, Unfingerprintable, type_name
+from .describe import code_digest as code_digest
+from .fingerprint import type_name
+from .vectorizer_base import FeatureVectorizer
+from .vectorizer_base import encodes_many as encodes_many
 
 __all__ = [
     "CategoryEncodableFeatureVectorizer",
@@ -57,160 +31,6 @@ __all__ = [
     "TokenIdFeatureVectorizer",
     "TokenLengthFeatureVectorizer",
 ]
-
-
-@dataclass
-class FeatureVectorizer(ABC):
-    """Base class of feature vectorizers.
-
-    Attributes:
-        feature_id: the unique id the field mappings refer to.
-    """
-
-    DESCRIPTION: ClassVar[str] = "feature vectorizer"
-    VERSION: ClassVar[str] = "1"
-
-    feature_id: str
-
-    @abstractmethod
-    def encode(self, value: Any) -> torch.Tensor:
-        """Vectorize one data point's feature value into a tensor of shape :attr:`shape`."""
-
-    def encode_batch(self, values: Sequence[Any]) -> torch.Tensor:
-        """Vectorize every data point's value at once (``is_agg`` fields): stacks by default."""
-        return torch.stack([self.encode(v) for v in values])
-
-    def encode_many(self, values: Sequence[Any]) -> torch.Tensor:
-        """The stacked :meth:`encode` of each value, in one call (fields that are not ``is_agg``).
-
-        Override it where one call is cheaper than a tensor a value; it must give the bytes the
-        stacked ``encode`` calls give. A batch calls it only when it is defined by the class
-        that defines :meth:`encode` or a subclass of it (:func:`encodes_many`), so a subclass
-        that overrides ``encode`` alone is encoded value by value; when it raises, the batch
-        encodes value by value to name the data point that fails.
-        """
-        return torch.stack([self.encode(v) for v in values])
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the tensors."""
-        return torch.float32
-
-    @property
-    def shape(self) -> tuple[int | None, ...]:
-        """The shape of one data point's tensor; ``-1`` (or ``None``) where it varies by batch."""
-        return ()
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able configuration that determines the tensors (hashed to detect stale stores).
-
-        Field values that are not JSON (a numpy array, a tensor...) enter by their content
-        digest; override this method for a field whose content cannot be fingerprinted.
-
-        Raises:
-            BatchError: a field holds a value that cannot be described exactly.
-        """
-        return {
-            "class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "version": self.VERSION,
-            "code": code_digest(type(self)),
-            **{
-                f.name: _jsonable(
-                    getattr(self, f.name), f"vectorizer {self.feature_id!r} field {f.name!r}"
-                )
-                for f in fields(self)
-            },
-        }
-
-    def metadata(self) -> VectorizerMetadata:
-        """Return the vectorizer's metadata for models and clients (``None`` dims as ``-1``).
-
-        Its ``extra`` has ``per_row: True`` when :meth:`encode_batch` is the stacking default:
-        each row of an ``is_agg`` field is then its own value's, so a client may re-deal rows
-        into other batches (``shuffle_window``). A vectorizer that pads declares its pad value
-        (``pad_value``) instead.
-        """
-        per_row = type(self).encode_batch is FeatureVectorizer.encode_batch
-        return VectorizerMetadata(
-            feature_id=self.feature_id,
-            name=type(self).__name__,
-            description=self.DESCRIPTION,
-            dtype=str(self.dtype).removeprefix("torch."),
-            shape=tuple(-1 if d is None else int(d) for d in self.shape),
-            extra={"per_row": True} if per_row else {},
-        )
-
-
-@cache
-def encodes_many(cls: type[FeatureVectorizer]) -> bool:
-    """Whether ``cls.encode_many`` is written for ``cls.encode`` (a batch may call it then).
-
-    True when the class defining ``encode_many`` is not :class:`FeatureVectorizer` and is the
-    class defining ``encode`` or a subclass of it. The engine's own overrides fall back to the
-    stacked ``encode`` calls where it is false (a user's subclass that overrides ``encode``).
-    """
-    many = next(c for c in cls.__mro__ if "encode_many" in c.__dict__)
-    one = next(c for c in cls.__mro__ if "encode" in c.__dict__)
-    return many is not FeatureVectorizer and issubclass(many, one)
-
-
-def code_digest(cls: type) -> str:
-    """A digest of the source of ``cls`` and its bases outside batchstash (``""`` if unreadable).
-
-    batchstash's own vectorizers are covered by the payload and store format versions; a
-    user's class is hashed so an edit to its ``encode`` turns the store stale.
-    """
-    digest = xxhash.xxh3_64()
-    for klass in cls.__mro__:
-        if klass.__module__.startswith(("batchstash.", "builtins", "abc")):
-            continue
-        try:
-            digest.update(inspect.getsource(klass).encode())
-        except (OSError, TypeError):  # defined in a REPL or a C extension
-            digest.update(klass.__qualname__.encode())
-    return str(digest.hexdigest())
-
-
-def _jsonable(value: Any, where: str) -> Any:
-    """``value`` as exact JSON: anything that is not JSON by its content digest.
-
-    Raises:
-        BatchError: a value (or one inside it) that cannot be fingerprinted.
-    """
-    if value is None or isinstance(value, (str, int, float)):
-        return value  # subclasses (bool, numpy's float64, str enums) dump as their value
-    if isinstance(value, Mapping):
-        return {
-            k if isinstance(k, str) else f"{type_name(k)}:{json.dumps(_jsonable(k, where))}": (
-                _jsonable(v, where)
-            )
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, where) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return {"set": sorted(json.dumps(_jsonable(v, where), sort_keys=True) for v in value)}
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
-        return value.item()
-    if isinstance(value, torch.dtype):
-        return str(value)
-    if isinstance(value, np.dtype):
-        return {"numpy_dtype": str(np.lib.format.dtype_to_descr(value))}
-    if isinstance(value, enum.Enum):
-        return {"enum": type_name(value), "value": _jsonable(value.value, where)}
-    if isinstance(value, type):
-        return {"class": f"{value.__module__}.{value.__qualname__}", "code": code_digest(value)}
-    if is_dataclass(value):
-        return {
-            "class": type_name(value),
-            **{f.name: _jsonable(getattr(value, f.name), where) for f in fields(value)},
-        }
-    hasher = ContentHasher()
-    try:
-        hasher.update(value)
-    except Unfingerprintable as exc:
-        raise BatchError(f"{exc.message(where)}; or override config() to describe it") from None
-    return {"content": hasher.hexdigest()}
 
 
 def _category(value: Any) -> tuple[str, str | int] | None:
