@@ -9,21 +9,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
-
 from batchstash.client import (
     BatchError,
     BatchFeatureMapping,
     BatchMetadata,
     ConflictError,
     CorruptStoreError,
-    InvalidRequestError,
     NotFoundError,
     NotPrimedError,
-    PayloadError,
     StaleStoreError,
     TorchConfig,
-    wire,
 )
 
 from .dataset.batch import DefaultBatch
@@ -41,6 +36,8 @@ from .prime.work import Recipe
 from .store import layout
 from .store.backend import open_backend
 from .store.codec import check_codec
+from .store.compose import decode_sources
+from .store.facts import check_known
 from .store.lease import JobLease, JobState
 from .store.reader import StoreReader
 from .store.records import Plan, read_record
@@ -121,12 +118,7 @@ class BatchStash:
         for split in split_stash_container.split_names:
             layout.safe_name(split, "split")
         self.decoded_attributes = None if decoded_attributes is None else set(decoded_attributes)
-        unknown = (self.decoded_attributes or set()) - set(batch_feature_mappings.attributes)
-        if unknown:
-            raise InvalidRequestError(
-                f"unknown attributes {sorted(unknown)}; "
-                f"known: {sorted(batch_feature_mappings.attributes)}"
-            )
+        check_known(self.decoded_attributes or set(), batch_feature_mappings.attributes)
         self.encoder = Encoder(
             split_stash_container,
             vectorizer_manager_set,
@@ -283,16 +275,7 @@ class BatchStash:
             attributes: the attributes to decode (default :attr:`decoded_attributes`, or all).
         """
         wanted, sources = self.reader.read_sources(split, batch_id, attributes)
-        tensors: dict[str, torch.Tensor] = {}
-        for buf, header in sources:
-            names = [n for n in header.entries if wanted is None or n in wanted]
-            try:
-                tensors.update(wire.decode(buf, names, verify=False).tensors)
-            except PayloadError as exc:  # verified by read_sources; defensive only
-                raise CorruptStoreError(exc.message) from None
-        meta = sources[0][1].metadata if sources else {}
-        identity = {k: v for k, v in meta.items() if k in wire.IDENTITY_KEYS}
-        return self.encoder.batch_type.from_stored(self, wire.Payload(tensors, identity))
+        return self.encoder.batch_type.from_stored(self, decode_sources(sources, wanted))
 
     def get(self, split: str, batch_id: int, default: Any = None) -> DefaultBatch | Any:
         """Like :meth:`load`, but ``default`` when the batch is unknown or not stored yet."""

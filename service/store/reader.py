@@ -2,39 +2,36 @@
 
 A :class:`StoreReader` needs no dataset code: ``store.json`` says what the batches are and
 ``manifest.json`` whether they are all there. Records are re-read when their version changes
-(a ``stat`` on a local store, at most every ``refresh_s`` seconds elsewhere).
+(a ``stat`` on a local store, at most every ``refresh_s`` seconds elsewhere): see
+:class:`~batchstash.service.store.view.StoreView`, whose facts the reader serves too.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import threading
-import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from typing import Any
 
 from batchstash.client import (
-    BatchMetadata,
     CorruptStoreError,
-    InvalidRequestError,
     NotFoundError,
     NotPrimedError,
-    StaleStoreError,
     StoreBusyError,
     wire,
 )
 
-from . import layout
+from . import facts, layout
 from .backend import NoSuchKey, Sendable, StoreBackend
 from .cache import ObjectCache, object_cache
 from .codec import Compressed, decompress_object, is_compressed, payload_size
+from .compose import Source, compose_payload
 from .demand import Demand
-from .lease import read_job
-from .records import KEYS, Manifest, StoreInfo, decode_record
+from .records import StoreInfo
 from .verified import VerifiedObjects
+from .view import StoreView
 from .writer import check_object
 
 __all__ = ["Source", "StoreReader"]
@@ -43,13 +40,8 @@ _NO_DESCRIPTOR = (errno.EMFILE, errno.ENFILE)
 
 logger = logging.getLogger(__name__)
 
-Source = tuple[Any, wire.Header]
-"""A verified stored group object: its bytes and parsed header."""
 
-_IDENTITY = (*wire.IDENTITY_KEYS, wire.KEY_IDENTITY)
-
-
-class StoreReader:
+class StoreReader(StoreView):
     """Serves a store's batches and facts, verifying every object it returns.
 
     Args:
@@ -76,16 +68,10 @@ class StoreReader:
         verified_capacity: int = 65536,
         cache: ObjectCache | None = None,
     ) -> None:
-        self.backend = backend
-        self.expect_fingerprint = expect_fingerprint
-        self._default = None if default_attributes is None else set(default_attributes)
-        self.refresh_s = backend.records_refresh_s if refresh_s is None else refresh_s
+        super().__init__(backend, expect_fingerprint, default_attributes, refresh_s)
         self.cache = cache
         self.verified = VerifiedObjects(verified_capacity)
         self.demand = Demand()
-        self._cache: dict[str, tuple[str | None, float, Any]] = {}
-        self._derived: dict[str, tuple[StoreInfo, Any]] = {}
-        self._lock = threading.Lock()
 
     @classmethod
     def serving(
@@ -111,183 +97,12 @@ class StoreReader:
         cache = object_cache(backend, cache_dir, cache_max_bytes)
         return cls(backend, expect_fingerprint, default_attributes, refresh_s, cache=cache)
 
-    # records -------------------------------------------------------------------------------
-
-    def _record(self, cls: Any) -> Any:
-        """The cached record (``None`` if absent) or the :class:`CorruptStoreError` it gave."""
-        key = KEYS[cls]
-        now = time.monotonic()
-        hit = self._cache.get(key)
-        if hit is not None and self.refresh_s and now - hit[1] < self.refresh_s:
-            return hit[2]
-        version = self.backend.version(key)
-        if hit is not None and hit[0] == version:
-            self._cache[key] = (version, now, hit[2])
-            return hit[2]
-        value: Any = None
-        if version is not None:
-            try:
-                value = decode_record(cls, key, self.backend.read(key))
-            except NoSuchKey:
-                value = None
-            except CorruptStoreError as exc:
-                logger.warning("%s; a prime repairs it", exc.message)
-                value = exc
-        with self._lock:
-            self._cache[key] = (version, now, value)
-        return value
-
-    def refresh(self) -> None:
-        """Forget the records read (a writer in this process just changed them)."""
-        with self._lock:
-            self._cache.clear()
-
-    def info(self) -> StoreInfo:
-        """The store's description.
-
-        Raises:
-            NotPrimedError: the store has no plan yet, or its records are damaged (a prime
-                repairs them).
-        """
-        value = self._record(StoreInfo)
-        if isinstance(value, CorruptStoreError):
-            raise NotPrimedError(f"{value.message}: prime the store to repair it")
-        if value is None:
-            raise NotPrimedError("the store has no batches yet: prime it")
-        info: StoreInfo = value
-        return info
-
-    def problem(self) -> str | None:
-        """Why the store cannot serve (no plan, damaged records, stale), or ``None``."""
-        try:
-            self.check_fresh()
-        except (NotPrimedError, StaleStoreError) as exc:
-            return exc.message
-        manifest = self._record(Manifest)
-        return manifest.message if isinstance(manifest, CorruptStoreError) else None
-
-    def check_fresh(self, info: StoreInfo | None = None) -> StoreInfo:
-        """The store's description, if it is not stale.
-
-        Raises:
-            NotPrimedError: see :meth:`info`.
-            StaleStoreError: the store was encoded with another configuration.
-        """
-        info = info or self.info()
-        expect = self.expect_fingerprint
-        if expect is not None and info.fingerprint != expect:
-            raise StaleStoreError(
-                f"the store was encoded with configuration {info.fingerprint[:12]}, this "
-                f"server's dataset is {expect[:12]}: clear it and prime again"
-            )
-        return info
-
-    @property
-    def fingerprint(self) -> str | None:
-        """The store's fingerprint (``None`` before a plan exists or when it is damaged)."""
-        value = self._record(StoreInfo)
-        return value.fingerprint if isinstance(value, StoreInfo) else None
-
-    @property
-    def is_stale(self) -> bool:
-        """Whether the store holds another configuration's batches."""
-        fingerprint = self.fingerprint
-        return None not in (fingerprint, self.expect_fingerprint) and (
-            fingerprint != self.expect_fingerprint
-        )
-
-    def manifest(self) -> Manifest | None:
-        """The manifest if it belongs to the store's current plan, else ``None``."""
-        value = self._record(Manifest)
-        info = self._record(StoreInfo)
-        if not isinstance(value, Manifest) or not isinstance(info, StoreInfo):
-            return None
-        if (value.fingerprint, value.generation) != (info.fingerprint, info.generation):
-            return None
-        return value
-
-    @property
-    def is_primed(self) -> bool:
-        """Whether every planned batch is stored (a manifest of the current plan exists)."""
-        return not self.is_stale and self.manifest() is not None
-
-    def _derive(self, name: str, info: StoreInfo, make: Any) -> Any:
-        hit = self._derived.get(name)
-        if hit is None or hit[0] is not info:
-            hit = (info, make(info))
-            self._derived[name] = hit
-        return hit[1]
-
-    def metadata(self) -> BatchMetadata:
-        """The batch metadata the store describes."""
-        info = self.check_fresh()
-        return self._derive("metadata", info, lambda i: BatchMetadata.from_dict(i.metadata))  # type: ignore[no-any-return]
-
-    def split_counts(self) -> dict[str, dict[str, int]]:
-        """Per split: ``batches``, ``data_points`` and ``stored`` (no batch object is touched)."""
-        info = self.check_fresh()
-        stored: dict[str, int] = {}
-        if self.manifest() is not None:
-            stored = {s: c["batches"] for s, c in info.splits.items()}
-        else:
-            job, _ = read_job(self.backend)
-            if job is not None and job.kind == "prime" and job.generation == info.generation:
-                stored = {s: p[0] for s, p in job.progress.items()}
-        return {
-            s: {
-                "batches": c["batches"],
-                "data_points": c["data_points"],
-                "stored": stored.get(s, 0),
-            }
-            for s, c in info.splits.items()
-        }
-
-    def keys(self, split: str) -> list[int]:
-        """The batch ids of ``split`` (``0 .. n-1``)."""
-        return list(range(self._batches(self.check_fresh(), split)))
-
-    def _batches(self, info: StoreInfo, split: str) -> int:
-        try:
-            return info.splits[split]["batches"]
-        except KeyError:
-            raise NotFoundError(f"unknown split {split!r}; splits: {list(info.splits)}") from None
-
     # batches -------------------------------------------------------------------------------
-
-    def _groups(self, info: StoreInfo) -> dict[str, frozenset[str]]:
-        return self._derive(  # type: ignore[no-any-return]
-            "groups", info, lambda i: {name: frozenset(name.split("+")) for name in i.groups}
-        )
-
-    def attributes(self) -> set[str]:
-        """The attribute names the store serves.
-
-        Raises:
-            NotPrimedError: see :meth:`info`.
-            StaleStoreError: the store was encoded with another configuration.
-        """
-        return {a for g in self._groups(self.check_fresh()).values() for a in g}
-
-    def resolve(self, info: StoreInfo, attributes: Iterable[str] | None) -> set[str] | None:
-        """The attributes to serve (``None``: every stored one)."""
-        if attributes is None:
-            default = self._default
-            if default is None and info.decoded_attributes is not None:
-                default = set(info.decoded_attributes)
-            return None if default is None else set(default)
-        wanted = set(attributes)
-        known = {a for g in self._groups(info).values() for a in g}
-        unknown = wanted - known
-        if unknown:
-            raise InvalidRequestError(
-                f"unknown attributes {sorted(unknown)}; known: {sorted(known)}"
-            )
-        return wanted
 
     def _locate(
         self, info: StoreInfo, split: str, batch_id: int, wanted: set[str] | None
     ) -> list[tuple[str, frozenset[str]]]:
-        if not 0 <= batch_id < self._batches(info, split):
+        if not 0 <= batch_id < facts.batch_count(info, split):
             raise NotFoundError(f"split {split!r} has no batch {batch_id}")
         return [
             (layout.group_key(info.generation, split, batch_id, name), group)
@@ -432,17 +247,7 @@ class StoreReader:
 
         def one(batch_id: int) -> list[Any]:
             wanted, sources = self.read_sources(split, batch_id, names_given, True, info, files)
-            present = {n for _, h in sources for n in h.entries}
-            names = present if wanted is None else wanted & present
-            if len(sources) == 1 and names == set(sources[0][1].entries):
-                whole = sources[0][0]
-                if isinstance(whole, Compressed) and not compressed:
-                    return [whole.decoded()]
-                return [whole]
-            sources = [(_bytes(buf), header) for buf, header in sources]
-            meta = sources[0][1].metadata
-            identity = {k: meta[k] for k in _IDENTITY if k in meta}
-            return wire.compose(sources, names, identity)
+            return compose_payload(sources, wanted, compressed)
 
         reads = self.backend.concurrent_reads
         try:
@@ -459,13 +264,3 @@ class StoreReader:
         """Record batches a read wanted before they were stored (see :attr:`demand`)."""
         self.demand.add(split, batch_ids)
         self.demand.publish(self.backend, info.generation)  # for a prime in another process
-
-
-def _bytes(source: Any) -> Any:
-    """A source's bytes (a held-open file is read or mapped, then closed)."""
-    if isinstance(source, Compressed):
-        return source.decoded()
-    if isinstance(source, Sendable):
-        with closing(source):
-            return source.view()
-    return source
