@@ -19,11 +19,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["parse_stat", "self_cpu_seconds", "tree_cpu", "tree_delta", "usage"]
+__all__ = ["parse_stat", "self_cpu_seconds", "tree_cpu", "tree_delta", "usable_cpus", "usage"]
 
 TICK = os.sysconf("SC_CLK_TCK")
 MACHINE_SHARE = 0.9
 """A run whose two sides together keep this share of the usable CPUs busy is machine-bound."""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity; 1 where the platform cannot say)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 def parse_stat(text: str) -> tuple[int, float]:
@@ -123,7 +128,7 @@ def usage(
     client_s = sum(client_seconds)
     server_cores, client_cores = _cores(server_s, wall), _cores(client_s, wall)
     if usable is None:
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        usable = usable_cpus()
     return {
         "server_cpu_s": server_s,
         "client_cpu_s": client_s,

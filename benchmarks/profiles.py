@@ -41,8 +41,9 @@ class Profile:
         compression_batches: 1 MiB float batches of the compression section's float stores
             (its Zipf token stores hold 4 x as many 256 KiB batches), each primed three ways.
         compression_link: run the compression section's link part (root and netlab only).
-        placement_windows: windows of 16 stored batches received each way and run by the
-            rebatch section's placement measurement (:mod:`benchmarks.placement`).
+        placement_windows: windows of 16 stored batches the rebatch section's placement
+            measurement receives each way (:mod:`benchmarks.placement`) and its building
+            measurement re-deals a round (:mod:`benchmarks.dealcost`).
     """
 
     name: str

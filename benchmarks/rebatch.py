@@ -34,7 +34,7 @@ from batchstash.client import BatchClient
 from batchstash.client.iterate import default_prefetch
 from batchstash.service.examples import text
 
-from . import placement
+from . import dealcost, placement
 from .table import Row, div, fmt, times
 
 __all__ = ["STEP_SHARE", "WINDOW", "bucketing", "repeats", "rows", "speed", "targets", "trainer"]
@@ -227,6 +227,24 @@ def rows(result: dict[str, Any]) -> list[Row]:
             f"requests in flight: {link[0]}, its floor {link[1]})",
         )
     )
+    for size, build in result.get("building", {}).items():
+        top = dealcost.ceiling(result["speed"][size]["w0"], build)
+        out.append(
+            Row(
+                f"{sec}: the building alone, and the ratios the CPUs allow",
+                f"{size} batches: client CPU s/GB building new batches from held stored ones "
+                f"(B, no reader); the shuffle_window=0 run's client + server s/GB (S; share of "
+                f"the {build['cpus']} CPUs busy); ceilings of shuffle_window={WINDOW} vs 0: "
+                "S / (S + B) at that run's CPU use, and with every CPU busy (MB/s)",
+                f"{build['cpu_s_gb']:.3f}; "
+                + (
+                    "n/a"
+                    if top is None
+                    else f"{top['stored_s_gb']:.2f} ({top['busy']:.0%}); {top['same']:.2f} x; "
+                    f"{top['ratio']:.2f} x ({fmt(top['mb_s'])} MB/s)"
+                ),
+            )
+        )
     for size, place in result.get("placement", {}).items():
         out.append(
             Row(
@@ -271,11 +289,15 @@ def targets(result: dict[str, Any] | None) -> list[Row]:
     for size in ("large", "small"):
         runs = None if result is None else result["speed"][size]
         ratio = None if runs is None else runs["ratio"]
+        build = None if result is None else result.get("building", {}).get(size)
+        top = None if runs is None or build is None else dealcost.ceiling(runs["w0"], build)
         out.append(
             Row(
                 sec,
-                f"{size} batches: iter_batches shuffle_window={WINDOW} vs 0, MB/s",
-                times(ratio),
+                f"{size} batches: iter_batches shuffle_window={WINDOW} vs 0, MB/s (ceilings: at "
+                "the stored run's CPU use; every CPU busy)",
+                times(ratio)
+                + ("" if top is None else f" ({times(top['same'])}; {times(top['ratio'])})"),
                 ">= 0.80 x",
                 None if ratio is None else ratio >= 0.8,
             )

@@ -22,6 +22,7 @@ from . import (
     ceiling,
     compression,
     dataloader,
+    dealcost,
     gpu,
     link,
     memory,
@@ -415,6 +416,17 @@ class Suite:
                 self.step,
                 large=(servers["large"].url, min(p.max_batches, 1000)),
             )
+            # the building alone, on batches read from the same stores, and the ratio the
+            # machine's CPUs leave for it against the stored speed runs above
+            result["building"] = {
+                s: self.step(
+                    f"re-dealt epochs: building alone, {s} batches",
+                    lambda s=s: dealcost.measure(
+                        servers[s].url, rebatch.WINDOW, p.placement_windows
+                    ),
+                )
+                for s in sizes
+            }
         # with the servers stopped: the re-deal's pass over the bytes alone, on a socketpair
         row_bytes = {s: 4 * self.options(s)["dims"] for s in sizes}
         result["placement"] = {

@@ -244,6 +244,10 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         assert place["batch_bytes"] == (1 << 20 if size == "large" else 1 << 16), size
         for way in ("receive", "copy", "scatter", "in place"):
             assert place[way]["cpu_s_gb"] > 0 and len(place[way]["runs"]) == 5, (size, way)
+    for size, build in redealt["building"].items():  # the client's own re-deal, held batches
+        assert build["window"] == 16 and len(build["runs"]) == 5 and build["cpu_s_gb"] > 0, size
+        assert build["batch_bytes"] == redealt["batch_bytes"][size] and build["cpus"] >= 1, size
+    assert set(redealt["building"]) == {"large", "small"}
     buckets = redealt["bucketing"]
     assert buckets["random"]["pad_tokens"] > buckets["bucketed"]["pad_tokens"] > 0
     assert buckets["random"]["prime_s"] > 0 and len(buckets["bucketed"]["prime_runs_s"]) == 15
