@@ -39,9 +39,10 @@ class FieldRule:
 
 
 BULK_BYTES = 4 << 20
-"""A window whose fixed fields hold at most this many bytes is gathered in one go when dealt:
-new batches are then views of it (a few microseconds each instead of a copy call per stored
-batch), at the cost of one window's copy more, so only a small window is."""
+"""A fixed field whose rows in a window hold at most this many bytes is gathered in one go when
+the window is dealt: its new batches are then views of it (a few microseconds each instead of a
+copy call per stored batch), at the cost of the field's window copy more, so only a small one
+is (a window of small batches whole; a large batch's small fields such as labels)."""
 
 
 class DealtWindow:
@@ -72,7 +73,7 @@ class DealtWindow:
         # tensor of no rows like it (holding no stored batch's memory)
         self._specs: dict[str, tuple[torch.dtype, int, torch.Size]] = {}
         self._like: dict[str, torch.Tensor] = {}
-        self._fixed_bytes = 0  # of the fixed fields' held rows
+        self._bytes: dict[str, int] = dict.fromkeys(rules, 0)  # each fixed field's held rows
         self._extents: dict[tuple[int, str], torch.Tensor] = {}
         self._layout: Layout | None = None
         self._bulk: dict[str, tuple[torch.Tensor, ...]] = {}  # each new batch's view, by field
@@ -101,7 +102,7 @@ class DealtWindow:
                 array = numpy_view(tensor)
                 self._tensors[name].append(tensor)
                 self._arrays[name].append(array)
-                self._fixed_bytes += tensor.nbytes if array is None else array.nbytes
+                self._bytes[name] += tensor.nbytes if array is None else array.nbytes
         self._names.add(batch._data_point_ids, size, f"batch {batch.split_name}/{batch.id}")
         self.sizes.append(size)
 
@@ -148,7 +149,7 @@ class DealtWindow:
     def deal(self, key: str) -> None:
         """Permute the window's rows by ``key`` (after the last :meth:`add`)."""
         self._layout = Layout.create(self.sizes, key)
-        bulk = self._gather_all() if self._small() else {}
+        bulk = self._gather_all(self._small())
         sizes = self._dealt().batch_sizes()
         self._bulk = {name: tensor.split_with_sizes(sizes) for name, tensor in bulk.items()}
 
@@ -157,18 +158,29 @@ class DealtWindow:
             raise BatchError("a window deals its batches once dealt (DealtWindow.deal)")
         return self._layout
 
-    def _small(self) -> bool:
-        """Whether the fixed fields are gathered for the whole window at once (see BULK_BYTES)."""
-        if self._fixed_bytes > BULK_BYTES:
-            return False
-        return all(a is not None for n in self._fixed() for a in self._arrays[n])
+    def _small(self) -> list[str]:
+        """The fixed fields gathered for the whole window at once (see :data:`BULK_BYTES`).
 
-    def _gather_all(self) -> dict[str, torch.Tensor]:
-        """Every fixed field's rows in dealt order, each copied once (a small window).
+        The smallest first, while they hold at most ``BULK_BYTES`` together (each one numpy
+        can view).
+        """
+        names, total = [], 0
+        for name in sorted(self._fixed(), key=self._bytes.__getitem__):
+            total += self._bytes[name]
+            if total > BULK_BYTES:
+                break
+            if all(a is not None for a in self._arrays[name]):
+                names.append(name)
+        return names
+
+    def _gather_all(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Fixed fields ``names``' rows in dealt order, each copied once (small ones).
 
         Row ``r`` of the window goes to position ``inverse[r]``, so each stored batch's rows
         are scattered with one copy call.
         """
+        if not names:
+            return {}
         layout = self._dealt()
         rows = layout.sorted
         inverse = numpy.empty_like(rows)
@@ -176,7 +188,7 @@ class DealtWindow:
         starts = layout.starts.tolist()
         shapes = {
             name: ((len(rows), *self._like[name].shape[1:]), self._like[name].dtype)
-            for name in self._fixed()
+            for name in names
         }
         out = allocate(shapes, self.pool, self.pin)
         for name, tensor in out.items():

@@ -20,6 +20,17 @@ __all__ = ["allocate", "extents", "numpy_view"]
 
 _ALIGN = 64
 
+_NUMPY: dict[torch.dtype, numpy.dtype | None] = {}  # torch dtype -> numpy's (None: it has none)
+
+
+def _numpy_dtype(dtype: torch.dtype) -> numpy.dtype | None:
+    if dtype not in _NUMPY:
+        try:
+            _NUMPY[dtype] = torch.empty(0, dtype=dtype).numpy().dtype
+        except (RuntimeError, TypeError):  # bfloat16...
+            _NUMPY[dtype] = None
+    return _NUMPY[dtype]
+
 
 def allocate(
     shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
@@ -30,15 +41,21 @@ def allocate(
 
     A pooled buffer is reused once no tensor views it any more (see :class:`BufferPool`), so
     a steady stream of batches does not touch fresh pages; ``pinned``: page-locked memory.
+    The views are numpy's where it has the dtype: a torch operation lets go of the GIL and
+    takes it again, which costs a wait while the reader's thread holds it.
     """
     sizes = {n: math.prod(sh) * dt.itemsize for n, (sh, dt) in shapes.items()}
     total = sum(-(-size // _ALIGN) * _ALIGN for size in sizes.values())
     if pool is None or total < pool.min_bytes:  # a small one is cheap: the pool would not keep it
         return {n: torch.empty(sh, dtype=dt, pin_memory=pinned) for n, (sh, dt) in shapes.items()}
-    raw = torch.from_numpy(pool.get(total, pinned))
+    raw = pool.get(total, pinned)
     out, offset = {}, 0
     for name, (shape, dtype) in shapes.items():
-        out[name] = raw[offset : offset + sizes[name]].view(dtype).view(shape)
+        region, kind = raw[offset : offset + sizes[name]], _numpy_dtype(dtype)
+        if kind is None:
+            out[name] = torch.from_numpy(region).view(dtype).view(shape)
+        else:
+            out[name] = torch.from_numpy(region.view(kind).reshape(shape))
         offset += -(-sizes[name] // _ALIGN) * _ALIGN
     return out
 

@@ -98,6 +98,37 @@ def test_a_window_gathered_at_once_lets_its_stored_batches_go_when_dealt(
     assert all(ref() is None for ref in refs)
 
 
+def test_the_smallest_fields_that_fit_together_are_gathered_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large batch's small fields (labels) are gathered for the whole window, the rest not."""
+    sizes = [5, 5, 5, 5]  # x (2 float32) and label (int64): 8 bytes a row, 160 a window
+    expected = {}
+    for bulk in (0, 1 << 20):
+        monkeypatch.setattr(dealt, "BULK_BYTES", bulk)
+        expected[bulk] = _dealt(sizes, KEY)
+    monkeypatch.setattr(dealt, "BULK_BYTES", 160)  # room for one of them: the first, x
+    window, refs = _window(), {"x": [], "label": []}
+    for b, size in enumerate(sizes):
+        batch = make_batch("train", b, size, META)
+        for name, held in refs.items():
+            held.append(weakref.ref(batch.attributes[name]))
+        window.add(batch)
+        del batch
+    window.deal(KEY)
+    gc.collect()
+    assert all(ref() is None for ref in refs["x"])  # gathered: its stored rows let go
+    assert all(ref() is not None for ref in refs["label"])  # gathered batch by batch
+    batches = [window.batch(i) for i in range(len(window))]
+    storages = {
+        name: {b.attributes[name].untyped_storage().data_ptr() for b in batches}
+        for name in ("x", "label")
+    }
+    assert len(storages["x"]) == 1 and len(storages["label"]) == len(batches)
+    got = [(b.data_point_ids, {k: v.clone() for k, v in b.attributes.items()}) for b in batches]
+    assert _same(got, expected[0]) and _same(got, expected[1 << 20])
+
+
 def test_an_epoch_keeps_no_stored_batch_its_window_let_go() -> None:
     from batchstash.client import BatchIterator
 
