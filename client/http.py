@@ -6,31 +6,27 @@ requests over them round robin and fails over from one that is down to the next.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
 import torch
 
-from . import wire
 from .admin import AdminCalls
 from .batch import Batch, check_batch_type
 from .buffers import BufferPool
-from .decode import decode_body, decode_frames
-from .endpoints import Endpoint, EndpointState
+from .endpoints import EndpointState
 from .engine import Engine
-from .framecheck import FrameChecker
 from .inflight import DEFAULT_IN_FLIGHT_BYTES
 from .iterate import BatchIterator
 from .metadata import BatchMetadata
 from .pipeline import PipelinedReader
 from .policy import RetryPolicy
+from .reads import BatchReads
 from .redeal import field_rules
 from .retryargs import with_shorthands
 from .staging import DeviceStage
-from .transport import body_buffer
-from .widen import widen_dtypes, widened
+from .widen import widen_dtypes
 
 __all__ = ["BatchClient", "EndpointState"]  # EndpointState: re-exported from .endpoints
 
@@ -103,6 +99,8 @@ class BatchClient:
         timeout: the ``timeout`` setting.
         retry: the retry policy in force.
         engine: the request path (:class:`~batchstash.client.engine.Engine`).
+        reads: how batches are fetched, verified and built
+            (:class:`~batchstash.client.reads.BatchReads`).
         batch_type: the class of the batches read.
         widen: the ``widen`` setting (attribute -> dtype).
 
@@ -136,7 +134,6 @@ class BatchClient:
             raise ValueError(f"timeout must not be negative, not {timeout}")
         if in_flight_bytes < 0:
             raise ValueError(f"in_flight_bytes must not be negative, not {in_flight_bytes}")
-        self.in_flight_bytes = in_flight_bytes
         self.retry = with_shorthands(
             retry or RetryPolicy(),
             retries=retries,
@@ -155,11 +152,23 @@ class BatchClient:
             data_listener=data_listener,
         )
         self.urls, self.url, self.timeout = self.engine.urls, self.engine.url, self.engine.timeout
-        self.batch_type = batch_type
-        self.widen = widen_dtypes(widen)
+        self.reads = BatchReads(self.engine, batch_type, widen_dtypes(widen), in_flight_bytes)
         self.admin = AdminCalls(lambda *a, **k: self.engine.json(*a, **k)[0], self.retry.sleep)
-        self._lock = threading.Lock()
-        self._metadata: tuple[str, BatchMetadata] | None = None
+
+    @property
+    def batch_type(self) -> type[Batch]:
+        """The class of the batches read."""
+        return self.reads.batch_type
+
+    @property
+    def widen(self) -> Mapping[str, torch.dtype]:
+        """The ``widen`` setting (attribute -> dtype)."""
+        return self.reads.widen
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """The ``in_flight_bytes`` setting."""
+        return self.reads.in_flight_bytes
 
     # -- the URLs -------------------------------------------------------------------------------
 
@@ -207,23 +216,11 @@ class BatchClient:
         Args:
             refresh: ask the server even when cached.
         """
-        with self._lock:
-            cached = self._metadata
-        if cached is not None and not refresh:
-            return cached[1]
-        return self._fetch_metadata()[1]
-
-    def _fetch_metadata(self) -> tuple[str, BatchMetadata]:
-        body, url = self.engine.json("GET", "/v1/metadata")
-        self.engine.identity.observe(body.get("fingerprint"), url)
-        entry = (str(body["fingerprint"]), BatchMetadata.from_dict(body["metadata"]))
-        with self._lock:
-            self._metadata = entry
-        return entry
+        return self.reads.metadata(refresh)
 
     def fingerprint(self) -> str:
         """Return the current store fingerprint (its configuration hash); not cached."""
-        return self._fetch_metadata()[0]
+        return self.reads.fetch_metadata()[0]
 
     def splits(self) -> dict[str, Any]:
         """Return ``{"fingerprint", "primed", "splits": {name: {batches, data_points, stored}}}``.
@@ -277,13 +274,7 @@ class BatchClient:
             PayloadError: malformed bytes, or a batch other than the one asked for.
             PlanError: the batch comes from another store than ``fingerprint``.
         """
-        wanted = None if attributes is None else sorted(set(attributes))
-        params = None if wanted is None else {"attributes": ",".join(wanted)}
-        path = f"/v1/splits/{split}/batches/{int(batch_id)}"
-        response = self.engine.request("GET", path, params=params, data=True)
-        body = body_buffer(response)
-        payload = decode_body(body, path, split, int(batch_id), wanted, fingerprint)
-        return self._build([payload], device)[0]
+        return self.reads.batch(split, batch_id, attributes, device, fingerprint=fingerprint)
 
     def batches(
         self,
@@ -301,53 +292,11 @@ class BatchClient:
         place like :meth:`batch`, its checksums checked as soon as its bytes have landed (see
         :class:`~batchstash.client.framecheck.FrameChecker`). Raises what :meth:`batch` raises.
         """
-        return self._batches(split, batch_ids, attributes, device, fingerprint=fingerprint)
-
-    def _batches(
-        self,
-        split: str,
-        batch_ids: Sequence[int],
-        attributes: Iterable[str] | None = None,
-        device: str | torch.device | None = None,
-        *,
-        fingerprint: str | None = None,
-        first: Endpoint | None = None,
-    ) -> list[Batch]:
-        """:meth:`batches`, trying ``first`` first (see :meth:`Engine.request`)."""
-        ids = [int(i) for i in batch_ids]
-        if not ids:
-            return []
-        wanted = None if attributes is None else sorted(set(attributes))
-        params = {"ids": ",".join(map(str, ids))}
-        if wanted is not None:
-            params["attributes"] = ",".join(wanted)
-        path = f"/v1/splits/{split}/payloads"
-        checker = FrameChecker()  # verifies each frame as it lands, while it is in cache
-        response = self.engine.request(
-            "GET", path, params=params, data=True, on_body=checker, first=first
-        )
-        body = body_buffer(response)
-        payloads = decode_frames(body, checker, path, split, ids, wanted, fingerprint)
-        return self._build(payloads, device)
-
-    def _build(
-        self, payloads: Sequence[wire.Payload], device: str | torch.device | None = None
-    ) -> list[Batch]:
-        """The :attr:`batch_type` batches of verified payloads, with their store's metadata."""
-        if self.widen:
-            payloads = [widened(payload, self.widen) for payload in payloads]
-        batches = [
-            self.batch_type.from_payload(payload, self._metadata_for(payload.fingerprint))
-            for payload in payloads
-        ]
-        return batches if device is None else [batch.to(device) for batch in batches]
+        return self.reads.batches(split, batch_ids, attributes, device, fingerprint=fingerprint)
 
     def can_pipeline(self) -> bool:
         """Whether batch requests may be pipelined: own transports and a usable data listener."""
-        if self.engine.buffers is None:
-            return False
-        endpoints = self.engine.endpoints
-        return any(endpoints.data_client(endpoint) is not None for endpoint in endpoints)
+        return self.reads.can_pipeline()
 
     def pipelined_reader(
         self,
@@ -357,35 +306,8 @@ class BatchClient:
         fingerprint: str,
         window: int,
     ) -> PipelinedReader | None:
-        """A :class:`PipelinedReader` of ``split`` (``None`` unless :meth:`can_pipeline`).
-
-        A group its connection does not deliver is fetched through the engine, first on the
-        URL whose connection broke.
-        """
-        if not self.can_pipeline():
-            return None
-
-        def fallback(group: list[int], first: Endpoint | None) -> list[Batch]:
-            return self._batches(split, group, wanted, fingerprint=fingerprint, first=first)
-
-        return PipelinedReader(
-            self.engine,
-            split,
-            wanted,
-            stage,
-            fingerprint,
-            window,
-            fallback=fallback,
-            build=self._build,
-            in_flight_bytes=self.in_flight_bytes,
-        )
-
-    def _metadata_for(self, fingerprint: str) -> BatchMetadata:
-        with self._lock:
-            cached = self._metadata
-        if cached is not None and cached[0] == fingerprint:
-            return cached[1]
-        return self._fetch_metadata()[1]
+        """A pipelined reader of ``split`` (see :meth:`BatchReads.pipelined_reader`)."""
+        return self.reads.pipelined_reader(split, wanted, stage, fingerprint, window)
 
     def iter_batches(
         self,
