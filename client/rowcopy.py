@@ -16,18 +16,19 @@ import torch
 
 from .buffers import BufferPool
 
-__all__ = ["allocate", "extents", "numpy_view"]
+__all__ = ["allocate", "extents", "numpy_dtype", "numpy_view"]
 
 _ALIGN = 64
 
 _NUMPY: dict[torch.dtype, numpy.dtype | None] = {}  # torch dtype -> numpy's (None: it has none)
 
 
-def _numpy_dtype(dtype: torch.dtype) -> numpy.dtype | None:
+def numpy_dtype(dtype: torch.dtype) -> numpy.dtype | None:
+    """The numpy dtype of ``dtype``; ``None`` where numpy has none (``bfloat16``, ``float8``)."""
     if dtype not in _NUMPY:
         try:
             _NUMPY[dtype] = torch.empty(0, dtype=dtype).numpy().dtype
-        except (RuntimeError, TypeError):  # bfloat16...
+        except (RuntimeError, TypeError):
             _NUMPY[dtype] = None
     return _NUMPY[dtype]
 
@@ -51,7 +52,7 @@ def allocate(
     raw = pool.get(total, pinned)
     out, offset = {}, 0
     for name, (shape, dtype) in shapes.items():
-        region, kind = raw[offset : offset + sizes[name]], _numpy_dtype(dtype)
+        region, kind = raw[offset : offset + sizes[name]], numpy_dtype(dtype)
         if kind is None:
             out[name] = torch.from_numpy(region).view(dtype).view(shape)
         else:

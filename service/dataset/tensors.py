@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from batchstash.client import BatchError, VectorizerMetadata
+from batchstash.client.rowcopy import numpy_dtype
 
 from .vectorize import CategoryEncodableFeatureVectorizer, FeatureVectorizer, encodes_many
 
@@ -31,14 +32,6 @@ def as_torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return found
 
 
-def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any] | None:
-    """The numpy dtype of ``dtype``; ``None`` where numpy has none (``bfloat16``, ``float8``)."""
-    try:
-        return torch.empty((), dtype=dtype).numpy().dtype
-    except TypeError:
-        return None
-
-
 def _as_array(value: Any) -> np.ndarray[Any, Any]:
     """``value`` as a numeric numpy array, possibly a view of it (never written to).
 
@@ -49,7 +42,7 @@ def _as_array(value: Any) -> np.ndarray[Any, Any]:
         tensor = value.detach().cpu()
         if tensor.layout != torch.strided:
             tensor = tensor.to_dense()
-        if _numpy_dtype(tensor.dtype) is None:
+        if numpy_dtype(tensor.dtype) is None:
             tensor = tensor.to(torch.float32)  # the narrow floats numpy lacks
         return tensor.numpy()
     array = value if isinstance(value, np.ndarray) else np.asarray(value)
@@ -117,7 +110,7 @@ class TensorFeatureVectorizer(FeatureVectorizer):
         self.shape, self.dtype = dims, as_torch_dtype(self.dtype)
         self.pad_value = _fitted(self.pad_value, self.dtype, self.feature_id)
         # numpy assembles each batch; a dtype numpy lacks is built in float32, then converted
-        self._work: np.dtype[Any] = _numpy_dtype(self.dtype) or np.dtype(np.float32)
+        self._work: np.dtype[Any] = numpy_dtype(self.dtype) or np.dtype(np.float32)
 
     @property
     def varies(self) -> bool:
@@ -152,7 +145,7 @@ class TensorFeatureVectorizer(FeatureVectorizer):
         the result shows another layout, device or shape: those rows (``None``) are assembled
         instead, as are rows that are not all plain tensors of :attr:`dtype`.
         """
-        if -1 in self.shape or self.dtype.is_complex or _numpy_dtype(self.dtype) is None:
+        if -1 in self.shape or self.dtype.is_complex or numpy_dtype(self.dtype) is None:
             return None
         if not values or {type(v) for v in values} != {torch.Tensor}:
             return None

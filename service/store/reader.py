@@ -45,13 +45,7 @@ class StoreReader(StoreView):
     """Serves a store's batches and facts, verifying every object it returns.
 
     Args:
-        backend: the store.
-        expect_fingerprint: the fingerprint a server with the dataset computes; a store of
-            another one is stale (``None``: serve whatever the store describes).
-        default_attributes: the attributes served when none are asked for (``None``: those the
-            store names in ``decoded_attributes``, or all).
-        refresh_s: how long a record's version is trusted before it is checked again
-            (``None``: the backend's default, 0 for a directory, a few seconds for S3).
+        backend, expect_fingerprint, default_attributes, refresh_s: as :class:`StoreView`'s.
         verified_capacity: objects whose checksums are remembered as verified.
         cache: a local cache of verified objects (serving a remote store from disk).
 
